@@ -1,0 +1,424 @@
+"""Reading and writing DeiT weights: official ``.pth``, timm and plain state dicts, safetensors,
+Hugging Face transformers folders; position-embedding resampling for another resolution.
+
+Every read goes through ``torch.load(weights_only=True)`` or safetensors, so an untrusted pickle
+never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distilled import DistilledVisionTransformer
+from .vision_transformer import VisionTransformer
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "safe_torch_load",
+    "atomic_save",
+    "read_state_dict",
+    "convert_hf_deit",
+    "resample_pos_embed",
+    "load_checkpoint",
+    "load_pretrained",
+    "save_weights",
+]
+
+_HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read, or whose tensors do not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` changed to make a checkpoint fit, one sentence per item."""
+
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, note: str) -> None:
+        self.notes.append(note)
+        warnings.warn(note, stacklevel=3)
+
+
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and one-sentence errors.
+
+    Raises:
+        CheckpointError: missing file, truncated/corrupt file, or a pickle holding objects other
+            than tensors and plain containers (it is refused, never executed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"Refused to load {str(path)!r}: it holds Python objects beyond tensors and plain "
+            f"containers, which could run code ({str(e).splitlines()[0][:160]}). Re-save it as a "
+            "state dict or safetensors file from a trusted environment."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"Could not read {str(path)!r} as a PyTorch checkpoint (truncated or not a "
+            f"checkpoint: {str(e).splitlines()[0][:160]}); check the file or download it again."
+        ) from None
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` with ``torch.save`` (or safetensors for a ``.safetensors`` path) atomically.
+
+    The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed
+    over ``path``, so a crash never leaves a half-written checkpoint.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+
+                f.write(save({k: v.contiguous() for k, v in obj.items()}))
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{str(path)!r} holds no state dict (expected a dict of tensors, possibly under "
+            "'model'); pass a weights file saved from a DeiT/ViT model."
+        )
+    prefix = "module."  # saved from DistributedDataParallel
+    if obj and all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return obj
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"Could not read {str(path)!r} as a safetensors file ({e}); check the file."
+        ) from None
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read DeiT weights from any supported format, in DeiT/timm key names.
+
+    Accepted: an official DeiT ``.pth`` (dict with ``model``), a plain or timm state dict
+    (``.pth``/``.pt``/``.bin``), a ``.safetensors`` file, or a Hugging Face transformers
+    ``save_pretrained`` folder (converted with :func:`convert_hf_deit`).
+
+    Returns:
+        ``(state_dict, meta)``; ``meta`` may hold ``layer_norm_eps`` and ``class_names`` (from a
+        Hugging Face config) or ``class_names`` stored in a training checkpoint.
+
+    Raises:
+        CheckpointError: missing, unreadable or unsafe file, or no state dict inside.
+    """
+    path = Path(path)
+    meta: dict[str, Any] = {}
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        weights = [path / "model.safetensors", path / "pytorch_model.bin"]
+        found = next((w for w in weights if w.is_file()), None)
+        if not cfg_file.is_file() or found is None:
+            raise CheckpointError(
+                f"Folder {str(path)!r} is not a Hugging Face checkpoint: it needs config.json and "
+                "model.safetensors (or pytorch_model.bin), as written by save_pretrained()."
+            )
+        config = json.loads(cfg_file.read_text())
+        raw = _read_safetensors(found) if found.suffix == ".safetensors" else None
+        if raw is None:
+            raw = _unwrap(safe_torch_load(found), found)
+        sd = convert_hf_deit(raw)
+        meta["layer_norm_eps"] = float(config.get("layer_norm_eps", 1e-12))
+        id2label = config.get("id2label")
+        if id2label:
+            meta["class_names"] = [id2label[str(i)] for i in range(len(id2label))]
+        return sd, meta
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path), meta
+    obj = safe_torch_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("class_names"), list):
+        meta["class_names"] = obj["class_names"]
+    return _unwrap(obj, path), meta
+
+
+def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a transformers ``DeiTForImageClassification[WithTeacher]`` state dict to DeiT names.
+
+    Separate query/key/value projections are fused into ``attn.qkv`` (rows q, k, v);
+    ``cls_classifier``/``distillation_classifier`` become ``head``/``head_dist``. A plain
+    ``classifier`` becomes ``head`` (and ``head_dist`` too, so the model loads; use the class
+    head alone to reproduce transformers' output, which reads the class token only).
+
+    Raises:
+        CheckpointError: when the keys are not those of a transformers DeiT model.
+    """
+    out: dict[str, torch.Tensor] = {}
+    p = "deit."
+    if f"{p}embeddings.cls_token" not in hf:
+        raise CheckpointError(
+            "Not a Hugging Face DeiT checkpoint (no 'deit.embeddings.cls_token'); save the model "
+            "with DeiTForImageClassificationWithTeacher.save_pretrained()."
+        )
+    out["cls_token"] = hf[f"{p}embeddings.cls_token"]
+    if f"{p}embeddings.distillation_token" in hf:
+        out["dist_token"] = hf[f"{p}embeddings.distillation_token"]
+    out["pos_embed"] = hf[f"{p}embeddings.position_embeddings"]
+    for t in ("weight", "bias"):
+        out[f"patch_embed.proj.{t}"] = hf[f"{p}embeddings.patch_embeddings.projection.{t}"]
+        out[f"norm.{t}"] = hf[f"{p}layernorm.{t}"]
+    i = 0
+    while f"{p}encoder.layer.{i}.layernorm_before.weight" in hf:
+        src, dst = f"{p}encoder.layer.{i}.", f"blocks.{i}."
+        for t in ("weight", "bias"):
+            att = src + "attention.attention."
+            out[dst + f"attn.qkv.{t}"] = torch.cat(
+                [hf[att + f"query.{t}"], hf[att + f"key.{t}"], hf[att + f"value.{t}"]]
+            )
+            out[dst + f"attn.proj.{t}"] = hf[src + f"attention.output.dense.{t}"]
+            out[dst + f"norm1.{t}"] = hf[src + f"layernorm_before.{t}"]
+            out[dst + f"norm2.{t}"] = hf[src + f"layernorm_after.{t}"]
+            out[dst + f"mlp.fc1.{t}"] = hf[src + f"intermediate.dense.{t}"]
+            out[dst + f"mlp.fc2.{t}"] = hf[src + f"output.dense.{t}"]
+        i += 1
+    for t in ("weight", "bias"):
+        if f"cls_classifier.{t}" in hf:
+            out[f"head.{t}"] = hf[f"cls_classifier.{t}"]
+            out[f"head_dist.{t}"] = hf[f"distillation_classifier.{t}"]
+        elif f"classifier.{t}" in hf:
+            out[f"head.{t}"] = hf[f"classifier.{t}"]
+            out[f"head_dist.{t}"] = hf[f"classifier.{t}"].clone()
+    return out
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int,
+    old_grid: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Resize the patch rows of a position embedding to another patch grid.
+
+    Bicubic interpolation with ``align_corners=False`` of the patch rows laid out as an image;
+    the prefix rows (class / distillation tokens) are kept untouched — the procedure of the
+    official fine-tuning at 384 px (paper section 6, "Fine-tuning at different resolution").
+
+    Args:
+        pos_embed: ``(1, num_prefix_tokens + H0 * W0, D)``.
+        new_grid: target ``(H1, W1)`` patch grid.
+        num_prefix_tokens: leading rows that are not patches.
+        old_grid: source grid; defaults to a square grid.
+
+    Returns:
+        ``(1, num_prefix_tokens + H1 * W1, D)``.
+
+    Raises:
+        CheckpointError: the patch rows do not form ``old_grid`` (or a square).
+    """
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    n = patches.shape[1]
+    if old_grid is None:
+        side = int(round(n**0.5))
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n:
+        raise CheckpointError(
+            f"pos_embed has {n} patch rows, which is not a {old_grid[0]}x{old_grid[1]} grid; "
+            "pass the checkpoint's grid size."
+        )
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    dim = patches.shape[-1]
+    grid = patches.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
+    patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    return torch.cat([prefix, patches.to(pos_embed.dtype)], dim=1)
+
+
+def _adapt(
+    sd: dict[str, torch.Tensor], model: VisionTransformer, finetune: bool, report: LoadReport
+) -> dict[str, torch.Tensor]:
+    """Make ``sd`` fit ``model``: prefix tokens, position grid and (when fine-tuning) heads."""
+    sd = dict(sd)
+    distilled = isinstance(model, DistilledVisionTransformer)
+    prefix = model.num_prefix_tokens
+    if "pos_embed" not in sd or "cls_token" not in sd:
+        raise CheckpointError(
+            "The checkpoint has no 'pos_embed'/'cls_token': it is not a DeiT/ViT state dict."
+        )
+    ck_prefix = 2 if "dist_token" in sd else 1
+    if distilled and ck_prefix == 1:
+        sd["dist_token"] = sd["cls_token"].clone()
+        pe = sd["pos_embed"]
+        sd["pos_embed"] = torch.cat([pe[:, :1], pe[:, :1], pe[:, 1:]], dim=1)
+        if "head.weight" in sd:
+            sd["head_dist.weight"] = sd["head.weight"].clone()
+            sd["head_dist.bias"] = sd["head.bias"].clone()
+        report.add(
+            "The checkpoint is not distilled: dist_token, its position embedding and head_dist "
+            "were initialised from the class token's."
+        )
+    elif not distilled and ck_prefix == 2:
+        del sd["dist_token"]
+        sd.pop("head_dist.weight", None)
+        sd.pop("head_dist.bias", None)
+        pe = sd["pos_embed"]
+        sd["pos_embed"] = torch.cat([pe[:, :1], pe[:, 2:]], dim=1)
+        report.add("The checkpoint is distilled: dist_token and head_dist were dropped.")
+    if sd["pos_embed"].shape != model.pos_embed.shape:
+        old = tuple(sd["pos_embed"].shape)
+        sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.grid_size, prefix)
+        if sd["pos_embed"].shape[-1] == model.pos_embed.shape[-1]:
+            report.add(
+                f"pos_embed interpolated bicubically from {old} to {tuple(model.pos_embed.shape)}."
+            )
+    if finetune:
+        own = model.state_dict()
+        for k in _HEAD_KEYS:
+            if k in sd and k in own and sd[k].shape != own[k].shape:
+                shape = tuple(sd.pop(k).shape)
+                report.add(f"Dropped {k} {shape}: the model's class count differs (finetune).")
+    return sd
+
+
+def load_checkpoint(
+    model: VisionTransformer, path: str | Path, finetune: bool = False
+) -> LoadReport:
+    """Load weights from ``path`` (any format of :func:`read_state_dict`) into ``model``.
+
+    Position embeddings are resampled to the model's patch grid; a non-distilled checkpoint
+    fills a distilled model's ``dist_token``/``head_dist`` from the class token/head (and says
+    so). With ``finetune=True`` heads whose class count differs are left at their fresh
+    initialisation (the official ``--finetune``); otherwise a mismatch is an error.
+
+    Returns:
+        :class:`LoadReport` listing every adaptation (each also issued as a warning).
+
+    Raises:
+        CheckpointError: unreadable file, or tensors that do not fit (message names keys and
+            shapes).
+    """
+    sd, meta = read_state_dict(path)
+    report = LoadReport()
+    sd = _adapt(sd, model, finetune, report)
+    own = model.state_dict()
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = sorted(set(own) - set(sd))
+    if finetune:
+        missing = [k for k in missing if k not in _HEAD_KEYS]
+    unexpected = sorted(set(sd) - set(own))
+    if wrong or missing or unexpected:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch " + "; ".join(wrong[:4]))
+        if missing:
+            parts.append(f"missing keys {missing[:6]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}")
+        hint = (
+            " For another class count pass finetune=True (--finetune) to drop the heads."
+            if any(k.split(":")[0] in _HEAD_KEYS for k in wrong)
+            else " Check that the model name matches the checkpoint's architecture."
+        )
+        raise CheckpointError(f"{str(path)!r} does not fit this model: {', '.join(parts)}.{hint}")
+    model.load_state_dict(sd, strict=not finetune)
+    eps = meta.get("layer_norm_eps")
+    if eps is not None:
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.eps = eps
+        report.add(f"LayerNorm eps set to {eps} as in the Hugging Face config.")
+    if "class_names" in meta:
+        model.class_names = list(meta["class_names"])
+    return report
+
+
+def load_pretrained(model: VisionTransformer, spec: Any) -> LoadReport:
+    """Load the official weights of ``spec`` through torch.hub's cache, checking the file hash.
+
+    Raises:
+        CheckpointError: no official weights exist, or the download failed (no network); the
+            message says how to pass a local file instead.
+    """
+    if spec.url is None:
+        raise CheckpointError(
+            f"{spec.name} has no official pretrained weights; pass checkpoint_path=... instead."
+        )
+    fname = spec.url.rsplit("/", 1)[1]
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        torch.hub.load_state_dict_from_url(
+            spec.url, map_location="cpu", check_hash=True, weights_only=True, progress=False
+        )
+    except Exception as e:  # URLError, socket errors, hash mismatch: all one sentence
+        raise CheckpointError(
+            f"Could not fetch the official weights for {spec.name} from {spec.url} "
+            f"({type(e).__name__}: {str(e)[:120]}); download {fname} where a network is "
+            f"available and pass it with checkpoint_path=... (CLI: --checkpoint PATH) or place it "
+            f"in {hub_dir}."
+        ) from None
+    return load_checkpoint(model, hub_dir / fname)
+
+
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -> None:
+    """Save a model's weights as safetensors (``.safetensors``) or official-style ``.pth``
+    (``{"model": state_dict}``), atomically.
+
+    Raises:
+        OSError: the destination cannot be written.
+    """
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    sd = {k: v.detach().cpu() for k, v in sd.items()}
+    path = Path(path)
+    atomic_save(sd if path.suffix == ".safetensors" else {"model": sd}, path)
