@@ -12,7 +12,6 @@ import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
             f"containers, which could run code ({str(e).splitlines()[0][:160]}). Re-save it as a "
             "state dict or safetensors file from a trusted environment."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on bad bytes
         raise CheckpointError(
             f"Could not read {str(path)!r} as a PyTorch checkpoint (truncated or not a "
             f"checkpoint: {str(e).splitlines()[0][:160]}); check the file or download it again."
@@ -366,9 +365,11 @@ def load_checkpoint(
             parts.append(f"missing keys {missing[:6]}")
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:6]}")
+        only_heads = not missing and not unexpected
+        only_heads = only_heads and all(k.split(":")[0] in _HEAD_KEYS for k in wrong)
         hint = (
             " For another class count pass finetune=True (--finetune) to drop the heads."
-            if any(k.split(":")[0] in _HEAD_KEYS for k in wrong)
+            if only_heads
             else " Check that the model name matches the checkpoint's architecture."
         )
         raise CheckpointError(f"{str(path)!r} does not fit this model: {', '.join(parts)}.{hint}")

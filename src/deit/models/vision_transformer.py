@@ -263,8 +263,11 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}.")
-        for name, rate in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate),
-                           ("drop_path_rate", drop_path_rate)):
+        for name, rate in (
+            ("drop_rate", drop_rate),
+            ("attn_drop_rate", attn_drop_rate),
+            ("drop_path_rate", drop_path_rate),
+        ):
             _check_rate(name, rate)
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim

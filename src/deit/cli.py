@@ -1,0 +1,85 @@
+"""`deit` command line: turns flags into calls of the library, nothing more.
+
+Subcommands: list-models, train, eval, demo, predict, analyze, benchmark, export. Heavy modules
+are imported inside each handler so `deit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main", "build_parser"]
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    for name in list_models(args.pattern, pretrained=args.pretrained):
+        print(name)
+    return 0
+
+
+def _add_list_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list-models", help="print the registered model names")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. '*tiny*'")
+    p.add_argument("--pretrained", action="store_true", help="only names with official weights")
+    p.set_defaults(func=_list_models)
+
+
+# Each job module registers its own subcommand through `add_subcommand(sub)` so this file does
+# not grow with their flags; modules missing in this build are skipped.
+_JOB_MODULES = ("training", "evaluate", "demo", "predict", "analysis", "benchmark", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the `deit` command with every available subcommand."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="deit",
+        description="DeiT: data-efficient image transformers and distillation through attention.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_list_models(sub)
+    for mod in _JOB_MODULES:
+        try:
+            module = importlib.import_module(f"deit.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"deit.{mod}":
+                raise
+            continue
+        module.add_subcommand(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `deit` console script; returns the process exit code.
+
+    Errors users can fix (bad paths, configs, checkpoints: ``ValueError`` and ``OSError``
+    subclasses such as :class:`deit.models.CheckpointError`) are printed as one line on stderr
+    with exit code 2 instead of a traceback; set ``DEIT_DEBUG=1`` to see the traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as e:
+        if os.environ.get("DEIT_DEBUG"):
+            raise
+        print(f"deit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

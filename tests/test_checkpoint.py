@@ -1,0 +1,230 @@
+"""Checkpoint formats: official/timm/safetensors/HF loading, pos-embed resampling, bad files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+
+import deit
+from deit.models import CheckpointError, load_checkpoint, resample_pos_embed, save_weights
+
+
+def _pico(distilled=True, **kw):
+    name = "deit_pico_distilled_patch4_28" if distilled else "deit_pico_patch4_28"
+    return deit.create_model(name, num_classes=10, **kw).eval()
+
+
+def _same_output(a, b, x, atol=1e-6):
+    with torch.no_grad():
+        return (a(x) - b(x)).abs().max().item() <= atol
+
+
+@pytest.mark.parametrize("fmt", ["official.pth", "plain.pth", "weights.safetensors"])
+def test_formats_round_trip(fmt, tmp_path):
+    torch.manual_seed(0)
+    src = _pico()
+    path = tmp_path / fmt
+    if fmt == "official.pth":
+        torch.save({"model": src.state_dict(), "epoch": 3}, path)
+    elif fmt == "plain.pth":  # a DDP-wrapped state dict
+        torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, path)
+    else:
+        save_weights(src, path)
+    dst = deit.create_model("deit_pico_distilled_patch4_28", num_classes=10, checkpoint_path=path)
+    assert _same_output(src, dst.eval(), torch.randn(2, 3, 28, 28), atol=0)
+
+
+def test_save_weights_pth_is_official_layout(tmp_path):
+    src = _pico()
+    save_weights(src, tmp_path / "w.pth")
+    obj = torch.load(tmp_path / "w.pth", weights_only=True)
+    assert set(obj) == {"model"} and set(obj["model"]) == set(src.state_dict())
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_pos_embed_resample_matches_timm_and_official_rule():
+    torch.manual_seed(0)
+    pe = torch.randn(1, 2 + 14 * 14, 32)
+    new = resample_pos_embed(pe, (24, 24), num_prefix_tokens=2)
+    assert new.shape == (1, 2 + 576, 32)
+    assert torch.equal(new[:, :2], pe[:, :2])  # prefix rows untouched
+    ref = resample_abs_pos_embed(
+        pe, new_size=(24, 24), num_prefix_tokens=2, interpolation="bicubic", antialias=False
+    )
+    torch.testing.assert_close(new, ref, atol=1e-6, rtol=0)
+    # the official rule written out: bicubic, align_corners=False on the (D, H, W) grid
+    grid = pe[:, 2:].reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
+    off = torch.nn.functional.interpolate(grid, size=(24, 24), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(new[:, 2:], off.permute(0, 2, 3, 1).reshape(1, 576, 32))
+    # a constant embedding stays constant; rectangular grids work
+    const = torch.full((1, 1 + 4 * 6, 3), 0.5)
+    rect = resample_pos_embed(const, (8, 3), 1, old_grid=(4, 6))
+    assert rect.shape == (1, 25, 3)
+    torch.testing.assert_close(rect, torch.full_like(rect, 0.5))
+
+
+def test_load_224_into_384_interpolates(tmp_path):
+    torch.manual_seed(0)
+    src = deit.create_model("deit_tiny_distilled_patch16_224", depth=1, num_classes=5)
+    save_weights(src, tmp_path / "w.pth")
+    with pytest.warns(UserWarning, match="pos_embed interpolated"):
+        dst = deit.create_model(
+            "deit_tiny_distilled_patch16_224",
+            depth=1,
+            num_classes=5,
+            img_size=384,
+            checkpoint_path=tmp_path / "w.pth",
+        )
+    expected = resample_pos_embed(src.pos_embed.detach(), (24, 24), 2)
+    assert torch.equal(dst.pos_embed.detach(), expected)
+    assert torch.equal(dst.head_dist.weight, src.head_dist.weight)
+
+
+def test_non_distilled_into_distilled(tmp_path):
+    torch.manual_seed(0)
+    src = _pico(distilled=False)
+    save_weights(src, tmp_path / "w.safetensors")
+    dst = _pico()
+    report = load_checkpoint(dst, tmp_path / "w.safetensors")
+    assert any("not distilled" in n for n in report.notes)
+    assert torch.equal(dst.dist_token, src.cls_token)
+    assert torch.equal(dst.head_dist.weight, src.head.weight)
+    assert torch.equal(dst.pos_embed[:, 1], src.pos_embed[:, 0])
+    assert torch.equal(dst.pos_embed[:, 2:], src.pos_embed[:, 1:])
+
+
+def test_distilled_into_non_distilled(tmp_path):
+    src = _pico()
+    save_weights(src, tmp_path / "w.pth")
+    dst = _pico(distilled=False)
+    with pytest.warns(UserWarning, match="dist_token and head_dist were dropped"):
+        load_checkpoint(dst, tmp_path / "w.pth")
+    assert torch.equal(dst.pos_embed[:, 1:], src.pos_embed[:, 2:])
+
+
+def test_class_count_mismatch_needs_finetune(tmp_path):
+    save_weights(_pico(), tmp_path / "w.pth")
+    dst = deit.create_model("deit_pico_distilled_patch4_28", num_classes=3)
+    with pytest.raises(CheckpointError, match=r"head.weight: checkpoint \(10, 128\) vs model"):
+        load_checkpoint(dst, tmp_path / "w.pth")
+    head_before = dst.head.weight.detach().clone()
+    report = load_checkpoint(dst, tmp_path / "w.pth", finetune=True)
+    assert sum("Dropped head" in n for n in report.notes) == 4
+    assert torch.equal(dst.head.weight, head_before)
+    assert torch.equal(dst.cls_token, _load_sd(tmp_path / "w.pth")["cls_token"])
+
+
+def _load_sd(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_wrong_architecture_is_clear(tmp_path):
+    save_weights(deit.create_model("deit_tiny_patch4_32", num_classes=10), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match="does not fit this model.*model name matches"):
+        deit.create_model("deit_pico_patch4_28", num_classes=10, checkpoint_path=tmp_path / "w.pth")
+
+
+def test_missing_truncated_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(_pico(), tmp_path / "nope.pth")
+    save_weights(_pico(), tmp_path / "w.pth")
+    data = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        load_checkpoint(_pico(), tmp_path / "cut.pth")
+    (tmp_path / "notes.txt").write_text("hello, not weights")
+    with pytest.raises(CheckpointError, match="Could not read"):
+        load_checkpoint(_pico(), tmp_path / "notes.txt")
+    torch.save({"epoch": 1, "lr": torch.tensor(0.1), "other": [1, 2]}, tmp_path / "nosd.pth")
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        load_checkpoint(_pico(), tmp_path / "nosd.pth")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_checkpoint(_pico(), tmp_path / "bad.safetensors")
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"model": _Evil(marker)}, f)
+    torch.save({"model": {"x": torch.zeros(1)}, "payload": _Evil(marker)}, tmp_path / "evil2.pth")
+    for name in ("evil.pth", "evil2.pth"):
+        with pytest.raises(CheckpointError, match="Refused to load"):
+            load_checkpoint(_pico(), tmp_path / name)
+    assert not marker.exists()
+
+
+def test_pretrained_without_network_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CheckpointError, match="pass it with checkpoint_path=") as e:
+        deit.create_model("deit_tiny_patch16_224", pretrained=True)
+    assert "deit_tiny_patch16_224-a1311bcf.pth" in str(e.value)
+    with pytest.raises(CheckpointError, match="no official pretrained weights"):
+        deit.create_model("deit_pico_patch4_28", pretrained=True)
+
+
+def test_pretrained_uses_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    ref = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save({"model": ref.state_dict()}, cache / "deit_tiny_patch16_224-a1311bcf.pth")
+    model = deit.create_model("deit_tiny_patch16_224", pretrained=True).eval()
+    assert _same_output(model, ref, torch.randn(1, 3, 224, 224), atol=1e-5)
+
+
+def test_huggingface_conversion_parity(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.DeiTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        num_labels=5,
+        id2label={i: f"class{i}" for i in range(5)},
+        label2id={f"class{i}": i for i in range(5)},
+    )
+    torch.manual_seed(0)
+    hf = transformers.DeiTForImageClassificationWithTeacher(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = deit.create_model(
+        "deit_tiny_distilled_patch16_224",
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        checkpoint_path=tmp_path / "hf",
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(pixel_values=x).logits
+        assert (model(x) - expected).abs().max().item() <= 1e-4
+    assert model.class_names == [f"class{i}" for i in range(5)]
+    assert model.norm.eps == cfg.layer_norm_eps
+    # a folder without weights names the expected layout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json and model.safetensors"):
+        deit.create_model("deit_pico_patch4_28", checkpoint_path=tmp_path / "empty")

@@ -1,0 +1,173 @@
+"""Model tests: parity with timm, parameter counts, output convention, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import deit
+from deit.models import DistilledVisionTransformer, get_model_spec
+
+# Parameter counts from REFERENCE.md section 1 (1000 classes).
+PARAMS = {
+    "deit_tiny_patch16_224": 5_717_416,
+    "deit_small_patch16_224": 22_050_664,
+    "deit_base_patch16_224": 86_567_656,
+    "deit_base_patch16_384": 86_859_496,
+    "deit_tiny_distilled_patch16_224": 5_910_800,
+    "deit_small_distilled_patch16_224": 22_436_432,
+    "deit_base_distilled_patch16_224": 87_338_192,
+    "deit_base_distilled_patch16_384": 87_630_032,
+}
+
+
+def test_official_names_registered():
+    assert set(deit.list_models("*patch16*")) == set(PARAMS)
+    assert set(deit.list_models(pretrained=True)) == set(PARAMS)
+    small = deit.list_models("*patch4*")
+    assert "deit_tiny_patch4_32" in small and "deit_tiny_distilled_patch4_32" in small
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_timm_parity_and_param_count(name, tmp_path):
+    torch.manual_seed(0)
+    ref = timm.create_model(name, pretrained=False).eval()
+    path = tmp_path / "timm.pth"
+    torch.save(ref.state_dict(), path)
+    model = deit.create_model(name, checkpoint_path=path).eval()
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+    side = get_model_spec(name).img_size
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max().item() <= 1e-5
+        if "distilled" in name:
+            model.train(), ref.train()
+            model.set_distilled_training(True)
+            ref.set_distilled_training(True)
+            ours, theirs = model(x), ref(x)
+            assert isinstance(ours, tuple) and len(ours) == 2
+            for a, b in zip(ours, theirs):
+                assert (a - b).abs().max().item() <= 1e-5
+
+
+def _tiny(distilled: bool = True, **kw):
+    name = "deit_pico_distilled_patch4_28" if distilled else "deit_pico_patch4_28"
+    return deit.create_model(name, num_classes=10, **kw)
+
+
+def test_distilled_output_convention():
+    torch.manual_seed(0)
+    model = _tiny()
+    assert isinstance(model, DistilledVisionTransformer)
+    x = torch.randn(3, 3, 28, 28)
+    model.eval()
+    feats = model.forward_features(x)
+    assert feats.shape == (3, 2 + 49, 128)
+    cls_logits, dist_logits = model.head(feats[:, 0]), model.head_dist(feats[:, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), (cls_logits + dist_logits) / 2)
+        model.set_head("cls")
+        torch.testing.assert_close(model(x), cls_logits)
+        model.set_head("dist")
+        torch.testing.assert_close(model(x), dist_logits)
+        model.set_head("both")
+        # training mode without distilled training still gives the average
+        model.train()
+        out = model(x)
+        assert isinstance(out, torch.Tensor) and out.shape == (3, 10)
+        model.set_distilled_training(True)
+        pair = model(x)
+        torch.testing.assert_close(pair[0], cls_logits)
+        torch.testing.assert_close(pair[1], dist_logits)
+    with pytest.raises(ValueError, match="head must be one of"):
+        model.set_head("mean")
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    model = deit.create_model("deit_small_distilled_patch16_224")
+    for p in (model.cls_token, model.dist_token, model.pos_embed, model.blocks[0].mlp.fc1.weight):
+        # trunc_normal_(std=0.02) truncates at +-2 absolute (as timm/official), i.e. not at all
+        assert abs(p.std().item() - 0.02) < 0.004 and abs(p.mean().item()) < 0.004
+    assert model.blocks[0].attn.qkv.bias.abs().sum() == 0
+    assert torch.all(model.norm.weight == 1) and torch.all(model.norm.bias == 0)
+    assert model.blocks[0].norm1.eps == 1e-6
+
+
+def test_drop_path_schedule_and_no_weight_decay():
+    model = _tiny(drop_path_rate=0.1)
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
+    assert rates == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08, 0.1])
+    assert model.no_weight_decay() == {"pos_embed", "cls_token", "dist_token"}
+    assert _tiny(distilled=False).no_weight_decay() == {"pos_embed", "cls_token"}
+
+
+def test_drop_path_training_and_eval():
+    torch.manual_seed(0)
+    dp = deit.models.DropPath(0.5)
+    x = torch.ones(2000, 3)
+    dp.train()
+    y = dp(x)
+    kept = (y[:, 0] != 0).float().mean().item()
+    assert 0.45 < kept < 0.55
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0}
+    dp.eval()
+    assert torch.equal(dp(x), x)
+
+
+def test_sdpa_attention_equals_explicit_softmax():
+    torch.manual_seed(0)
+    attn = deit.models.Attention(64, num_heads=4).eval()
+    x = torch.randn(2, 10, 64)
+    probs = attn.attention_weights(x)  # (B, H, N, N)
+    v = attn.qkv(x).view(2, 10, 3, 4, 16).permute(2, 0, 3, 1, 4)[2]
+    expected = attn.proj((probs @ v).transpose(1, 2).reshape(2, 10, 64))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 10))
+
+
+def test_rectangular_and_custom_sizes():
+    model = deit.create_model("deit_tiny_patch16_224", img_size=(32, 64), depth=1, num_classes=3)
+    assert model.grid_size == (2, 4) and model.pos_embed.shape == (1, 9, 192)
+    assert model(torch.randn(1, 3, 32, 64)).shape == (1, 3)
+    one_channel = deit.create_model("deit_pico_patch4_28", in_chans=1, num_classes=10)
+    assert one_channel(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert one_channel.default_cfg["input_size"] == (1, 28, 28)
+
+
+def test_reset_classifier():
+    model = _tiny()
+    model.reset_classifier(4)
+    assert model.head.out_features == 4 and model.head_dist.out_features == 4
+    assert model.eval()(torch.randn(1, 3, 28, 28)).shape == (1, 4)
+
+
+def test_wrong_image_size_is_clear():
+    model = _tiny()
+    with pytest.raises(ValueError, match=r"Expected images of shape \(B, 3, 28, 28\)"):
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        deit.create_model("deit_tiny_patch16_224", img_size=100)
+
+
+def test_unknown_model_name_lists_close_names():
+    with pytest.raises(ValueError, match="deit_tiny_patch16_224") as e:
+        deit.create_model("deit_tiny_patch16_244")
+    assert "Did you mean" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [{"drop_path_rate": 1.5}, {"drop_rate": -0.1}])
+def test_impossible_rates(bad):
+    with pytest.raises(ValueError, match="must be in"):
+        _tiny(**bad)
+
+
+def test_build_classifier_dispatch():
+    assert isinstance(deit.build_classifier("deit_pico_patch4_28", 10), deit.VisionTransformer)
+    cnn = deit.build_classifier("resnet10t", 7).eval()
+    assert cnn(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    tv = deit.build_classifier("torchvision:resnet18", 5)
+    assert tv.fc.out_features == 5
+    with pytest.raises(ValueError, match="Unknown model name"):
+        deit.build_classifier("no_such_net", 3)
