@@ -228,3 +228,46 @@ def test_huggingface_conversion_parity(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json and model.safetensors"):
         deit.create_model("deit_pico_patch4_28", checkpoint_path=tmp_path / "empty")
+
+
+def test_load_model_from_training_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    src = _pico()
+    ema = {k: v + 1 for k, v in src.state_dict().items()}
+    ckpt = {
+        "model": src.state_dict(),
+        "model_ema": ema,
+        "model_name": "deit_pico_distilled_patch4_28",
+        "num_classes": 10,
+        "img_size": 28,
+        "in_chans": 3,
+        "class_names": [f"digit {i}" for i in range(10)],
+        "mean": [0.13, 0.13, 0.13],
+        "std": [0.3, 0.3, 0.3],
+        "epoch": 4,
+    }
+    torch.save(ckpt, tmp_path / "last.pth")
+    model, info = deit.load_model(tmp_path / "last.pth")
+    assert not model.training
+    assert info.class_names[3] == "digit 3" and info.img_size == (28, 28)
+    assert info.mean == (0.13, 0.13, 0.13) and info.num_classes == 10
+    assert _same_output(model, src, torch.randn(2, 3, 28, 28), atol=0)
+    ema_model, _ = deit.load_model(tmp_path / "last.pth", use_ema=True)
+    assert torch.equal(ema_model.cls_token, src.cls_token + 1)
+
+
+def test_load_model_needs_name_and_falls_back_to_indices(tmp_path):
+    save_weights(_pico(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match="does not record its architecture"):
+        deit.load_model(tmp_path / "w.safetensors")
+    model, info = deit.load_model(tmp_path / "w.safetensors", "deit_pico_distilled_patch4_28")
+    assert info.num_classes == 10 and info.class_names == [str(i) for i in range(10)]
+    assert any("no class names" in n for n in info.notes)
+    cnn = timm.create_model("resnet10t", num_classes=4)
+    torch.save(
+        {"model": cnn.state_dict(), "model_name": "resnet10t", "num_classes": 4}, tmp_path / "c.pth"
+    )
+    loaded, info = deit.load_model(tmp_path / "c.pth")
+    assert info.model_name == "resnet10t" and torch.equal(loaded.fc.weight, cnn.fc.weight)
+    with pytest.raises(CheckpointError, match="does not fit resnet18"):
+        deit.load_model(tmp_path / "c.pth", model_name="resnet18")

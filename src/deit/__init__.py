@@ -8,6 +8,7 @@ from .models import (
     create_model,
     list_models,
     load_checkpoint,
+    load_model,
     save_weights,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_model",
     "save_weights",
 ]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distilled import DistilledVisionTransformer
+from .registry import IMAGENET_MEAN, IMAGENET_STD
 from .vision_transformer import VisionTransformer
 
 __all__ = [
@@ -34,6 +35,9 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "save_weights",
+    "load_state_dict_into",
+    "load_model",
+    "ModelInfo",
 ]
 
 _HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
@@ -345,6 +349,22 @@ def load_checkpoint(
             shapes).
     """
     sd, meta = read_state_dict(path)
+    return load_state_dict_into(model, sd, finetune=finetune, meta=meta, source=str(path))
+
+
+def load_state_dict_into(
+    model: VisionTransformer,
+    sd: dict[str, torch.Tensor],
+    finetune: bool = False,
+    meta: dict[str, Any] | None = None,
+    source: str = "state dict",
+) -> LoadReport:
+    """Adapt a DeiT/timm-named state dict to ``model`` and load it (see :func:`load_checkpoint`).
+
+    Raises:
+        CheckpointError: tensors that do not fit; the message names ``source``, keys and shapes.
+    """
+    meta = meta or {}
     report = LoadReport()
     sd = _adapt(sd, model, finetune, report)
     own = model.state_dict()
@@ -372,7 +392,7 @@ def load_checkpoint(
             if only_heads
             else " Check that the model name matches the checkpoint's architecture."
         )
-        raise CheckpointError(f"{str(path)!r} does not fit this model: {', '.join(parts)}.{hint}")
+        raise CheckpointError(f"{source!r} does not fit this model: {', '.join(parts)}.{hint}")
     model.load_state_dict(sd, strict=not finetune)
     eps = meta.get("layer_norm_eps")
     if eps is not None:
@@ -380,7 +400,7 @@ def load_checkpoint(
             if isinstance(m, nn.LayerNorm):
                 m.eps = eps
         report.add(f"LayerNorm eps set to {eps} as in the Hugging Face config.")
-    if "class_names" in meta:
+    if meta.get("class_names"):
         model.class_names = list(meta["class_names"])
     return report
 
@@ -423,3 +443,133 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -
     sd = {k: v.detach().cpu() for k, v in sd.items()}
     path = Path(path)
     atomic_save(sd if path.suffix == ".safetensors" else {"model": sd}, path)
+
+
+@dataclass
+class ModelInfo:
+    """What a job needs to know about a loaded model besides its weights.
+
+    Attributes:
+        model_name: registered DeiT name, timm name, or ``torchvision:<name>``.
+        num_classes: classes of the head(s).
+        img_size: input ``(H, W)`` in pixels.
+        in_chans: input channels.
+        class_names: one name per class index (indices as strings when unknown).
+        mean, std: input normalisation per channel.
+        crop_pct: evaluation centre-crop ratio.
+        notes: sentences about what was assumed or adapted while loading.
+    """
+
+    model_name: str
+    num_classes: int
+    img_size: tuple[int, int]
+    in_chans: int = 3
+    class_names: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(
+    path: str | Path,
+    model_name: str | None = None,
+    use_ema: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild a model from a checkpoint, ready for inference (eval mode).
+
+    A checkpoint written by ``deit train`` records its architecture (``model_name``,
+    ``num_classes``, ``img_size``, ``in_chans``), class names and normalisation; any other weights
+    file (official DeiT, timm, safetensors, Hugging Face folder) needs ``model_name``, and its
+    class count is read from the head.
+
+    Args:
+        path: checkpoint file or Hugging Face folder.
+        model_name: architecture, required for files that do not record it.
+        use_ema: load the EMA weights (``model_ema``) of a training checkpoint when present.
+        device: where to put the model.
+
+    Returns:
+        ``(model, info)``.
+
+    Raises:
+        CheckpointError: unreadable file, unknown architecture, or weights that do not fit.
+    """
+    from .registry import build_classifier, get_model_spec, is_deit_model
+
+    path = Path(path)
+    obj: Any = None
+    if path.is_file() and path.suffix != ".safetensors":
+        obj = safe_torch_load(path)
+    run = obj if isinstance(obj, dict) and "model_name" in obj else {}
+    notes: list[str] = []
+    if run:
+        sd = run["model"]
+        if use_ema and run.get("model_ema") is None:
+            notes.append("No EMA weights in the checkpoint: the model weights are used.")
+        elif use_ema:
+            sd = run["model_ema"]
+        extra: dict[str, Any] = {"class_names": run.get("class_names")}
+    elif obj is not None:
+        sd, extra = _unwrap(obj, path), {}
+    else:
+        sd, extra = read_state_dict(path)
+    name = model_name or run.get("model_name")
+    if name is None:
+        raise CheckpointError(
+            f"{str(path)!r} does not record its architecture; pass the model name "
+            "(--model NAME, e.g. deit_tiny_distilled_patch16_224)."
+        )
+    head = sd.get("head.weight", sd.get("fc.weight"))
+    num_classes = int(run.get("num_classes") or (head.shape[0] if head is not None else 1000))
+    proj = sd.get("patch_embed.proj.weight")
+    in_chans = int(run.get("in_chans") or (proj.shape[1] if proj is not None else 3))
+    size = run.get("img_size")
+    if is_deit_model(name):
+        spec = get_model_spec(name)
+        size = size or _hf_img_size(path) or spec.img_size
+        model = build_classifier(name, num_classes, in_chans=in_chans, img_size=size)
+        notes += load_state_dict_into(model, sd, meta=extra, source=str(path)).notes
+        mean, std, crop = spec.mean, spec.std, spec.crop_pct
+    else:
+        model = build_classifier(name, num_classes, in_chans=in_chans)
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{str(path)!r} does not fit {name} ({str(e).splitlines()[-1].strip()[:160]}); "
+                "check the model name."
+            ) from None
+        mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, 0.875
+        size = size or 224
+    size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    class_names = extra.get("class_names") or getattr(model, "class_names", None)
+    if not class_names:
+        if num_classes == 1000:
+            from timm.data import ImageNetInfo
+
+            imagenet = ImageNetInfo()
+            class_names = [imagenet.index_to_description(i) for i in range(1000)]
+        else:
+            class_names = [str(i) for i in range(num_classes)]
+            notes.append("The checkpoint has no class names: class indices are used instead.")
+    info = ModelInfo(
+        model_name=name,
+        num_classes=num_classes,
+        img_size=size,
+        in_chans=in_chans,
+        class_names=list(class_names),
+        mean=tuple(run.get("mean") or mean),
+        std=tuple(run.get("std") or std),
+        crop_pct=float(run.get("crop_pct") or crop),
+        notes=notes,
+    )
+    return model.to(device).eval(), info
+
+
+def _hf_img_size(path: Path) -> int | None:
+    cfg = path / "config.json"
+    if path.is_dir() and cfg.is_file():
+        return int(json.loads(cfg.read_text()).get("image_size", 224))
+    return None
