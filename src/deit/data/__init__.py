@@ -1,0 +1,29 @@
+"""Data sets, transforms, Mixup/CutMix and samplers (see :mod:`.datasets`, :mod:`.transforms`)."""
+
+from .datasets import (
+    DatasetInfo,
+    build_dataset,
+    dataset_info,
+    list_datasets,
+    safe_unpickle,
+)
+from .transforms import (
+    build_mixup,
+    build_mixup_from_config,
+    build_sampler,
+    build_transform,
+    build_transform_from_config,
+)
+
+__all__ = [
+    "DatasetInfo",
+    "build_dataset",
+    "dataset_info",
+    "list_datasets",
+    "safe_unpickle",
+    "build_transform",
+    "build_transform_from_config",
+    "build_mixup",
+    "build_mixup_from_config",
+    "build_sampler",
+]

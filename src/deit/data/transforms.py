@@ -1,0 +1,334 @@
+"""Image transforms, Mixup/CutMix and samplers of the DeiT recipe, built from timm/torchvision.
+
+- :func:`build_transform`: ``timm.data.create_transform`` with the official DeiT arguments
+  (``datasets.py::build_transform`` of facebookresearch/deit).
+- :func:`build_mixup`: ``timm.data.Mixup`` (per-batch Mixup α 0.8 / CutMix α 1.0, label
+  smoothing folded into the soft targets), or ``None`` when switched off.
+- :func:`build_sampler`: ``timm.data.distributed_sampler.RepeatAugSampler`` (repeated
+  augmentation, 3 repeats), also in a single process; ``DistributedSampler`` otherwise when
+  distributed; ``RandomSampler`` / ``SequentialSampler`` in one process.
+
+The ``*_from_config`` helpers read the same fields from a :class:`deit.config.Config` (or any
+object with those attribute names, e.g. the official argparse namespace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from timm.data import Mixup, create_transform
+from timm.data import auto_augment as _timm_aa
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import (
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+from torchvision import transforms
+
+from .datasets import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "SMALL_INPUT_MAX",
+    "build_transform",
+    "build_transform_from_config",
+    "build_mixup",
+    "build_mixup_from_config",
+    "build_sampler",
+    "SeededRepeatAugSampler",
+]
+
+#: Inputs of at most this side (px) use the small-image pipeline (official: ``input_size > 32``
+#: decides whether images are resized).
+SMALL_INPUT_MAX = 32
+
+
+def _posterize_compat(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's ``posterize`` with Pillow < 11 semantics for 0 bits (an all-black image).
+
+    timm's RandAugment 'PosterizeIncreasing' keeps ``4 - int(m / 10 * 4)`` bits, i.e. 0 bits
+    when the noisy magnitude (m 9, std 0.5) reaches 10 (about 2 % of draws); newer Pillow
+    rejects ``bits=0`` with ValueError, which would stop a training run at a random step.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return ImageOps.posterize(img, 1).point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(t: transforms.Compose) -> None:
+    for x in t.transforms:
+        for op in getattr(x, "ops", ()):
+            if getattr(op, "aug_fn", None) is _timm_aa.posterize:
+                op.aug_fn = _posterize_compat
+
+
+def build_transform(
+    is_train: bool,
+    input_size: int,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    aa: str | None = "rand-m9-mstd0.5-inc1",
+    color_jitter: float | None = 0.3,
+    reprob: float = 0.25,
+    remode: str = "pixel",
+    recount: int = 1,
+    train_interpolation: str = "bicubic",
+    crop_pct: float = 0.875,
+    hflip: float = 0.5,
+    scale: tuple[float, float] = (0.08, 1.0),
+    eval_interpolation: str = "bicubic",
+) -> transforms.Compose:
+    """Training or evaluation transform: PIL RGB image → normalised ``(3, input_size, input_size)``.
+
+    Training (``timm.data.create_transform(is_training=True)``):
+    RandomResizedCrop(``input_size``, scale 0.08–1, ``train_interpolation``) → horizontal flip
+    (p ``hflip``) → RandAugment ``aa`` (timm turns colour jitter off when an auto-augment policy
+    is given, as in the official runs) → ToTensor → Normalize(``mean``, ``std``) →
+    RandomErasing(``reprob``, ``remode``, ``recount``) on the normalised tensor.
+    RandAugment's posterize is made to return a black image for 0 bits, as with Pillow < 11,
+    instead of raising ValueError under newer Pillow (see ``_posterize_compat``).
+    When ``input_size <= 32`` the crop is replaced, as in the official code, by
+    ``RandomCrop(input_size, padding=4)``, preceded here by a bicubic
+    ``Resize(input_size)`` that leaves images already of that size untouched (so 8 px digits can
+    be trained at 28 px).
+
+    Evaluation (``create_transform(is_training=False)``): Resize the short side to
+    ``int(input_size / crop_pct)`` (``eval_interpolation``, bicubic by default) → CenterCrop
+    ``input_size`` → ToTensor → Normalize. For ``input_size <= 32`` ``crop_pct`` is taken as
+    1.0, so native-size images pass unchanged (the official code does no resizing there).
+
+    Args:
+        is_train: training (random) or evaluation (deterministic) pipeline.
+        input_size: output side in pixels.
+        mean, std: per-channel normalisation, [0, 1] units.
+        aa: timm auto-augment policy string; ``None`` or ``""``/``"none"`` for none.
+        color_jitter: brightness/contrast/saturation factor (only used without ``aa``).
+        reprob, remode, recount: random erasing probability, fill mode
+            (``'pixel'``/``'rand'``/``'const'``) and count.
+        train_interpolation: ``'bicubic'``, ``'bilinear'`` or ``'random'``.
+        crop_pct: evaluation centre-crop ratio (official ``--eval-crop-ratio``).
+        hflip: horizontal-flip probability (0 for digits).
+        scale: RandomResizedCrop area range.
+        eval_interpolation: interpolation of the evaluation resize.
+
+    Returns:
+        A :class:`torchvision.transforms.Compose`.
+
+    Raises:
+        ValueError: ``input_size < 1`` or ``crop_pct`` outside (0, 1].
+    """
+    if input_size < 1:
+        raise ValueError(f"input_size must be a positive number of pixels (got {input_size}).")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1] (got {crop_pct}).")
+    if aa is not None and aa.lower() in ("", "none"):
+        aa = None
+    small = input_size <= SMALL_INPUT_MAX
+    if is_train:
+        t = create_transform(
+            input_size=input_size,
+            is_training=True,
+            scale=scale,
+            hflip=hflip,
+            color_jitter=color_jitter,
+            auto_augment=aa,
+            interpolation=train_interpolation,
+            mean=tuple(mean),
+            std=tuple(std),
+            re_prob=reprob,
+            re_mode=remode,
+            re_count=recount,
+        )
+        _patch_posterize(t)
+        if small:
+            bicubic = transforms.InterpolationMode.BICUBIC
+            t.transforms[0:1] = [
+                transforms.Resize(input_size, interpolation=bicubic),
+                transforms.RandomCrop(input_size, padding=4),
+            ]
+        return t
+    return create_transform(
+        input_size=input_size,
+        is_training=False,
+        interpolation=eval_interpolation,
+        crop_pct=1.0 if small else crop_pct,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def build_transform_from_config(
+    cfg: Any,
+    is_train: bool,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> transforms.Compose:
+    """:func:`build_transform` with the fields of a config (``input_size``, ``aa``,
+    ``color_jitter``, ``reprob``, ``remode``, ``recount``, ``train_interpolation``,
+    ``eval_crop_ratio``, ``hflip``); ``mean``/``std`` usually come from the data set's
+    :class:`~deit.data.datasets.DatasetInfo` (or the model's pretrained configuration)."""
+    return build_transform(
+        is_train,
+        cfg.input_size,
+        mean=mean,
+        std=std,
+        aa=cfg.aa,
+        color_jitter=cfg.color_jitter,
+        reprob=cfg.reprob,
+        remode=cfg.remode,
+        recount=cfg.recount,
+        train_interpolation=cfg.train_interpolation,
+        crop_pct=getattr(cfg, "eval_crop_ratio", 0.875),
+        hflip=getattr(cfg, "hflip", 0.5),
+    )
+
+
+def build_mixup(
+    mixup: float = 0.8,
+    cutmix: float = 1.0,
+    cutmix_minmax: Sequence[float] | None = None,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    mode: str = "batch",
+    smoothing: float = 0.1,
+    num_classes: int = 1000,
+) -> Mixup | None:
+    """timm :class:`~timm.data.Mixup` for a batch, or ``None`` when nothing mixes.
+
+    Called as ``images, targets = mixup_fn(images, targets)``: images ``(B, C, H, W)``,
+    int targets ``(B,)`` → mixed images and soft targets ``(B, num_classes)`` that already
+    include label smoothing (use ``timm.loss.SoftTargetCrossEntropy``). ``mode`` 'pair'/'elem'
+    need an even batch size (use ``drop_last=True``).
+
+    Args:
+        mixup: Mixup Beta α (0 = off). cutmix: CutMix Beta α (0 = off).
+        cutmix_minmax: CutMix box ratio range ``[min, max]``; replaces the α when given.
+        prob: probability of mixing a batch. switch_prob: probability of CutMix when both on.
+        mode: 'batch', 'pair' or 'elem'. smoothing: label smoothing of the targets.
+        num_classes: width of the targets.
+
+    Returns:
+        ``Mixup`` or ``None`` when ``mixup <= 0``, ``cutmix <= 0`` and no ``cutmix_minmax``,
+        or ``prob == 0``.
+    """
+    active = mixup > 0 or cutmix > 0 or cutmix_minmax is not None
+    if not active or prob <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        cutmix_minmax=list(cutmix_minmax) if cutmix_minmax is not None else None,
+        prob=prob,
+        switch_prob=switch_prob,
+        mode=mode,
+        label_smoothing=smoothing,
+        num_classes=num_classes,
+    )
+
+
+def build_mixup_from_config(cfg: Any, num_classes: int) -> Mixup | None:
+    """:func:`build_mixup` with ``cfg.mixup, cutmix, cutmix_minmax, mixup_prob,
+    mixup_switch_prob, mixup_mode, smoothing``."""
+    return build_mixup(
+        cfg.mixup,
+        cfg.cutmix,
+        cfg.cutmix_minmax,
+        cfg.mixup_prob,
+        cfg.mixup_switch_prob,
+        cfg.mixup_mode,
+        cfg.smoothing,
+        num_classes,
+    )
+
+
+class SeededRepeatAugSampler(RepeatAugSampler):
+    """timm's ``RepeatAugSampler`` whose shuffle is seeded with ``seed + epoch``.
+
+    timm (like the official ``RASampler``) seeds the permutation with the epoch only; adding
+    ``seed`` mirrors :class:`~torch.utils.data.DistributedSampler`. ``seed=0`` gives exactly
+    timm's order. Each epoch yields ``len(self)`` indices: every image repeated
+    ``num_repeats`` times, spread over ranks, then cut to about ``N / num_replicas`` (a
+    multiple of 256 when ``N >= 256``) — so one process sees about ``N / num_repeats``
+    distinct images per epoch, each ``num_repeats`` times with different augmentations.
+    """
+
+    def __init__(self, dataset: Dataset, *args: Any, seed: int = 0, **kw: Any) -> None:
+        super().__init__(dataset, *args, **kw)
+        self.seed = int(seed)
+        self.epoch = self.seed
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed for ``epoch`` (call at the start of every epoch)."""
+        self.epoch = self.seed + int(epoch)
+
+
+def build_sampler(
+    dataset: Dataset,
+    is_train: bool,
+    repeated_aug: bool = False,
+    num_repeats: int = 3,
+    distributed: bool = False,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    seed: int = 0,
+    dist_eval: bool = False,
+) -> Sampler:
+    """Sampler for a train or eval loader.
+
+    - train, ``repeated_aug``: :class:`SeededRepeatAugSampler` (timm ``RepeatAugSampler``)
+      with ``num_repeats`` — also in a single process (``num_replicas=1, rank=0``; the
+      official code silently turns it off there).
+    - train, ``distributed``: ``DistributedSampler(shuffle=True, seed=seed)``.
+    - train, one process: ``RandomSampler`` with a generator seeded by ``seed``.
+    - eval: ``DistributedSampler(shuffle=False)`` when ``distributed and dist_eval`` (it pads
+      with repeated samples to a multiple of the world size), else ``SequentialSampler``.
+
+    Call ``sampler.set_epoch(epoch)`` each epoch when it has that method.
+
+    Args:
+        num_replicas, rank: world size and rank; default: from ``torch.distributed`` when
+            ``distributed`` and it is initialised, else 1 and 0.
+
+    Raises:
+        ValueError: ``num_repeats < 1`` with ``repeated_aug``, or ``rank`` outside the world.
+    """
+    if num_replicas is None or rank is None:
+        if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+            num_replicas = (
+                torch.distributed.get_world_size() if num_replicas is None else num_replicas
+            )
+            rank = torch.distributed.get_rank() if rank is None else rank
+        else:
+            num_replicas = 1 if num_replicas is None else num_replicas
+            rank = 0 if rank is None else rank
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank {rank} is outside a world of {num_replicas} process(es).")
+    if is_train:
+        if repeated_aug:
+            if num_repeats < 1:
+                raise ValueError(f"num_repeats must be >= 1 (got {num_repeats}).")
+            return SeededRepeatAugSampler(
+                dataset,
+                num_replicas=num_replicas,
+                rank=rank,
+                shuffle=True,
+                num_repeats=num_repeats,
+                seed=seed,
+            )
+        if distributed:
+            return DistributedSampler(
+                dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed
+            )
+        return RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    if distributed and dist_eval:
+        return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+    return SequentialSampler(dataset)

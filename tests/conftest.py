@@ -1,0 +1,37 @@
+"""Shared test fixtures (kept small)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image_tree(
+    root: Path, counts: dict[str, dict[str, int]], size: tuple[int, int] = (20, 16)
+) -> Path:
+    """Write an ImageNet-style tree ``root/<split>/<class>/<i>.{png,jpg}`` of real images.
+
+    ``counts[split][class]`` images per class; even indices are PNG, odd JPEG; pixel values
+    are deterministic (``(17 * i + class_index * 60) % 256``), RGB, ``size`` = (width, height).
+    """
+    for split, per_class in counts.items():
+        for c_idx, (cls, n) in enumerate(sorted(per_class.items())):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = np.full((size[1], size[0], 3), (17 * i + c_idx * 60) % 256, np.uint8)
+                ext = "png" if i % 2 == 0 else "jpg"
+                Image.fromarray(arr).save(d / f"{i}.{ext}")
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """A tree with train: cat 3, dog 2, fish 4 images; val: cat 1, dog 1, fish 2 (20x16 RGB)."""
+    return write_image_tree(
+        tmp_path / "imgs",
+        {"train": {"cat": 3, "dog": 2, "fish": 4}, "val": {"cat": 1, "dog": 1, "fish": 2}},
+    )
