@@ -1,0 +1,362 @@
+"""Export a trained model for inference outside this package: ``deit export``.
+
+Formats:
+
+- ``onnx``: ``torch.onnx.export`` with a dynamic batch axis (input ``images``
+  ``(batch, C, H, W)``, output ``logits`` ``(batch, num_classes)``), through the TorchScript-based
+  exporter (``dynamo=False``) and, where that exporter is missing or fails, the
+  ``torch.export``-based one with ``dynamic_shapes``. Checked with onnxruntime.
+- ``torchscript``: ``torch.jit.trace`` saved with ``torch.jit.save``; the batch size stays free
+  because every shape the model reads is traced as a shape operation. Checked with
+  ``torch.jit.load``.
+
+A distilled model exports its inference output: the average of its two heads (the paper's late
+fusion, section 4), or one head alone with ``head``. Before success is reported the exported
+model is run on a random batch of another size than the traced one and compared with PyTorch;
+the maximum absolute difference is returned (and printed by the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import HEAD_CHOICES, CheckpointError, ModelInfo
+from .predict import ModelLike, _print_notes, _set_head, info_from_model, resolve_model
+
+__all__ = ["FORMATS", "ExportError", "ExportResult", "InferenceWrapper", "export_model"]
+
+#: Export formats: ONNX (onnxruntime) and TorchScript (``torch.jit.trace``).
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportError(ValueError):
+    """The export failed, or the exported model does not reproduce PyTorch's outputs."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how well it matches PyTorch.
+
+    Attributes:
+        path: the written file.
+        format: ``"onnx"`` or ``"torchscript"``.
+        input_shape: the traced input ``(batch, C, H, W)``; the batch axis is dynamic.
+        check_shape: the shape of the random batch used for the parity check.
+        max_abs_diff: max |exported - PyTorch| over the check batch's logits.
+        exporter: which exporter wrote the file (``"torchscript-onnx"``, ``"dynamo-onnx"``,
+            ``"jit.trace"``).
+        head: the distilled model's head that was exported (``"both"``/``"cls"``/``"dist"``).
+    """
+
+    path: str
+    format: str
+    input_shape: tuple[int, ...]
+    check_shape: tuple[int, ...]
+    max_abs_diff: float
+    exporter: str
+    head: str
+
+
+class InferenceWrapper(nn.Module):
+    """The model in eval mode returning one logits tensor ``(B, num_classes)``.
+
+    A distilled model returns the head chosen with ``head`` (``"both"``: the average of the two
+    heads); a model that returns a tuple has it averaged.
+    """
+
+    def __init__(self, model: nn.Module, head: str = "both") -> None:
+        super().__init__()
+        self.model = model.eval()
+        _set_head(self.model, head)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` for normalised images ``(B, C, H, W)``."""
+        out = self.model(images)
+        if isinstance(out, tuple):
+            out = (out[0] + out[1]) / 2
+        return out
+
+
+def _input_shape(
+    model: nn.Module, info: ModelInfo | None, input_size: int | tuple[int, int] | None
+) -> tuple[int, int, int]:
+    """``(C, H, W)`` the model takes; errors when it cannot be told or conflicts."""
+    size = None
+    if input_size is not None:
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        size = (int(size[0]), int(size[1]))
+    fixed = getattr(model, "img_size", None)  # DeiT models only take their own size
+    if fixed is not None and size is not None and tuple(fixed) != size:
+        raise ValueError(
+            f"This model takes {fixed[0]}x{fixed[1]} inputs, not {size[0]}x{size[1]}; drop "
+            "--input-size or fine-tune the model at that size."
+        )
+    if size is None and info is not None:
+        size = tuple(info.img_size)
+    if size is None:
+        size = info_from_model(model).img_size  # raises ValueError when unknown
+    in_chans = info.in_chans if info is not None else getattr(model, "in_chans", 3)
+    patch = getattr(model, "patch_embed", None)
+    in_chans = getattr(patch, "in_chans", in_chans)
+    return int(in_chans), int(size[0]), int(size[1])
+
+
+def _export_onnx(wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, exporter: str) -> str:
+    errors = []
+    if exporter in ("auto", "torchscript"):
+        try:
+            torch.onnx.export(
+                wrapper,
+                (x,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+            return "torchscript-onnx"
+        except Exception as e:  # noqa: BLE001 - removed or failing legacy exporter: try dynamo
+            if exporter != "auto":
+                raise ExportError(f"The TorchScript-based ONNX exporter failed: {e}") from None
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    try:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        torch.onnx.export(
+            wrapper,
+            (x,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=max(opset, 18),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        return "dynamo-onnx"
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        raise ExportError(f"ONNX export failed ({'; '.join(errors)}).") from None
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    (out,) = sess.run(["logits"], {"images": x.numpy()})
+    return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def export_model(
+    checkpoint_or_model: ModelLike,
+    output: str | os.PathLike,
+    format: str = "onnx",
+    head: str = "both",
+    model_name: str | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    trace_batch: int = 2,
+    check_batch: int = 3,
+    atol: float = 1e-4,
+    opset: int = 17,
+    exporter: str = "auto",
+    info: ModelInfo | None = None,
+) -> ExportResult:
+    """Export a classifier to ONNX or TorchScript and check it against PyTorch.
+
+    The model is traced on CPU in eval mode with a random batch of ``trace_batch`` images,
+    written to ``output``, reloaded (onnxruntime / ``torch.jit.load``) and run on a random
+    batch of ``check_batch`` images; the export fails unless every logit is within ``atol`` of
+    PyTorch's.
+
+    Args:
+        checkpoint_or_model: checkpoint path, module, or ``(model, info)`` pair.
+        output: file to write (parent folders are created).
+        format: ``"onnx"`` or ``"torchscript"``.
+        head: distilled models: ``"both"`` (average, the default inference output), ``"cls"``
+            or ``"dist"``.
+        model_name: architecture of a weights file without metadata (its configuration gives
+            the input size).
+        input_size: input side(s) in pixels, for models whose size is not recorded (a timm or
+            torchvision model); must equal a DeiT model's own size.
+        trace_batch: batch size of the example input (the batch axis stays dynamic).
+        check_batch: batch size of the parity check (different from ``trace_batch`` to show
+            the batch axis is dynamic; 1 keeps a large model's check cheap).
+        atol: largest allowed absolute difference of the logits.
+        opset: ONNX opset (the dynamo exporter uses at least 18).
+        exporter: ONNX only: ``"auto"`` (TorchScript-based first, then dynamo),
+            ``"torchscript"`` or ``"dynamo"``.
+        info: metadata of a module passed directly.
+
+    Returns:
+        :class:`ExportResult` with the maximum absolute difference.
+
+    Raises:
+        ValueError: unknown format/head/exporter, or an input size that is not given and
+            cannot be told (a weights file without metadata and no ``model_name`` /
+            ``input_size``).
+        ExportError: the exporter failed, or the parity check did (the file is removed).
+        deit.models.CheckpointError: the checkpoint cannot be read.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be auto, torchscript or dynamo, got {exporter!r}.")
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}.")
+    if isinstance(checkpoint_or_model, nn.Module):
+        model = checkpoint_or_model  # its size comes from input_size, info or the model itself
+    elif isinstance(checkpoint_or_model, tuple):
+        model, info = checkpoint_or_model
+    else:
+        try:
+            model, info = resolve_model(checkpoint_or_model, model_name, "cpu", warn_notes=False)
+        except CheckpointError as e:
+            if model_name is not None or "does not record its architecture" not in str(e):
+                raise
+            raise ValueError(
+                f"The input size of {str(checkpoint_or_model)!r} is unknown: the file records "
+                "no architecture; pass the model name (--model NAME) whose configuration gives "
+                "the input size (and --input-size for a non-DeiT model)."
+            ) from None
+        for note in info.notes:  # class names do not matter to an exported model
+            if "class names" not in note:
+                warnings.warn(note, UserWarning, stacklevel=3)
+    shape = _input_shape(model, info, input_size)
+    previous = getattr(model, "head_choice", None)
+    try:
+        return _export(
+            model,
+            shape,
+            Path(output),
+            format,
+            head,
+            trace_batch,
+            check_batch,
+            atol,
+            opset,
+            exporter,
+        )
+    finally:
+        if previous is not None:
+            model.set_head(previous)
+
+
+def _export(
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    path: Path,
+    format: str,
+    head: str,
+    trace_batch: int,
+    check_batch: int,
+    atol: float,
+    opset: int,
+    exporter: str,
+) -> ExportResult:
+    wrapper = InferenceWrapper(model.float(), head).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(trace_batch, *shape, generator=gen)
+    x_check = torch.randn(check_batch, *shape, generator=gen)
+    with warnings.catch_warnings():
+        # Tracer warnings about shape reads and the deprecation notices of the exporters.
+        warnings.simplefilter("ignore")
+        if format == "onnx":
+            used = _export_onnx(wrapper, x, path, opset, exporter)
+            got = _run_onnx(path, x_check)
+        else:
+            try:
+                traced = torch.jit.trace(wrapper, x, check_trace=False)
+                torch.jit.save(traced, str(path))
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(
+                    f"TorchScript tracing failed ({type(e).__name__}: {str(e)[:160]})."
+                ) from None
+            used = "jit.trace"
+            got = torch.jit.load(str(path), map_location="cpu")(x_check)
+    ref = wrapper(x_check)
+    diff = float((got.float() - ref.float()).abs().max())
+    if got.shape != ref.shape or not diff <= atol:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"The exported {format} model does not reproduce PyTorch (output {tuple(got.shape)} "
+            f"vs {tuple(ref.shape)}, max abs difference {diff:.3g} > {atol}); nothing was kept."
+        )
+    return ExportResult(
+        path=str(path),
+        format=format,
+        input_shape=tuple(x.shape),
+        check_shape=tuple(x_check.shape),
+        max_abs_diff=diff,
+        exporter=used,
+        head=head,
+    )
+
+
+def _parse_size(text: str) -> int | tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        nums = [int(p) for p in parts if p]
+    except ValueError:
+        nums = []
+    if len(nums) == 1 and nums[0] > 0:
+        return nums[0]
+    if len(nums) == 2 and min(nums) > 0:
+        return (nums[0], nums[1])
+    raise argparse.ArgumentTypeError(f"expected SIZE or HxW in pixels, got {text!r}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = export_model(
+            args.checkpoint,
+            args.output,
+            format=args.format,
+            head=args.head,
+            model_name=args.model,
+            input_size=args.input_size,
+            opset=args.opset,
+        )
+    _print_notes(caught, "export")
+    runtime = "onnxruntime" if result.format == "onnx" else "torch.jit.load"
+    print(
+        f"exported {result.format} ({result.exporter}, head {result.head}) to {result.path}: "
+        f"input (batch, {', '.join(map(str, result.input_shape[1:]))}), dynamic batch"
+    )
+    print(
+        f"{runtime} vs PyTorch on a random batch of {result.check_shape[0]}: "
+        f"max abs difference {result.max_abs_diff:.3g}"
+    )
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    """Register ``deit export`` on the ``deit`` parser's subparsers."""
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript (checked against PyTorch)",
+        description="Export the inference output (distilled: both heads averaged unless "
+        "--head) with a dynamic batch axis, then check it against PyTorch on a random batch.",
+    )
+    p.add_argument("checkpoint", help="checkpoint written by deit train, or any weights file")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="default onnx")
+    p.add_argument("--output", required=True, help="file to write (.onnx / .pt)")
+    p.add_argument("--head", choices=HEAD_CHOICES, default="both", help="distilled models")
+    p.add_argument("--model", help="architecture of a weights file without metadata")
+    p.add_argument(
+        "--input-size", type=_parse_size, help="SIZE or HxW, for models that do not record it"
+    )
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=_run)
