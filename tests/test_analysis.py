@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -31,12 +33,18 @@ DIST, PLAIN = "deit_pico_distilled_patch4_28", "deit_pico_patch4_28"
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def _model(name=DIST, seed=0):
+@functools.cache
+def _cached_model(name, seed):
     torch.manual_seed(seed)
     m = deit.create_model(name, num_classes=10).eval()
     with torch.no_grad():  # stronger image dependence than the 0.02-std initialisation
         m.patch_embed.proj.weight.mul_(10)
     return m
+
+
+def _model(name=DIST, seed=0):
+    """A fresh copy of a pico model (built once per name/seed: initialisation is the slow part)."""
+    return copy.deepcopy(_cached_model(name, seed))
 
 
 def _checkpoint(path: Path, model, name=DIST) -> Path:
@@ -244,11 +252,11 @@ def test_analyze_distilled_checkpoint(tmp_path, images):
     model = _model()
     ck = _checkpoint(tmp_path / "run.pth", model)
     out = tmp_path / "out"
-    summary = analyze(ck, images, out)
+    summary = analyze(ck, images, out, max_figures=2)
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["distilled"] and summary["num_images"] == 3
     assert summary["grid_size"] == [7, 7] and summary["depth"] == 6
-    assert len(summary["figures"]["attention"]) == 3
+    assert len(summary["figures"]["attention"]) == 2  # max_figures; the numbers use all 3
     for f in summary["figures"]["attention"]:
         w, h = _png_ok(f)
         assert w > 3 * h  # five panels side by side

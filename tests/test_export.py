@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import onnx
 import onnxruntime as ort
 import pytest
@@ -16,9 +19,15 @@ from deit.models import ModelInfo, save_weights
 NAME = "deit_pico_distilled_patch4_28"
 
 
-def _pico(name=NAME):
+@functools.cache
+def _cached(name):
     torch.manual_seed(0)
     return deit.create_model(name, num_classes=10).eval()
+
+
+def _pico(name=NAME):
+    """A fresh copy of a pico model (built once: initialisation is the slow part)."""
+    return copy.deepcopy(_cached(name))
 
 
 def _checkpoint(path, model, name=NAME):
@@ -116,7 +125,7 @@ def test_unknown_input_size_is_an_error(tmp_path, capsys):
     res = export_model(w, tmp_path / "m.pt", format="torchscript", model_name=NAME)
     assert res.input_shape[1:] == (3, 28, 28)
     with pytest.raises(ValueError, match="takes 28x28 inputs, not 32x32"):
-        export_model(w, tmp_path / "m.pt", model_name=NAME, input_size=32)
+        export_model(_pico(), tmp_path / "m.pt", input_size=32)
 
 
 def test_failed_parity_check_is_reported_and_file_removed(tmp_path, monkeypatch):

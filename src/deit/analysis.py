@@ -412,7 +412,7 @@ def similarity_figure(values: Sequence[float], paper: bool = True):
             s=160,
             color="tab:red",
             zorder=3,
-            label="paper (DeiT-B⚗, section 4)",
+            label="paper (section 4: 0.06 first, 0.93 last layer)",
         )
     ax.set_xlabel("layer (block output)")
     ax.set_ylabel("cosine similarity (class vs distillation token)")
