@@ -44,6 +44,7 @@ from .engine import (
     evaluate,
     resolve_precision,
     train_one_epoch,
+    unwrap_model,
 )
 from .models import (
     CheckpointError,
@@ -56,7 +57,7 @@ from .models import (
 )
 from .optim import build_ema, build_optimizer, build_scheduler
 
-__all__ = ["DistEnv", "init_distributed", "run", "add_subcommand", "LAST", "BEST"]
+__all__ = ["DistEnv", "init_distributed", "wrap_ddp", "run", "add_subcommand", "LAST", "BEST"]
 
 LAST = "checkpoint.pth"
 BEST = "best_checkpoint.pth"
@@ -200,6 +201,20 @@ class _StopFlag:
 
 
 # ----------------------------------------------------------------------------- set-up
+def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> nn.Module:
+    """Wrap the student (only) in DistributedDataParallel.
+
+    A distilled model trained without distillation never uses ``head_dist``; DDP must then be
+    told to look for unused parameters, or their buckets are never all-reduced.
+    """
+    unused = distillation_type == "none" and hasattr(unwrap_model(model), "head_dist")
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=unused,
+    )
+
+
 def _check_output_dir(path: str) -> Path | None:
     if not path:
         return None
@@ -399,9 +414,7 @@ def run(
     if cfg.compile:
         train_model = torch.compile(train_model)
     if env.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        train_model = wrap_ddp(train_model, device, cfg.distillation_type)
 
     # resume
     start_epoch, num_updates, skip, best_acc1 = 0, 0, 0, 0.0
@@ -603,7 +616,7 @@ def _write_log(out: Path | None, writer: Any, log: dict[str, Any]) -> None:
 def _train_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
-        result = run(cfg, progress=not args.no_progress)
+        run(cfg, progress=not args.no_progress)
     except NonFiniteLossError as e:
         print(f"deit train: error: {e}", file=sys.stderr)
         return 1
