@@ -76,8 +76,10 @@ class DistilledVisionTransformer(VisionTransformer):
         """
         if pre_logits:
             return (x[:, 0] + x[:, 1]) / 2
-        x_cls = self.head(self.head_drop(x[:, 0]))
-        x_dist = self.head_dist(self.head_drop(x[:, 1]))
+        x_cls, x_dist = x[:, 0], x[:, 1]
+        if self.training:  # dropout is the identity in eval mode: skip its calls
+            x_cls, x_dist = self.head_drop(x_cls), self.head_drop(x_dist)
+        x_cls, x_dist = self.head(x_cls), self.head_dist(x_dist)
         if self.distilled_training and self.training:
             return x_cls, x_dist
         if self.head_choice == "cls":

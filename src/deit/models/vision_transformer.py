@@ -121,8 +121,10 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0
         )
-        x = x.transpose(1, 2).reshape(B, N, D)
-        return self.proj_drop(self.proj(x))
+        # Given q, k, v strided as above, SDPA returns (B, H, N, hd) as a view of a (B, N, H, hd)
+        # buffer, so this transpose + reshape is a view, not a copy.
+        x = self.proj(x.transpose(1, 2).reshape(B, N, D))
+        return self.proj_drop(x) if self.training else x
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Explicit attention probabilities for analysis, shape ``(B, H, N, N)``.
@@ -157,7 +159,9 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the MLP token-wise to ``x`` ``(B, N, D)``."""
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        if self.training:
+            return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.fc2(self.act(self.fc1(x)))  # dropout is the identity in eval mode
 
 
 class DropPath(nn.Module):
@@ -211,6 +215,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Transform tokens ``x`` ``(B, N, D)``."""
+        if not self.training:  # drop paths are the identity: skip their calls
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
@@ -329,13 +336,18 @@ class VisionTransformer(nn.Module):
         """Tokens after the final norm: ``(B, C, H, W)`` -> ``(B, num_prefix_tokens + N, D)``."""
         x = self.patch_embed(x)
         x = torch.cat((self._prefix_tokens(x.shape[0]), x), dim=1) + self.pos_embed
-        x = self.blocks(self.pos_drop(x))
+        if self.training:
+            x = self.pos_drop(x)
+        for block in self.blocks:  # each block is still called as a module (hooks fire)
+            x = block(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class-token logits from tokens ``(B, N', D)`` -> ``(B, num_classes)`` (or ``(B, D)``
         with ``pre_logits``)."""
-        x = self.head_drop(x[:, 0])
+        x = x[:, 0]
+        if self.training:
+            x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
