@@ -201,6 +201,9 @@ class Config:
         "name", "iNaturalist class level.", group="data", choices=_INAT_CATEGORIES
     )
     skip_corrupt: bool = _f(False, "Skip unreadable image files with a warning.", group="data")
+    train_subset: int = _f(
+        0, "Train on a fixed random subset of N images (0 = all; quick runs).", group="data"
+    )
     batch_size: int = _f(64, "Batch size per process.", group="data")
     num_workers: int = _f(
         10, "Data-loading workers per process.", group="data", flags=["--num-workers"]
@@ -488,7 +491,7 @@ def _checks(c: Config) -> list[str | None]:
         positive("distillation_tau"),
         oneof("kl_reduction", _KL_REDUCTIONS),
         None
-        if c.distillation_type == "none" or c.teacher_model
+        if c.distillation_type == "none" or c.teacher_model or c.teacher_path
         else "'teacher_model' is empty but distillation is on; name a teacher or set "
         "distillation_type 'none'.",
         oneof("inat_category", _INAT_CATEGORIES),

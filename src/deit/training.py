@@ -350,6 +350,11 @@ def run(
     train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf)
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf)
     num_classes = len(train_set.classes)
+    class_names = list(train_set.classes)
+    if cfg.train_subset and cfg.train_subset < len(train_set):
+        # a fixed subset (independent of --seed) so runs with several seeds see the same images
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+        train_set = torch.utils.data.Subset(train_set, keep[: cfg.train_subset].tolist())
 
     # models, loss
     model = _build_model(cfg, num_classes).to(device)
@@ -472,7 +477,7 @@ def run(
             "num_classes": num_classes,
             "img_size": cfg.input_size,
             "in_chans": 3,
-            "class_names": list(train_set.classes),
+            "class_names": class_names,
             "mean": list(info.mean),
             "std": list(info.std),
             "crop_pct": cfg.eval_crop_ratio,
