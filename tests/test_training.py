@@ -194,10 +194,9 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 def test_torchrun_two_processes(data_root, teacher_ckpt, tmp_path):
     cmd = [
         str(BIN / "torchrun"),
+        "--standalone",  # a free port on localhost: parallel test runs do not collide
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
         "-m",
         "deit.cli",
         "train",

@@ -1,5 +1,8 @@
 """deit: DeiT vision transformers and distillation through attention (Touvron et al., 2021)."""
 
+from .config import Config, get_preset
+from .data import build_dataset, build_mixup, build_sampler, build_transform
+from .distillation import DistillationLoss, Teacher, build_teacher, check_student
 from .models import (
     CheckpointError,
     DistilledVisionTransformer,
@@ -15,6 +18,16 @@ from .models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Config",
+    "DistillationLoss",
+    "Teacher",
+    "build_dataset",
+    "build_mixup",
+    "build_sampler",
+    "build_teacher",
+    "build_transform",
+    "check_student",
+    "get_preset",
     "CheckpointError",
     "DistilledVisionTransformer",
     "VisionTransformer",

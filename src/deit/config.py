@@ -457,6 +457,7 @@ def _checks(c: Config) -> list[str | None]:
         oneof("sched", _SCHEDS),
         atleast("epochs", 1, "; train for at least one epoch"),
         atleast("warmup_epochs", 0),
+        atleast("train_subset", 0, "; use 0 to train on every image"),
         atleast("cooldown_epochs", 0),
         atleast("patience_epochs", 0),
         positive("decay_epochs"),

@@ -78,15 +78,13 @@ def _config(s: DemoSettings, epochs: int, **kw: Any) -> Config:
     return Config.from_dict(base)
 
 
-def _plot(results: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
+def curves_figure(runs: dict[str, Any]) -> Any:
+    """Test top-1 per epoch of every run (``runs[name]["history"]`` as in ``log.txt``)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in results["runs"].items():
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for name, r in runs.items():
         epochs = [h["epoch"] + 1 for h in r["history"]]
         ax.plot(epochs, [h["test_acc1"] for h in r["history"]], marker="o", ms=3, label=name)
     ax.set_xlabel("epoch")
@@ -95,26 +93,33 @@ def _plot(results: dict[str, Any], out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    paths.append(out / "curves.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    return fig
 
-    rows = results["table"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def bars_figure(rows: list[dict[str, Any]]) -> Any:
+    """Final top-1 of the teacher and each student (averaged heads), one bar each."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
     names = [r["model"] for r in rows]
     values = [r["top1"] for r in rows]
     bars = ax.bar(names, values, color=["#777777", "#1f77b4", "#2ca02c", "#ff7f0e"][: len(rows)])
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.1f}", ha="center", va="bottom")
-    low = max(0.0, min(values) - 10)
-    ax.set_ylim(low, 100)
+    ax.set_ylim(max(0.0, min(values) - 10), 100)
+    ax.set_xlabel("model")
     ax.set_ylabel("final test top-1 (%)")
     ax.set_title("mnist5k: distillation through attention (averaged heads)")
     ax.tick_params(axis="x", labelrotation=15)
     fig.tight_layout()
-    paths.append(out / "final_top1.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def _plot(results: dict[str, Any], out: Path) -> list[Path]:
+    paths = [out / "curves.png", out / "final_top1.png"]
+    curves_figure(results["runs"]).savefig(paths[0], dpi=120)
+    bars_figure(results["table"]).savefig(paths[1], dpi=120)
     return paths
 
 
