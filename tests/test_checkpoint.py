@@ -269,5 +269,5 @@ def test_load_model_needs_name_and_falls_back_to_indices(tmp_path):
     )
     loaded, info = deit.load_model(tmp_path / "c.pth")
     assert info.model_name == "resnet10t" and torch.equal(loaded.fc.weight, cnn.fc.weight)
-    with pytest.raises(CheckpointError, match="does not fit resnet18"):
+    with pytest.raises(CheckpointError, match="does not fit this model.*holds a resnet18"):
         deit.load_model(tmp_path / "c.pth", model_name="resnet18")

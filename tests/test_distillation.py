@@ -490,7 +490,7 @@ def test_build_teacher_plain_state_dict_and_mismatches(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(t(x), model(x))
-    with pytest.raises(CheckpointError, match=r"does not fit model 'resnet18'.*model name"):
+    with pytest.raises(CheckpointError, match=r"does not fit this model.*model name .*'resnet18'"):
         build_teacher("resnet18", plain, num_classes=5)
     with pytest.raises(ValueError, match="has 5 classes .* student has 7"):
         build_teacher("resnet10t", plain, num_classes=7)

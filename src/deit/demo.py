@@ -53,6 +53,7 @@ class DemoSettings:
     train_subset: int = 0
     num_workers: int = 1
     progress: bool = True
+    teacher_path: str = ""  # reuse a teacher trained by an earlier demo instead of training one
 
     @classmethod
     def quick(cls, **kw: Any) -> DemoSettings:
@@ -158,17 +159,21 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     def say(msg: str) -> None:
         print(f"[demo {time.time() - start:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    say(f"training the CNN teacher {settings.teacher} on 4,000 MNIST digits")
-    teacher_dir = out / "teacher"
-    cfg = _config(
-        settings,
-        settings.teacher_epochs,
-        model=settings.teacher,
-        output_dir=str(teacher_dir),
-        drop_path=0.0,
-    )
-    runs["teacher " + settings.teacher] = run(cfg, progress=settings.progress)
-    teacher_path = teacher_dir / BEST
+    if settings.teacher_path:
+        teacher_path = Path(settings.teacher_path)
+        say(f"reusing the teacher {teacher_path}")
+    else:
+        say(f"training the CNN teacher {settings.teacher} on 4,000 MNIST digits")
+        teacher_dir = out / "teacher"
+        cfg = _config(
+            settings,
+            settings.teacher_epochs,
+            model=settings.teacher,
+            output_dir=str(teacher_dir),
+            drop_path=0.0,
+        )
+        runs["teacher " + settings.teacher] = run(cfg, progress=settings.progress)
+        teacher_path = teacher_dir / BEST
     teacher_eval = evaluate_checkpoint(teacher_path, "mnist5k")
 
     rows = [

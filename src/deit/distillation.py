@@ -41,7 +41,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.checkpoint import CheckpointError, load_checkpoint, read_state_dict, safe_torch_load
+from .engine import unwrap_model
+from .models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_into,
+    load_strict,
+    read_state_dict,
+    safe_torch_load,
+)
 from .models.distilled import DistilledVisionTransformer
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD, build_classifier, is_deit_model
 
@@ -60,17 +68,6 @@ DISTILLATION_TYPES = ("none", "soft", "hard")
 #: Normalisations of the soft (KL) term: ``"mean"`` divides the summed KL by ``B * C`` (official
 #: DeiT code), ``"batchmean"`` by ``B`` (the mathematical KL per sample; timm's token distillation).
 KL_REDUCTIONS = ("mean", "batchmean")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def _check_type(distillation_type: str) -> None:
@@ -276,34 +273,6 @@ def _check_head(
         )
 
 
-def _load_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    """Strict ``load_state_dict`` with a one-sentence :class:`CheckpointError` on mismatch."""
-    prefix = "module."
-    if sd and all(k.startswith(prefix) for k in sd):
-        sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    own = model.state_dict()
-    wrong = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in sd.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if wrong or missing or unexpected:
-        parts = []
-        if wrong:
-            parts.append("shape mismatch " + "; ".join(wrong[:4]))
-        if missing:
-            parts.append(f"{len(missing)} missing keys {missing[:4]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys {unexpected[:4]}")
-        raise CheckpointError(
-            f"Teacher checkpoint {str(path)!r} does not fit model {name!r} ({', '.join(parts)}); "
-            "pass the model name the checkpoint was trained with."
-        )
-    model.load_state_dict(sd, strict=True)
-
-
 def _checkpoint_meta(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Metadata of a ``deit train`` checkpoint and its state dict (when read), else ``{}``."""
     if not path.is_file() or path.suffix == ".safetensors":
@@ -410,12 +379,15 @@ def build_teacher(
         if is_deit_model(name):
             if sd is not None:
                 _check_head(model, sd, path, num_classes)
-            load_checkpoint(model, path)
+                load_state_dict_into(model, sd, source=f"Teacher checkpoint {path}")
+            else:
+                load_checkpoint(model, path)
         else:
             if sd is None:
                 sd, _ = read_state_dict(path)
             _check_head(model, sd, path, num_classes)
-            _load_state_dict(model, sd, path, name)
+            hint = f"pass the model name the checkpoint was trained with (not {name!r})."
+            load_strict(model, sd, f"Teacher checkpoint {path}", hint)
     else:
         warnings.warn(
             f"Teacher {name!r} has random weights (no checkpoint_path); pass the trained "
@@ -472,7 +444,7 @@ def check_student(
             student's.
     """
     _check_type(distillation_type)
-    student = _unwrap(model)
+    student = unwrap_model(model)
     if distillation_type == "none":
         return
     if not hasattr(student, "set_distilled_training"):

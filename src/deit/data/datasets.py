@@ -41,6 +41,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "DatasetInfo",
     "ArrayImageDataset",
@@ -63,8 +65,6 @@ __all__ = [
     "DIGITS_STD",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Per-channel mean / std of the *train* split in [0, 1] units (grey images copied to 3
 # channels, so the three values are equal); tests recompute them from the data.
 MNIST5K_MEAN = (0.13114,) * 3

@@ -37,6 +37,9 @@ __all__ = [
     "save_weights",
     "load_state_dict_into",
     "load_model",
+    "load_strict",
+    "mismatch",
+    "strip_ddp_prefix",
     "ModelInfo",
 ]
 
@@ -130,10 +133,54 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds no state dict (expected a dict of tensors, possibly under "
             "'model'); pass a weights file saved from a DeiT/ViT model."
         )
-    prefix = "module."  # saved from DistributedDataParallel
-    if obj and all(k.startswith(prefix) for k in obj):
-        obj = {k[len(prefix) :]: v for k, v in obj.items()}
-    return obj
+    return strip_ddp_prefix(obj)
+
+
+def strip_ddp_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix of a state dict saved from DistributedDataParallel."""
+    prefix = "module."
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def mismatch(
+    own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], ignore_missing: tuple = ()
+) -> tuple[list[str], bool]:
+    """Describe how ``sd`` fails to fit a model's state dict ``own``.
+
+    Returns:
+        ``(parts, only_heads)``: phrases for wrong shapes, missing and unexpected keys (empty
+        when ``sd`` fits), and whether the only problem is the shape of classifier heads.
+    """
+    wrong = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    missing = sorted(k for k in set(own) - set(sd) if k not in ignore_missing)
+    unexpected = sorted(set(sd) - set(own))
+    parts = []
+    if wrong:
+        shapes = [
+            f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong
+        ]
+        parts.append("shape mismatch " + "; ".join(shapes[:4]))
+    if missing:
+        parts.append(f"{len(missing)} missing keys {missing[:6]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys {unexpected[:6]}")
+    only_heads = bool(wrong) and not missing and not unexpected
+    return parts, only_heads and all(k in _HEAD_KEYS for k in wrong)
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, hint: str) -> None:
+    """``model.load_state_dict(sd)`` with a one-sentence :class:`CheckpointError` on mismatch.
+
+    Raises:
+        CheckpointError: names ``source``, the offending keys and shapes, then ``hint``.
+    """
+    sd = strip_ddp_prefix(sd)
+    parts, _ = mismatch(model.state_dict(), sd)
+    if parts:
+        raise CheckpointError(f"{source!r} does not fit this model: {', '.join(parts)}; {hint}")
+    model.load_state_dict(sd)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -367,26 +414,8 @@ def load_state_dict_into(
     meta = meta or {}
     report = LoadReport()
     sd = _adapt(sd, model, finetune, report)
-    own = model.state_dict()
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in sd.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = sorted(set(own) - set(sd))
-    if finetune:
-        missing = [k for k in missing if k not in _HEAD_KEYS]
-    unexpected = sorted(set(sd) - set(own))
-    if wrong or missing or unexpected:
-        parts = []
-        if wrong:
-            parts.append("shape mismatch " + "; ".join(wrong[:4]))
-        if missing:
-            parts.append(f"missing keys {missing[:6]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:6]}")
-        only_heads = not missing and not unexpected
-        only_heads = only_heads and all(k.split(":")[0] in _HEAD_KEYS for k in wrong)
+    parts, only_heads = mismatch(model.state_dict(), sd, _HEAD_KEYS if finetune else ())
+    if parts:
         hint = (
             " For another class count pass finetune=True (--finetune) to drop the heads."
             if only_heads
@@ -534,13 +563,7 @@ def load_model(
         mean, std, crop = spec.mean, spec.std, spec.crop_pct
     else:
         model = build_classifier(name, num_classes, in_chans=in_chans)
-        try:
-            model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"{str(path)!r} does not fit {name} ({str(e).splitlines()[-1].strip()[:160]}); "
-                "check the model name."
-            ) from None
+        load_strict(model, sd, str(path), f"check that it holds a {name}.")
         mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, 0.875
         size = size or 224
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
