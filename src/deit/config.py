@@ -164,6 +164,9 @@ class Config:
         False, "Do not random-erase the first augmentation split.", group="augmentation"
     )
     eval_crop_ratio: float = _f(0.875, "Evaluation centre-crop ratio.", group="augmentation")
+    crop_padding: int = _f(
+        4, "Padding of the random crop used for inputs <= 32 px.", group="augmentation"
+    )
     # --- mixup / cutmix
     mixup: float = _f(0.8, "Mixup alpha (0 = off).", group="mixup")
     cutmix: float = _f(1.0, "CutMix alpha (0 = off).", group="mixup")
@@ -458,6 +461,7 @@ def _checks(c: Config) -> list[str | None]:
         atleast("epochs", 1, "; train for at least one epoch"),
         atleast("warmup_epochs", 0),
         atleast("train_subset", 0, "; use 0 to train on every image"),
+        atleast("crop_padding", 0),
         atleast("cooldown_epochs", 0),
         atleast("patience_epochs", 0),
         positive("decay_epochs"),

@@ -34,9 +34,10 @@ class NonFiniteLossError(FloatingPointError):
 def fast_bf16_available(device: torch.device | str) -> bool:
     """Whether bf16 matrix products are fast on ``device``.
 
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: only with AMX or AVX-512 BF16 instructions
-    (read from ``/proc/cpuinfo``); elsewhere a bf16 matmul runs ~100x slower than fp32, so bf16
-    must never be chosen automatically there.
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: only with AMX tiles (``amx_bf16`` in
+    ``/proc/cpuinfo``). The AVX-512 BF16 flag alone is not enough: on an AMD EPYC that reports
+    ``avx512_bf16`` a bf16 matmul measured ~100x slower than fp32, so bf16 must never be chosen
+    automatically there.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -48,7 +49,7 @@ def fast_bf16_available(device: torch.device | str) -> bool:
             flags = f.read()
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return "amx_bf16" in flags
 
 
 @dataclass(frozen=True)
