@@ -46,9 +46,9 @@ class DemoSettings:
     student: str = "deit_pico_patch7_28"
     distilled_student: str = "deit_pico_distilled_patch7_28"
     teacher_epochs: int = 5
-    student_epochs: int = 25
+    student_epochs: int = 20
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 4e-3  # x 128/512 -> 1e-3 applied
     seed: int = 0
     train_subset: int = 0
     num_workers: int = 1
@@ -74,6 +74,9 @@ def _config(s: DemoSettings, epochs: int, **kw: Any) -> Config:
         train_subset=s.train_subset,
         num_workers=s.num_workers,
         device="auto",
+        # digits stay in place: with the official 4 px padded crop a patch-7 DeiT reached 25%
+        # top-1 after 3 epochs on mnist5k, without it 61% (measured on this CPU)
+        crop_padding=0,
     )
     base.update(kw)
     return Config.from_dict(base)
