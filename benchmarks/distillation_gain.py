@@ -1,6 +1,6 @@
 """The demo's study over several seeds: mean ± std top-1 per student variant on mnist5k.
 
-One CNN teacher is trained once (seed 0); each seed then trains the three DeiT students (no
+One CNN teacher is trained once (first seed) or given with --teacher-path; each seed then trains the three DeiT students (no
 distillation, hard, soft) with the demo's budget and evaluates them on the 1,000 held-out digits.
 
     python benchmarks/distillation_gain.py --seeds 0 1 2 --output-dir runs/gain
@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/gain")
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--student-epochs", type=int, default=None)
+    parser.add_argument(
+        "--teacher-path", default="", help="reuse this teacher (e.g. the demo's) for every seed"
+    )
     args = parser.parse_args()
     out = Path(args.output_dir)
     budget = {
@@ -36,7 +39,7 @@ def main() -> None:
         if v is not None
     }
     per_model: dict[str, list[float]] = {}
-    teacher_path = ""
+    teacher_path = args.teacher_path
     for seed in args.seeds:
         settings = DemoSettings(
             output_dir=str(out / f"seed{seed}"),
