@@ -20,6 +20,20 @@ from torch import nn
 __all__ = ["PatchEmbed", "Attention", "Mlp", "DropPath", "Block", "VisionTransformer"]
 
 
+#: Inference tiles of :class:`Mlp` hold about this many bytes of hidden activations.
+_MLP_TILE_BYTES = 4 * 2**20
+
+
+def _graph_capture() -> bool:
+    """Whether the forward is being traced, scripted, compiled or exported (plain path only)."""
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
@@ -158,10 +172,39 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP token-wise to ``x`` ``(B, N, D)``."""
+        """Apply the MLP token-wise to ``x`` ``(B, N, D)``.
+
+        In eval mode without autograd (inference) a large input is processed in row tiles, so the
+        ``mlp_ratio``-times wider hidden activation never exists in full: each tile's hidden part
+        stays in cache between ``fc1``, the activation and ``fc2``, and no huge temporary is
+        allocated (glibc hands out blocks over 32 MiB with fresh ``mmap`` pages, which then
+        page-fault on first touch). Every row is computed by the same operations as without
+        tiles. Tracing, scripting, ``torch.compile`` and export always take the plain path.
+        """
         if self.training:
             return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        if not torch.is_grad_enabled() and not _graph_capture():
+            rows = self.tile_rows()
+            if x.numel() > rows * x.shape[-1] and x.is_contiguous():
+                return self._forward_tiled(x, rows)
         return self.fc2(self.act(self.fc1(x)))  # dropout is the identity in eval mode
+
+    def tile_rows(self) -> int:
+        """Rows per inference tile: about 4 MiB of fp32 hidden activations, at least 128."""
+        return max(128, _MLP_TILE_BYTES // (4 * self.fc1.out_features))
+
+    def _forward_tiled(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat.new_empty(flat.shape[0], self.fc2.out_features)
+        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+        for start in range(0, flat.shape[0], rows):
+            hidden = self.act(F.linear(flat[start : start + rows], w1, b1))
+            tile = out[start : start + rows]
+            if b2 is None:
+                torch.mm(hidden, w2.t(), out=tile)
+            else:
+                torch.addmm(b2, hidden, w2.t(), out=tile)
+        return out.view(*x.shape[:-1], self.fc2.out_features)
 
 
 class DropPath(nn.Module):
