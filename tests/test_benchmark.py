@@ -176,3 +176,22 @@ def test_cli_unknown_model_is_one_line_error(capsys):
     assert main(["benchmark", "--models", "deit_tinny", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "Unknown model name" in err and "Traceback" not in err
+
+
+def test_tiled_inference_mlp_keeps_timm_parity():
+    # Large inference batches take Mlp's row-tiled path (the speed work measured by
+    # benchmarks/compare_timm.py); it must stay within 1e-5 of timm and of the plain path.
+    import timm
+
+    torch.manual_seed(0)
+    name = "deit_tiny_distilled_patch16_224"
+    ref = timm.create_model(name).eval()
+    model = deit.create_model(name).eval()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(8, 3, 224, 224)  # 8 x 198 rows > one tile of 1365 rows
+    assert x.shape[0] * 198 > model.blocks[0].mlp.tile_rows()
+    with torch.inference_mode():
+        tiled, theirs = model(x), ref(x)
+    plain = model(x)  # autograd on: the plain path
+    assert (tiled - theirs).abs().max().item() <= 1e-5
+    assert (tiled - plain.detach()).abs().max().item() <= 1e-6

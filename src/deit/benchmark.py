@@ -68,6 +68,7 @@ __all__ = [
     "device_name",
     "fast_bf16_available",
     "format_table",
+    "load_note",
     "matmul_flops",
     "peak_memory_mib",
     "plot_throughput_accuracy",
@@ -100,6 +101,7 @@ PAPER_THROUGHPUT = dict(
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEFAULT_CPU_BATCH = 32
+_THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
 _MIB = 2.0**20
 
 
@@ -437,7 +439,7 @@ def _tensor_bytes(model: nn.Module) -> int:
 # -- compilation --------------------------------------------------------------------------------
 def compile_for_inference(
     model: nn.Module,
-    mode: str | None = "max-autotune-no-cudagraphs",
+    mode: str | None = "default",
     freeze: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``torch.compile`` a model in eval mode for inference, with Inductor weight freezing.
@@ -555,7 +557,7 @@ def benchmark_model(
     device: str | torch.device = "auto",
     precision: str = "auto",
     compile: bool = False,
-    compile_mode: str | None = "max-autotune-no-cudagraphs",
+    compile_mode: str | None = "default",
     freeze: bool = True,
     warmup: int = 2,
     runs: int = 5,
@@ -617,52 +619,21 @@ def benchmark_model(
     was_training = _unwrap(net).training
     net = net.to(dev).eval()
     try:
-        return _benchmark(
-            net,
-            label,
-            dev,
-            precision,
-            batch_size,
-            compile,
-            compile_mode,
-            freeze,
-            warmup,
-            runs,
-            latency,
-            memory,
-            flops,
-            matmul_rate,
-            train,
-            train_batch_size,
-            teacher_model,
-            num_classes,
-            img_size,
-        )
+        return _measure(
+            net, label, dev, precision, batch_size, compile, compile_mode, freeze, warmup,
+            runs, latency, memory, flops, matmul_rate, train, train_batch_size, teacher_model,
+            num_classes, img_size,
+        )  # fmt: skip
     finally:
         _unwrap(net).train(was_training)
 
 
-def _benchmark(
-    net: nn.Module,
-    label: str,
-    dev: torch.device,
-    precision: str,
-    batch_size: int | None,
-    compile: bool,
-    compile_mode: str | None,
-    freeze: bool,
-    warmup: int,
-    runs: int,
-    latency: bool,
-    memory: bool,
-    flops: bool,
-    matmul_rate: float | None,
-    train: bool,
-    train_batch_size: int | None,
-    teacher_model: str,
-    num_classes: int,
-    img_size: int | None,
-) -> BenchmarkResult:
+def _measure(  # the body of benchmark_model, same arguments in the same order
+    net: nn.Module, label: str, dev: torch.device, precision: str, batch_size: int | None,
+    compile: bool, compile_mode: str | None, freeze: bool, warmup: int, runs: int,
+    latency: bool, memory: bool, flops: bool, matmul_rate: float | None, train: bool,
+    train_batch_size: int | None, teacher_model: str, num_classes: int, img_size: int | None,
+) -> BenchmarkResult:  # fmt: skip
     h, w = _input_hw(net, img_size)
     c = _input_channels(net)
     params = sum(p.numel() for p in _unwrap(net).parameters())
@@ -833,6 +804,10 @@ def run_benchmark(
             from .models import get_model_spec
 
             get_model_spec(m)  # raises with close matches
+    if verbose and dev.type == "cpu":
+        note = load_note()
+        if note:
+            print(note, flush=True)
     rate = matmul_flops(device=dev, precision=precision, min_time=0.5) if matmul else None
     results = []
     for m in models:
@@ -858,6 +833,26 @@ def run_benchmark(
                 + (", benchmark.png" if plot else "")
             )
     return results
+
+
+def load_note() -> str | None:
+    """A warning when other processes load the CPU (load average above the core count), with
+    the setting that limits the damage; ``None`` on a quiet machine.
+
+    libgomp threads spin at every parallel region by default; when another job holds a core,
+    the whole model waits for a descheduled thread at each small op. On this project's shared
+    2-core machine DeiT-Ti at batch 1 ran 5-16x slower that way than with
+    ``OMP_WAIT_POLICY=PASSIVE`` (set it before Python starts) or one thread (``--threads 1``).
+    """
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= cores or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return None
+    return (
+        f"note: load average {load:.1f} on {cores} cores: timings will be low and noisy; "
+        "OMP_WAIT_POLICY=PASSIVE (set before starting) or --threads 1 limits the damage."
+    )
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -929,7 +924,9 @@ def write_json(results: Sequence[BenchmarkResult], path: str | Path, **meta: Any
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
         **meta,
     }
     path = Path(path)
@@ -1057,7 +1054,12 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
         help="autocast precision; auto: bf16/fp16 on CUDA, fp32 on CPUs without fast bf16",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile (frozen for inference)")
-    p.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode (default; max-autotune-no-cudagraphs autotunes GEMMs: slower to "
+        "compile, no faster on a 2-core CPU, and unreliable when other jobs load the machine)",
+    )
     p.add_argument("--no-freeze", action="store_true", help="compile without weight freezing")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches (default 2)")
     p.add_argument("--runs", type=int, default=5, help="timed batches, median reported")

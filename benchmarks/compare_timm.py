@@ -1,0 +1,458 @@
+#!/usr/bin/env python
+"""Our DeiT against timm's, side by side in one process, with the same weights.
+
+Every case times timm (A) and ours (B) alternately, A B B A A B ..., many rounds, and reports the
+median of the per-round throughput ratios ours/timm (> 1: ours is faster). Ratios of neighbouring
+samples survive a machine shared with other jobs far better than absolute times; the absolute
+images/s printed beside them are medians too, but move with the load.
+
+Cases:
+
+- ``eager``: inference in fp32, ``torch.inference_mode``, DeiT-Ti/S/B at batch 1 and 64.
+- ``best``: our best setting (``torch.compile`` with Inductor weight freezing,
+  :func:`deit.benchmark.compile_for_inference`) against timm's eager model; DeiT-Ti at batch 1
+  and 32, DeiT-B at 64 when B is selected. Compile time is printed.
+- ``train``: one distillation training step, DeiT-Ti distilled student + a CNN teacher
+  (``--teacher``, random weights): student forward, frozen teacher forward, hard-distillation
+  loss ½ CE(cls, y) + ½ CE(dist, argmax teacher), backward, AdamW step. timm's side uses
+  ``timm.task.TokenDistillationTask`` (distill_type='hard', task_loss_weight=0.5); ours computes
+  the same loss directly; both share one teacher.
+- ``memory``: peak memory of one inference batch of 64 (``deit.benchmark.peak_memory_mib``: on
+  CPU the torch.profiler allocator peak plus weights and input).
+
+For each timed case the machine's fp32 matmul rate is measured in the same rounds (a 2048 x 2048
+``torch.mm``) and the model's FLOP/s (FlopCounterMode count x images/s) is printed as a fraction
+of it.
+
+``OMP_WAIT_POLICY=PASSIVE`` is set unless the environment sets it or ``--omp-active`` is given
+(see the comment at the top). ``--fused-adamw`` adds a training line where our side uses
+``AdamW(fused=True)`` (the same update in one kernel) against timm's default AdamW.
+
+Usage::
+
+    python benchmarks/compare_timm.py              # everything (DeiT-B at 64: tens of minutes)
+    python benchmarks/compare_timm.py --quick      # Ti and S, fewer rounds, B only if asked
+    python benchmarks/compare_timm.py --models tiny --batch-sizes 1 --no-train --no-memory
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# libgomp's default spin-waiting at every parallel region is ruinous on a machine shared with
+# other jobs (DeiT-Ti at batch 1 measured 5-16x slower than with passive waiting, while a big
+# matmul was not). It must be set before torch loads libgomp; it applies to both sides alike.
+if "--omp-active" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "--cold-compile" in sys.argv:  # an empty Inductor cache: compile times from scratch
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import deit  # noqa: E402
+from deit.benchmark import (  # noqa: E402
+    compile_for_inference,
+    count_flops,
+    peak_memory_mib,
+)
+
+SIZES = {"tiny": "deit_tiny_patch16_224", "small": "deit_small_patch16_224"}
+SIZES["base"] = "deit_base_patch16_224"
+SHORT = {"tiny": "Ti", "small": "S", "base": "B"}
+MM_SIZE = 2048
+PARITY_TOL = 1e-5
+
+
+@dataclass
+class Case:
+    """One comparison: medians over rounds. Throughputs in images/s, times in s, memory MiB."""
+
+    kind: str
+    model: str
+    batch_size: int
+    timm_ips: float = 0.0
+    ours_ips: float = 0.0
+    ratio: float = 0.0
+    ratio_q1: float = 0.0
+    ratio_q3: float = 0.0
+    rounds: int = 0
+    ours_mm_fraction: float | None = None
+    timm_mm_fraction: float | None = None
+    max_abs_diff: float | None = None
+    compile_s: float | None = None
+    timm_mib: float | None = None
+    ours_mib: float | None = None
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def _time(fn: Callable[[], object], calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def alternate(
+    fns: dict[str, Callable[[], object]],
+    budget_s: float,
+    min_rounds: int,
+    max_rounds: int,
+    mm: Callable[[], object] | None,
+    sample_s: float = 0.25,
+) -> dict[str, list[float]]:
+    """Time the functions in turn, round after round, the order reversed every other round
+    (A B C, C B A, ...); returns per-round seconds per call of each, and of one matmul under
+    ``"mm"`` when given. Calls per sample make one sample about ``sample_s``; rounds run until
+    ``budget_s`` is spent, within ``[min_rounds, max_rounds]``."""
+    first = min(_time(f, 1) for f in fns.values())
+    calls = max(1, round(sample_s / max(first, 1e-6)))
+    per_round = len(fns) * calls * first + (0.3 if mm else 0)
+    rounds = int(min(max_rounds, max(min_rounds, budget_s // max(per_round, 1e-6))))
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    if mm is not None:
+        times["mm"] = []
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            times[n].append(_time(fns[n], calls))
+        if mm is not None:
+            times["mm"].append(_time(mm, 1))
+    return times
+
+
+def _summarise(case: Case, times: dict[str, list[float]], ours: str, flops: int) -> None:
+    """Fill ``case`` from the per-round times of ``"timm"`` and ``ours``."""
+    bs = case.batch_size
+    ta, tb, tm = times["timm"], times[ours], times.get("mm", [])
+    ratios = [a / b for a, b in zip(ta, tb)]
+    case.ratio_q1, case.ratio, case.ratio_q3 = _quartiles(ratios)
+    case.samples = ratios
+    case.rounds = len(ratios)
+    case.timm_ips = bs / statistics.median(ta)
+    case.ours_ips = bs / statistics.median(tb)
+    if tm and flops:
+        mm_flops = 2.0 * MM_SIZE**3
+        case.ours_mm_fraction = statistics.median(
+            [flops * bs / b / (mm_flops / m) for b, m in zip(tb, tm)]
+        )
+        case.timm_mm_fraction = statistics.median(
+            [flops * bs / a / (mm_flops / m) for a, m in zip(ta, tm)]
+        )
+
+
+def _line(c: Case) -> str:
+    name = f"{c.kind:<6} {c.model:<28} b={c.batch_size:<3}"
+    if c.kind == "memory":
+        return f"{name} timm {c.timm_mib:8.1f} MiB  ours {c.ours_mib:8.1f} MiB  ours/timm {c.ours_mib / c.timm_mib:.3f}"
+    s = (
+        f"{name} timm {c.timm_ips:8.2f} img/s  ours {c.ours_ips:8.2f} img/s  "
+        f"ours/timm {c.ratio:.3f} [IQR {c.ratio_q1:.3f}-{c.ratio_q3:.3f}, n={c.rounds}]"
+    )
+    if c.ours_mm_fraction is not None:
+        s += f"  mm-rate: ours {c.ours_mm_fraction:.0%} timm {c.timm_mm_fraction:.0%}"
+    if c.max_abs_diff is not None:
+        s += f"  |diff| {c.max_abs_diff:.1e}"
+    if c.compile_s is not None:
+        s += f"  compile {c.compile_s:.0f}s"
+    if c.note:
+        s += f"  {c.note}"
+    return s
+
+
+def make_pair(size: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """timm's model with random weights and ours loaded with timm's state dict (eval mode)."""
+    name = SIZES[size]
+    ref = timm.create_model(name, pretrained=False).eval()
+    ours = deit.create_model(name).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _flops(model: torch.nn.Module, side: int = 224) -> int:
+    """FLOPs of one image through ``model`` (counted on a ``meta`` copy)."""
+    meta = copy.deepcopy(model).to("meta")
+    return count_flops(meta, torch.empty(1, 3, side, side, device="meta"))
+
+
+def run_inference(args: argparse.Namespace, mm: Callable[[], object] | None) -> list[Case]:
+    """Inference cases. For each model and batch size timm, our eager model and, where the plan
+    has it, our compiled+frozen model are timed in the same rounds; one line per variant."""
+    cases: list[Case] = []
+    best_plan = {"tiny": [1, 32], "base": [64]} if args.best else {}
+    for size in args.models:
+        ref, ours = make_pair(size)
+        flops = _flops(ours)
+        budget = args.budget if size != "base" else args.budget_base
+        min_rounds = args.min_rounds if size != "base" else 2
+        for bs in sorted(set(args.batch_sizes) | set(best_plan.get(size, []))):
+            torch.manual_seed(bs)
+            x = torch.randn(bs, 3, 224, 224)
+            fns: dict[str, Callable[[], object]] = {
+                "timm": partial(ref, x),
+                "ours": partial(ours, x),
+            }
+            compile_s = compiled_diff = None
+            with torch.inference_mode():
+                expected = ref(x)
+                diff = (ours(x) - expected).abs().max().item()
+                if bs in best_plan.get(size, []):
+                    fast = compile_for_inference(copy.deepcopy(ours), args.compile_mode)
+                    t0 = time.perf_counter()
+                    compiled_diff = (fast(x) - expected).abs().max().item()
+                    compile_s = time.perf_counter() - t0
+                    fns["compiled"] = partial(fast, x)
+                times = alternate(fns, budget, min_rounds, args.max_rounds, mm)
+            c = Case("eager", SIZES[size], bs, max_abs_diff=diff)
+            _summarise(c, times, "ours", flops)
+            print(_line(c), flush=True)
+            cases.append(c)
+            if "compiled" in fns:
+                c = Case("best", SIZES[size], bs, max_abs_diff=compiled_diff, compile_s=compile_s)
+                c.note = f"(ours compiled+frozen, mode={args.compile_mode}, vs timm eager)"
+                _summarise(c, times, "compiled", flops)
+                print(_line(c), flush=True)
+                cases.append(c)
+                del fns["compiled"]
+                torch._dynamo.reset()
+    return cases
+
+
+def run_memory(args: argparse.Namespace) -> list[Case]:
+    """Peak memory of one inference batch of ``args.memory_batch`` (MiB), ours vs timm."""
+    cases = []
+    for size in args.models:
+        ref, ours = make_pair(size)
+        x = torch.randn(args.memory_batch, 3, 224, 224)
+        base = sum(p.numel() * p.element_size() for p in ours.parameters())
+        base += x.numel() * x.element_size()
+        with torch.inference_mode():
+            ref(x[:1]), ours(x[:1])
+            t, _ = peak_memory_mib(partial(ref, x), "cpu", base)
+            o, method = peak_memory_mib(partial(ours, x), "cpu", base)
+        c = Case("memory", SIZES[size], args.memory_batch, timm_mib=t, ours_mib=o, note=method)
+        print(_line(c), flush=True)
+        cases.append(c)
+    return cases
+
+
+def run_train(args: argparse.Namespace) -> list[Case]:
+    """Distillation training step: DeiT-Ti distilled + CNN teacher, ours vs timm."""
+    from timm.task import DistillationTeacher, TokenDistillationTask
+
+    name = "deit_tiny_distilled_patch16_224"
+    torch.manual_seed(0)
+    ref = timm.create_model(name, pretrained=False).train()
+    ours = deit.create_model(name).train()
+    ours.load_state_dict(ref.state_dict())
+    ours.set_distilled_training(True)
+    teacher = DistillationTeacher(timm.create_model(args.teacher, pretrained=False), 1000)
+    teacher.requires_grad_(False)
+    task = TokenDistillationTask(
+        ref,
+        teacher,
+        criterion=torch.nn.CrossEntropyLoss(),
+        distill_type="hard",
+        task_loss_weight=0.5,
+        verbose=False,
+    )
+    mean = torch.tensor(ours.default_cfg["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(ours.default_cfg["std"]).view(1, -1, 1, 1)
+    opt_t = torch.optim.AdamW(ref.parameters(), lr=5e-4, weight_decay=0.05)
+    opt_o = torch.optim.AdamW(ours.parameters(), lr=5e-4, weight_decay=0.05)
+    bs = args.train_batch_size
+    x = torch.randn(bs, 3, 224, 224)
+    y = torch.randint(0, 1000, (bs,))
+
+    def ours_loss() -> torch.Tensor:
+        cls_logits, dist_logits = ours(x)
+        with torch.no_grad():
+            t_logits = teacher(teacher.normalize_input(x, mean, std))
+        return 0.5 * F.cross_entropy(cls_logits, y) + 0.5 * F.cross_entropy(
+            dist_logits, t_logits.argmax(dim=-1)
+        )
+
+    loss_t, loss_o = task(x, y)["loss"].item(), ours_loss().item()
+
+    def step_timm() -> None:
+        loss = task(x, y)["loss"]
+        opt_t.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_t.step()
+
+    def step_ours() -> None:
+        loss = ours_loss()
+        opt_o.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_o.step()
+
+    cases = []
+    fns = {"timm": step_timm, "ours": step_ours}
+    times = alternate(fns, args.budget, args.min_rounds, args.max_rounds, mm=None)
+    c = Case("train", name + f" + {args.teacher}", bs, max_abs_diff=abs(loss_t - loss_o))
+    c.note = "(fwd+teacher+bwd+AdamW; |diff| = first-step loss)"
+    _summarise(c, times, "ours", 0)
+    print(_line(c), flush=True)
+    cases.append(c)
+    if args.fused_adamw:
+        opt_o = torch.optim.AdamW(ours.parameters(), lr=5e-4, weight_decay=0.05, fused=True)
+        times = alternate(fns, args.budget, args.min_rounds, args.max_rounds, mm=None)
+        c = Case("train", name + f" + {args.teacher}", bs)
+        c.note = "(ours: AdamW(fused=True); timm: default AdamW)"
+        _summarise(c, times, "ours", 0)
+        print(_line(c), flush=True)
+        cases.append(c)
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; prints one line per case and a SUMMARY line; returns 0."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", choices=list(SIZES), help="default: tiny small base")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--quick", action="store_true", help="fewer rounds; tiny+small unless --models")
+    p.add_argument("--budget", type=float, help="seconds per Ti/S case (default 60, quick 20)")
+    p.add_argument("--budget-base", type=float, help="seconds per B case (default 240)")
+    p.add_argument("--min-rounds", type=int, help="default 10 (quick 4)")
+    p.add_argument("--max-rounds", type=int, default=200)
+    p.add_argument("--threads", type=int, help="torch threads for both sides")
+    p.add_argument("--no-best", dest="best", action="store_false", help="skip compiled cases")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode of 'best'")
+    p.add_argument("--no-train", dest="train", action="store_false")
+    p.add_argument("--teacher", default="resnet18", help="timm CNN teacher (random weights)")
+    p.add_argument("--train-batch-size", type=int, default=32)
+    p.add_argument("--fused-adamw", action="store_true", help="extra train line, fused AdamW")
+    p.add_argument("--omp-active", action="store_true", help="keep libgomp's spin-waiting")
+    p.add_argument(
+        "--cold-compile", action="store_true", help="empty Inductor cache (true compile times)"
+    )
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--memory-batch", type=int, default=64)
+    p.add_argument("--no-mm", dest="mm", action="store_false", help="skip the matmul yardstick")
+    p.add_argument("--json", help="write all cases to this JSON file")
+    args = p.parse_args(argv)
+    if args.models is None:
+        args.models = ["tiny", "small"] if args.quick else ["tiny", "small", "base"]
+    args.budget = args.budget or (20.0 if args.quick else 60.0)
+    args.budget_base = args.budget_base or (60.0 if args.quick else 240.0)
+    args.min_rounds = args.min_rounds or (4 if args.quick else 10)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.strftime("%Y-%m-%d %H:%M:%S")
+    load = os.getloadavg()
+    print(
+        f"# {start}  torch {torch.__version__}  timm {timm.__version__}  threads "
+        f"{torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}  "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        flush=True,
+    )
+    mm = None
+    if args.mm:
+        a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
+        mm = lambda: torch.mm(a, b)  # noqa: E731
+        mm()
+        rate = 2.0 * MM_SIZE**3 / statistics.median([_time(mm, 1) for _ in range(5)])
+        print(f"# matmul rate now ({MM_SIZE}x{MM_SIZE} fp32 torch.mm): {rate / 1e9:.1f} GFLOP/s")
+    cases = run_inference(args, mm)
+    if args.train:
+        cases += run_train(args)
+    if args.memory:
+        cases += run_memory(args)
+    print(summary(cases), flush=True)
+    load = os.getloadavg()
+    print(
+        f"# finished {time.strftime('%H:%M:%S')}  load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"start": start, "cases": [asdict(c) for c in cases]}, indent=2)
+        )
+    return 0
+
+
+def summary(cases: list[Case]) -> str:
+    """One line: worst eager ratio, best-setting ratios against their targets, matmul fractions,
+    training ratio and memory ratios."""
+    parts = []
+    eager = [c for c in cases if c.kind == "eager"]
+    if eager:
+        worst = min(eager, key=lambda c: c.ratio)
+        met = "met" if worst.ratio >= 1.0 else "NOT met"
+        parts.append(
+            f"eager min ours/timm {worst.ratio:.3f} ({_short(worst)} b{worst.batch_size}; "
+            f"target >=1.00 {met})"
+        )
+    # Our best setting per (model, batch): eager or compiled, whichever was faster in the run.
+    best: dict[tuple[str, int], Case] = {}
+    for c in cases:
+        if c.kind in ("eager", "best"):
+            key = (_size_of(c), c.batch_size)
+            if key not in best or c.ratio > best[key].ratio:
+                best[key] = c
+    targets = {("tiny", 1): 1.15, ("tiny", 32): 1.05}
+    for key, t in targets.items():
+        if key in best:
+            c = best[key]
+            how = "compiled" if c.kind == "best" else "eager"
+            parts.append(
+                f"best {_short(c)} b{c.batch_size} {c.ratio:.3f} ({how}; "
+                f"target >={t:.2f} {'met' if c.ratio >= t else 'NOT met'})"
+            )
+    for key, t in {("tiny", 32): 0.78, ("base", 64): 0.90}.items():
+        fractions = [
+            (c.ours_mm_fraction, c.kind)
+            for c in cases
+            if c.kind in ("eager", "best")
+            and (_size_of(c), c.batch_size) == key
+            and c.ours_mm_fraction is not None
+        ]
+        if fractions:
+            f, kind = max(fractions)
+            how = "compiled" if kind == "best" else "eager"
+            parts.append(
+                f"{SHORT[key[0]]} b{key[1]} {f:.0%} of mm rate ({how}; "
+                f"target >={t:.0%} {'met' if f >= t else 'NOT met'})"
+            )
+    for c in cases:
+        if c.kind == "train":
+            fused = " (ours fused AdamW)" if "fused" in c.note else ""
+            parts.append(f"train Ti-distilled step ours/timm {c.ratio:.3f}{fused}")
+        if c.kind == "memory":
+            parts.append(f"mem {_short(c)} b{c.batch_size} ours/timm {c.ours_mib / c.timm_mib:.2f}")
+    return "SUMMARY: " + "; ".join(parts)
+
+
+def _size_of(c: Case) -> str:
+    return next((k for k, v in SIZES.items() if c.model.startswith(v)), "?")
+
+
+def _short(c: Case) -> str:
+    return SHORT.get(_size_of(c), c.model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
