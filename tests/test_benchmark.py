@@ -195,3 +195,11 @@ def test_tiled_inference_mlp_keeps_timm_parity():
     plain = model(x)  # autograd on: the plain path
     assert (tiled - theirs).abs().max().item() <= 1e-5
     assert (tiled - plain.detach()).abs().max().item() <= 1e-6
+
+
+def test_tiled_path_steps_aside_under_autocast():
+    model = deit.create_model(TINY).eval()
+    x = torch.randn(48, 3, 28, 28)  # 48 x 50 rows > one tile of 2048 rows
+    assert x.shape[0] * 50 > model.blocks[0].mlp.tile_rows()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).shape == (48, 1000)

@@ -179,11 +179,15 @@ class Mlp(nn.Module):
         stays in cache between ``fc1``, the activation and ``fc2``, and no huge temporary is
         allocated (glibc hands out blocks over 32 MiB with fresh ``mmap`` pages, which then
         page-fault on first touch). Every row is computed by the same operations as without
-        tiles. Tracing, scripting, ``torch.compile`` and export always take the plain path.
+        tiles. Tracing, scripting, ``torch.compile``, export and autocast take the plain path.
         """
         if self.training:
             return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-        if not torch.is_grad_enabled() and not _graph_capture():
+        if (
+            not torch.is_grad_enabled()
+            and not _graph_capture()
+            and not torch.is_autocast_enabled(x.device.type)  # out= tiles need one dtype
+        ):
             rows = self.tile_rows()
             if x.numel() > rows * x.shape[-1] and x.is_contiguous():
                 return self._forward_tiled(x, rows)
