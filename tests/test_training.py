@@ -160,6 +160,7 @@ def _sgd(model):
 def _ddp_worker(rank, world, init_file, x, y, state, out):
     import torch.distributed as dist
 
+    torch.set_num_threads(1)  # two processes on two cores: no OpenMP oversubscription
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = deit.create_model(STUDENT, num_classes=4)
     model.load_state_dict(state)
