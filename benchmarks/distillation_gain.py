@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--student-epochs", type=int, default=None)
     parser.add_argument(
+        "--include",
+        nargs="*",
+        default=[],
+        help="results.json of demo runs made with the same settings, counted as more seeds",
+    )
+    parser.add_argument(
         "--teacher-path", default="", help="reuse this teacher (e.g. the demo's) for every seed"
     )
     args = parser.parse_args()
@@ -39,6 +45,9 @@ def main() -> None:
         if v is not None
     }
     per_model: dict[str, list[float]] = {}
+    for path in args.include:
+        for row in json.loads(Path(path).read_text())["table"]:
+            per_model.setdefault(row["model"], []).append(row["top1"])
     teacher_path = args.teacher_path
     for seed in args.seeds:
         settings = DemoSettings(

@@ -1,5 +1,13 @@
 """deit: DeiT vision transformers and distillation through attention (Touvron et al., 2021)."""
 
+import os
+
+# libgomp spin-waits at every parallel region by default; on a CPU shared with anything else
+# (a data-loader worker, another job) that made training here 5-20x slower. Passive waiting
+# costs little on an idle machine. It only takes effect if torch is not imported yet; set
+# OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .config import Config, get_preset
 from .data import build_dataset, build_mixup, build_sampler, build_transform
 from .distillation import DistillationLoss, Teacher, build_teacher, check_student
