@@ -34,6 +34,34 @@ def _graph_capture() -> bool:
     )
 
 
+#: Inference tiles of :class:`Block` hold about this many bytes of MLP hidden activations.
+_BLOCK_TILE_BYTES = 8 * 2**20
+
+
+def _tileable(x: torch.Tensor) -> bool:
+    """Whether an inference input may be processed in tiles: a CPU tensor (the gains are CPU
+    caches and glibc's allocator; GPUs want big kernels), no autograd, no autocast, no graph
+    capture, and a contiguous layout (tiles are written with ``out=``)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and not _graph_capture()
+        and not torch.is_autocast_enabled("cpu")
+        and x.is_contiguous()
+    )
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether ``module``'s submodules (or all modules, globally) have forward hooks."""
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return True
+    return any(
+        m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module
+    )
+
+
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
@@ -183,14 +211,8 @@ class Mlp(nn.Module):
         """
         if self.training:
             return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-        if (
-            not torch.is_grad_enabled()
-            and not _graph_capture()
-            and not torch.is_autocast_enabled(x.device.type)  # out= tiles need one dtype
-        ):
-            rows = self.tile_rows()
-            if x.numel() > rows * x.shape[-1] and x.is_contiguous():
-                return self._forward_tiled(x, rows)
+        if _tileable(x) and x.numel() > self.tile_rows() * x.shape[-1]:
+            return self._forward_tiled(x, self.tile_rows())
         return self.fc2(self.act(self.fc1(x)))  # dropout is the identity in eval mode
 
     def tile_rows(self) -> int:
@@ -260,13 +282,38 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    #: Process large inference batches in tiles of samples (see :meth:`forward`); set to
+    #: ``False`` on the class or an instance to always run the whole batch at once.
+    inference_tiles: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Transform tokens ``x`` ``(B, N, D)``."""
+        """Transform tokens ``x`` ``(B, N, D)``.
+
+        In inference (eval mode, no autograd, no autocast, not traced/compiled/exported) a large
+        batch goes through the block a few samples at a time: every intermediate (normed tokens,
+        qkv, attention output, MLP hidden) is then tile-sized and reused from cache instead of a
+        fresh batch-sized allocation (glibc serves blocks over 32 MiB with new pages that
+        page-fault on first touch). Each sample meets exactly the same operations. Skipped while
+        a submodule has hooks, so they still see the whole batch.
+        """
         if not self.training:  # drop paths are the identity: skip their calls
+            # _tileable first: no shape is read under tracing/export (no symbolic-shape guards)
+            if self.inference_tiles and _tileable(x) and x.ndim == 3:
+                per_tile = max(1, _BLOCK_TILE_BYTES // (4 * x.shape[1] * self.mlp.fc1.out_features))
+                if x.shape[0] > per_tile and not _has_hooks(self):
+                    return self._forward_tiled(x, per_tile)
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def _forward_tiled(self, x: torch.Tensor, per_tile: int) -> torch.Tensor:
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[0], per_tile):
+            tile = x[start : start + per_tile]
+            tile = tile + self.attn(self.norm1(tile))
+            torch.add(tile, self.mlp(self.norm2(tile)), out=out[start : start + per_tile])
+        return out
 
 
 class VisionTransformer(nn.Module):
