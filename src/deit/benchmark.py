@@ -37,7 +37,6 @@ import contextlib
 import copy
 import csv
 import datetime as _dt
-import functools
 import json
 import os
 import platform
@@ -52,6 +51,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .engine import cpu_flags, fast_bf16_available
 
 __all__ = [
     "OFFICIAL_MODELS",
@@ -119,42 +120,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {str(device)!r} requested but CUDA is not available; use cpu.")
     return dev
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast is a speed-up on ``device`` rather than a slow emulation.
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``/proc/cpuinfo`` flags ``amx_bf16``
-    (AMX tiles) or ``avx512_bf16`` (bf16 dot products); without either, oneDNN emulates bf16
-    and matmuls run many times slower than fp32. ``DEIT_FAST_BF16=0`` or ``=1`` overrides the
-    CPU answer.
-
-    Measured on this project's 2-core AMD EPYC (``avx512_bf16``, no AMX), OMP_WAIT_POLICY=PASSIVE:
-    a 1024x1024 bf16 ``torch.mm`` ran 2.2x the fp32 rate; DeiT-Ti under bf16 autocast ran 1.37x
-    (batch 1) and 1.46x (batch 32) its fp32 speed, logits within 0.013 of fp32.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if dev.type != "cpu":
-        return False
-    override = os.environ.get("DEIT_FAST_BF16")
-    if override in ("0", "1"):
-        return override == "1"
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def default_precision(device: str | torch.device = "cpu") -> str:
