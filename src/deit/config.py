@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from .data.datasets import INAT_CATEGORIES
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -69,16 +71,7 @@ _REMODES = ("pixel", "rand", "const")
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
 _SCHEDS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant")
 _SCHEDS = _SCHEDS + ("none",)
-_INAT_CATEGORIES = (
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "supercategory",
-    "family",
-    "genus",
-    "name",
-)
+_INAT_CATEGORIES = INAT_CATEGORIES
 
 
 @dataclass

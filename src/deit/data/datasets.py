@@ -296,16 +296,17 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def _mnist5k(split: str, **kw: Any) -> ArrayImageDataset:
     images, y = _mnist5k_arrays()
+    return _digit_split(images, y, split, _INFO["mnist5k"], **kw)
+
+
+def _digit_split(
+    images: np.ndarray, y: np.ndarray, split: str, info: DatasetInfo, **kw: Any
+) -> ArrayImageDataset:
+    """The fixed stratified 80/20 part ``split`` of a digit array set (classes "0".."9")."""
     train_idx, test_idx = stratified_split(y, 0.2, seed=0)
     idx = train_idx if _split_dir(split) == "train" else test_idx
-    return ArrayImageDataset(
-        images[idx],
-        y[idx].tolist(),
-        [str(i) for i in range(10)],
-        _INFO["mnist5k"],
-        indices=idx,
-        **kw,
-    )
+    classes = [str(i) for i in range(10)]
+    return ArrayImageDataset(images[idx], y[idx].tolist(), classes, info, indices=idx, **kw)
 
 
 def _digits(split: str, **kw: Any) -> ArrayImageDataset:
@@ -315,16 +316,7 @@ def _digits(split: str, **kw: Any) -> ArrayImageDataset:
     # values 0..16 -> 0..255
     images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     y = np.asarray(d.target, dtype=np.int64)
-    train_idx, test_idx = stratified_split(y, 0.2, seed=0)
-    idx = train_idx if _split_dir(split) == "train" else test_idx
-    return ArrayImageDataset(
-        images[idx],
-        y[idx].tolist(),
-        [str(i) for i in range(10)],
-        _INFO["digits"],
-        indices=idx,
-        **kw,
-    )
+    return _digit_split(images, y, split, _INFO["digits"], **kw)
 
 
 # --------------------------------------------------------------------------------------------
