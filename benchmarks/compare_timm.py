@@ -1,17 +1,21 @@
 #!/usr/bin/env python
 """Our DeiT against timm's, side by side in one process, with the same weights.
 
-Every case times timm (A) and ours (B) alternately, A B B A A B ..., many rounds, and reports the
-median of the per-round throughput ratios ours/timm (> 1: ours is faster). Ratios of neighbouring
-samples survive a machine shared with other jobs far better than absolute times; the absolute
-images/s printed beside them are medians too, but move with the load.
+Every case times timm (A) and ours (B, and C when compiled) in turn, A B C C B A A B C ..., many
+rounds, and reports the median of the per-round throughput ratios ours/timm (> 1: ours is
+faster) with its interquartile range. Ratios of neighbouring samples survive a machine shared
+with other jobs far better than absolute times; the absolute images/s printed beside them are
+medians too, but move with the load. The output difference to timm is printed per case.
 
 Cases:
 
-- ``eager``: inference in fp32, ``torch.inference_mode``, DeiT-Ti/S/B at batch 1 and 64.
-- ``best``: our best setting (``torch.compile`` with Inductor weight freezing,
-  :func:`deit.benchmark.compile_for_inference`) against timm's eager model; DeiT-Ti at batch 1
-  and 32, DeiT-B at 64 when B is selected. Compile time is printed.
+- ``eager``: inference in fp32, ``torch.inference_mode``, DeiT-Ti/S/B at batch 1 and 64
+  (``--batch-sizes``), plus the batches of the ``best`` cases.
+- ``best``: ``torch.compile`` with Inductor weight freezing
+  (:func:`deit.benchmark.compile_for_inference`) against timm's eager model, timed in the same
+  rounds as the eager line above it; DeiT-Ti at batch 1 and 32, DeiT-B at 64 when B is
+  selected. Compile time is printed (``--cold-compile``: from an empty Inductor cache). The
+  SUMMARY takes our best setting per case as the faster of eager and compiled.
 - ``train``: one distillation training step, DeiT-Ti distilled student + a CNN teacher
   (``--teacher``, random weights): student forward, frozen teacher forward, hard-distillation
   loss ½ CE(cls, y) + ½ CE(dist, argmax teacher), backward, AdamW step. timm's side uses
