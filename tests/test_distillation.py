@@ -205,11 +205,14 @@ def test_mean_is_batchmean_over_num_classes():
 
 def test_last_parts_is_none_before_forward_and_total_matches():
     fn = DistillationLoss(SoftTargetCrossEntropy(), FixedLogits(TEACH), "hard", alpha=0.3)
-    assert fn.last_parts is None
+    assert fn.last_parts is None and fn.last_parts_tensors is None
     loss = fn(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), torch.tensor(SOFT))
     p = fn.last_parts
     assert isinstance(p.base, float) and isinstance(p.distillation, float)
     assert loss.item() == pytest.approx(0.7 * p.base + 0.3 * p.distillation, abs=1e-6)
+    base, dist = fn.last_parts_tensors
+    assert not base.requires_grad and not dist.requires_grad
+    assert (base.item(), dist.item()) == (p.base, p.distillation)
 
 
 def test_teacher_sees_the_student_inputs():

@@ -192,45 +192,33 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert not torch.equal(ddp_state["cls_token"], state["cls_token"])  # a step was taken
 
 
+def _train_argv(data_root, out, **flags) -> list[str]:
+    """`deit train` arguments on the tiny image tree; ``flags`` become ``--name value`` (``True``
+    gives a bare ``--name``)."""
+    argv = ["train", "--model", STUDENT, "--input-size", "28", "--data-set", "folder"]
+    argv += ["--data-path", str(data_root), "--num-workers", "0", "--device", "cpu"]
+    argv += ["--no-progress", "--output_dir", str(out)]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
 def test_torchrun_two_processes(data_root, teacher_ckpt, tmp_path):
-    cmd = [
-        str(BIN / "torchrun"),
-        "--standalone",  # a free port on localhost: parallel test runs do not collide
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "deit.cli",
-        "train",
-        "--model",
-        STUDENT,
-        "--input-size",
-        "28",
-        "--data-set",
-        "folder",
-        "--data-path",
-        str(data_root),
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--num-workers",
-        "0",
-        "--distillation-type",
-        "hard",
-        "--teacher-path",
-        str(teacher_ckpt),
-        "--teacher-model",
-        "resnet10t",
-        "--repeated-aug",
-        "--no-model-ema",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--output_dir",
-        str(tmp_path),
-    ]
+    # --standalone: a free port on localhost, so parallel test runs do not collide
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "deit.cli"]
+    cmd += _train_argv(
+        data_root,
+        tmp_path,
+        batch_size=4,
+        epochs=1,
+        warmup_epochs=0,
+        distillation_type="hard",
+        teacher_path=teacher_ckpt,
+        teacher_model="resnet10t",
+        repeated_aug=True,
+        no_model_ema=True,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -242,33 +230,8 @@ def test_torchrun_two_processes(data_root, teacher_ckpt, tmp_path):
 
 
 def _train_cmd(data_root, out, epochs):
-    return [
-        str(BIN / "deit"),
-        "train",
-        "--model",
-        STUDENT,
-        "--input-size",
-        "28",
-        "--data-set",
-        "folder",
-        "--data-path",
-        str(data_root),
-        "--batch-size",
-        "2",
-        "--epochs",
-        str(epochs),
-        "--warmup-epochs",
-        "0",
-        "--num-workers",
-        "0",
-        "--no-repeated-aug",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--output_dir",
-        str(out),
-        "--auto-resume",
-    ]
+    argv = _train_argv(data_root, out, batch_size=2, epochs=epochs, warmup_epochs=0)
+    return [str(BIN / "deit"), *argv, "--no-repeated-aug", "--auto-resume"]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -336,3 +299,23 @@ def test_precision_choice():
     assert resolve_precision("bf16", "cpu").dtype is torch.bfloat16
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", "cpu")
+
+
+def test_finetune_cnn_drops_only_the_classifier(tmp_path):
+    from deit.models import CheckpointError
+    from deit.training import _load_finetune
+
+    torch.manual_seed(0)
+    src = deit.build_classifier("resnet10t", 7)
+    path = tmp_path / "seven.pth"
+    torch.save({"model": src.state_dict(), "model_name": "resnet10t"}, path)
+    model = deit.build_classifier("resnet10t", 4)
+    fc_before = model.fc.weight.clone()
+    _load_finetune(model, Config(model="resnet10t", finetune=str(path)))
+    assert torch.equal(model.conv1[0].weight, src.conv1[0].weight)
+    assert torch.equal(model.layer4[0].conv1.weight, src.layer4[0].conv1.weight)
+    assert torch.equal(model.fc.weight, fc_before)  # 7-class head dropped, 4-class kept
+    # another architecture's weights (no model name recorded) name the mismatch
+    torch.save(deit.build_classifier("resnet18", 4).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(CheckpointError, match="does not fit resnet10t: shape mismatch"):
+        _load_finetune(model, Config(model="resnet10t", finetune=str(tmp_path / "r18.pth")))

@@ -219,7 +219,7 @@ def train_one_epoch(
             scheduler.step_update(num_updates=num_updates)
         if model_ema is not None:
             model_ema.update(unwrap_model(model), step=num_updates)
-        parts = getattr(criterion, "_parts", None)
+        parts = getattr(criterion, "last_parts_tensors", None)  # a plain loss has none
         totals[0] += loss.detach()
         if parts is not None:
             totals[1] += parts[0]

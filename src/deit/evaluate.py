@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .data import build_dataset, build_transform
+from .data import build_dataset
 from .distillation import build_teacher
 from .engine import evaluate, resolve_precision
 from .models import load_model
+from .predict import eval_transform
 
 __all__ = ["evaluate_checkpoint", "add_subcommand"]
 
@@ -57,10 +58,7 @@ def evaluate_checkpoint(
     """
     dev = torch.device(device)
     model, info = load_model(checkpoint, model_name=model_name, use_ema=use_ema, device=dev)
-    transform = build_transform(
-        False, info.img_size[0], mean=info.mean, std=info.std, crop_pct=info.crop_pct
-    )
-    dataset = build_dataset(data_set, data_path, split, transform=transform)
+    dataset = build_dataset(data_set, data_path, split, transform=eval_transform(info))
     if len(dataset.classes) != info.num_classes:
         raise ValueError(
             f"The checkpoint predicts {info.num_classes} classes but {data_set} has "

@@ -55,6 +55,7 @@ from .models import (
     read_state_dict,
     safe_torch_load,
 )
+from .models.checkpoint import mismatch
 from .optim import build_ema, build_optimizer, build_scheduler
 
 __all__ = ["DistEnv", "init_distributed", "wrap_ddp", "run", "add_subcommand", "LAST", "BEST"]
@@ -263,15 +264,20 @@ def _load_finetune(model: nn.Module, cfg: Config) -> None:
             meta = {}
         load_state_dict_into(model, sd, finetune=True, meta=meta, source=cfg.finetune)
         return
+    # a CNN: its classifier is the last Linear (timm's fc/head.fc, torchvision's fc/classifier.N);
+    # that one alone is dropped when the class count differs
     sd, _ = read_state_dict(path)
     own = model.state_dict()
-    sd = {k: v for k, v in sd.items() if not (k in own and v.shape != own[k].shape and v.ndim <= 2)}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if unexpected or len(missing) > 2:
+    head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    head_keys = tuple(f"{n}.{p}" for n in head for p in ("weight", "bias"))
+    sd = {k: v for k, v in sd.items() if not (k in head_keys and v.shape != own[k].shape)}
+    parts, _ = mismatch(own, sd, ignore_missing=head_keys)
+    if parts:
         raise CheckpointError(
-            f"--finetune {cfg.finetune!r} does not fit {cfg.model} (missing {missing[:4]}, "
-            f"unexpected {unexpected[:4]}); pass the matching --model."
+            f"--finetune {cfg.finetune!r} does not fit {cfg.model}: {', '.join(parts)}; "
+            "pass the matching --model."
         )
+    model.load_state_dict(sd, strict=False)
 
 
 def _base_criterion(cfg: Config, mixup: Any) -> nn.Module:
