@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from torch import nn
 
 import deit
 from deit.models import DistilledVisionTransformer, get_model_spec
@@ -171,3 +172,34 @@ def test_build_classifier_dispatch():
     assert tv.fc.out_features == 5
     with pytest.raises(ValueError, match="Unknown model name"):
         deit.build_classifier("no_such_net", 3)
+
+
+def test_inference_skips_the_patch_tokens_of_the_last_block():
+    torch.manual_seed(0)
+    model = deit.create_model("deit_pico_distilled_patch7_28", num_classes=10).eval()
+    x = torch.randn(4, 3, 28, 28)
+    rows = []
+
+    class Recording(nn.Linear):  # not a hook: hooks switch the shortcut off
+        def forward(self, t):
+            rows.append(t.shape[:-1])
+            return super().forward(t)
+
+    for block in model.blocks[-2:]:
+        fc1 = block.mlp.fc1
+        block.mlp.fc1 = Recording(fc1.in_features, fc1.out_features)
+        block.mlp.fc1.load_state_dict(fc1.state_dict())
+    with torch.no_grad():
+        fast = model(x)
+        assert rows == [(4, 18), (4, 2)]  # 16 patches + 2 prefix tokens, then the prefix only
+        full = model.forward_head(model.forward_features(x))
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-6)
+    # a hook on a block sees every token again (deit analyze relies on it)
+    seen = []
+    handle = model.blocks[-1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), full, atol=1e-6, rtol=1e-6)
+    handle.remove()
+    assert seen == [torch.Size([4, 18, 128])]
+    model.train()  # training: every token, both heads
+    assert model(x).shape == (4, 10) and rows[-1] == (4, 18)

@@ -110,7 +110,12 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed ``x`` of shape ``(B, C, H, W)`` into tokens ``(B, N, D)``."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
+        if x.ndim == 4 and x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"Expected images with {self.in_chans} channels but got {tuple(x.shape)}; convert "
+                f"the images or build the model with in_chans={x.shape[1]}."
+            )
+        if x.ndim != 4 or tuple(x.shape[2:]) != self.img_size:
             raise ValueError(
                 f"Expected images of shape (B, {self.in_chans}, {self.img_size[0]}, "
                 f"{self.img_size[1]}) but got {tuple(x.shape)}; resize the input or build the "
@@ -155,8 +160,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend over the tokens ``x`` ``(B, N, D)``; returns ``(B, N, D)``."""
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """Attend over the tokens ``x`` ``(B, N, D)``; returns ``(B, N, D)``.
+
+        With ``num_queries = n`` only the first ``n`` tokens attend (keys and values still come
+        from all ``N``) and the result is ``(B, n, D)``, equal to ``forward(x)[:, :n]`` up to
+        float round-off: what a classifier's last block needs (see
+        :meth:`Block.forward_prefix`).
+        """
+        if num_queries is not None:
+            return self._forward_queries(x, num_queries)
         B, N, D = x.shape
         # (B, N, 3, H, hd) -> 3 x (B, H, N, hd): views, no copy before the kernel.
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -167,6 +180,16 @@ class Attention(nn.Module):
         # buffer, so this transpose + reshape is a view, not a copy.
         x = self.proj(x.transpose(1, 2).reshape(B, N, D))
         return self.proj_drop(x) if self.training else x
+
+    def _forward_queries(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        B, N, D = x.shape
+        w, b = self.qkv.weight, self.qkv.bias  # rows: q (D), k (D), v (D); slices are views
+        q = F.linear(x[:, :n], w[:D], None if b is None else b[:D])
+        kv = F.linear(x, w[D:], None if b is None else b[D:])
+        q = q.view(B, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, n, D))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Explicit attention probabilities for analysis, shape ``(B, H, N, N)``.
@@ -307,6 +330,18 @@ class Block(nn.Module):
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
+    def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Inference output of the block for the first ``n`` tokens only: ``(B, N, D)`` ->
+        ``(B, n, D)``, equal to ``self(x)[:, :n]`` up to float round-off.
+
+        The prefix tokens attend to all ``N`` tokens, but the other tokens' queries, attention
+        outputs, projections and MLPs are skipped: in the last block a classifier reads only the
+        class (and distillation) token, so this saves about 85 % of that block's FLOPs.
+        Eval mode only (drop paths are not applied).
+        """
+        x_prefix = x[:, :n] + self.attn(self.norm1(x), num_queries=n)
+        return x_prefix + self.mlp(self.norm2(x_prefix))
+
     def _forward_tiled(self, x: torch.Tensor, per_tile: int) -> torch.Tensor:
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], per_tile):
@@ -426,15 +461,35 @@ class VisionTransformer(nn.Module):
     def _prefix_tokens(self, batch: int) -> torch.Tensor:
         return self.cls_token.expand(batch, -1, -1)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after the final norm: ``(B, C, H, W)`` -> ``(B, num_prefix_tokens + N, D)``."""
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> prefix and patch tokens with position embeddings."""
         x = self.patch_embed(x)
         x = torch.cat((self._prefix_tokens(x.shape[0]), x), dim=1) + self.pos_embed
-        if self.training:
-            x = self.pos_drop(x)
+        return self.pos_drop(x) if self.training else x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the final norm: ``(B, C, H, W)`` -> ``(B, num_prefix_tokens + N, D)``."""
+        x = self._embed(x)
         for block in self.blocks:  # each block is still called as a module (hooks fire)
             x = block(x)
         return self.norm(x)
+
+    def forward_prefix_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed prefix tokens (class, distillation) in eval mode: ``(B, C, H, W)`` ->
+        ``(B, num_prefix_tokens, D)``, equal to ``forward_features(x)[:, :num_prefix_tokens]``
+        up to float round-off; the last block skips the patch tokens' outputs
+        (:meth:`Block.forward_prefix`), which the heads never read."""
+        x = self._embed(x)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.norm(self.blocks[-1].forward_prefix(x, self.num_prefix_tokens))
+
+    def _prefix_path(self) -> bool:
+        # inference only, and not when hooks expect every block/norm to see all tokens
+        # (deit analyze); under graph capture hooks are not looked up (no guards on them)
+        if self.training or len(self.blocks) == 0:
+            return False
+        return _graph_capture() or not _has_hooks(self)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class-token logits from tokens ``(B, N', D)`` -> ``(B, num_classes)`` (or ``(B, D)``
@@ -445,7 +500,13 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify images ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
+        """Classify images ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
+
+        In eval mode the last block computes only the prefix tokens the head reads
+        (:meth:`forward_prefix_features`); training and hooked models take every token through.
+        """
+        if self._prefix_path():
+            return self.forward_head(self.forward_prefix_features(x))
         return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
