@@ -560,7 +560,7 @@ class DistillationLoss(nn.Module):
     @property
     def last_parts_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The unweighted ``(base, distillation)`` terms of the last forward as detached scalar
-        tensors on the loss's device (``distillation`` is ``None`` for ``"none"``; the pair is
+        tensors on the logits' device (``distillation`` is ``None`` for ``"none"``; the pair is
         ``None`` before the first call). Unlike :attr:`last_parts` it does not synchronise, so a
         training loop can accumulate it every step."""
         return self._parts

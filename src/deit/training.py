@@ -264,13 +264,19 @@ def _load_finetune(model: nn.Module, cfg: Config) -> None:
             meta = {}
         load_state_dict_into(model, sd, finetune=True, meta=meta, source=cfg.finetune)
         return
-    # a CNN: its classifier is the last Linear (timm's fc/head.fc, torchvision's fc/classifier.N);
-    # that one alone is dropped when the class count differs
+    # a CNN: its classifier layers (timm's pretrained_cfg names them, e.g. 'fc' or LeViT's two
+    # heads; otherwise the last Linear, as torchvision's fc / classifier.N) alone are dropped
+    # when the class count differs
     sd, _ = read_state_dict(path)
     own = model.state_dict()
-    head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
-    head_keys = tuple(f"{n}.{p}" for n in head for p in ("weight", "bias"))
-    sd = {k: v for k, v in sd.items() if not (k in head_keys and v.shape != own[k].shape)}
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if not heads:
+        heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    head_keys = tuple(f"{n}.{p}" for n in heads for p in ("weight", "bias"))
+    sd = {
+        k: v for k, v in sd.items() if not (k in own and k in head_keys and v.shape != own[k].shape)
+    }
     parts, _ = mismatch(own, sd, ignore_missing=head_keys)
     if parts:
         raise CheckpointError(

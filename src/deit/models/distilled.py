@@ -70,7 +70,8 @@ class DistilledVisionTransformer(VisionTransformer):
         return torch.cat((self.cls_token, self.dist_token), dim=1).expand(batch, -1, -1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits from tokens ``(B, N + 2, D)`` following the output convention of the class.
+        """Logits from tokens ``(B, N', D)`` (all ``N + 2`` tokens, or only the two prefix tokens)
+        following the output convention of the class.
 
         With ``pre_logits`` returns the mean of the two token features ``(B, D)``.
         """
@@ -90,7 +91,9 @@ class DistilledVisionTransformer(VisionTransformer):
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads' logits ``((B, C), (B, C))`` for images ``(B, C, H, W)``, in any mode."""
-        tokens = self.forward_features(x)
+        tokens = (
+            self.forward_prefix_features(x) if self._prefix_path() else self.forward_features(x)
+        )
         return self.head(self.head_drop(tokens[:, 0])), self.head_dist(self.head_drop(tokens[:, 1]))
 
     def get_classifier(self) -> tuple[nn.Module, nn.Module]:

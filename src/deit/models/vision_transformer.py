@@ -163,10 +163,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """Attend over the tokens ``x`` ``(B, N, D)``; returns ``(B, N, D)``.
 
-        With ``num_queries = n`` only the first ``n`` tokens attend (keys and values still come
-        from all ``N``) and the result is ``(B, n, D)``, equal to ``forward(x)[:, :n]`` up to
-        float round-off: what a classifier's last block needs (see
-        :meth:`Block.forward_prefix`).
+        With ``num_queries = n`` (``1 <= n <= N``) only the first ``n`` tokens attend (keys and
+        values still come from all ``N``) and the result is ``(B, n, D)``, equal to
+        ``forward(x)[:, :n]`` up to float round-off: what a classifier's last block needs (see
+        :meth:`Block.forward_prefix`). The attention/projection dropouts apply as usual.
+
+        Raises:
+            ValueError: ``num_queries`` outside ``1..N``.
         """
         if num_queries is not None:
             return self._forward_queries(x, num_queries)
@@ -183,13 +186,16 @@ class Attention(nn.Module):
 
     def _forward_queries(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, N, D = x.shape
-        w, b = self.qkv.weight, self.qkv.bias  # rows: q (D), k (D), v (D); slices are views
-        q = F.linear(x[:, :n], w[:D], None if b is None else b[:D])
-        kv = F.linear(x, w[D:], None if b is None else b[D:])
-        q = q.view(B, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = kv.view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, n, D))
+        if not 1 <= n <= N:
+            raise ValueError(f"num_queries must be between 1 and the {N} tokens, got {n}.")
+        # the qkv module is still called whole (quantised or adapted layers keep working);
+        # the saving is in the attention rows, proj and the MLP after it
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(
+            q[:, :, :n], k, v, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        x = self.proj(x.transpose(1, 2).reshape(B, n, D))
+        return self.proj_drop(x) if self.training else x
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Explicit attention probabilities for analysis, shape ``(B, H, N, N)``.
@@ -334,13 +340,17 @@ class Block(nn.Module):
         """Inference output of the block for the first ``n`` tokens only: ``(B, N, D)`` ->
         ``(B, n, D)``, equal to ``self(x)[:, :n]`` up to float round-off.
 
-        The prefix tokens attend to all ``N`` tokens, but the other tokens' queries, attention
-        outputs, projections and MLPs are skipped: in the last block a classifier reads only the
-        class (and distillation) token, so this saves about 85 % of that block's FLOPs.
-        Eval mode only (drop paths are not applied).
+        The prefix tokens attend to all ``N`` tokens, but the other tokens' attention rows,
+        projections and MLPs are skipped: in the last block a classifier reads only the class
+        (and distillation) token, so this saves about three quarters of that block's FLOPs.
+        Drop paths and dropouts apply as in :meth:`forward`. The whole batch goes at once (no
+        inference tiles: the skipped MLP is what tiles are for).
+
+        Raises:
+            ValueError: ``n`` outside ``1..N``.
         """
-        x_prefix = x[:, :n] + self.attn(self.norm1(x), num_queries=n)
-        return x_prefix + self.mlp(self.norm2(x_prefix))
+        x_prefix = x[:, :n] + self.drop_path1(self.attn(self.norm1(x), num_queries=n))
+        return x_prefix + self.drop_path2(self.mlp(self.norm2(x_prefix)))
 
     def _forward_tiled(self, x: torch.Tensor, per_tile: int) -> torch.Tensor:
         out = torch.empty_like(x)
@@ -475,21 +485,31 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_prefix_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normed prefix tokens (class, distillation) in eval mode: ``(B, C, H, W)`` ->
+        """Normed prefix tokens (class, distillation): ``(B, C, H, W)`` ->
         ``(B, num_prefix_tokens, D)``, equal to ``forward_features(x)[:, :num_prefix_tokens]``
-        up to float round-off; the last block skips the patch tokens' outputs
-        (:meth:`Block.forward_prefix`), which the heads never read."""
+        up to float round-off (in eval mode; in training the random drops differ); the last block
+        skips the patch tokens' outputs (:meth:`Block.forward_prefix`), which heads never read.
+
+        Raises:
+            ValueError: a model without blocks (``depth=0``).
+        """
+        if len(self.blocks) == 0:
+            raise ValueError("forward_prefix_features needs at least one block (depth >= 1).")
         x = self._embed(x)
         for block in self.blocks[:-1]:
             x = block(x)
         return self.norm(self.blocks[-1].forward_prefix(x, self.num_prefix_tokens))
 
     def _prefix_path(self) -> bool:
-        # inference only, and not when hooks expect every block/norm to see all tokens
-        # (deit analyze); under graph capture hooks are not looked up (no guards on them)
+        """Whether inference may take :meth:`forward_prefix_features`: the model and its last
+        block are in eval mode (MC-dropout keeps the full path) and no forward hooks are
+        registered anywhere (they expect every block and norm to see all tokens, as in
+        ``deit analyze``), also under tracing and ``torch.compile``."""
         if self.training or len(self.blocks) == 0:
             return False
-        return _graph_capture() or not _has_hooks(self)
+        if any(m.training for m in self.blocks[-1].modules()):
+            return False
+        return not _has_hooks(self)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class-token logits from tokens ``(B, N', D)`` -> ``(B, num_classes)`` (or ``(B, D)``
