@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from deit.cli import main
@@ -45,6 +46,10 @@ def test_quick_demo_outputs(demo_dir):
     for run in ("teacher", "student_none", "student_hard", "student_soft"):
         assert (demo_dir / run / "checkpoint.pth").is_file()
         assert (demo_dir / run / "log.txt").is_file()
+        # the students add CutMix to the preset on every batch; the teacher keeps the preset
+        cfg = yaml.safe_load((demo_dir / run / "config.yaml").read_text())
+        expected = (0.0, 0.5) if run == "teacher" else (1.0, 1.0)
+        assert (cfg["cutmix"], cfg["mixup_prob"]) == expected
 
 
 def test_demo_figures_are_labelled(demo_dir):
