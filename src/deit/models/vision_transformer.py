@@ -501,12 +501,15 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks[-1].forward_prefix(x, self.num_prefix_tokens))
 
     def _prefix_path(self) -> bool:
-        """Whether :meth:`forward` may take :meth:`forward_prefix_features`: whenever no
-        forward hooks are registered anywhere (they expect every block and norm to see all
-        tokens, as in ``deit analyze``), also under tracing and ``torch.compile``. Training
-        takes it too: the patch tokens' last-block outputs get no gradient anyway, and drop
-        paths and dropouts act on the prefix rows as they would in the full path."""
-        return len(self.blocks) > 0 and not _has_hooks(self)
+        """Whether inference may take :meth:`forward_prefix_features`: the model and its last
+        block are in eval mode (MC-dropout keeps the full path) and no forward hooks are
+        registered anywhere (they expect every block and norm to see all tokens, as in
+        ``deit analyze``), also under tracing and ``torch.compile``."""
+        if self.training or len(self.blocks) == 0:
+            return False
+        if any(m.training for m in self.blocks[-1].modules()):
+            return False
+        return not _has_hooks(self)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class-token logits from tokens ``(B, N', D)`` -> ``(B, num_classes)`` (or ``(B, D)``
@@ -519,8 +522,8 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify images ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
 
-        The last block computes only the prefix tokens the heads read
-        (:meth:`forward_prefix_features`); hooked models take every token through.
+        In eval mode the last block computes only the prefix tokens the head reads
+        (:meth:`forward_prefix_features`); training and hooked models take every token through.
         """
         if self._prefix_path():
             return self.forward_head(self.forward_prefix_features(x))
