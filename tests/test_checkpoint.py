@@ -8,6 +8,7 @@ import pickle
 import pytest
 import timm
 import torch
+from PIL import Image
 from timm.layers import resample_abs_pos_embed
 
 import deit
@@ -135,11 +136,13 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     save_weights(_pico(), tmp_path / "w.pth")
     data = (tmp_path / "w.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+    with pytest.raises(CheckpointError, match=r"Could not read .*truncated or corrupt\); check"):
         load_checkpoint(_pico(), tmp_path / "cut.pth")
     (tmp_path / "notes.txt").write_text("hello, not weights")
-    with pytest.raises(CheckpointError, match="Could not read"):
-        load_checkpoint(_pico(), tmp_path / "notes.txt")
+    Image.new("L", (8, 8)).save(tmp_path / "digit.png")
+    for name in ("notes.txt", "digit.png"):  # e.g. an image passed where a checkpoint goes
+        with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint .*; pass a"):
+            load_checkpoint(_pico(), tmp_path / name)
     torch.save({"epoch": 1, "lr": torch.tensor(0.1), "other": [1, 2]}, tmp_path / "nosd.pth")
     with pytest.raises(CheckpointError, match="holds no state dict"):
         load_checkpoint(_pico(), tmp_path / "nosd.pth")
@@ -269,5 +272,19 @@ def test_load_model_needs_name_and_falls_back_to_indices(tmp_path):
     )
     loaded, info = deit.load_model(tmp_path / "c.pth")
     assert info.model_name == "resnet10t" and torch.equal(loaded.fc.weight, cnn.fc.weight)
-    with pytest.raises(CheckpointError, match="does not fit this model.*holds a resnet18"):
+    with pytest.raises(
+        CheckpointError, match="holds a resnet10t but the model asked for is resnet18"
+    ):
         deit.load_model(tmp_path / "c.pth", model_name="resnet18")
+
+
+def test_load_model_refuses_another_architecture_than_recorded(tmp_path):
+    from deit.models import load_model
+
+    model = deit.create_model("deit_pico_distilled_patch7_28", num_classes=10)
+    run = {"model": model.state_dict(), "model_name": "deit_pico_distilled_patch7_28"}
+    torch.save({**run, "num_classes": 10, "img_size": 28}, tmp_path / "run.pth")
+    with pytest.raises(CheckpointError, match="holds a deit_pico_distilled_patch7_28 but the"):
+        load_model(tmp_path / "run.pth", model_name="deit_tiny_patch16_224")
+    loaded, info = load_model(tmp_path / "run.pth", model_name="deit_pico_distilled_patch7_28")
+    assert info.num_classes == 10

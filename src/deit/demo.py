@@ -185,7 +185,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         teacher_path = Path(settings.teacher_path)
         say(f"reusing the teacher {teacher_path}")
     else:
-        say(f"training the CNN teacher {settings.teacher} on 4,000 MNIST digits")
+        n = settings.train_subset or 4000
+        say(f"training the CNN teacher {settings.teacher} on {n:,} MNIST digits")
         teacher_dir = out / "teacher"
         cfg = _config(
             settings,

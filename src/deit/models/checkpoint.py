@@ -71,18 +71,26 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PK..); older files are pickles (protocol 2+: 0x80)
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{str(path)!r} is not a PyTorch checkpoint (neither a torch.save archive nor a "
+            "pickle); pass a .pth/.pt checkpoint, a .safetensors file or a Hugging Face folder."
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise CheckpointError(
             f"Refused to load {str(path)!r}: it holds Python objects beyond tensors and plain "
-            f"containers, which could run code ({str(e).splitlines()[0][:160]}). Re-save it as a "
-            "state dict or safetensors file from a trusted environment."
+            "containers, which could run code; re-save it as a state dict or safetensors file "
+            "from a trusted environment."
         ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... on bad bytes
         raise CheckpointError(
-            f"Could not read {str(path)!r} as a PyTorch checkpoint (truncated or not a "
-            f"checkpoint: {str(e).splitlines()[0][:160]}); check the file or download it again."
+            f"Could not read {str(path)!r} as a PyTorch checkpoint ({type(e).__name__}: the "
+            "file is truncated or corrupt); check the file or download it again."
         ) from None
 
 
@@ -515,7 +523,8 @@ def load_model(
 
     Args:
         path: checkpoint file or Hugging Face folder.
-        model_name: architecture, required for files that do not record it.
+        model_name: architecture, required for files that do not record it; for a file that
+            records one it must be the same.
         use_ema: load the EMA weights (``model_ema``) of a training checkpoint when present.
         device: where to put the model.
 
@@ -523,7 +532,8 @@ def load_model(
         ``(model, info)``.
 
     Raises:
-        CheckpointError: unreadable file, unknown architecture, or weights that do not fit.
+        CheckpointError: unreadable file, unknown architecture, a ``model_name`` other than
+            the recorded one, or weights that do not fit.
     """
     from .registry import build_classifier, get_model_spec, is_deit_model
 
@@ -544,7 +554,14 @@ def load_model(
         sd, extra = _unwrap(obj, path), {}
     else:
         sd, extra = read_state_dict(path)
-    name = model_name or run.get("model_name")
+    recorded = run.get("model_name")
+    if model_name and recorded and model_name != recorded:
+        raise CheckpointError(
+            f"{str(path)!r} holds a {recorded} but the model asked for is {model_name}; leave "
+            "out the model name (the checkpoint records its architecture) or pass "
+            f"{recorded}."
+        )
+    name = model_name or recorded
     if name is None:
         raise CheckpointError(
             f"{str(path)!r} does not record its architecture; pass the model name "
