@@ -1,7 +1,8 @@
 """The demo's study over several seeds: mean ± std top-1 per student variant on mnist5k.
 
-One CNN teacher is trained once (first seed) or given with --teacher-path; each seed then trains the three DeiT students (no
-distillation, hard, soft) with the demo's budget and evaluates them on the 1,000 held-out digits.
+One CNN teacher is trained once (first seed) or given with --teacher-path; each seed then trains
+the three DeiT students (no distillation, hard, soft) with the demo's budget and evaluates them
+on the 1,000 held-out digits. --include adds demo runs' results.json as more seeds.
 
     python benchmarks/distillation_gain.py --seeds 0 1 2 --output-dir runs/gain
 

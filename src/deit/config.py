@@ -71,7 +71,6 @@ _REMODES = ("pixel", "rand", "const")
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
 _SCHEDS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant")
 _SCHEDS = _SCHEDS + ("none",)
-_INAT_CATEGORIES = INAT_CATEGORIES
 
 
 @dataclass
@@ -194,7 +193,7 @@ class Config:
         "", "Data set root folder (official default was a cluster path).", group="data"
     )
     inat_category: str = _f(
-        "name", "iNaturalist class level.", group="data", choices=_INAT_CATEGORIES
+        "name", "iNaturalist class level.", group="data", choices=INAT_CATEGORIES
     )
     skip_corrupt: bool = _f(False, "Skip unreadable image files with a warning.", group="data")
     train_subset: int = _f(
@@ -492,7 +491,7 @@ def _checks(c: Config) -> list[str | None]:
         if c.distillation_type == "none" or c.teacher_model or c.teacher_path
         else "'teacher_model' is empty but distillation is on; name a teacher or set "
         "distillation_type 'none'.",
-        oneof("inat_category", _INAT_CATEGORIES),
+        oneof("inat_category", INAT_CATEGORIES),
         atleast("batch_size", 1, "; use a positive batch size per process"),
         atleast("num_workers", 0),
         atleast("world_size", 1),

@@ -91,9 +91,7 @@ class DistilledVisionTransformer(VisionTransformer):
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads' logits ``((B, C), (B, C))`` for images ``(B, C, H, W)``, in any mode."""
-        tokens = (
-            self.forward_prefix_features(x) if self._prefix_path() else self.forward_features(x)
-        )
+        tokens = self._head_tokens(x)
         return self.head(self.head_drop(tokens[:, 0])), self.head_dist(self.head_drop(tokens[:, 1]))
 
     def get_classifier(self) -> tuple[nn.Module, nn.Module]:
