@@ -609,3 +609,21 @@ def test_alpha_bounds_are_accepted():
         loss = fn(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), torch.tensor(LABELS))
         expected = py_hard(DIST, TEACH) if alpha == 1.0 else py_base(CLS, LABELS, "ce")
         assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_teacher_disagreement_counts_views_by_hand():
+    # teacher top-1 per row: 1, 0, 2, 2
+    teach = [[0.0, 5.0, 1.0], [3.0, 1.0, 0.0], [0.0, 0.0, 9.0], [1.0, 0.0, 2.0]]
+    out = (torch.zeros(4, 3), torch.zeros(4, 3))
+    images = torch.zeros(4, 3, 2, 2)
+    fn = DistillationLoss(nn.CrossEntropyLoss(), FixedLogits(teach), "hard")
+    fn(images, out, torch.tensor([1, 0, 0, 1]))  # rows 2 and 3 differ
+    assert fn.last_teacher_disagreement.item() == pytest.approx(0.5)
+    # mixed targets: the dominant label counts (row 0: 0.6 on class 0 -> differs from 1)
+    mixed = torch.tensor([[0.6, 0.4, 0.0], [0.7, 0.3, 0.0], [0.0, 0.2, 0.8], [0.0, 0.1, 0.9]])
+    soft = DistillationLoss(SoftTargetCrossEntropy(), FixedLogits(teach), "soft", 0.5, 2.0)
+    soft(images, out, mixed)
+    assert soft.last_teacher_disagreement.item() == pytest.approx(0.25)
+    none = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
+    none(images, out[0], torch.tensor([1, 0, 0, 1]))
+    assert none.last_teacher_disagreement is None

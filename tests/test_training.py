@@ -319,3 +319,28 @@ def test_finetune_cnn_drops_only_the_classifier(tmp_path):
     torch.save(deit.build_classifier("resnet18", 4).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(CheckpointError, match="does not fit resnet10t: shape mismatch"):
         _load_finetune(model, Config(model="resnet10t", finetune=str(tmp_path / "r18.pth")))
+
+
+def test_eval_interval_and_unused_training_images(tmp_path):
+    # digits: 1,438 train / 359 held-out images; 100 trained on -> 359 + 1,338 evaluated
+    cfg = Config(
+        **{
+            **_cfg(None, tmp_path, epochs=3, model_ema=False).to_dict(),
+            "data_set": "digits",
+            "data_path": "",
+            "input_size": 8,
+            "model": "resnet10t",
+            "train_subset": 100,
+            "eval_unused": True,
+            "eval_interval": 2,
+            "batch_size": 50,
+            "mixup": 0.0,
+            "cutmix": 0.0,
+        }
+    )
+    result = run(cfg, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "log.txt").read_text().splitlines()]
+    assert [("test_acc1" in x) for x in lines] == [False, True, True]  # epoch 2 and the last
+    assert [x["test_n"] for x in lines[1:]] == [1697, 1697]
+    assert result["final"]["n"] == 1697
+    assert all(x["train_steps"] == 2 for x in lines)

@@ -199,6 +199,11 @@ class Config:
     train_subset: int = _f(
         0, "Train on a fixed random subset of N images (0 = all; quick runs).", group="data"
     )
+    eval_unused: bool = _f(
+        False,
+        "With --train-subset, also evaluate on the training images the subset leaves out.",
+        group="data",
+    )
     batch_size: int = _f(64, "Batch size per process.", group="data")
     num_workers: int = _f(
         10, "Data-loading workers per process.", group="data", flags=["--num-workers"]
@@ -219,6 +224,9 @@ class Config:
     )
     eval: bool = _f(False, "Evaluate only.", group="run")
     dist_eval: bool = _f(False, "Split evaluation over processes.", group="run")
+    eval_interval: int = _f(
+        1, "Evaluate every N epochs and after the last (0 = after the last only).", group="run"
+    )
     world_size: int = _f(1, "Number of distributed processes.", group="run", flags=["--world-size"])
     dist_url: str = _f(
         "env://", "URL to set up distributed training.", group="run", flags=["--dist-url"]
@@ -453,6 +461,7 @@ def _checks(c: Config) -> list[str | None]:
         atleast("epochs", 1, "; train for at least one epoch"),
         atleast("warmup_epochs", 0),
         atleast("train_subset", 0, "; use 0 to train on every image"),
+        atleast("eval_interval", 0, "; use 0 to evaluate after the last epoch only"),
         atleast("crop_padding", 0),
         atleast("cooldown_epochs", 0),
         atleast("patience_epochs", 0),

@@ -498,7 +498,9 @@ class DistillationLoss(nn.Module):
     logits (computed in float32). Hard term: ``CE(Z_d, argmax_c Z_t)`` without label smoothing.
 
     After each call :attr:`last_parts` gives the unweighted ``base`` and ``distillation`` terms
-    (kept as detached tensors; converted to float only when read).
+    (kept as detached tensors; converted to float only when read), and
+    :attr:`last_teacher_disagreement` how often the teacher's top class differed from the label
+    on the views the student saw: a hard label only teaches something where it does.
 
     Raises:
         ValueError: unknown ``distillation_type`` or ``kl_reduction``; ``alpha`` outside [0, 1];
@@ -547,6 +549,7 @@ class DistillationLoss(nn.Module):
         self.tau = float(tau)
         self.kl_reduction = kl_reduction
         self._parts: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._disagreement: torch.Tensor | None = None
 
     @property
     def last_parts(self) -> LossParts | None:
@@ -564,6 +567,14 @@ class DistillationLoss(nn.Module):
         ``None`` before the first call). Unlike :attr:`last_parts` it does not synchronise, so a
         training loop can accumulate it every step."""
         return self._parts
+
+    @property
+    def last_teacher_disagreement(self) -> torch.Tensor | None:
+        """Fraction (0-1, detached scalar tensor) of the last batch's views on which the
+        teacher's top-1 class differs from the label that dominates the target (the label
+        itself, or the mixed target's largest entry under Mixup/CutMix); ``None`` for ``"none"``
+        and before the first call. Reading it as a tensor does not synchronise."""
+        return self._disagreement
 
     def forward(
         self,
@@ -597,7 +608,7 @@ class DistillationLoss(nn.Module):
             )
         base = self.base_criterion(cls_out, targets)
         if self.distillation_type == "none":
-            self._parts = (base.detach(), None)
+            self._parts, self._disagreement = (base.detach(), None), None
             return base
         if dist_out is None:
             raise ValueError(
@@ -627,6 +638,8 @@ class DistillationLoss(nn.Module):
         else:
             dist = F.cross_entropy(dist_out, teacher_out.argmax(dim=1))
         self._parts = (base.detach(), dist.detach())
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        self._disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
         return base * (1.0 - self.alpha) + dist * self.alpha
 
     def extra_repr(self) -> str:

@@ -173,7 +173,8 @@ def train_one_epoch(
 
     Returns:
         ``loss``, ``loss_base``, ``loss_distillation`` (means over the epoch, averaged across
-        processes), ``lr`` (last), ``images_per_s`` (this process), ``steps`` (done this call),
+        processes), ``teacher_disagreement`` (% of training views whose teacher top-1 differs
+        from the dominant label; 0 without a teacher), ``lr`` (last), ``images_per_s`` (this process), ``steps`` (done this call),
         ``num_updates`` and ``completed`` (1.0 when the loader was exhausted).
 
     Raises:
@@ -181,7 +182,8 @@ def train_one_epoch(
     """
     precision = precision or Precision("fp32", None, device.type)
     model.train()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, base, distillation
+    # loss, base, distillation, teacher disagreement
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     steps = images = 0
     completed = True
     start = time.perf_counter()
@@ -225,6 +227,9 @@ def train_one_epoch(
             totals[1] += parts[0]
             if parts[1] is not None:
                 totals[2] += parts[1]
+        disagreement = getattr(criterion, "last_teacher_disagreement", None)
+        if disagreement is not None:
+            totals[3] += disagreement
         steps += 1
         images += samples.shape[0]
         if progress is not None:
@@ -241,11 +246,12 @@ def train_one_epoch(
             break
     elapsed = time.perf_counter() - start
     sums = _sum_across_processes([*totals.tolist(), float(steps)], device)
-    n = max(sums[3], 1.0)
+    n = max(sums[4], 1.0)
     return {
         "loss": sums[0] / n,
         "loss_base": sums[1] / n,
         "loss_distillation": sums[2] / n,
+        "teacher_disagreement": 100.0 * sums[3] / n,
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": images / max(elapsed, 1e-9),
         "steps": float(steps),

@@ -286,6 +286,23 @@ def _load_finetune(model: nn.Module, cfg: Config) -> None:
     model.load_state_dict(sd, strict=False)
 
 
+def _subset(cfg: Config, train_set: Any, val_set: Any, val_tf: Any) -> tuple[Any, Any]:
+    """``--train-subset N``: the first N images of a fixed permutation of the training split
+    (independent of ``--seed``, so runs with several seeds see the same images, and a smaller
+    N's images are part of every larger N's). With ``--eval-unused`` the images left out join
+    the validation set (seen through the evaluation transform)."""
+    if not cfg.train_subset or cfg.train_subset >= len(train_set):
+        return train_set, val_set
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0)).tolist()
+    subset = torch.utils.data.Subset(train_set, order[: cfg.train_subset])
+    if cfg.eval_unused:
+        root = cfg.data_path or None
+        unused = build_dataset(cfg.data_set, root, "train", transform=val_tf)
+        rest = torch.utils.data.Subset(unused, sorted(order[cfg.train_subset :]))
+        val_set = torch.utils.data.ConcatDataset([val_set, rest])
+    return subset, val_set
+
+
 def _base_criterion(cfg: Config, mixup: Any) -> nn.Module:
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
@@ -363,10 +380,7 @@ def run(
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf)
     num_classes = len(train_set.classes)
     class_names = list(train_set.classes)
-    if cfg.train_subset and cfg.train_subset < len(train_set):
-        # a fixed subset (independent of --seed) so runs with several seeds see the same images
-        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
-        train_set = torch.utils.data.Subset(train_set, keep[: cfg.train_subset].tolist())
+    train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
 
     # models, loss
     model = _build_model(cfg, num_classes).to(device)
@@ -574,13 +588,23 @@ def run(
                     )
                 break
             skip = 0
+            due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
+            if not (due or epoch + 1 == cfg.epochs):
+                # not evaluated this epoch: train statistics only, the best checkpoint is kept
+                history.append(_train_log(train_stats, epoch, n_parameters, t0))
+                checkpoint(epoch + 1, 0, LAST)
+                if env.is_main:
+                    _write_log(out, writer, history[-1])
+                    print(
+                        f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats['loss']:.4f}, "
+                        f"{train_stats['images_per_s']:.1f} img/s",
+                        file=sys.stderr,
+                    )
+                continue
             stats = evaluate(train_model, loader_val, device, teacher=None, precision=precision)
             log = {
-                **{f"train_{k}": v for k, v in train_stats.items() if k != "completed"},
+                **_train_log(train_stats, epoch, n_parameters, t0),
                 **{f"test_{k}": v for k, v in stats.items()},
-                "epoch": epoch,
-                "n_parameters": n_parameters,
-                "epoch_time_s": time.time() - t0,
             }
             if ema is not None:
                 ema_stats = evaluate(ema.module, loader_val, device, precision=precision)
@@ -614,6 +638,18 @@ def run(
         "output_dir": out,
         "status": status,
         "n_parameters": n_parameters,
+    }
+
+
+def _train_log(
+    train_stats: dict[str, float], epoch: int, n_parameters: int, t0: float
+) -> dict[str, Any]:
+    """The training half of an epoch's ``log.txt`` line (official keys)."""
+    return {
+        **{f"train_{k}": v for k, v in train_stats.items() if k != "completed"},
+        "epoch": epoch,
+        "n_parameters": n_parameters,
+        "epoch_time_s": time.time() - t0,
     }
 
 
