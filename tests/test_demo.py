@@ -1,8 +1,11 @@
-"""`deit demo --quick`: the main job end to end, its outputs accepted by eval and predict."""
+"""`deit demo --quick`: the study end to end, its statistics by hand, its checkpoints in eval and
+predict."""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import numpy as np
 import pytest
@@ -11,60 +14,107 @@ from PIL import Image
 
 from deit.cli import main
 from deit.data import build_dataset
-from deit.demo import bars_figure, curves_figure
+from deit.demo import (
+    LEADING,
+    PAPER_SOFT,
+    DemoSettings,
+    curve_figure,
+    paired_interval,
+    summarize,
+    top1_figure,
+)
 from deit.evaluate import evaluate_checkpoint
 from deit.predict import predict
+
+T_975 = {1: 12.706204736, 2: 4.302652730}  # Student's t quantiles (tables)
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    argv = ["demo", "--quick", "--output-dir", str(out), "--no-progress", "--train-subset", "256"]
-    assert main(argv) == 0
+    assert main(["demo", "--quick", "--output-dir", str(out), "--no-progress"]) == 0
     return out
 
 
-def test_quick_demo_outputs(demo_dir):
-    results = json.loads((demo_dir / "results.json").read_text())
-    rows = {r["model"]: r for r in results["table"]}
-    assert list(rows) == [
-        "teacher resnet18",
-        "DeiT, no distillation",
-        "DeiT, hard distillation",
-        "DeiT, soft distillation",
-    ]
-    hard = rows["DeiT, hard distillation"]
-    assert hard["top1_cls"] is not None and hard["top1_dist"] is not None
-    assert rows["DeiT, no distillation"]["top1_dist"] is None
-    for r in rows.values():
-        assert 0.0 <= r["top1"] <= 100.0
-    table = (demo_dir / "results.md").read_text()
-    assert table.count("\n") == 6 and "| DeiT, hard distillation |" in table
-    for name in ("curves.png", "final_top1.png"):
-        with Image.open(demo_dir / name) as im:
-            assert im.size[0] > 500 and im.size[1] > 300
-    for run in ("teacher", "student_none", "student_hard", "student_soft"):
-        assert (demo_dir / run / "checkpoint.pth").is_file()
-        assert (demo_dir / run / "log.txt").is_file()
-        # the students add CutMix to the preset on every batch; the teacher keeps the preset
-        cfg = yaml.safe_load((demo_dir / run / "config.yaml").read_text())
-        expected = (0.0, 0.5) if run == "teacher" else (1.0, 1.0)
-        assert (cfg["cutmix"], cfg["mixup_prob"]) == expected
+@pytest.fixture(scope="module")
+def results(demo_dir):
+    return json.loads((demo_dir / "results.json").read_text())
 
 
-def test_demo_figures_are_labelled(demo_dir):
-    results = json.loads((demo_dir / "results.json").read_text())
-    ax = curves_figure(results["runs"]).axes[0]
-    assert "per epoch" in ax.get_title() and ax.get_xlabel() == "epoch"
-    assert "top-1" in ax.get_ylabel()
-    assert len(ax.get_legend().get_texts()) == 4
-    ax = bars_figure(results["table"]).axes[0]
-    assert "distillation" in ax.get_title() and "top-1" in ax.get_ylabel()
-    assert len(ax.patches) == 4
+def test_paired_interval_by_hand():
+    lo, hi = paired_interval([1.0, 2.0, 3.0])  # mean 2, sd 1
+    half = T_975[2] / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((2 - half, 2 + half), abs=1e-9)
+    assert paired_interval([4.0]) is None
+
+
+def test_quick_demo_records_every_run(results):
+    runs = results["runs"]
+    quick = DemoSettings.quick()
+    assert len(runs) == len(quick.seeds) * (1 + len(quick.variants))
+    for r in runs:
+        assert r["train_images"] == 200 and r["test_images"] == 4800  # 1,000 + 3,800 unused
+        assert 0.0 <= r["top1"] <= 100.0 and r["top1"] == round(r["top1"], 2)
+    soft = [r for r in runs if r["variant"] == "soft"]
+    assert {(r["alpha"], r["tau"]) for r in soft} == {(0.9, 4.0), (0.1, 3.0)}
+    hard = next(r for r in runs if r["variant"] == "hard")
+    assert 0.0 <= hard["teacher_disagreement"] <= 100.0 and hard["top1_dist"] is not None
+    assert "alpha" not in hard and "teacher_disagreement" not in runs[0]
+
+
+def test_summary_gain_and_interval_by_hand(results):
+    runs = results["runs"]
+    none = {r["seed"]: r["top1"] for r in runs if r["variant"] == "none"}
+    for e in results["summary"]:
+        if e["variant"] != "soft" or e["alpha"] != LEADING.alpha:
+            continue
+        rows = [r for r in runs if r["variant"] == "soft" and r["alpha"] == LEADING.alpha]
+        diffs = [r["top1"] - none[r["seed"]] for r in rows]
+        assert e["gain"] == pytest.approx(statistics.fmean(diffs), abs=0.006)
+        half = T_975[1] * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)
+        mean = statistics.fmean(diffs)
+        assert e["ci95"] == pytest.approx([mean - half, mean + half], abs=0.006)
+        break
+    else:
+        pytest.fail("no summary entry for the leading variant")
+    assert summarize(runs) == results["summary"]
+
+
+def test_results_md_says_design_machine_and_verdict(demo_dir, results):
+    text = (demo_dir / "results.md").read_text()
+    assert "seeds: 0, 1" in text and "machine:" in text and "image-steps" in text
+    assert "4800 images" in text
+    assert text.count("vs no distillation") == 3  # one sentence per distilled variant
+    assert "97.89999" not in text and "999999" not in json.dumps(results)
+
+
+def test_figures_show_intervals_from_zero(demo_dir, results):
+    with Image.open(demo_dir / "top1.png") as im:
+        assert im.size[0] > 800 and im.size[1] > 300
+    left, right = top1_figure(results).axes
+    assert left.get_ylim()[0] == 0 and "95 % CI" in left.get_title()
+    assert len(left.patches) == 5  # teacher + 4 students
+    assert "gain" in right.get_ylabel()
+    two = {**results, "summary": [{**e, "train_images": n} for n in (100, 200) for e in results["summary"]]}
+    ax, gx = curve_figure(two).axes
+    assert ax.get_xscale() == "log" and len(ax.get_legend().get_texts()) == 5
+    assert len(gx.get_legend().get_texts()) == 3
+
+
+def test_checkpoints_kept_for_the_first_seed_only(demo_dir):
+    assert not list(demo_dir.rglob("best_checkpoint.pth"))
+    kept = sorted(p.parent.name for p in demo_dir.rglob("checkpoint.pth"))
+    assert kept == sorted(["teacher", "none", LEADING.key, "hard", PAPER_SOFT.key])
+    assert all(p.parent.parent.name == "seed0" for p in demo_dir.rglob("checkpoint.pth"))
+    student = yaml.safe_load((demo_dir / "n200" / "seed0" / "hard" / "config.yaml").read_text())
+    teacher = yaml.safe_load((demo_dir / "n200" / "seed0" / "teacher" / "config.yaml").read_text())
+    assert (student["cutmix"], student["mixup_prob"]) == (1.0, 1.0)  # students add CutMix
+    assert (teacher["cutmix"], teacher["mixup_prob"]) == (0.0, 0.5)  # the teacher keeps the preset
+    assert student["train_subset"] == 200 and student["eval_unused"] is True
 
 
 def test_demo_checkpoint_in_eval_and_predict(demo_dir, capsys):
-    ckpt = demo_dir / "student_hard" / "checkpoint.pth"
+    ckpt = demo_dir / "n200" / "seed0" / "hard" / "checkpoint.pth"
     assert main(["eval", str(ckpt), "--data-set", "mnist5k", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["n"] == 1000
