@@ -317,7 +317,7 @@ def test_finetune_cnn_drops_only_the_classifier(tmp_path):
     assert torch.equal(model.fc.weight, fc_before)  # 7-class head dropped, 4-class kept
     # another architecture's weights (no model name recorded) name the mismatch
     torch.save(deit.build_classifier("resnet18", 4).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(CheckpointError, match="does not fit resnet10t: shape mismatch"):
+    with pytest.raises(CheckpointError, match="does not fit this model: shape mismatch"):
         _load_finetune(model, Config(model="resnet10t", finetune=str(tmp_path / "r18.pth")))
 
 
