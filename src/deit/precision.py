@@ -16,12 +16,17 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "AMP",
     "Precision",
     "cpu_flags",
     "fast_bf16_available",
     "resolve_device",
     "resolve_precision",
 ]
+
+
+#: Values of ``--amp``: ``auto`` picks per device (see :func:`resolve_precision`).
+AMP = ("auto", "fp32", "bf16", "fp16")
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,7 +102,7 @@ def resolve_precision(amp: str, device: torch.device | str) -> Precision:
             amp = "fp32"
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if amp not in table:
-        raise ValueError(f"amp must be one of auto, fp32, bf16, fp16; got {amp!r}.")
+        raise ValueError(f"amp must be one of {', '.join(AMP)}; got {amp!r}.")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU.")
     return Precision(amp, table[amp], device.type)
