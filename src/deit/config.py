@@ -424,11 +424,16 @@ def _coerce_all(d: dict[str, Any]) -> dict[str, Any]:
 # -------------------------------------------------------------------- value checks
 
 
-def _checks(c: Config) -> list[str | None]:
+class _Checker:
+    """One-sentence range checks of a :class:`Config`'s values (``None``: fine)."""
+
+    def __init__(self, c: Config) -> None:
+        self.c = c
+
     def rng(
-        key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+        self, key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
     ) -> str | None:
-        v = getattr(c, key)
+        v = getattr(self.c, key)
         if v is None:
             return None
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
@@ -438,32 +443,36 @@ def _checks(c: Config) -> list[str | None]:
         rb = ")" if hi_open else "]"
         return f"'{key}' is {v} but must lie in {lb}{lo}, {hi}{rb}; set it inside that range."
 
-    def atleast(key: str, lo: float, fix: str = "") -> str | None:
-        v = getattr(c, key)
+    def atleast(self, key: str, lo: float, fix: str = "") -> str | None:
+        v = getattr(self.c, key)
         if v is None or v >= lo:
             return None
         return f"'{key}' is {v} but must be at least {lo}{fix}."
 
-    def positive(key: str) -> str | None:
-        v = getattr(c, key)
+    def positive(self, key: str) -> str | None:
+        v = getattr(self.c, key)
         if v is None or v > 0:
             return None
         return f"'{key}' is {v} but must be greater than 0; set a positive value."
 
-    def oneof(key: str, options: tuple[str, ...]) -> str | None:
-        v = getattr(c, key)
+    def oneof(self, key: str, options: tuple[str, ...]) -> str | None:
+        v = getattr(self.c, key)
         if v in options:
             return None
         return f"'{key}' is {v!r}; use one of {', '.join(repr(o) for o in options)}."
 
-    def pair(key: str, lo: float, hi: float) -> str | None:
-        v = getattr(c, key)
+    def pair(self, key: str, lo: float, hi: float) -> str | None:
+        v = getattr(self.c, key)
         if v is None:
             return None
         if len(v) != 2 or not all(lo <= x <= hi for x in v) or v[0] > v[1]:
             return f"'{key}' is {v} but must be two increasing values in [{lo}, {hi}]."
         return None
 
+
+def _checks(c: Config) -> list[str | None]:
+    k = _Checker(c)
+    rng, atleast, positive, oneof, pair = k.rng, k.atleast, k.positive, k.oneof, k.pair
     errors = [
         positive("lr"),
         atleast("warmup_lr", 0, "; use 0 or a positive learning rate"),

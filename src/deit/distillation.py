@@ -275,6 +275,80 @@ def _recorded(weights: Weights | None) -> dict[str, Any]:
     return {k: getattr(run, k) for k in keys if getattr(run, k) is not None}
 
 
+def _teacher_architecture(
+    model_name: str | None,
+    meta: dict[str, Any],
+    path: Path | None,
+    num_classes: int | None,
+    in_chans: int | None,
+) -> tuple[str, int, int]:
+    """``(name, num_classes, in_chans)`` from the arguments, else what the checkpoint records;
+    a recorded class or channel count must equal the student's."""
+    name = model_name or meta.get("model_name")
+    if not name:
+        where = f"checkpoint {str(path)!r} records none" if path else "no checkpoint was given"
+        raise ValueError(
+            f"No teacher model name: {where}; pass model_name (e.g. 'regnety_160' or "
+            "'torchvision:resnet50')."
+        )
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        stored = meta.get(key)
+        if value is not None and stored is not None and int(stored) != int(value):
+            what = "classes" if key == "num_classes" else "input channels"
+            raise ValueError(
+                f"Teacher checkpoint {str(path)!r} was trained with {int(stored)} {what} but the "
+                f"student has {int(value)}; distil from a teacher trained on the same data."
+            )
+    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
+    if num_classes is None:
+        raise ValueError(
+            f"The class count of teacher {name!r} is unknown; pass num_classes (the student's)."
+        )
+    in_chans = in_chans if in_chans is not None else meta.get("in_chans", 3)
+    return name, int(num_classes), int(in_chans)
+
+
+def _load_teacher_weights(
+    model: nn.Module, name: str, weights: Weights | None, num_classes: int
+) -> None:
+    """Fit the teacher's weights (after a class-count check), or warn that it has none."""
+    if weights is None:
+        warnings.warn(
+            f"Teacher {name!r} has random weights (no checkpoint_path); pass the trained "
+            "teacher's weights unless this is a test.",
+            stacklevel=3,
+        )
+        return
+    _check_head(model, weights.state_dict, Path(weights.source), num_classes)
+    weights.source = f"Teacher checkpoint {weights.source}"
+    hint = f"pass the model name the checkpoint was trained with (not {name!r})."
+    fit_weights(model, weights, hint=hint)
+
+
+def _teacher_norm(
+    model: nn.Module,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    student_mean: Sequence[float] | None,
+    in_chans: int,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The teacher's normalisation: given, recorded, else the model's own (averaged to one value
+    per channel for a model with fewer channels than its declared normalisation)."""
+    if mean is None or std is None:
+        d_mean, d_std = _default_norm(model)
+        if len(d_mean) not in (1, in_chans):  # e.g. ImageNet's 3 values for a 1-channel model
+            d_mean = (sum(d_mean) / len(d_mean),) * in_chans
+            d_std = (sum(d_std) / len(d_std),) * in_chans
+        mean, std = mean or d_mean, std or d_std
+    for who, values in (("teacher", mean), ("student", student_mean)):
+        if values is not None and len(values) not in (1, in_chans):
+            raise ValueError(
+                f"The {who} normalisation has {len(values)} values but the teacher takes "
+                f"{in_chans} input channels; give one value per channel."
+            )
+    return mean, std
+
+
 def build_teacher(
     model_name: str | None = None,
     checkpoint_path: str | Path | None = None,
@@ -335,60 +409,18 @@ def build_teacher(
             )
         weights = read_weights(path)
     meta = _recorded(weights)
-    name = model_name or meta.get("model_name")
-    if not name:
-        where = f"checkpoint {str(path)!r} records none" if path else "no checkpoint was given"
-        raise ValueError(
-            f"No teacher model name: {where}; pass model_name (e.g. 'regnety_160' or "
-            "'torchvision:resnet50')."
-        )
-    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        stored = meta.get(key)
-        if value is not None and stored is not None and int(stored) != int(value):
-            what = "classes" if key == "num_classes" else "input channels"
-            raise ValueError(
-                f"Teacher checkpoint {str(path)!r} was trained with {int(stored)} {what} but the "
-                f"student has {int(value)}; distil from a teacher trained on the same data."
-            )
-    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
-    if num_classes is None:
-        raise ValueError(
-            f"The class count of teacher {name!r} is unknown; pass num_classes (the student's)."
-        )
-    num_classes = int(num_classes)
-    in_chans = int(in_chans if in_chans is not None else meta.get("in_chans", 3))
+    name, num_classes, in_chans = _teacher_architecture(
+        model_name, meta, path, num_classes, in_chans
+    )
     size = img_size if img_size is not None else _as_size(meta.get("img_size"))
 
     model = build_classifier(name, num_classes=num_classes, in_chans=in_chans, img_size=size)
-
-    if weights is not None:
-        _check_head(model, weights.state_dict, path, num_classes)
-        weights.source = f"Teacher checkpoint {path}"
-        hint = f"pass the model name the checkpoint was trained with (not {name!r})."
-        fit_weights(model, weights, hint=hint)
-    else:
-        warnings.warn(
-            f"Teacher {name!r} has random weights (no checkpoint_path); pass the trained "
-            "teacher's weights unless this is a test.",
-            stacklevel=2,
-        )
-
+    _load_teacher_weights(model, name, weights, num_classes)
     if isinstance(model, DistilledVisionTransformer):
         model.set_head("both")
     mean = _floats(teacher_mean, "Teacher mean") or _floats(meta.get("mean"), "Teacher mean")
     std = _floats(teacher_std, "Teacher std") or _floats(meta.get("std"), "Teacher std")
-    if mean is None or std is None:
-        d_mean, d_std = _default_norm(model)
-        if len(d_mean) not in (1, in_chans):  # e.g. ImageNet's 3 values for a 1-channel model
-            d_mean = (sum(d_mean) / len(d_mean),) * in_chans
-            d_std = (sum(d_std) / len(d_std),) * in_chans
-        mean, std = mean or d_mean, std or d_std
-    for who, values in (("teacher", mean), ("student", student_mean)):
-        if values is not None and len(values) not in (1, in_chans):
-            raise ValueError(
-                f"The {who} normalisation has {len(values)} values but the teacher takes "
-                f"{in_chans} input channels; give one value per channel."
-            )
+    mean, std = _teacher_norm(model, mean, std, student_mean, in_chans)
     teacher = Teacher(
         model,
         num_classes=num_classes,

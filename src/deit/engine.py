@@ -6,6 +6,7 @@ Precision and device choice live in :mod:`deit.precision` (re-exported here).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -95,13 +96,43 @@ def _backward_and_step(
     optimizer.step()
 
 
-def _loss_terms(criterion: Callable, samples: torch.Tensor, outputs: Any, targets: Any) -> Any:
-    """``(total, base, distillation, teacher_disagreement)``; a criterion without ``compute``
-    (any callable taking ``(images, outputs, targets)``) gives its value as total and base."""
-    if hasattr(criterion, "compute"):
-        return criterion.compute(samples, outputs, targets)
-    loss = criterion(samples, outputs, targets)
-    return loss, loss.detach(), None, None
+def _train_step(
+    model: nn.Module,
+    criterion: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    opts: StepOptions,
+    where: tuple[int, int, int],
+) -> tuple[Any, ...]:
+    """One optimiser step on ``batch`` (already on the device); ``where`` is ``(epoch, batch
+    index, updates done)`` for the error message. Returns the detached ``(total, base,
+    distillation, teacher_disagreement)``; a criterion without ``compute`` (any callable taking
+    ``(images, outputs, targets)``) gives its value as total and base."""
+    samples, targets = batch
+    if opts.mixup_fn is not None:
+        samples, targets = opts.mixup_fn(samples, targets)
+    with opts.precision.autocast():
+        outputs = model(samples)
+        if hasattr(criterion, "compute"):
+            terms = tuple(criterion.compute(samples, outputs, targets))
+        else:
+            loss = criterion(samples, outputs, targets)
+            terms = (loss, loss.detach(), None, None)
+    loss = terms[0]
+    if not torch.isfinite(loss):  # one sync per step; the official code checks too
+        epoch, i, num_updates = where
+        raise NonFiniteLossError(
+            f"The training loss is {loss.item()} at epoch {epoch}, step {i} (update "
+            f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data. The "
+            "last checkpoint written is kept."
+        )
+    _backward_and_step(loss, model, optimizer, opts)
+    num_updates = where[2] + 1
+    if opts.scheduler is not None and opts.sched_per_step:
+        opts.scheduler.step_update(num_updates=num_updates)
+    if opts.model_ema is not None:
+        opts.model_ema.update(unwrap_model(model), step=num_updates)
+    return (loss.detach(), *terms[1:])
 
 
 def train_one_epoch(
@@ -146,7 +177,8 @@ def train_one_epoch(
         NonFiniteLossError: the loss is NaN/inf; nothing of that step is applied.
     """
     opts = options or StepOptions()
-    precision = opts.precision or Precision("fp32", None, device.type)
+    if opts.precision is None:
+        opts = dataclasses.replace(opts, precision=Precision("fp32", None, device.type))
     model.train()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, base, dist, disagree
     steps = images = 0
@@ -155,26 +187,10 @@ def train_one_epoch(
     for i, (samples, targets) in enumerate(loader):
         if i < skip_batches:
             continue
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if opts.mixup_fn is not None:
-            samples, targets = opts.mixup_fn(samples, targets)
-        with precision.autocast():
-            terms = _loss_terms(criterion, samples, model(samples), targets)
-        loss = terms[0]
-        if not torch.isfinite(loss):  # one sync per step; the official code checks too
-            raise NonFiniteLossError(
-                f"The training loss is {loss.item()} at epoch {epoch}, step {i} (update "
-                f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data. The "
-                "last checkpoint written is kept."
-            )
-        _backward_and_step(loss, model, optimizer, opts)
+        batch = (samples.to(device, non_blocking=True), targets.to(device, non_blocking=True))
+        terms = _train_step(model, criterion, batch, optimizer, opts, (epoch, i, num_updates))
         num_updates += 1
-        if opts.scheduler is not None and opts.sched_per_step:
-            opts.scheduler.step_update(num_updates=num_updates)
-        if opts.model_ema is not None:
-            opts.model_ema.update(unwrap_model(model), step=num_updates)
-        for j, term in enumerate((loss.detach(), *terms[1:])):
+        for j, term in enumerate(terms):
             if term is not None:
                 totals[j] += term
         steps += 1
@@ -219,6 +235,31 @@ def _show_progress(
             lr=f"{optimizer.param_groups[0]['lr']:.2e}",
             img_s=f"{rate:.1f}",
         )
+
+
+def _accumulate(
+    sums: dict[str, float],
+    targets: torch.Tensor,
+    logits: torch.Tensor,
+    heads: tuple[torch.Tensor, torch.Tensor] | None,
+    t_logits: torch.Tensor | None,
+) -> None:
+    """Add one batch's summed loss, top-1/top-5 hits and agreements to ``sums``."""
+    sums["loss"] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    c1, c5 = _topk_correct(logits, targets, (1, 5))
+    sums["acc1"] += c1
+    sums["acc5"] += c5
+    if heads is not None:
+        for key, out in zip(("cls", "dist"), heads):
+            a1, a5 = _topk_correct(out.float(), targets, (1, 5))
+            sums[f"acc1_{key}"] += a1
+            sums[f"acc5_{key}"] += a5
+        sums["head_agreement"] += int((heads[0].argmax(1) == heads[1].argmax(1)).sum())
+    if t_logits is not None:
+        t1, t5 = _topk_correct(t_logits.float(), targets, (1, 5))
+        sums["teacher_acc1"] += t1
+        sums["teacher_acc5"] += t5
+        sums["agreement"] += int((logits.argmax(1) == t_logits.argmax(1)).sum())
 
 
 def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
@@ -278,7 +319,6 @@ def evaluate(
         names += ["teacher_acc1", "teacher_acc5", "agreement"]
     sums = dict.fromkeys(names, 0.0)
     n = 0
-    ce = nn.CrossEntropyLoss(reduction="sum")
     for samples, targets in loader:
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -291,23 +331,8 @@ def evaluate(
             else:
                 logits = model(samples)
             t_logits = teacher(samples) if teacher is not None else None
-        logits = logits.float()
-        sums["loss"] += ce(logits, targets).item()
-        c1, c5 = _topk_correct(logits, targets, (1, 5))
-        sums["acc1"] += c1
-        sums["acc5"] += c5
-        if distilled:
-            for key, out in (("cls", cls_logits), ("dist", dist_logits)):
-                a1, a5 = _topk_correct(out.float(), targets, (1, 5))
-                sums[f"acc1_{key}"] += a1
-                sums[f"acc5_{key}"] += a5
-            same = cls_logits.argmax(1) == dist_logits.argmax(1)
-            sums["head_agreement"] += int(same.sum())
-        if t_logits is not None:
-            t1, t5 = _topk_correct(t_logits.float(), targets, (1, 5))
-            sums["teacher_acc1"] += t1
-            sums["teacher_acc5"] += t5
-            sums["agreement"] += int((logits.argmax(1) == t_logits.argmax(1)).sum())
+        heads = (cls_logits, dist_logits) if distilled else None
+        _accumulate(sums, targets, logits.float(), heads, t_logits)
         n += samples.shape[0]
         if progress is not None:
             progress.update(1)
