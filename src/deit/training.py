@@ -522,6 +522,10 @@ def resume(state: RunState) -> None:
         print(f"Resumed from {path}: epoch {ck.epoch}, step {ck.step}.", file=sys.stderr)
 
 
+def _state_dict(part: Any) -> dict[str, Any] | None:
+    return part.state_dict() if part is not None else None
+
+
 def save(state: RunState, epoch: int, batches_done: int, name: str) -> None:
     """Write a :class:`deit.models.RunCheckpoint` to ``<output_dir>/<name>`` (rank 0 only,
     atomically). Every rank must call it: each one's RNG state is gathered."""
@@ -532,7 +536,7 @@ def save(state: RunState, epoch: int, batches_done: int, name: str) -> None:
         rng = gathered
     if state.out is None:
         return
-    cfg, sd = state.cfg, (lambda m: m.state_dict() if m is not None else None)
+    cfg = state.cfg
     RunCheckpoint(
         model=state.model.state_dict(),
         model_name=cfg.model,
@@ -546,9 +550,9 @@ def save(state: RunState, epoch: int, batches_done: int, name: str) -> None:
         data_set=cfg.data_set,
         config=cfg.to_dict(),
         optimizer=state.optimizer.state_dict(),
-        scheduler=sd(state.scheduler),
-        scaler=sd(state.scaler),
-        model_ema=sd(state.ema.module if state.ema is not None else None),
+        scheduler=_state_dict(state.scheduler),
+        scaler=_state_dict(state.scaler),
+        model_ema=_state_dict(state.ema.module if state.ema is not None else None),
         epoch=epoch,
         step=state.num_updates,
         batches_done=batches_done,
