@@ -389,3 +389,22 @@ def test_log_interval_sets_how_often_the_bar_shows_the_loss():
     opts = StepOptions(log_interval=3)
     train_one_epoch(model, crit, batches, _sgd(model), torch.device("cpu"), 0, opts, progress=bar)
     assert (bar.updates, bar.postfixes) == (7, 3)  # steps 1, 4 and 7
+
+
+def test_run_steps_and_loaders_are_short_functions():
+    import ast
+
+    src = Path(deit.__file__).parent
+    files = ["training.py", "engine.py", "config.py", "distillation.py", "precision.py"]
+    files += [
+        "evaluate.py",
+        "models/checkpoint.py",
+        "models/run_checkpoint.py",
+        "data/transforms.py",
+    ]
+    long = []
+    for name in files:
+        for node in ast.walk(ast.parse((src / name).read_text())):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{name}:{node.name}")
+    assert long == []

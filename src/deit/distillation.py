@@ -266,6 +266,17 @@ def _check_head(
         )
 
 
+def _read_teacher_weights(path: Path | None) -> Weights | None:
+    if path is None:
+        return None
+    if not path.exists():
+        raise CheckpointError(
+            f"Teacher checkpoint {str(path)!r} does not exist; pass the path of the "
+            "teacher's trained weights (--teacher-path)."
+        )
+    return read_weights(path)
+
+
 def _recorded(weights: Weights | None) -> dict[str, Any]:
     """What a ``deit train`` checkpoint records about the teacher (``{}`` for other files)."""
     run = weights.run if weights is not None else None
@@ -400,14 +411,7 @@ def build_teacher(
             weights that do not fit the model.
     """
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    weights = None
-    if path is not None:
-        if not path.exists():
-            raise CheckpointError(
-                f"Teacher checkpoint {str(path)!r} does not exist; pass the path of the "
-                "teacher's trained weights (--teacher-path)."
-            )
-        weights = read_weights(path)
+    weights = _read_teacher_weights(path)
     meta = _recorded(weights)
     name, num_classes, in_chans = _teacher_architecture(
         model_name, meta, path, num_classes, in_chans
