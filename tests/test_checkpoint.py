@@ -288,3 +288,47 @@ def test_load_model_refuses_another_architecture_than_recorded(tmp_path):
         load_model(tmp_path / "run.pth", model_name="deit_tiny_patch16_224")
     loaded, info = load_model(tmp_path / "run.pth", model_name="deit_pico_distilled_patch7_28")
     assert info.num_classes == 10
+
+
+def test_run_checkpoint_round_trip_versions_and_old_files(tmp_path):
+    from deit.models import RUN_CHECKPOINT_VERSION, RunCheckpoint
+
+    src = _pico()
+    ck = RunCheckpoint(src.state_dict(), "deit_pico_distilled_patch4_28", num_classes=10, epoch=3)
+    ck.save(tmp_path / "run.pth")
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary file left
+    raw = torch.load(tmp_path / "run.pth", weights_only=True)
+    assert raw["version"] == RUN_CHECKPOINT_VERSION == 1 and raw["epoch"] == 3
+    back = RunCheckpoint.load(tmp_path / "run.pth")
+    assert back.epoch == 3 and back.num_classes == 10 and back.optimizer is None
+    assert all(torch.equal(back.model[k], v) for k, v in src.state_dict().items())
+    # a file written before the version key (deit train's old dict) reads as version 0
+    old = {k: v for k, v in raw.items() if k != "version"}
+    torch.save({**old, "unknown_future_key": 1}, tmp_path / "old.pth")
+    assert RunCheckpoint.load(tmp_path / "old.pth").version == 0
+    model, info = deit.load_model(tmp_path / "old.pth")
+    assert info.num_classes == 10 and _same_output(model, src, torch.randn(1, 3, 28, 28), atol=0)
+    torch.save({**raw, "version": 99}, tmp_path / "new.pth")
+    with pytest.raises(CheckpointError, match="version 99, newer than this deit reads"):
+        RunCheckpoint.load(tmp_path / "new.pth")
+    torch.save(src.state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="not a training checkpoint of `deit train`"):
+        RunCheckpoint.load(tmp_path / "plain.pth")
+
+
+def test_read_weights_strips_ddp_prefix_and_takes_ema(tmp_path):
+    from deit.models import read_weights
+
+    src = _pico()
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "ddp.pth")
+    w = read_weights(tmp_path / "ddp.pth")
+    assert w.run is None and set(w.state_dict) == set(src.state_dict())
+    ema = {k: v + 1 for k, v in src.state_dict().items()}
+    torch.save({"model": src.state_dict(), "model_name": "x", "model_ema": ema}, tmp_path / "r.pth")
+    assert torch.equal(
+        read_weights(tmp_path / "r.pth", use_ema=True).state_dict["cls_token"], ema["cls_token"]
+    )
+    torch.save({"model": src.state_dict(), "model_name": "x"}, tmp_path / "noema.pth")
+    assert read_weights(tmp_path / "noema.pth", use_ema=True).notes == [
+        "No EMA weights in the checkpoint: the model weights are used."
+    ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
 from deit.config import (
+    RETIRED,
     Config,
     ConfigError,
     add_config_args,
@@ -16,17 +18,19 @@ from deit.config import (
     list_presets,
     preset_overrides,
     save_run_config,
+    write_preset_yaml,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SRC = Path(__file__).resolve().parents[1] / "src" / "deit"
 
 OFFICIAL_DESTS = """model input_size drop drop_path opt opt_eps opt_betas momentum weight_decay
 clip_grad sched lr unscale_lr warmup_lr min_lr epochs warmup_epochs cooldown_epochs smoothing
-color_jitter aa train_interpolation repeated_aug reprob remode recount resplit mixup cutmix
+color_jitter aa train_interpolation repeated_aug reprob remode recount mixup cutmix
 cutmix_minmax mixup_prob mixup_switch_prob mixup_mode teacher_model teacher_path
 distillation_type distillation_alpha distillation_tau finetune data_set data_path inat_category
-batch_size output_dir device seed resume start_epoch eval num_workers pin_mem model_ema
-model_ema_decay dist_eval world_size dist_url decay_epochs decay_rate patience_epochs lr_noise
+batch_size output_dir device seed resume eval num_workers pin_mem model_ema
+model_ema_decay dist_eval decay_epochs decay_rate patience_epochs lr_noise
 eval_crop_ratio model_ema_force_cpu""".split()
 OURS = """sched_per_step num_repeats kl_reduction auto_resume amp compile channels_last_teacher
 log_interval eval_head""".split()
@@ -38,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_field_names_and_official_defaults() -> None:
     assert set(OFFICIAL_DESTS + OURS) <= set(Config.field_names())
+    assert set(RETIRED) == {"start_epoch", "world_size", "dist_url", "resplit"}
+    assert not set(RETIRED) & set(Config.field_names())
     c = Config()
     assert (c.model, c.input_size, c.drop, c.drop_path) == ("deit_base_patch16_224", 224, 0.0, 0.1)
     assert (c.opt, c.opt_eps, c.weight_decay, c.momentum) == ("adamw", 1e-8, 0.05, 0.9)
@@ -191,7 +197,7 @@ def test_cli_precedence_flags_over_yaml_over_preset(tmp_path: Path) -> None:
     assert config_from_args(_parser().parse_args([])) == Config()
 
 
-def test_cli_flag_spellings() -> None:
+def test_cli_flag_spellings(capsys: pytest.CaptureFixture) -> None:
     args = _parser().parse_args(
         "--model deit_small_patch16_224 --input-size 96 --drop-path 0.2 --opt sgd "
         "--weight-decay 0.01 --sched step --warmup-epochs 1 --smoothing 0.0 --aa none "
@@ -199,9 +205,12 @@ def test_cli_flag_spellings() -> None:
         "--teacher-path t.pth --distillation-type hard --distillation-alpha 0.3 "
         "--distillation-tau 2 --finetune w.pth --data-set cifar10 --data-path /d "
         "--batch-size 16 --epochs 2 --clip-grad 1.0 --seed 5 --output_dir out "
-        "--opt-betas 0.9 0.95 --num_workers 0 --start_epoch 1 --dr 0.5".split()
+        "--opt-betas 0.9 0.95 --num_workers 0 --start_epoch 1 --dr 0.5 --world_size 8 "
+        "--dist-url env:// --resplit".split()
     )
     c = config_from_args(args)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 4 and notes[0].startswith("deit: note: --start_epoch is not used: ")
     assert (c.model, c.input_size, c.drop_path, c.opt) == ("deit_small_patch16_224", 96, 0.2, "sgd")
     assert (c.weight_decay, c.sched, c.warmup_epochs, c.smoothing, c.aa) == (
         0.01,
@@ -215,7 +224,7 @@ def test_cli_flag_spellings() -> None:
     assert (c.distillation_alpha, c.distillation_tau, c.finetune) == (0.3, 2.0, "w.pth")
     assert (c.data_set, c.data_path, c.batch_size, c.epochs) == ("cifar10", "/d", 16, 2)
     assert (c.clip_grad, c.seed, c.output_dir, c.opt_betas) == (1.0, 5, "out", [0.9, 0.95])
-    assert (c.num_workers, c.start_epoch, c.decay_rate) == (0, 1, 0.5)
+    assert (c.num_workers, c.decay_rate) == (0, 0.5)
     dashed = config_from_args(_parser().parse_args(["--output-dir", "o2", "--clip-grad", "none"]))
     assert dashed.output_dir == "o2" and dashed.clip_grad is None
     with pytest.raises(SystemExit):
@@ -223,3 +232,34 @@ def test_cli_flag_spellings() -> None:
     bad = _parser().parse_args(["--distillation-alpha", "2"])
     with pytest.raises(ConfigError, match="distillation_alpha"):
         config_from_args(bad)
+
+
+def test_every_field_is_read_outside_config() -> None:
+    code = "\n".join(p.read_text() for p in SRC.rglob("*.py") if p.name != "config.py")
+    unread = [
+        name
+        for name in Config.field_names()
+        if not re.search(rf'\bcfg\.{name}\b|getattr\(cfg, "{name}"', code)
+    ]
+    assert unread == []
+
+
+def test_preset_files_are_generated_from_presets(tmp_path: Path) -> None:
+    for name in list_presets():
+        generated = write_preset_yaml(name, tmp_path / f"{name}.yaml").read_text()
+        assert (CONFIGS / f"{name}.yaml").read_text() == generated, f"regenerate {name}.yaml"
+
+
+def test_old_run_config_with_retired_keys_still_reads(tmp_path: Path) -> None:
+    p = tmp_path / "config.yaml"
+    p.write_text("start_epoch: 0\nworld_size: 1\ndist_url: env://\nresplit: false\nepochs: 3\n")
+    assert Config.from_yaml(p) == Config(epochs=3)
+
+
+def test_data_set_specific_options_are_refused_elsewhere() -> None:
+    with pytest.raises(ConfigError, match="'skip_corrupt' applies to image files"):
+        Config(data_set="mnist5k", skip_corrupt=True).validate()
+    with pytest.raises(ConfigError, match="'inat_category' applies to inat18/inat19 only"):
+        Config(data_set="cifar10", inat_category="genus").validate()
+    Config(data_set="folder", skip_corrupt=True).validate()
+    Config(data_set="inat19", inat_category="genus", skip_corrupt=True).validate()

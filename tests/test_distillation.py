@@ -15,7 +15,7 @@ from torch import nn
 
 from deit.distillation import (
     DistillationLoss,
-    LossParts,
+    LossOutput,
     Teacher,
     build_teacher,
     check_student,
@@ -138,8 +138,9 @@ def test_none_is_base_on_class_head(kind, pair):
     expected = py_base(CLS, _py_targets(kind), kind)
     assert loss.ndim == 0
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert loss_fn.last_parts.base == pytest.approx(expected, abs=1e-6)
-    assert loss_fn.last_parts.distillation == 0.0
+    parts = loss_fn.compute(IMAGES, out, _targets(kind))
+    assert parts.base.item() == pytest.approx(expected, abs=1e-6)
+    assert parts.distillation is None and parts.teacher_disagreement is None
 
 
 def test_none_literal_value():
@@ -161,7 +162,8 @@ def test_soft_hand_values(kind, tau, reduction, alpha):
     base = py_base(CLS, _py_targets(kind), kind)
     dist = py_soft(DIST, TEACH, tau, reduction)
     assert loss.item() == pytest.approx((1 - alpha) * base + alpha * dist, abs=1e-6)
-    assert loss_fn.last_parts == pytest.approx(LossParts(base, dist), abs=1e-6)
+    out = loss_fn.compute(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), _targets(kind))
+    assert (out.base.item(), out.distillation.item()) == pytest.approx((base, dist), abs=1e-6)
 
 
 def test_soft_literal_value_paper_setting():
@@ -179,14 +181,15 @@ def test_hard_hand_values(kind, alpha):
     base = py_base(CLS, _py_targets(kind), kind)
     dist = py_hard(DIST, TEACH)
     assert loss.item() == pytest.approx((1 - alpha) * base + alpha * dist, abs=1e-6)
-    assert loss_fn.last_parts == pytest.approx(LossParts(base, dist), abs=1e-6)
+    out = loss_fn.compute(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), _targets(kind))
+    assert (out.base.item(), out.distillation.item()) == pytest.approx((base, dist), abs=1e-6)
 
 
 def test_hard_literal_value_and_no_smoothing_on_teacher_term():
     """With label smoothing on the base term, the teacher term stays un-smoothed CE."""
     loss_fn = DistillationLoss(LabelSmoothingCrossEntropy(0.1), FixedLogits(TEACH), "hard")
-    loss_fn(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), torch.tensor(LABELS))
-    assert loss_fn.last_parts.distillation == pytest.approx(1.9076059644, abs=1e-6)
+    out = loss_fn.compute(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), torch.tensor(LABELS))
+    assert out.distillation.item() == pytest.approx(1.9076059644, abs=1e-6)
 
 
 def test_mean_is_batchmean_over_num_classes():
@@ -197,22 +200,21 @@ def test_mean_is_batchmean_over_num_classes():
     for red in ("mean", "batchmean"):
         fn = DistillationLoss(nn.CrossEntropyLoss(), FixedLogits(teach), "soft", tau=2.0,
                               kl_reduction=red)  # fmt: skip
-        fn(torch.zeros(5, 3, 2, 2), (cls, dist), y)
-        parts[red] = fn.last_parts.distillation
+        parts[red] = fn.compute(torch.zeros(5, 3, 2, 2), (cls, dist), y).distillation.item()
     assert parts["batchmean"] > 0
     assert parts["mean"] == pytest.approx(parts["batchmean"] / 7, rel=1e-6)
 
 
-def test_last_parts_is_none_before_forward_and_total_matches():
+def test_compute_parts_are_detached_and_make_the_total():
     fn = DistillationLoss(SoftTargetCrossEntropy(), FixedLogits(TEACH), "hard", alpha=0.3)
-    assert fn.last_parts is None and fn.last_parts_tensors is None
-    loss = fn(IMAGES, (torch.tensor(CLS), torch.tensor(DIST)), torch.tensor(SOFT))
-    p = fn.last_parts
-    assert isinstance(p.base, float) and isinstance(p.distillation, float)
-    assert loss.item() == pytest.approx(0.7 * p.base + 0.3 * p.distillation, abs=1e-6)
-    base, dist = fn.last_parts_tensors
-    assert not base.requires_grad and not dist.requires_grad
-    assert (base.item(), dist.item()) == (p.base, p.distillation)
+    cls = torch.tensor(CLS, requires_grad=True)
+    out = fn.compute(IMAGES, (cls, torch.tensor(DIST)), torch.tensor(SOFT))
+    assert isinstance(out, LossOutput) and out.total.requires_grad
+    assert not out.base.requires_grad and not out.distillation.requires_grad
+    expected = 0.7 * out.base.item() + 0.3 * out.distillation.item()
+    assert out.total.item() == pytest.approx(expected, abs=1e-6)
+    loss = fn(IMAGES, (cls, torch.tensor(DIST)), torch.tensor(SOFT))
+    assert loss.item() == out.total.item()
 
 
 def test_teacher_sees_the_student_inputs():
@@ -288,13 +290,14 @@ def test_matches_timm_token_distillation(dtype, tau, alpha, student_norm, soft_t
     s_ours = _FixedStudent(cls, dist, *student_norm)
     teacher = Teacher(net, student_mean=student_norm[0], student_std=student_norm[1])
     ours_fn = DistillationLoss(crit, teacher, dtype, alpha=alpha, tau=tau, kl_reduction="batchmean")
-    loss = ours_fn(x, s_ours(x), y)
+    parts = ours_fn.compute(x, s_ours(x), y)
+    loss = parts.total
     loss.backward()
 
     assert ref["distill_loss"].item() > 0
     torch.testing.assert_close(loss, ref["loss"], rtol=1e-5, atol=1e-6)
-    assert ours_fn.last_parts.base == pytest.approx(ref["task_loss"].item(), rel=1e-5)
-    assert ours_fn.last_parts.distillation == pytest.approx(ref["distill_loss"].item(), rel=1e-5)
+    assert parts.base.item() == pytest.approx(ref["task_loss"].item(), rel=1e-5)
+    assert parts.distillation.item() == pytest.approx(ref["distill_loss"].item(), rel=1e-5)
     torch.testing.assert_close(s_ours.dist.grad, s_timm.dist.grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(s_ours.cls.grad, s_timm.cls.grad, rtol=1e-5, atol=1e-7)
 
@@ -617,13 +620,11 @@ def test_teacher_disagreement_counts_views_by_hand():
     out = (torch.zeros(4, 3), torch.zeros(4, 3))
     images = torch.zeros(4, 3, 2, 2)
     fn = DistillationLoss(nn.CrossEntropyLoss(), FixedLogits(teach), "hard")
-    fn(images, out, torch.tensor([1, 0, 0, 1]))  # rows 2 and 3 differ
-    assert fn.last_teacher_disagreement.item() == pytest.approx(0.5)
+    parts = fn.compute(images, out, torch.tensor([1, 0, 0, 1]))  # rows 2 and 3 differ
+    assert parts.teacher_disagreement.item() == pytest.approx(0.5)
     # mixed targets: the dominant label counts (row 0: 0.6 on class 0 -> differs from 1)
     mixed = torch.tensor([[0.6, 0.4, 0.0], [0.7, 0.3, 0.0], [0.0, 0.2, 0.8], [0.0, 0.1, 0.9]])
     soft = DistillationLoss(SoftTargetCrossEntropy(), FixedLogits(teach), "soft", 0.5, 2.0)
-    soft(images, out, mixed)
-    assert soft.last_teacher_disagreement.item() == pytest.approx(0.25)
+    assert soft.compute(images, out, mixed).teacher_disagreement.item() == pytest.approx(0.25)
     none = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
-    none(images, out[0], torch.tensor([1, 0, 0, 1]))
-    assert none.last_teacher_disagreement is None
+    assert none.compute(images, out[0], torch.tensor([1, 0, 0, 1])).teacher_disagreement is None

@@ -20,7 +20,7 @@ from conftest import write_image_tree
 from deit.cli import main
 from deit.config import Config
 from deit.distillation import DistillationLoss
-from deit.engine import evaluate, resolve_precision, train_one_epoch
+from deit.engine import StepOptions, evaluate, resolve_precision, train_one_epoch
 from deit.models import safe_torch_load
 from deit.training import LAST, run, wrap_ddp
 
@@ -317,7 +317,7 @@ def test_finetune_cnn_drops_only_the_classifier(tmp_path):
     assert torch.equal(model.fc.weight, fc_before)  # 7-class head dropped, 4-class kept
     # another architecture's weights (no model name recorded) name the mismatch
     torch.save(deit.build_classifier("resnet18", 4).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(CheckpointError, match="does not fit resnet10t: shape mismatch"):
+    with pytest.raises(CheckpointError, match="does not fit this model: shape mismatch"):
         _load_finetune(model, Config(model="resnet10t", finetune=str(tmp_path / "r18.pth")))
 
 
@@ -344,3 +344,67 @@ def test_eval_interval_and_unused_training_images(tmp_path):
     assert [x["test_n"] for x in lines[1:]] == [1697, 1697]
     assert result["final"]["n"] == 1697
     assert all(x["train_steps"] == 2 for x in lines)
+
+
+def test_eval_head_picks_the_reported_head():
+    torch.manual_seed(0)
+    model = deit.create_model(STUDENT, num_classes=3).eval()
+    x, y = torch.randn(6, 3, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    both = evaluate(model, [(x, y)], torch.device("cpu"))
+    for head in ("cls", "dist"):
+        one = evaluate(model, [(x, y)], torch.device("cpu"), head=head)
+        assert one["acc1"] == both[f"acc1_{head}"] and one[f"acc1_{head}"] == both[f"acc1_{head}"]
+    with torch.no_grad():
+        cls_logits, _ = model.forward_heads(x)
+    loss = evaluate(model, [(x, y)], torch.device("cpu"), head="cls")["loss"]
+    assert loss == pytest.approx(nn.functional.cross_entropy(cls_logits, y).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="head is 'avg'"):
+        evaluate(model, [(x, y)], torch.device("cpu"), head="avg")
+
+
+def test_dist_eval_shares_cover_the_set_once():
+    from deit.training import DistEnv, _eval_share
+
+    data = list(range(11))
+    shares = [list(_eval_share(data, DistEnv(r, 3, r, True), True)) for r in range(3)]
+    assert sorted(sum(shares, [])) == data  # every image once: no padding duplicates
+    assert _eval_share(data, DistEnv(1, 3, 1, True), False) is data  # full set on every rank
+
+
+def test_log_interval_sets_how_often_the_bar_shows_the_loss():
+    class Bar:
+        def __init__(self):
+            self.updates, self.postfixes = 0, 0
+
+        def update(self, n):
+            self.updates += n
+
+        def set_postfix(self, **kw):
+            self.postfixes += 1
+
+    model = deit.create_model(STUDENT, num_classes=4)
+    crit = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
+    batches = [(torch.randn(2, 3, 28, 28), torch.tensor([0, 1]))] * 7
+    bar = Bar()
+    opts = StepOptions(log_interval=3)
+    train_one_epoch(model, crit, batches, _sgd(model), torch.device("cpu"), 0, opts, progress=bar)
+    assert (bar.updates, bar.postfixes) == (7, 3)  # steps 1, 4 and 7
+
+
+def test_run_steps_and_loaders_are_short_functions():
+    import ast
+
+    src = Path(deit.__file__).parent
+    files = ["training.py", "engine.py", "config.py", "distillation.py", "precision.py"]
+    files += [
+        "evaluate.py",
+        "models/checkpoint.py",
+        "models/run_checkpoint.py",
+        "data/transforms.py",
+    ]
+    long = []
+    for name in files:
+        for node in ast.walk(ast.parse((src / name).read_text())):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{name}:{node.name}")
+    assert long == []

@@ -25,8 +25,8 @@ Example (what the trainer does)::
                             student_mean=mean, student_std=std, device=device)
     check_student(model, "hard", teacher)          # also enables the (cls, dist) output
     criterion = DistillationLoss(SoftTargetCrossEntropy(), teacher, "hard", alpha=0.5)
-    loss = criterion(images, model(images), targets)
-    parts = criterion.last_parts                   # LossParts(base=..., distillation=...)
+    loss = criterion(images, model(images), targets)          # the scalar total
+    out = criterion.compute(images, model(images), targets)   # LossOutput(total, base, ...)
 """
 
 from __future__ import annotations
@@ -39,25 +39,18 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from timm.utils import unwrap_model
 from torch import nn
 
-from .engine import unwrap_model
-from .models.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_state_dict_into,
-    load_strict,
-    read_state_dict,
-    safe_torch_load,
-)
+from .models.checkpoint import CheckpointError, Weights, fit_weights, read_weights
 from .models.distilled import DistilledVisionTransformer
-from .models.registry import IMAGENET_MEAN, IMAGENET_STD, build_classifier, is_deit_model
+from .models.registry import IMAGENET_MEAN, IMAGENET_STD, build_classifier
 
 __all__ = [
     "DISTILLATION_TYPES",
     "KL_REDUCTIONS",
     "DistillationLoss",
-    "LossParts",
+    "LossOutput",
     "Teacher",
     "build_teacher",
     "check_student",
@@ -273,19 +266,98 @@ def _check_head(
         )
 
 
-def _checkpoint_meta(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Metadata of a ``deit train`` checkpoint and its state dict (when read), else ``{}``."""
-    if not path.is_file() or path.suffix == ".safetensors":
-        return {}, None
-    obj = safe_torch_load(path)
-    if not isinstance(obj, dict):
-        return {}, None
+def _read_teacher_weights(path: Path | None) -> Weights | None:
+    if path is None:
+        return None
+    if not path.exists():
+        raise CheckpointError(
+            f"Teacher checkpoint {str(path)!r} does not exist; pass the path of the "
+            "teacher's trained weights (--teacher-path)."
+        )
+    return read_weights(path)
+
+
+def _recorded(weights: Weights | None) -> dict[str, Any]:
+    """What a ``deit train`` checkpoint records about the teacher (``{}`` for other files)."""
+    run = weights.run if weights is not None else None
+    if run is None:
+        return {}
     keys = ("model_name", "num_classes", "img_size", "in_chans", "class_names", "mean", "std")
-    meta = {k: obj[k] for k in keys if obj.get(k) is not None}
-    sd = obj.get("model", obj)
-    if not (isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values())):
-        sd = None
-    return meta, sd
+    return {k: getattr(run, k) for k in keys if getattr(run, k) is not None}
+
+
+def _teacher_architecture(
+    model_name: str | None,
+    meta: dict[str, Any],
+    path: Path | None,
+    num_classes: int | None,
+    in_chans: int | None,
+) -> tuple[str, int, int]:
+    """``(name, num_classes, in_chans)`` from the arguments, else what the checkpoint records;
+    a recorded class or channel count must equal the student's."""
+    name = model_name or meta.get("model_name")
+    if not name:
+        where = f"checkpoint {str(path)!r} records none" if path else "no checkpoint was given"
+        raise ValueError(
+            f"No teacher model name: {where}; pass model_name (e.g. 'regnety_160' or "
+            "'torchvision:resnet50')."
+        )
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        stored = meta.get(key)
+        if value is not None and stored is not None and int(stored) != int(value):
+            what = "classes" if key == "num_classes" else "input channels"
+            raise ValueError(
+                f"Teacher checkpoint {str(path)!r} was trained with {int(stored)} {what} but the "
+                f"student has {int(value)}; distil from a teacher trained on the same data."
+            )
+    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
+    if num_classes is None:
+        raise ValueError(
+            f"The class count of teacher {name!r} is unknown; pass num_classes (the student's)."
+        )
+    in_chans = in_chans if in_chans is not None else meta.get("in_chans", 3)
+    return name, int(num_classes), int(in_chans)
+
+
+def _load_teacher_weights(
+    model: nn.Module, name: str, weights: Weights | None, num_classes: int
+) -> None:
+    """Fit the teacher's weights (after a class-count check), or warn that it has none."""
+    if weights is None:
+        warnings.warn(
+            f"Teacher {name!r} has random weights (no checkpoint_path); pass the trained "
+            "teacher's weights unless this is a test.",
+            stacklevel=3,
+        )
+        return
+    _check_head(model, weights.state_dict, Path(weights.source), num_classes)
+    weights.source = f"Teacher checkpoint {weights.source}"
+    hint = f"pass the model name the checkpoint was trained with (not {name!r})."
+    fit_weights(model, weights, hint=hint)
+
+
+def _teacher_norm(
+    model: nn.Module,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    student_mean: Sequence[float] | None,
+    in_chans: int,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The teacher's normalisation: given, recorded, else the model's own (averaged to one value
+    per channel for a model with fewer channels than its declared normalisation)."""
+    if mean is None or std is None:
+        d_mean, d_std = _default_norm(model)
+        if len(d_mean) not in (1, in_chans):  # e.g. ImageNet's 3 values for a 1-channel model
+            d_mean = (sum(d_mean) / len(d_mean),) * in_chans
+            d_std = (sum(d_std) / len(d_std),) * in_chans
+        mean, std = mean or d_mean, std or d_std
+    for who, values in (("teacher", mean), ("student", student_mean)):
+        if values is not None and len(values) not in (1, in_chans):
+            raise ValueError(
+                f"The {who} normalisation has {len(values)} values but the teacher takes "
+                f"{in_chans} input channels; give one value per channel."
+            )
+    return mean, std
 
 
 def build_teacher(
@@ -309,12 +381,11 @@ def build_teacher(
     (built at ``img_size``, the student's resolution). A distilled DeiT teacher outputs the
     average of its two heads.
 
-    Weights: DeiT names load through :func:`deit.models.load_checkpoint` (any supported format,
-    position embeddings resampled to ``img_size``); other names through ``safe_torch_load`` /
-    :func:`deit.models.read_state_dict` and a strict ``load_state_dict``. A checkpoint written by
-    ``deit train`` (a dict with ``model``, ``model_name``, ``num_classes``, ``img_size``,
-    ``in_chans``, ``class_names``, ``mean``, ``std``) supplies every argument left ``None``,
-    including ``model_name`` itself and the teacher's normalisation.
+    Weights are read and fitted as everywhere in deit (:func:`deit.models.read_weights`, any
+    supported format; :func:`deit.models.fit_weights`: position embeddings resampled to
+    ``img_size`` for a DeiT, a strict load otherwise). A checkpoint written by ``deit train``
+    (a :class:`deit.models.RunCheckpoint`) supplies every argument left ``None``, including
+    ``model_name`` itself and the teacher's normalisation.
 
     Args:
         model_name: teacher architecture; taken from the checkpoint when omitted.
@@ -340,77 +411,20 @@ def build_teacher(
             weights that do not fit the model.
     """
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    meta: dict[str, Any] = {}
-    sd: dict[str, torch.Tensor] | None = None
-    if path is not None:
-        if not path.exists():
-            raise CheckpointError(
-                f"Teacher checkpoint {str(path)!r} does not exist; pass the path of the "
-                "teacher's trained weights (--teacher-path)."
-            )
-        meta, sd = _checkpoint_meta(path)
-    name = model_name or meta.get("model_name")
-    if not name:
-        where = f"checkpoint {str(path)!r} records none" if path else "no checkpoint was given"
-        raise ValueError(
-            f"No teacher model name: {where}; pass model_name (e.g. 'regnety_160' or "
-            "'torchvision:resnet50')."
-        )
-    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        stored = meta.get(key)
-        if value is not None and stored is not None and int(stored) != int(value):
-            what = "classes" if key == "num_classes" else "input channels"
-            raise ValueError(
-                f"Teacher checkpoint {str(path)!r} was trained with {int(stored)} {what} but the "
-                f"student has {int(value)}; distil from a teacher trained on the same data."
-            )
-    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
-    if num_classes is None:
-        raise ValueError(
-            f"The class count of teacher {name!r} is unknown; pass num_classes (the student's)."
-        )
-    num_classes = int(num_classes)
-    in_chans = int(in_chans if in_chans is not None else meta.get("in_chans", 3))
+    weights = _read_teacher_weights(path)
+    meta = _recorded(weights)
+    name, num_classes, in_chans = _teacher_architecture(
+        model_name, meta, path, num_classes, in_chans
+    )
     size = img_size if img_size is not None else _as_size(meta.get("img_size"))
 
     model = build_classifier(name, num_classes=num_classes, in_chans=in_chans, img_size=size)
-
-    if path is not None:
-        if is_deit_model(name):
-            if sd is not None:
-                _check_head(model, sd, path, num_classes)
-                load_state_dict_into(model, sd, source=f"Teacher checkpoint {path}")
-            else:
-                load_checkpoint(model, path)
-        else:
-            if sd is None:
-                sd, _ = read_state_dict(path)
-            _check_head(model, sd, path, num_classes)
-            hint = f"pass the model name the checkpoint was trained with (not {name!r})."
-            load_strict(model, sd, f"Teacher checkpoint {path}", hint)
-    else:
-        warnings.warn(
-            f"Teacher {name!r} has random weights (no checkpoint_path); pass the trained "
-            "teacher's weights unless this is a test.",
-            stacklevel=2,
-        )
-
+    _load_teacher_weights(model, name, weights, num_classes)
     if isinstance(model, DistilledVisionTransformer):
         model.set_head("both")
     mean = _floats(teacher_mean, "Teacher mean") or _floats(meta.get("mean"), "Teacher mean")
     std = _floats(teacher_std, "Teacher std") or _floats(meta.get("std"), "Teacher std")
-    if mean is None or std is None:
-        d_mean, d_std = _default_norm(model)
-        if len(d_mean) not in (1, in_chans):  # e.g. ImageNet's 3 values for a 1-channel model
-            d_mean = (sum(d_mean) / len(d_mean),) * in_chans
-            d_std = (sum(d_std) / len(d_std),) * in_chans
-        mean, std = mean or d_mean, std or d_std
-    for who, values in (("teacher", mean), ("student", student_mean)):
-        if values is not None and len(values) not in (1, in_chans):
-            raise ValueError(
-                f"The {who} normalisation has {len(values)} values but the teacher takes "
-                f"{in_chans} input channels; give one value per channel."
-            )
+    mean, std = _teacher_norm(model, mean, std, student_mean, in_chans)
     teacher = Teacher(
         model,
         num_classes=num_classes,
@@ -463,15 +477,23 @@ def check_student(
     student.set_distilled_training(True)
 
 
-class LossParts(NamedTuple):
-    """Unweighted terms of the last :class:`DistillationLoss` call, as floats.
+class LossOutput(NamedTuple):
+    """What :meth:`DistillationLoss.compute` returns: the total to back-propagate and its terms.
 
-    ``total = (1 - alpha) * base + alpha * distillation`` (``total = base`` for ``"none"``, where
-    ``distillation`` is 0).
+    ``total = (1 - alpha) * base + alpha * distillation`` (paper eq. 2 / eq. 3; ``total = base``
+    for ``"none"``). ``base`` and ``distillation`` are unweighted and detached;
+    ``distillation`` and ``teacher_disagreement`` are ``None`` for ``"none"``.
+    ``teacher_disagreement`` is the fraction (0-1) of the batch's views on which the teacher's
+    top-1 class differs from the label that dominates the target (the label itself, or the mixed
+    target's largest entry under Mixup/CutMix): a hard label only teaches something where it
+    does. All are scalar tensors on the logits' device (reading them as tensors never
+    synchronises).
     """
 
-    base: float
-    distillation: float
+    total: torch.Tensor
+    base: torch.Tensor
+    distillation: torch.Tensor | None
+    teacher_disagreement: torch.Tensor | None
 
 
 class DistillationLoss(nn.Module):
@@ -497,10 +519,8 @@ class DistillationLoss(nn.Module):
     ``psi`` the softmax, ``Z_t`` the teacher's and ``Z_d`` the distillation head's ``(B, C)``
     logits (computed in float32). Hard term: ``CE(Z_d, argmax_c Z_t)`` without label smoothing.
 
-    After each call :attr:`last_parts` gives the unweighted ``base`` and ``distillation`` terms
-    (kept as detached tensors; converted to float only when read), and
-    :attr:`last_teacher_disagreement` how often the teacher's top class differed from the label
-    on the views the student saw: a hard label only teaches something where it does.
+    ``loss(images, outputs, targets)`` is the scalar total; :meth:`compute` returns it with
+    its terms (:class:`LossOutput`), which is what the training loop logs.
 
     Raises:
         ValueError: unknown ``distillation_type`` or ``kl_reduction``; ``alpha`` outside [0, 1];
@@ -548,33 +568,6 @@ class DistillationLoss(nn.Module):
         self.alpha = float(alpha)
         self.tau = float(tau)
         self.kl_reduction = kl_reduction
-        self._parts: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._disagreement: torch.Tensor | None = None
-
-    @property
-    def last_parts(self) -> LossParts | None:
-        """:class:`LossParts` of the last forward (``None`` before the first); reading it
-        synchronises with the device once."""
-        if self._parts is None:
-            return None
-        base, dist = self._parts
-        return LossParts(float(base), 0.0 if dist is None else float(dist))
-
-    @property
-    def last_parts_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The unweighted ``(base, distillation)`` terms of the last forward as detached scalar
-        tensors on the logits' device (``distillation`` is ``None`` for ``"none"``; the pair is
-        ``None`` before the first call). Unlike :attr:`last_parts` it does not synchronise, so a
-        training loop can accumulate it every step."""
-        return self._parts
-
-    @property
-    def last_teacher_disagreement(self) -> torch.Tensor | None:
-        """Fraction (0-1, detached scalar tensor) of the last batch's views on which the
-        teacher's top-1 class differs from the label that dominates the target (the label
-        itself, or the mixed target's largest entry under Mixup/CutMix); ``None`` for ``"none"``
-        and before the first call. Reading it as a tensor does not synchronise."""
-        return self._disagreement
 
     def forward(
         self,
@@ -582,7 +575,16 @@ class DistillationLoss(nn.Module):
         outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
         targets: torch.Tensor,
     ) -> torch.Tensor:
-        """The scalar loss.
+        """The scalar loss, ``compute(inputs, outputs, targets).total`` (see :meth:`compute`)."""
+        return self.compute(inputs, outputs, targets).total
+
+    def compute(
+        self,
+        inputs: torch.Tensor,
+        outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        targets: torch.Tensor,
+    ) -> LossOutput:
+        """The loss and its terms (paper section 4, eq. 2 for ``"soft"``, eq. 3 for ``"hard"``).
 
         Args:
             inputs: the images ``(B, C, H, W)`` the student saw (after Mixup/CutMix); the
@@ -591,6 +593,9 @@ class DistillationLoss(nn.Module):
                 single ``(B, num_classes)`` tensor is accepted for ``"none"`` only.
             targets: ``(B,)`` class indices or ``(B, num_classes)`` soft targets, whatever
                 ``base_criterion`` takes.
+
+        Returns:
+            :class:`LossOutput`: ``total`` (with gradient) and the detached terms.
 
         Raises:
             ValueError: a single tensor (or anything but a pair) while distilling; teacher logits
@@ -608,8 +613,7 @@ class DistillationLoss(nn.Module):
             )
         base = self.base_criterion(cls_out, targets)
         if self.distillation_type == "none":
-            self._parts, self._disagreement = (base.detach(), None), None
-            return base
+            return LossOutput(base, base.detach(), None, None)
         if dist_out is None:
             raise ValueError(
                 f"distillation_type={self.distillation_type!r} needs the student's "
@@ -637,10 +641,10 @@ class DistillationLoss(nn.Module):
             dist = kl * (t * t) / denom
         else:
             dist = F.cross_entropy(dist_out, teacher_out.argmax(dim=1))
-        self._parts = (base.detach(), dist.detach())
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        self._disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
-        return base * (1.0 - self.alpha) + dist * self.alpha
+        disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
+        total = base * (1.0 - self.alpha) + dist * self.alpha
+        return LossOutput(total, base.detach(), dist.detach(), disagreement)
 
     def extra_repr(self) -> str:
         return (

@@ -1,27 +1,30 @@
 """The hot loops: :func:`train_one_epoch` and :func:`evaluate` (official ``engine.py``'s role).
 
 Nothing here parses arguments or writes files; :mod:`deit.training` sets up a run and calls these.
+Precision and device choice live in :mod:`deit.precision` (re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from timm.utils import unwrap_model
 from torch import nn
 
+from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
+
 __all__ = [
+    "EVAL_HEADS",
     "NonFiniteLossError",
     "Precision",
+    "StepOptions",
     "cpu_flags",
     "fast_bf16_available",
     "resolve_precision",
@@ -30,99 +33,13 @@ __all__ = [
     "unwrap_model",
 ]
 
+#: What :func:`evaluate` reports as ``acc1``/``acc5``/``loss`` for a distilled model: the
+#: averaged heads (the paper's late fusion, section 5.2), the class head or the distillation head.
+EVAL_HEADS = ("both", "cls", "dist")
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 autocast is a speed-up on ``device`` rather than a slow emulation.
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``/proc/cpuinfo`` flags ``amx_bf16``
-    (AMX tiles) or ``avx512_bf16`` (bf16 dot products); without either, oneDNN emulates bf16 and
-    matmuls run many times slower than fp32. ``DEIT_FAST_BF16=0`` or ``=1`` overrides the CPU
-    answer. Measured on this project's 2-core AMD EPYC (``avx512_bf16``, no AMX): a bf16
-    ``torch.mm`` ran 2.2x the fp32 rate.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if dev.type != "cpu":
-        return False
-    override = os.environ.get("DEIT_FAST_BF16")
-    if override in ("0", "1"):
-        return override == "1"
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Numeric precision of a run: ``dtype`` for autocast (``None`` = plain fp32) and whether
-    gradients need loss scaling (fp16 only)."""
-
-    name: str
-    dtype: torch.dtype | None
-    device_type: str
-
-    @property
-    def use_scaler(self) -> bool:
-        """fp16 needs a gradient scaler; bf16 and fp32 do not."""
-        return self.dtype is torch.float16
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast context for the forward pass (a no-op in fp32)."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-
-def resolve_precision(amp: str, device: torch.device | str) -> Precision:
-    """Turn the ``amp`` setting into a :class:`Precision` for ``device``.
-
-    ``auto``: on CUDA bf16 where supported, else fp16 with gradient scaling; on CPUs always fp32
-    (the paper's numbers are fp32 and CPU autocast training changes results; ask for ``bf16``
-    explicitly where :func:`fast_bf16_available` says it pays). ``fp32``, ``bf16``, ``fp16``
-    force a choice.
-
-    Raises:
-        ValueError: unknown ``amp`` value, or fp16 asked on a CPU (no gradient scaling there).
-    """
-    device = torch.device(device)
-    if amp == "auto":
-        if device.type == "cuda":
-            amp = "bf16" if fast_bf16_available(device) else "fp16"
-        else:
-            amp = "fp32"
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in table:
-        raise ValueError(f"amp must be one of auto, fp32, bf16, fp16; got {amp!r}.")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU.")
-    return Precision(amp, table[amp], device.type)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel and/or ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _sum_across_processes(values: list[float], device: torch.device) -> list[float]:
@@ -133,6 +50,91 @@ def _sum_across_processes(values: list[float], device: torch.device) -> list[flo
     return t.tolist()
 
 
+@dataclass
+class StepOptions:
+    """How :func:`train_one_epoch` takes each optimiser step, besides model, loss, data and
+    optimiser.
+
+    Attributes:
+        precision: autocast setting (default fp32).
+        mixup_fn: timm ``Mixup`` applied to each batch, or ``None``.
+        scaler: ``torch.amp.GradScaler`` (fp16 only), or ``None``.
+        clip_grad: gradient-norm clipping threshold, or ``None``.
+        scheduler: a timm scheduler; ``step_update(num_updates)`` after each step when
+            ``sched_per_step`` (the caller steps it per epoch otherwise).
+        sched_per_step: update the learning rate every step.
+        model_ema: timm ``ModelEmaV3`` updated after each step, or ``None``.
+        log_interval: refresh the progress bar's loss / lr / images-per-second every N steps.
+    """
+
+    precision: Precision | None = None
+    mixup_fn: Callable | None = None
+    scaler: torch.amp.GradScaler | None = None
+    clip_grad: float | None = None
+    scheduler: Any = None
+    sched_per_step: bool = True
+    model_ema: Any = None
+    log_interval: int = 10
+
+
+def _backward_and_step(
+    loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions
+) -> None:
+    """Backward (scaled for fp16), optional gradient-norm clipping, optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    if opts.scaler is not None:
+        opts.scaler.scale(loss).backward()
+        if opts.clip_grad:
+            opts.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+        opts.scaler.step(optimizer)
+        opts.scaler.update()
+        return
+    loss.backward()
+    if opts.clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+    optimizer.step()
+
+
+def _train_step(
+    model: nn.Module,
+    criterion: Callable,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    opts: StepOptions,
+    where: tuple[int, int, int],
+) -> tuple[Any, ...]:
+    """One optimiser step on ``batch`` (already on the device); ``where`` is ``(epoch, batch
+    index, updates done)`` for the error message. Returns the detached ``(total, base,
+    distillation, teacher_disagreement)``; a criterion without ``compute`` (any callable taking
+    ``(images, outputs, targets)``) gives its value as total and base."""
+    samples, targets = batch
+    if opts.mixup_fn is not None:
+        samples, targets = opts.mixup_fn(samples, targets)
+    with opts.precision.autocast():
+        outputs = model(samples)
+        if hasattr(criterion, "compute"):
+            terms = tuple(criterion.compute(samples, outputs, targets))
+        else:
+            loss = criterion(samples, outputs, targets)
+            terms = (loss, loss.detach(), None, None)
+    loss = terms[0]
+    if not torch.isfinite(loss):  # one sync per step; the official code checks too
+        epoch, i, num_updates = where
+        raise NonFiniteLossError(
+            f"The training loss is {loss.item()} at epoch {epoch}, step {i} (update "
+            f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data. The "
+            "last checkpoint written is kept."
+        )
+    _backward_and_step(loss, model, optimizer, opts)
+    num_updates = where[2] + 1
+    if opts.scheduler is not None and opts.sched_per_step:
+        opts.scheduler.step_update(num_updates=num_updates)
+    if opts.model_ema is not None:
+        opts.model_ema.update(unwrap_model(model), step=num_updates)
+    return (loss.detach(), *terms[1:])
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor],
@@ -140,107 +142,61 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     epoch: int,
+    options: StepOptions | None = None,
     *,
     num_updates: int = 0,
-    scheduler: Any = None,
-    sched_per_step: bool = True,
-    mixup_fn: Callable | None = None,
-    precision: Precision | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    clip_grad: float | None = None,
-    model_ema: Any = None,
+    skip_batches: int = 0,
     progress: Any = None,
     should_stop: Callable[[], bool] | None = None,
-    skip_batches: int = 0,
 ) -> dict[str, float]:
     """Train for one epoch (or until ``should_stop()``), one optimiser step per batch.
 
     Per batch: move to ``device`` (non-blocking), Mixup/CutMix, forward under autocast, loss
-    ``criterion(images, outputs, targets)`` (a :class:`deit.distillation.DistillationLoss`: the
-    teacher sees the same mixed images), backward (scaled for fp16), optional gradient-norm
-    clipping, optimiser step, per-step learning-rate update, EMA update.
+    ``criterion.compute(images, outputs, targets)`` (a :class:`deit.distillation.DistillationLoss`:
+    the teacher sees the same mixed images; paper section 4), backward (scaled for fp16),
+    optional gradient-norm clipping, optimiser step, per-step learning-rate update, EMA update.
 
     Args:
         model: the student (possibly DDP-wrapped), in training mode.
         loader: yields ``(images (B, C, H, W), labels (B,))``.
+        options: see :class:`StepOptions` (default: fp32, no Mixup, no clipping, no EMA).
         num_updates: optimiser steps done before this epoch (drives the per-step schedule and
             the EMA warm-up).
-        scheduler: a timm scheduler; ``step_update(num_updates)`` after each step when
-            ``sched_per_step`` (the caller steps it per epoch otherwise).
+        skip_batches: batches at the start of the loader to skip (resuming mid-epoch).
         progress: a tqdm-like object with ``update()``/``set_postfix()``, or ``None``.
         should_stop: polled after each step; ``True`` ends the epoch early (pre-emption).
-        skip_batches: batches at the start of the loader to skip (resuming mid-epoch).
 
     Returns:
         ``loss``, ``loss_base``, ``loss_distillation`` (means over the epoch, averaged across
         processes), ``teacher_disagreement`` (% of training views whose teacher top-1 differs
-        from the dominant label; 0 without a teacher), ``lr`` (last), ``images_per_s`` (this process), ``steps`` (done this call),
-        ``num_updates`` and ``completed`` (1.0 when the loader was exhausted).
+        from the dominant label; 0 without a teacher), ``lr`` (last), ``images_per_s`` (this
+        process), ``steps`` (done this call), ``num_updates`` and ``completed`` (1.0 when the
+        loader was exhausted).
 
     Raises:
         NonFiniteLossError: the loss is NaN/inf; nothing of that step is applied.
     """
-    precision = precision or Precision("fp32", None, device.type)
+    opts = options or StepOptions()
+    if opts.precision is None:
+        opts = dataclasses.replace(opts, precision=Precision("fp32", None, device.type))
     model.train()
-    # loss, base, distillation, teacher disagreement
-    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, base, dist, disagree
     steps = images = 0
     completed = True
     start = time.perf_counter()
     for i, (samples, targets) in enumerate(loader):
         if i < skip_batches:
             continue
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            samples, targets = mixup_fn(samples, targets)
-        with precision.autocast():
-            outputs = model(samples)
-            loss = criterion(samples, outputs, targets)
-        if not torch.isfinite(loss):  # one sync per step; the official code checks too
-            raise NonFiniteLossError(
-                f"The training loss is {loss.item()} at epoch {epoch}, step {i} (update "
-                f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data. The "
-                "last checkpoint written is kept."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+        batch = (samples.to(device, non_blocking=True), targets.to(device, non_blocking=True))
+        terms = _train_step(model, criterion, batch, optimizer, opts, (epoch, i, num_updates))
         num_updates += 1
-        if scheduler is not None and sched_per_step:
-            scheduler.step_update(num_updates=num_updates)
-        if model_ema is not None:
-            model_ema.update(unwrap_model(model), step=num_updates)
-        parts = getattr(criterion, "last_parts_tensors", None)  # a plain loss has none
-        totals[0] += loss.detach()
-        if parts is not None:
-            totals[1] += parts[0]
-            if parts[1] is not None:
-                totals[2] += parts[1]
-        disagreement = getattr(criterion, "last_teacher_disagreement", None)
-        if disagreement is not None:
-            totals[3] += disagreement
+        for j, term in enumerate(terms):
+            if term is not None:
+                totals[j] += term
         steps += 1
         images += samples.shape[0]
         if progress is not None:
-            progress.update(1)
-            if steps % 10 == 1:
-                rate = images / max(time.perf_counter() - start, 1e-9)
-                progress.set_postfix(
-                    loss=f"{totals[0].item() / steps:.4f}",
-                    lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                    img_s=f"{rate:.1f}",
-                )
+            _show_progress(progress, steps, totals[0], optimizer, images, start, opts.log_interval)
         if should_stop is not None and should_stop():
             completed = False
             break
@@ -260,6 +216,52 @@ def train_one_epoch(
     }
 
 
+def _show_progress(
+    bar: Any,
+    steps: int,
+    loss_sum: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    images: int,
+    start: float,
+    every: int,
+) -> None:
+    """Advance the bar; every ``every`` steps show mean loss, lr and images per second (the
+    ``.item()`` there is the only extra device sync)."""
+    bar.update(1)
+    if (steps - 1) % max(every, 1) == 0:
+        rate = images / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(
+            loss=f"{loss_sum.item() / steps:.4f}",
+            lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            img_s=f"{rate:.1f}",
+        )
+
+
+def _accumulate(
+    sums: dict[str, float],
+    targets: torch.Tensor,
+    logits: torch.Tensor,
+    heads: tuple[torch.Tensor, torch.Tensor] | None,
+    t_logits: torch.Tensor | None,
+) -> None:
+    """Add one batch's summed loss, top-1/top-5 hits and agreements to ``sums``."""
+    sums["loss"] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    c1, c5 = _topk_correct(logits, targets, (1, 5))
+    sums["acc1"] += c1
+    sums["acc5"] += c5
+    if heads is not None:
+        for key, out in zip(("cls", "dist"), heads):
+            a1, a5 = _topk_correct(out.float(), targets, (1, 5))
+            sums[f"acc1_{key}"] += a1
+            sums[f"acc5_{key}"] += a5
+        sums["head_agreement"] += int((heads[0].argmax(1) == heads[1].argmax(1)).sum())
+    if t_logits is not None:
+        t1, t5 = _topk_correct(t_logits.float(), targets, (1, 5))
+        sums["teacher_acc1"] += t1
+        sums["teacher_acc5"] += t5
+        sums["agreement"] += int((logits.argmax(1) == t_logits.argmax(1)).sum())
+
+
 def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
     k = min(max(ks), logits.shape[1])
     pred = logits.topk(k, dim=1).indices
@@ -276,24 +278,36 @@ def evaluate(
     teacher: nn.Module | None = None,
     precision: Precision | None = None,
     progress: Any = None,
+    head: str = "both",
+    sum_across_processes: bool = True,
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and cross-entropy loss on a labelled data set.
 
-    A distilled model is run once per batch for both heads; the result holds the averaged heads
-    (the paper's late fusion, keys ``acc1``, ``acc5``, ``loss``) and each head alone
+    A distilled model is run once per batch for both heads; ``acc1``, ``acc5`` and ``loss`` are
+    those of ``head`` (default the averaged heads, the paper's late fusion, section 5.2), and
+    each head alone is reported too
     (``acc1_cls``, ``acc5_cls``, ``acc1_dist``, ``acc5_dist``), plus ``head_agreement`` (% of
     images where both heads' top-1 agree). With a ``teacher``: ``teacher_acc1``,
-    ``teacher_acc5`` and ``agreement`` (% of images where the averaged student's and the
-    teacher's top-1 agree). Counts are summed across processes when distributed.
+    ``teacher_acc5`` and ``agreement`` (% of images where the student's (``head``) and the
+    teacher's top-1 agree).
 
     Args:
         model: any classifier ``(B, C, H, W) -> (B, num_classes)``; distilled DeiT models are
             detected through their ``forward_heads``.
         loader: yields ``(images, labels (B,))``.
+        head: one of :data:`EVAL_HEADS`; ignored for a model without a distillation head.
+        sum_across_processes: the loader holds this process's share of the data: counts are
+            summed over the process group when one is up. ``False``: every process evaluated
+            the whole set, nothing is summed.
 
     Returns:
         Metrics in percent (accuracies, agreements) and nats (loss), plus ``n`` (images).
+
+    Raises:
+        ValueError: ``head`` not one of :data:`EVAL_HEADS`.
     """
+    if head not in EVAL_HEADS:
+        raise ValueError(f"head is {head!r}; use one of {', '.join(EVAL_HEADS)}.")
     precision = precision or Precision("fp32", None, device.type)
     model.eval()
     inner = unwrap_model(model)
@@ -305,38 +319,26 @@ def evaluate(
         names += ["teacher_acc1", "teacher_acc5", "agreement"]
     sums = dict.fromkeys(names, 0.0)
     n = 0
-    ce = nn.CrossEntropyLoss(reduction="sum")
     for samples, targets in loader:
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with precision.autocast():
             if distilled:
                 cls_logits, dist_logits = inner.forward_heads(samples)
-                logits = (cls_logits + dist_logits) / 2
+                logits = {"cls": cls_logits, "dist": dist_logits}.get(head)
+                if logits is None:
+                    logits = (cls_logits + dist_logits) / 2
             else:
                 logits = model(samples)
             t_logits = teacher(samples) if teacher is not None else None
-        logits = logits.float()
-        sums["loss"] += ce(logits, targets).item()
-        c1, c5 = _topk_correct(logits, targets, (1, 5))
-        sums["acc1"] += c1
-        sums["acc5"] += c5
-        if distilled:
-            for key, out in (("cls", cls_logits), ("dist", dist_logits)):
-                a1, a5 = _topk_correct(out.float(), targets, (1, 5))
-                sums[f"acc1_{key}"] += a1
-                sums[f"acc5_{key}"] += a5
-            same = cls_logits.argmax(1) == dist_logits.argmax(1)
-            sums["head_agreement"] += int(same.sum())
-        if t_logits is not None:
-            t1, t5 = _topk_correct(t_logits.float(), targets, (1, 5))
-            sums["teacher_acc1"] += t1
-            sums["teacher_acc5"] += t5
-            sums["agreement"] += int((logits.argmax(1) == t_logits.argmax(1)).sum())
+        heads = (cls_logits, dist_logits) if distilled else None
+        _accumulate(sums, targets, logits.float(), heads, t_logits)
         n += samples.shape[0]
         if progress is not None:
             progress.update(1)
-    values = _sum_across_processes([*sums.values(), float(n)], device)
+    values = [*sums.values(), float(n)]
+    if sum_across_processes:
+        values = _sum_across_processes(values, device)
     total = max(values[-1], 1.0)
     out = {k: v / total * (1.0 if k == "loss" else 100.0) for k, v in zip(names, values)}
     out["n"] = values[-1]

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from .data import build_dataset
 from .distillation import build_teacher
-from .engine import evaluate, resolve_precision
+from .engine import evaluate
 from .models import load_model
+from .precision import resolve_precision
 from .predict import eval_transform
 
 __all__ = ["evaluate_checkpoint", "add_subcommand"]

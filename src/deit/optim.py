@@ -16,7 +16,7 @@ How the engine drives the schedule (timm convention; calling both is always safe
 does not match ``sched_per_step`` does nothing)::
 
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=len(loader))
-    for epoch in range(cfg.start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):   # start_epoch: 0, or the checkpoint's
         for i, batch in enumerate(loader):
             ...; optimizer.step()
             scheduler.step_update(num_updates=epoch * len(loader) + i + 1)

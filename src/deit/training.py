@@ -20,13 +20,14 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import unwrap_model
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -39,26 +40,28 @@ from .data import (
     dataset_info,
 )
 from .distillation import DistillationLoss, build_teacher, check_student
-from .engine import (
-    NonFiniteLossError,
-    evaluate,
-    resolve_precision,
-    train_one_epoch,
-    unwrap_model,
-)
+from .engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
 from .models import (
     CheckpointError,
-    atomic_save,
+    RunCheckpoint,
     build_classifier,
+    fit_weights,
     is_deit_model,
-    load_state_dict_into,
-    read_state_dict,
-    safe_torch_load,
+    read_weights,
 )
-from .models.checkpoint import mismatch
 from .optim import build_ema, build_optimizer, build_scheduler
+from .precision import Precision, resolve_device, resolve_precision
 
-__all__ = ["DistEnv", "init_distributed", "wrap_ddp", "run", "add_subcommand", "LAST", "BEST"]
+__all__ = [
+    "BEST",
+    "LAST",
+    "DistEnv",
+    "RunState",
+    "add_subcommand",
+    "init_distributed",
+    "run",
+    "wrap_ddp",
+]
 
 LAST = "checkpoint.pth"
 BEST = "best_checkpoint.pth"
@@ -110,27 +113,13 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
     else:
         rank, world, local = 0, 1, 0
-    device = _resolve_device(device_pref, local)
+    device = resolve_device(device_pref, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, init_method="env://")
     return DistEnv(rank, world, local, world > 1), device
-
-
-def _resolve_device(pref: str, local_rank: int) -> torch.device:
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    device = torch.device(pref)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {pref!r} was asked but no CUDA GPU is visible; use cpu.")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 # ----------------------------------------------------------------------------- state
@@ -246,44 +235,25 @@ def _build_model(cfg: Config, num_classes: int) -> nn.Module:
     return model
 
 
-def _load_finetune(model: nn.Module, cfg: Config) -> None:
-    """Initialise from ``cfg.finetune``: heads of another class count are dropped, position
-    embeddings interpolated (DeiT); any other mismatch names the architecture."""
-    path = Path(cfg.finetune)
-    obj = safe_torch_load(path) if path.is_file() and path.suffix != ".safetensors" else None
-    if isinstance(obj, dict) and obj.get("model_name") and obj["model_name"] != cfg.model:
+def _load_finetune(model: nn.Module, cfg: Config) -> list[str]:
+    """Initialise from ``cfg.finetune`` (any file :func:`deit.models.read_weights` reads):
+    heads of another class count are left fresh, position embeddings interpolated (DeiT, paper
+    section 6); any other mismatch names the architecture. Returns the adaptation notes.
+
+    Raises:
+        CheckpointError: unreadable file, a recorded architecture other than ``cfg.model``, or
+            weights that do not fit.
+    """
+    weights = read_weights(cfg.finetune)
+    recorded = weights.run.model_name if weights.run else None
+    if recorded and recorded != cfg.model:
         raise CheckpointError(
-            f"--finetune {cfg.finetune!r} holds a {obj['model_name']} but --model is {cfg.model}; "
+            f"--finetune {cfg.finetune!r} holds a {recorded} but --model is {cfg.model}; "
             "pass the matching --model."
         )
-    if is_deit_model(cfg.model):
-        sd = obj["model"] if isinstance(obj, dict) and "model_name" in obj else None
-        if sd is None:
-            sd, meta = read_state_dict(path)
-        else:
-            meta = {}
-        load_state_dict_into(model, sd, finetune=True, meta=meta, source=cfg.finetune)
-        return
-    # a CNN: its classifier layers (timm's pretrained_cfg names them, e.g. 'fc' or LeViT's two
-    # heads; otherwise the last Linear, as torchvision's fc / classifier.N) alone are dropped
-    # when the class count differs
-    sd, _ = read_state_dict(path)
-    own = model.state_dict()
-    heads = getattr(model, "pretrained_cfg", {}).get("classifier")
-    if not heads:
-        heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
-    heads = [heads] if isinstance(heads, str) else list(heads)
-    head_keys = tuple(f"{n}.{p}" for n in heads for p in ("weight", "bias"))
-    sd = {
-        k: v for k, v in sd.items() if not (k in own and k in head_keys and v.shape != own[k].shape)
-    }
-    parts, _ = mismatch(own, sd, ignore_missing=head_keys)
-    if parts:
-        raise CheckpointError(
-            f"--finetune {cfg.finetune!r} does not fit {cfg.model}: {', '.join(parts)}; "
-            "pass the matching --model."
-        )
-    model.load_state_dict(sd, strict=False)
+    weights.meta.pop("class_names", None)  # the new data set's classes, not the old ones
+    hint = f"pass the --model it was trained as (not {cfg.model})."
+    return fit_weights(model, weights, finetune=True, hint=hint)
 
 
 def _subset(cfg: Config, train_set: Any, val_set: Any, val_tf: Any) -> tuple[Any, Any]:
@@ -297,7 +267,9 @@ def _subset(cfg: Config, train_set: Any, val_set: Any, val_tf: Any) -> tuple[Any
     subset = torch.utils.data.Subset(train_set, order[: cfg.train_subset])
     if cfg.eval_unused:
         root = cfg.data_path or None
-        unused = build_dataset(cfg.data_set, root, "train", transform=val_tf)
+        unused = build_dataset(
+            cfg.data_set, root, "train", transform=val_tf, **_dataset_kwargs(cfg)
+        )
         rest = torch.utils.data.Subset(unused, sorted(order[cfg.train_subset :]))
         val_set = torch.utils.data.ConcatDataset([val_set, rest])
     return subset, val_set
@@ -314,6 +286,8 @@ def _base_criterion(cfg: Config, mixup: Any) -> nn.Module:
 
 
 def _loader(dataset: Any, sampler: Any, cfg: Config, device: torch.device, train: bool) -> Any:
+    """Training loader (``batch_size``, last partial batch dropped) or evaluation loader
+    (1.5 x ``batch_size``, as the official code)."""
     workers = cfg.num_workers
     return DataLoader(
         dataset,
@@ -336,30 +310,55 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 # ----------------------------------------------------------------------------- the run
-def run(
-    cfg: Config,
-    *,
-    max_epochs_this_run: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says; see the module docstring.
+@dataclass
+class RunState:
+    """Everything a run builds and updates, filled in by the steps of :func:`run` in order:
+    :func:`_start` (environment), :func:`build_data`, :func:`build_model_and_teacher`,
+    :func:`build_optimisation`, :func:`resume`, then :func:`fit` (which calls :func:`save`)."""
 
-    Args:
-        cfg: the configuration (validated here).
-        max_epochs_this_run: stop after this many epochs of this invocation (the schedule still
-            spans ``cfg.epochs``; resume later with ``cfg.resume``/``auto_resume``).
-        progress: show progress bars (rank 0 only).
+    cfg: Config
+    env: DistEnv
+    device: torch.device
+    precision: Precision
+    out: Path | None
+    # data (build_data)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    class_names: list[str] = field(default_factory=list)
+    sampler_train: Any = None
+    loader_train: Any = None
+    loader_val: Any = None
+    mixup_fn: Any = None
+    # model and teacher (build_model_and_teacher)
+    model: Any = None  # the student itself: its state dict is what is saved
+    train_model: Any = None  # compiled and/or DDP-wrapped for training
+    eval_model: Any = None  # compiled, not DDP-wrapped: evaluation needs no collectives
+    teacher: Any = None
+    criterion: Any = None
+    n_parameters: int = 0
+    # optimisation (build_optimisation)
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    ema: Any = None
+    # progress (resume, fit)
+    start_epoch: int = 0
+    num_updates: int = 0
+    skip_batches: int = 0
+    best_acc1: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    status: str = "completed"
+    writer: Any = None
 
-    Returns:
-        ``history`` (one dict per epoch, the ``log.txt`` lines), ``best_acc1``, ``final``
-        (last evaluation), ``output_dir``, ``status`` ('completed', 'stopped' (signal) or
-        'paused' (``max_epochs_this_run``)).
+    @property
+    def num_classes(self) -> int:
+        """Classes of the training set."""
+        return len(self.class_names)
 
-    Raises:
-        ValueError / FileNotFoundError / CheckpointError: bad configuration, data path, teacher
-            path, fine-tuning checkpoint or output folder — all raised before the first step.
-        NonFiniteLossError: the loss became NaN/inf; the last checkpoint is kept.
-    """
+
+def _start(cfg: Config) -> RunState:
+    """Validate, join the process group, check the output folder, seed, pick the precision."""
     cfg.validate()
     env, device = init_distributed(cfg.device)
     out = _check_output_dir(cfg.output_dir) if env.is_main else None
@@ -369,37 +368,42 @@ def run(
             "--teacher-path with its weights (train one with `deit train --model resnet18 ...`)."
         )
     seed_everything(cfg.seed + env.rank)
-    precision = resolve_precision(cfg.amp, device)
+    return RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
 
-    # data
+
+def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
+    """``skip_corrupt`` and the iNaturalist ``category``, for the data sets that take them
+    (:meth:`deit.config.Config.validate` refuses them elsewhere)."""
+    kw: dict[str, Any] = {}
+    if cfg.skip_corrupt:
+        kw["skip_corrupt"] = True
+    if cfg.inat_category != "name":
+        kw["category"] = cfg.inat_category
+    return kw
+
+
+def _eval_share(val_set: Any, env: DistEnv, split: bool) -> Any:
+    """With ``--dist-eval`` each process evaluates every ``world_size``-th image from its rank
+    on: the shares cover the set once (no padding duplicates, unlike DistributedSampler), and
+    :func:`deit.engine.evaluate` sums the counts."""
+    if not (split and env.distributed):
+        return val_set
+    return torch.utils.data.Subset(val_set, range(env.rank, len(val_set), env.world_size))
+
+
+def build_data(state: RunState) -> None:
+    """Data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the recipe."""
+    cfg, env = state.cfg, state.env
     info = dataset_info(cfg.data_set)
-    root = cfg.data_path or None
+    state.mean, state.std = tuple(info.mean), tuple(info.std)
     train_tf = build_transform_from_config(cfg, True, mean=info.mean, std=info.std)
     val_tf = build_transform_from_config(cfg, False, mean=info.mean, std=info.std)
-    train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf)
-    val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf)
-    num_classes = len(train_set.classes)
-    class_names = list(train_set.classes)
+    root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
+    train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf, **kw)
+    val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
+    state.class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
-
-    # models, loss
-    model = _build_model(cfg, num_classes).to(device)
-    teacher = None
-    if cfg.distillation_type != "none":
-        teacher = build_teacher(
-            cfg.teacher_model or None,
-            cfg.teacher_path,
-            num_classes=num_classes,
-            img_size=cfg.input_size,
-            student_mean=info.mean,
-            student_std=info.std,
-            channels_last=cfg.channels_last_teacher,
-            device=device,
-        )
-    check_student(model, cfg.distillation_type, teacher)
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    sampler_train = build_sampler(
+    state.sampler_train = build_sampler(
         train_set,
         True,
         repeated_aug=cfg.repeated_aug,
@@ -409,235 +413,325 @@ def run(
         rank=env.rank,
         seed=cfg.seed,
     )
-    sampler_val = build_sampler(
-        val_set,
-        False,
-        distributed=env.distributed and cfg.dist_eval,
-        num_replicas=env.world_size,
-        rank=env.rank,
-    )
-    loader_train = _loader(train_set, sampler_train, cfg, device, train=True)
-    loader_val = _loader(val_set, sampler_val, cfg, device, train=False)
-    if len(loader_train) == 0:
-        raise ValueError(
-            f"The training set has {len(train_set)} images, fewer than one batch of "
-            f"{cfg.batch_size}; lower --batch-size."
-        )
+    val_set = _eval_share(val_set, env, cfg.dist_eval)
+    state.loader_train = _loader(train_set, state.sampler_train, cfg, state.device, train=True)
+    sampler_val = build_sampler(val_set, False)
+    state.loader_val = _loader(val_set, sampler_val, cfg, state.device, train=False)
+    state.mixup_fn = build_mixup_from_config(cfg, state.num_classes)
 
-    mixup_fn = build_mixup_from_config(cfg, num_classes)
-    criterion = DistillationLoss(
-        _base_criterion(cfg, mixup_fn),
-        teacher,
+
+def build_model_and_teacher(state: RunState) -> None:
+    """The student (fine-tuned from ``--finetune`` when given), the frozen teacher and the
+    DeiT loss (paper section 4); the training and evaluation wrappers of the student."""
+    cfg, device = state.cfg, state.device
+    state.model = _build_model(cfg, state.num_classes).to(device)
+    if cfg.distillation_type != "none":
+        state.teacher = build_teacher(
+            cfg.teacher_model or None,
+            cfg.teacher_path,
+            num_classes=state.num_classes,
+            img_size=cfg.input_size,
+            student_mean=state.mean,
+            student_std=state.std,
+            channels_last=cfg.channels_last_teacher,
+            device=device,
+        )
+    check_student(state.model, cfg.distillation_type, state.teacher)
+    state.n_parameters = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
+    state.criterion = DistillationLoss(
+        _base_criterion(cfg, state.mixup_fn),
+        state.teacher,
         cfg.distillation_type,
         alpha=cfg.distillation_alpha,
         tau=cfg.distillation_tau,
         kl_reduction=cfg.kl_reduction,
     )
-    optimizer = build_optimizer(cfg, model, world_size=env.world_size)
-    scheduler = build_scheduler(cfg, optimizer, len(loader_train))
-    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
-    ema = build_ema(
-        model,
+    state.eval_model = torch.compile(state.model) if cfg.compile else state.model
+    state.train_model = state.eval_model
+    if state.env.distributed:
+        state.train_model = wrap_ddp(state.eval_model, device, cfg.distillation_type)
+
+
+def build_optimisation(state: RunState) -> None:
+    """Optimiser, learning-rate schedule, gradient scaler (fp16 only) and weight EMA (timm)."""
+    cfg = state.cfg
+    if len(state.loader_train) == 0:  # checked after the teacher, whose errors come first
+        raise ValueError(
+            f"The training set has {len(state.loader_train.dataset)} images, fewer than one "
+            f"batch of {cfg.batch_size}; lower --batch-size."
+        )
+    state.optimizer = build_optimizer(cfg, state.model, world_size=state.env.world_size)
+    state.scheduler = build_scheduler(cfg, state.optimizer, len(state.loader_train))
+    if state.precision.use_scaler:
+        state.scaler = torch.amp.GradScaler(state.device.type)
+    state.ema = build_ema(
+        state.model,
         cfg.model_ema_decay if cfg.model_ema else None,
         device="cpu" if cfg.model_ema_force_cpu else None,
     )
-    train_model: nn.Module = model
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    if env.distributed:
-        train_model = wrap_ddp(train_model, device, cfg.distillation_type)
 
-    # resume
-    start_epoch, num_updates, skip, best_acc1 = 0, 0, 0, 0.0
-    history: list[dict[str, Any]] = []
-    resume = cfg.resume
-    if not resume and cfg.auto_resume and cfg.output_dir:
-        candidate = Path(cfg.output_dir) / LAST
-        resume = str(candidate) if candidate.is_file() else ""
-    if resume:
-        ck = safe_torch_load(resume, map_location="cpu")
-        if not isinstance(ck, dict) or "optimizer" not in ck:
-            raise CheckpointError(
-                f"--resume {resume!r} is not a training checkpoint of `deit train` (no optimizer "
-                "state); use --finetune to start from weights."
-            )
-        if ck.get("model_name") != cfg.model:
-            raise CheckpointError(
-                f"--resume {resume!r} holds a {ck.get('model_name')} but --model is {cfg.model}."
-            )
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck.get("scheduler"):
-            scheduler.load_state_dict(ck["scheduler"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        if ema is not None and ck.get("model_ema") is not None:
-            ema.module.load_state_dict(ck["model_ema"])
-        start_epoch, num_updates = int(ck["epoch"]), int(ck["step"])
-        skip = int(ck.get("batches_done", 0))
-        best_acc1 = float(ck.get("best_acc1", 0.0))
-        history = list(ck.get("history", []))
-        if ck.get("rng") and env.world_size == ck.get("world_size", 1):
-            _set_rng_state(ck["rng"][env.rank] if isinstance(ck["rng"], list) else ck["rng"])
-        if scheduler is not None:
-            if cfg.sched_per_step:
-                scheduler.step_update(num_updates)
-            else:
-                scheduler.step(start_epoch)
-        if env.is_main:
-            print(
-                f"Resumed from {resume}: epoch {start_epoch}, step {num_updates}.", file=sys.stderr
-            )
 
-    def checkpoint(epoch: int, batches_done: int, name: str) -> None:
-        rng = _rng_state()
-        if env.distributed:  # each rank's RNG, so every process resumes exactly
-            gathered: list[Any] = [None] * env.world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        if out is None:
-            return
-        state = {
-            "model": model.state_dict(),
-            "model_name": cfg.model,
-            "num_classes": num_classes,
-            "img_size": cfg.input_size,
-            "in_chans": 3,
-            "class_names": class_names,
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "crop_pct": cfg.eval_crop_ratio,
-            "data_set": cfg.data_set,
-            "config": cfg.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "model_ema": ema.module.state_dict() if ema is not None else None,
-            "epoch": epoch,
-            "step": num_updates,
-            "batches_done": batches_done,
-            "best_acc1": best_acc1,
-            "history": history,
-            "rng": rng,
-            "world_size": env.world_size,
-            "n_parameters": n_parameters,
-        }
-        atomic_save(state, out / name)
+def _resume_path(cfg: Config) -> str:
+    if cfg.resume:
+        return cfg.resume
+    candidate = Path(cfg.output_dir) / LAST if cfg.output_dir else None
+    if cfg.auto_resume and candidate is not None and candidate.is_file():
+        return str(candidate)
+    return ""
 
-    writer = None
-    if out is not None:
-        save_run_config(cfg, out)
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"))
+def resume(state: RunState) -> None:
+    """Continue from ``--resume`` (or ``<output_dir>/checkpoint.pth`` with ``--auto-resume``):
+    weights, optimiser, schedule, scaler, EMA, position in the run, history and every RNG, so
+    that the continued run equals an uninterrupted one.
 
-    show = progress and env.is_main
-    if cfg.eval:
-        stats = evaluate(train_model, loader_val, device, teacher=teacher, precision=precision)
-        if env.is_main:
-            print(json.dumps({f"test_{k}": v for k, v in stats.items()}))
-        return {"history": history, "final": stats, "status": "evaluated", "output_dir": out}
-
-    stop = _StopFlag(device)
-    stop.install()
-    status = "completed"
-    stats: dict[str, float] = {}
-    try:
-        last_epoch = cfg.epochs
-        if max_epochs_this_run is not None:
-            last_epoch = min(cfg.epochs, start_epoch + max_epochs_this_run)
-        for epoch in range(start_epoch, last_epoch):
-            if hasattr(sampler_train, "set_epoch"):
-                sampler_train.set_epoch(epoch)
-            if scheduler is not None and not cfg.sched_per_step:
-                scheduler.step(epoch)
-            t0 = time.time()
-            bar = _progress(len(loader_train) - skip, f"epoch {epoch + 1}/{cfg.epochs}", show)
-            try:
-                train_stats = train_one_epoch(
-                    train_model,
-                    criterion,
-                    loader_train,
-                    optimizer,
-                    device,
-                    epoch,
-                    num_updates=num_updates,
-                    scheduler=scheduler,
-                    sched_per_step=cfg.sched_per_step,
-                    mixup_fn=mixup_fn,
-                    precision=precision,
-                    scaler=scaler,
-                    clip_grad=cfg.clip_grad,
-                    model_ema=ema,
-                    progress=bar,
-                    should_stop=stop,
-                    skip_batches=skip,
-                )
-            finally:
-                if bar is not None:
-                    bar.close()
-            num_updates = int(train_stats["num_updates"])
-            if not train_stats["completed"]:
-                checkpoint(epoch, skip + int(train_stats["steps"]), LAST)
-                status = "stopped"
-                if env.is_main:
-                    print(
-                        f"Stopped by a signal at epoch {epoch}, update {num_updates}; checkpoint "
-                        f"written, continue with --auto-resume.",
-                        file=sys.stderr,
-                    )
-                break
-            skip = 0
-            due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
-            if not (due or epoch + 1 == cfg.epochs):
-                # not evaluated this epoch: train statistics only, the best checkpoint is kept
-                history.append(_train_log(train_stats, epoch, n_parameters, t0))
-                checkpoint(epoch + 1, 0, LAST)
-                if env.is_main:
-                    _write_log(out, writer, history[-1])
-                    print(
-                        f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats['loss']:.4f}, "
-                        f"{train_stats['images_per_s']:.1f} img/s",
-                        file=sys.stderr,
-                    )
-                continue
-            stats = evaluate(train_model, loader_val, device, teacher=None, precision=precision)
-            log = {
-                **_train_log(train_stats, epoch, n_parameters, t0),
-                **{f"test_{k}": v for k, v in stats.items()},
-            }
-            if ema is not None:
-                ema_stats = evaluate(ema.module, loader_val, device, precision=precision)
-                log["test_ema_acc1"] = ema_stats["acc1"]
-            new_best = stats["acc1"] > best_acc1
-            best_acc1 = max(best_acc1, stats["acc1"])
-            log["best_acc1"] = best_acc1
-            history.append(log)
-            checkpoint(epoch + 1, 0, LAST)
-            if new_best:
-                checkpoint(epoch + 1, 0, BEST)
-            if env.is_main:
-                _write_log(out, writer, log)
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats['loss']:.4f}, "
-                    f"test acc1 {stats['acc1']:.2f}% (best {best_acc1:.2f}%), "
-                    f"{train_stats['images_per_s']:.1f} img/s",
-                    file=sys.stderr,
-                )
+    Raises:
+        CheckpointError: not a ``deit train`` checkpoint, or one of another model.
+    """
+    cfg, env = state.cfg, state.env
+    path = _resume_path(cfg)
+    if not path:
+        return
+    ck = RunCheckpoint.load(path)
+    if ck.optimizer is None:
+        raise CheckpointError(
+            f"--resume {path!r} is not a training checkpoint of `deit train` (no optimizer "
+            "state); use --finetune to start from weights."
+        )
+    if ck.model_name != cfg.model:
+        raise CheckpointError(
+            f"--resume {path!r} holds a {ck.model_name} but --model is {cfg.model}."
+        )
+    state.model.load_state_dict(ck.model)
+    state.optimizer.load_state_dict(ck.optimizer)
+    for part, saved in ((state.scheduler, ck.scheduler), (state.scaler, ck.scaler)):
+        if part is not None and saved:
+            part.load_state_dict(saved)
+    if state.ema is not None and ck.model_ema is not None:
+        state.ema.module.load_state_dict(ck.model_ema)
+    state.start_epoch, state.num_updates, state.skip_batches = ck.epoch, ck.step, ck.batches_done
+    state.best_acc1, state.history = ck.best_acc1, list(ck.history)
+    if ck.rng and env.world_size == ck.world_size:
+        _set_rng_state(ck.rng[env.rank] if isinstance(ck.rng, list) else ck.rng)
+    if state.scheduler is not None:
+        if cfg.sched_per_step:
+            state.scheduler.step_update(state.num_updates)
         else:
-            if last_epoch < cfg.epochs:
-                status = "paused"
+            state.scheduler.step(state.start_epoch)
+    if env.is_main:
+        print(f"Resumed from {path}: epoch {ck.epoch}, step {ck.step}.", file=sys.stderr)
+
+
+def _state_dict(part: Any) -> dict[str, Any] | None:
+    return part.state_dict() if part is not None else None
+
+
+def save(state: RunState, epoch: int, batches_done: int, name: str) -> None:
+    """Write a :class:`deit.models.RunCheckpoint` to ``<output_dir>/<name>`` (rank 0 only,
+    atomically). Every rank must call it: each one's RNG state is gathered."""
+    rng: Any = _rng_state()
+    if state.env.distributed:  # each rank's RNG, so every process resumes exactly
+        gathered: list[Any] = [None] * state.env.world_size
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    if state.out is None:
+        return
+    cfg = state.cfg
+    RunCheckpoint(
+        model=state.model.state_dict(),
+        model_name=cfg.model,
+        num_classes=state.num_classes,
+        img_size=cfg.input_size,
+        in_chans=3,
+        class_names=state.class_names,
+        mean=list(state.mean),
+        std=list(state.std),
+        crop_pct=cfg.eval_crop_ratio,
+        data_set=cfg.data_set,
+        config=cfg.to_dict(),
+        optimizer=state.optimizer.state_dict(),
+        scheduler=_state_dict(state.scheduler),
+        scaler=_state_dict(state.scaler),
+        model_ema=_state_dict(state.ema.module if state.ema is not None else None),
+        epoch=epoch,
+        step=state.num_updates,
+        batches_done=batches_done,
+        best_acc1=state.best_acc1,
+        history=state.history,
+        rng=rng,
+        world_size=state.env.world_size,
+        n_parameters=state.n_parameters,
+    ).save(state.out / name)
+
+
+def _evaluate(state: RunState, model: nn.Module, teacher: Any = None) -> dict[str, float]:
+    return evaluate(
+        model,
+        state.loader_val,
+        state.device,
+        teacher=teacher,
+        precision=state.precision,
+        head=state.cfg.eval_head,
+        sum_across_processes=state.cfg.dist_eval,
+    )
+
+
+def _train_epoch(state: RunState, epoch: int, show: bool, stop: Any) -> dict[str, float]:
+    """One epoch of :func:`deit.engine.train_one_epoch` with the run's settings."""
+    cfg = state.cfg
+    if hasattr(state.sampler_train, "set_epoch"):
+        state.sampler_train.set_epoch(epoch)
+    if state.scheduler is not None and not cfg.sched_per_step:
+        state.scheduler.step(epoch)
+    options = StepOptions(
+        precision=state.precision,
+        mixup_fn=state.mixup_fn,
+        scaler=state.scaler,
+        clip_grad=cfg.clip_grad,
+        scheduler=state.scheduler,
+        sched_per_step=cfg.sched_per_step,
+        model_ema=state.ema,
+        log_interval=cfg.log_interval,
+    )
+    total = len(state.loader_train) - state.skip_batches
+    bar = _progress(total, f"epoch {epoch + 1}/{cfg.epochs}", show)
+    try:
+        stats = train_one_epoch(
+            state.train_model,
+            state.criterion,
+            state.loader_train,
+            state.optimizer,
+            state.device,
+            epoch,
+            options,
+            num_updates=state.num_updates,
+            skip_batches=state.skip_batches,
+            progress=bar,
+            should_stop=stop,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    state.num_updates = int(stats["num_updates"])
+    return stats
+
+
+def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: float) -> None:
+    """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
+    cfg = state.cfg
+    log = _train_log(train_stats, epoch, state.n_parameters, t0)
+    due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
+    new_best = False
+    if due or epoch + 1 == cfg.epochs:
+        state.final = _evaluate(state, state.eval_model)
+        log.update({f"test_{k}": v for k, v in state.final.items()})
+        if state.ema is not None:
+            log["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+        new_best = state.final["acc1"] > state.best_acc1
+        state.best_acc1 = max(state.best_acc1, state.final["acc1"])
+        log["best_acc1"] = state.best_acc1
+    state.history.append(log)
+    save(state, epoch + 1, 0, LAST)
+    if new_best:
+        save(state, epoch + 1, 0, BEST)
+    if state.env.is_main:
+        _write_log(state.out, state.writer, log)
+        acc = ""
+        if "test_acc1" in log:
+            acc = f"test acc1 {log['test_acc1']:.2f}% (best {state.best_acc1:.2f}%), "
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats['loss']:.4f}, {acc}"
+            f"{train_stats['images_per_s']:.1f} img/s",
+            file=sys.stderr,
+        )
+
+
+def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool = True) -> None:
+    """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT stops
+    it after the current step with a mid-epoch checkpoint (``status`` 'stopped')."""
+    cfg, env = state.cfg, state.env
+    last_epoch = cfg.epochs
+    if max_epochs_this_run is not None:
+        last_epoch = min(cfg.epochs, state.start_epoch + max_epochs_this_run)
+    stop = _StopFlag(state.device)
+    stop.install()
+    try:
+        for epoch in range(state.start_epoch, last_epoch):
+            t0 = time.time()
+            stats = _train_epoch(state, epoch, progress and env.is_main, stop)
+            if not stats["completed"]:
+                save(state, epoch, state.skip_batches + int(stats["steps"]), LAST)
+                state.status = "stopped"
+                if env.is_main:
+                    print(
+                        f"Stopped by a signal at epoch {epoch}, update {state.num_updates}; "
+                        "checkpoint written, continue with --auto-resume.",
+                        file=sys.stderr,
+                    )
+                return
+            state.skip_batches = 0
+            _end_epoch(state, epoch, stats, t0)
+        if last_epoch < cfg.epochs:
+            state.status = "paused"
     finally:
         stop.restore()
-        if writer is not None:
-            writer.close()
+
+
+def run(
+    cfg: Config,
+    *,
+    max_epochs_this_run: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says; see the module docstring.
+
+    The steps, over one :class:`RunState`: :func:`build_data`, :func:`build_model_and_teacher`,
+    :func:`build_optimisation`, :func:`resume`, :func:`fit` (which :func:`save` s).
+
+    Args:
+        cfg: the configuration (validated here).
+        max_epochs_this_run: stop after this many epochs of this invocation (the schedule still
+            spans ``cfg.epochs``; resume later with ``cfg.resume``/``auto_resume``).
+        progress: show progress bars (rank 0 only).
+
+    Returns:
+        ``history`` (one dict per epoch, the ``log.txt`` lines), ``best_acc1``, ``final``
+        (last evaluation), ``output_dir``, ``status`` ('completed', 'stopped' (signal),
+        'paused' (``max_epochs_this_run``) or 'evaluated' (``cfg.eval``)), ``n_parameters``.
+
+    Raises:
+        ValueError / FileNotFoundError / CheckpointError: bad configuration, data path, teacher
+            path, fine-tuning checkpoint or output folder — all raised before the first step.
+        NonFiniteLossError: the loss became NaN/inf; the last checkpoint is kept.
+    """
+    state = _start(cfg)
+    build_data(state)
+    build_model_and_teacher(state)
+    build_optimisation(state)
+    resume(state)
+    if cfg.eval:
+        state.final = _evaluate(state, state.eval_model, state.teacher)
+        state.status = "evaluated"
+        if state.env.is_main:
+            print(json.dumps({f"test_{k}": v for k, v in state.final.items()}))
+    else:
+        if state.out is not None:
+            save_run_config(cfg, state.out)
+            from torch.utils.tensorboard import SummaryWriter
+
+            state.writer = SummaryWriter(str(state.out / "tensorboard"))
+        try:
+            fit(state, max_epochs_this_run, progress)
+        finally:
+            if state.writer is not None:
+                state.writer.close()
     return {
-        "history": history,
-        "best_acc1": best_acc1,
-        "final": stats,
-        "output_dir": out,
-        "status": status,
-        "n_parameters": n_parameters,
+        "history": state.history,
+        "best_acc1": state.best_acc1,
+        "final": state.final,
+        "output_dir": state.out,
+        "status": state.status,
+        "n_parameters": state.n_parameters,
     }
 
 

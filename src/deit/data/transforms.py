@@ -69,6 +69,22 @@ def _patch_posterize(t: transforms.Compose) -> None:
                 op.aug_fn = _posterize_compat
 
 
+def _train_transform(
+    input_size: int, small: bool, crop_padding: int, timm_kw: dict[str, Any]
+) -> transforms.Compose:
+    """timm's training transform; for small inputs its RandomResizedCrop becomes
+    Resize + RandomCrop(padding) (see :func:`build_transform`)."""
+    t = create_transform(input_size=input_size, is_training=True, **timm_kw)
+    _patch_posterize(t)
+    if small:
+        bicubic = transforms.InterpolationMode.BICUBIC
+        t.transforms[0:1] = [
+            transforms.Resize(input_size, interpolation=bicubic),
+            transforms.RandomCrop(input_size, padding=crop_padding),
+        ]
+    return t
+
+
 def build_transform(
     is_train: bool,
     input_size: int,
@@ -135,28 +151,10 @@ def build_transform(
         aa = None
     small = input_size <= SMALL_INPUT_MAX
     if is_train:
-        t = create_transform(
-            input_size=input_size,
-            is_training=True,
-            scale=scale,
-            hflip=hflip,
-            color_jitter=color_jitter,
-            auto_augment=aa,
-            interpolation=train_interpolation,
-            mean=tuple(mean),
-            std=tuple(std),
-            re_prob=reprob,
-            re_mode=remode,
-            re_count=recount,
-        )
-        _patch_posterize(t)
-        if small:
-            bicubic = transforms.InterpolationMode.BICUBIC
-            t.transforms[0:1] = [
-                transforms.Resize(input_size, interpolation=bicubic),
-                transforms.RandomCrop(input_size, padding=crop_padding),
-            ]
-        return t
+        timm_kw = dict(scale=scale, hflip=hflip, color_jitter=color_jitter, auto_augment=aa)
+        timm_kw.update(interpolation=train_interpolation, mean=tuple(mean), std=tuple(std))
+        timm_kw.update(re_prob=reprob, re_mode=remode, re_count=recount)
+        return _train_transform(input_size, small, crop_padding, timm_kw)
     return create_transform(
         input_size=input_size,
         is_training=False,

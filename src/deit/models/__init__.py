@@ -4,12 +4,15 @@ from .checkpoint import (
     CheckpointError,
     LoadReport,
     ModelInfo,
+    Weights,
     atomic_save,
     convert_hf_deit,
+    fit_weights,
     load_checkpoint,
     load_model,
     load_state_dict_into,
     read_state_dict,
+    read_weights,
     resample_pos_embed,
     safe_torch_load,
     save_weights,
@@ -25,9 +28,15 @@ from .registry import (
     is_deit_model,
     list_models,
 )
+from .run_checkpoint import RUN_CHECKPOINT_VERSION, RunCheckpoint
 from .vision_transformer import Attention, Block, DropPath, Mlp, PatchEmbed, VisionTransformer
 
 __all__ = [
+    "RUN_CHECKPOINT_VERSION",
+    "RunCheckpoint",
+    "Weights",
+    "fit_weights",
+    "read_weights",
     "Attention",
     "Block",
     "CheckpointError",

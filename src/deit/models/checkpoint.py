@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .distilled import DistilledVisionTransformer
 from .registry import IMAGENET_MEAN, IMAGENET_STD
+from .run_checkpoint import RunCheckpoint, is_run_checkpoint
 from .vision_transformer import VisionTransformer
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "save_weights",
     "load_state_dict_into",
     "load_model",
-    "load_strict",
+    "fit_weights",
+    "read_weights",
+    "Weights",
     "mismatch",
     "strip_ddp_prefix",
     "ModelInfo",
@@ -145,10 +149,10 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def strip_ddp_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` prefix of a state dict saved from DistributedDataParallel."""
-    prefix = "module."
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix) :]: v for k, v in sd.items()}
+    """A copy of ``sd`` without the ``module.`` prefix of DistributedDataParallel (PyTorch's
+    ``consume_prefix_in_state_dict_if_present``)."""
+    sd = dict(sd)
+    consume_prefix_in_state_dict_if_present(sd, "module.")
     return sd
 
 
@@ -178,19 +182,6 @@ def mismatch(
     return parts, only_heads and all(k in _HEAD_KEYS for k in wrong)
 
 
-def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str, hint: str) -> None:
-    """``model.load_state_dict(sd)`` with a one-sentence :class:`CheckpointError` on mismatch.
-
-    Raises:
-        CheckpointError: names ``source``, the offending keys and shapes, then ``hint``.
-    """
-    sd = strip_ddp_prefix(sd)
-    parts, _ = mismatch(model.state_dict(), sd)
-    if parts:
-        raise CheckpointError(f"{source!r} does not fit this model: {', '.join(parts)}; {hint}")
-    model.load_state_dict(sd)
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -203,49 +194,101 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read DeiT weights from any supported format, in DeiT/timm key names.
+@dataclass
+class Weights:
+    """A weights file read into memory, whatever its format (see :func:`read_weights`).
 
-    Accepted: an official DeiT ``.pth`` (dict with ``model``), a plain or timm state dict
-    (``.pth``/``.pt``/``.bin``), a ``.safetensors`` file, or a Hugging Face transformers
-    ``save_pretrained`` folder (converted with :func:`convert_hf_deit`).
+    Attributes:
+        state_dict: tensors in DeiT/timm key names, without a ``module.`` prefix.
+        source: the path, for messages.
+        run: the :class:`RunCheckpoint` when the file was written by ``deit train`` (it records
+            the architecture, classes and normalisation), else ``None``.
+        meta: what other formats record: ``class_names``, ``layer_norm_eps`` and ``image_size``
+            (Hugging Face ``config.json``).
+        notes: sentences about choices made while reading.
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    run: RunCheckpoint | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_hf_folder(path: Path) -> Weights:
+    cfg_file = path / "config.json"
+    weights = [path / "model.safetensors", path / "pytorch_model.bin"]
+    found = next((w for w in weights if w.is_file()), None)
+    if not cfg_file.is_file() or found is None:
+        raise CheckpointError(
+            f"Folder {str(path)!r} is not a Hugging Face checkpoint: it needs config.json and "
+            "model.safetensors (or pytorch_model.bin), as written by save_pretrained()."
+        )
+    config = json.loads(cfg_file.read_text())
+    raw = _read_safetensors(found) if found.suffix == ".safetensors" else None
+    if raw is None:
+        raw = _unwrap(safe_torch_load(found), found)
+    meta: dict[str, Any] = {
+        "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+        "image_size": int(config.get("image_size", 224)),
+    }
+    id2label = config.get("id2label")
+    if id2label:
+        meta["class_names"] = [id2label[str(i)] for i in range(len(id2label))]
+    return Weights(convert_hf_deit(raw), str(path), meta=meta)
+
+
+def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
+    """Read any supported weights file; the one reader behind every load in deit.
+
+    Accepted: a ``deit train`` checkpoint (:class:`RunCheckpoint`, any version), an official
+    DeiT ``.pth`` (dict with ``model``), a plain or timm state dict (``.pth``/``.pt``/``.bin``,
+    possibly under ``state_dict``/``model_state_dict``, possibly with DDP's ``module.``
+    prefix), a ``.safetensors`` file, or a Hugging Face transformers ``save_pretrained`` folder
+    (converted with :func:`convert_hf_deit`).
+
+    Args:
+        path: the file or folder.
+        use_ema: take the EMA weights (``model_ema``) of a training checkpoint when present.
 
     Returns:
-        ``(state_dict, meta)``; ``meta`` may hold ``layer_norm_eps`` and ``class_names`` (from a
-        Hugging Face config) or ``class_names`` stored in a training checkpoint.
+        :class:`Weights`.
 
     Raises:
         CheckpointError: missing, unreadable or unsafe file, or no state dict inside.
     """
     path = Path(path)
-    meta: dict[str, Any] = {}
     if path.is_dir():
-        cfg_file = path / "config.json"
-        weights = [path / "model.safetensors", path / "pytorch_model.bin"]
-        found = next((w for w in weights if w.is_file()), None)
-        if not cfg_file.is_file() or found is None:
-            raise CheckpointError(
-                f"Folder {str(path)!r} is not a Hugging Face checkpoint: it needs config.json and "
-                "model.safetensors (or pytorch_model.bin), as written by save_pretrained()."
-            )
-        config = json.loads(cfg_file.read_text())
-        raw = _read_safetensors(found) if found.suffix == ".safetensors" else None
-        if raw is None:
-            raw = _unwrap(safe_torch_load(found), found)
-        sd = convert_hf_deit(raw)
-        meta["layer_norm_eps"] = float(config.get("layer_norm_eps", 1e-12))
-        id2label = config.get("id2label")
-        if id2label:
-            meta["class_names"] = [id2label[str(i)] for i in range(len(id2label))]
-        return sd, meta
+        return _read_hf_folder(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path), meta
+        return Weights(_read_safetensors(path), str(path))
     obj = safe_torch_load(path)
-    if isinstance(obj, dict) and isinstance(obj.get("class_names"), list):
-        meta["class_names"] = obj["class_names"]
-    return _unwrap(obj, path), meta
+    if not is_run_checkpoint(obj):
+        meta = {}
+        if isinstance(obj, dict) and isinstance(obj.get("class_names"), list):
+            meta["class_names"] = obj["class_names"]
+        return Weights(_unwrap(obj, path), str(path), meta=meta)
+    run = RunCheckpoint.from_dict(obj, str(path))
+    sd, notes = run.model, []
+    if use_ema and run.model_ema is None:
+        notes.append("No EMA weights in the checkpoint: the model weights are used.")
+    elif use_ema:
+        sd = run.model_ema
+    meta = {"class_names": run.class_names} if run.class_names else {}
+    return Weights(strip_ddp_prefix(sd), str(path), run, meta, notes)
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, meta)`` of any file :func:`read_weights` reads; ``meta`` may hold
+    ``class_names``, ``layer_norm_eps`` and ``image_size``.
+
+    Raises:
+        CheckpointError: missing, unreadable or unsafe file, or no state dict inside.
+    """
+    weights = read_weights(path)
+    return weights.state_dict, weights.meta
 
 
 def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -305,8 +348,8 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """Resize the patch rows of a position embedding to another patch grid.
 
-    Bicubic interpolation with ``align_corners=False`` of the patch rows laid out as an image;
-    the prefix rows (class / distillation tokens) are kept untouched — the procedure of the
+    Bicubic interpolation with ``align_corners=False`` of the patch rows laid out as an image
+    (timm's ``resample_abs_pos_embed`` without antialiasing); the prefix rows (class / distillation tokens) are kept untouched — the procedure of the
     official fine-tuning at 384 px (paper section 6, "Fine-tuning at different resolution").
 
     Args:
@@ -321,8 +364,7 @@ def resample_pos_embed(
     Raises:
         CheckpointError: the patch rows do not form ``old_grid`` (or a square).
     """
-    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    n = patches.shape[1]
+    n = pos_embed.shape[1] - num_prefix_tokens
     if old_grid is None:
         side = int(round(n**0.5))
         old_grid = (side, side)
@@ -333,11 +375,14 @@ def resample_pos_embed(
         )
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    dim = patches.shape[-1]
-    grid = patches.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
-    patches = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
-    return torch.cat([prefix, patches.to(pos_embed.dtype)], dim=1)
+    return resample_abs_pos_embed(
+        pos_embed,
+        list(new_grid),
+        list(old_grid),
+        num_prefix_tokens=num_prefix_tokens,
+        interpolation="bicubic",
+        antialias=False,
+    )
 
 
 def _adapt(
@@ -508,18 +553,92 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """State-dict keys of a CNN's classifier: timm's ``pretrained_cfg['classifier']`` (e.g.
+    ``fc`` or LeViT's two heads), else the last ``Linear`` (torchvision's ``fc``/``classifier.N``)."""
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if not heads:
+        heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    return tuple(f"{n}.{p}" for n in heads for p in ("weight", "bias"))
+
+
+def fit_weights(
+    model: nn.Module, weights: Weights, finetune: bool = False, hint: str = ""
+) -> list[str]:
+    """Load ``weights`` into ``model``; the one fitting step behind every load in deit.
+
+    A DeiT/ViT goes through :func:`load_state_dict_into` (prefix tokens and position grid
+    adapted, paper section 6 for the resolution change; heads of another class count dropped
+    with ``finetune``). Any other model (a CNN teacher or baseline) loads strictly; with
+    ``finetune`` its classifier layers alone are left fresh when their class count differs.
+
+    Returns:
+        Sentences describing every adaptation made.
+
+    Raises:
+        CheckpointError: tensors that do not fit; the message names the file, keys and shapes,
+            then ``hint``.
+    """
+    if isinstance(model, VisionTransformer):
+        report = load_state_dict_into(
+            model, weights.state_dict, finetune=finetune, meta=weights.meta, source=weights.source
+        )
+        return report.notes
+    sd, own = weights.state_dict, model.state_dict()
+    heads = _classifier_names(model) if finetune else ()
+    sd = {k: v for k, v in sd.items() if not (k in heads and k in own and v.shape != own[k].shape)}
+    parts, _ = mismatch(own, sd, ignore_missing=heads)
+    if parts:
+        raise CheckpointError(
+            f"{weights.source!r} does not fit this model: {', '.join(parts)}; {hint}".rstrip()
+        )
+    model.load_state_dict(sd, strict=not finetune)
+    return []
+
+
+def _recorded_name(weights: Weights, model_name: str | None) -> str:
+    recorded = weights.run.model_name if weights.run else None
+    if model_name and recorded and model_name != recorded:
+        raise CheckpointError(
+            f"{weights.source!r} holds a {recorded} but the model asked for is {model_name}; "
+            "leave out the model name (the checkpoint records its architecture) or pass "
+            f"{recorded}."
+        )
+    name = model_name or recorded
+    if name is None:
+        raise CheckpointError(
+            f"{weights.source!r} does not record its architecture; pass the model name "
+            "(--model NAME, e.g. deit_tiny_distilled_patch16_224)."
+        )
+    return name
+
+
+def _class_names(names: list[str] | None, num_classes: int, notes: list[str]) -> list[str]:
+    if names:
+        return list(names)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        imagenet = ImageNetInfo()
+        return [imagenet.index_to_description(i) for i in range(1000)]
+    notes.append("The checkpoint has no class names: class indices are used instead.")
+    return [str(i) for i in range(num_classes)]
+
+
 def load_model(
     path: str | Path,
     model_name: str | None = None,
     use_ema: bool = False,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild a model from a checkpoint, ready for inference (eval mode).
+    """Rebuild a model from any supported file, ready for inference (eval mode).
 
+    :func:`read_weights`, then :func:`deit.models.build_classifier`, then :func:`fit_weights`.
     A checkpoint written by ``deit train`` records its architecture (``model_name``,
-    ``num_classes``, ``img_size``, ``in_chans``), class names and normalisation; any other weights
-    file (official DeiT, timm, safetensors, Hugging Face folder) needs ``model_name``, and its
-    class count is read from the head.
+    ``num_classes``, ``img_size``, ``in_chans``), class names and normalisation; any other
+    weights file (official DeiT, timm, safetensors, Hugging Face folder) needs ``model_name``,
+    and its class count is read from the head.
 
     Args:
         path: checkpoint file or Hugging Face folder.
@@ -537,79 +656,35 @@ def load_model(
     """
     from .registry import build_classifier, get_model_spec, is_deit_model
 
-    path = Path(path)
-    obj: Any = None
-    if path.is_file() and path.suffix != ".safetensors":
-        obj = safe_torch_load(path)
-    run = obj if isinstance(obj, dict) and "model_name" in obj else {}
-    notes: list[str] = []
-    if run:
-        sd = run["model"]
-        if use_ema and run.get("model_ema") is None:
-            notes.append("No EMA weights in the checkpoint: the model weights are used.")
-        elif use_ema:
-            sd = run["model_ema"]
-        extra: dict[str, Any] = {"class_names": run.get("class_names")}
-    elif obj is not None:
-        sd, extra = _unwrap(obj, path), {}
-    else:
-        sd, extra = read_state_dict(path)
-    recorded = run.get("model_name")
-    if model_name and recorded and model_name != recorded:
-        raise CheckpointError(
-            f"{str(path)!r} holds a {recorded} but the model asked for is {model_name}; leave "
-            "out the model name (the checkpoint records its architecture) or pass "
-            f"{recorded}."
-        )
-    name = model_name or recorded
-    if name is None:
-        raise CheckpointError(
-            f"{str(path)!r} does not record its architecture; pass the model name "
-            "(--model NAME, e.g. deit_tiny_distilled_patch16_224)."
-        )
+    weights = read_weights(path, use_ema=use_ema)
+    name = _recorded_name(weights, model_name)
+    run = weights.run or RunCheckpoint(weights.state_dict, name)
+    sd = weights.state_dict
     head = sd.get("head.weight", sd.get("fc.weight"))
-    num_classes = int(run.get("num_classes") or (head.shape[0] if head is not None else 1000))
+    num_classes = int(run.num_classes or (head.shape[0] if head is not None else 1000))
     proj = sd.get("patch_embed.proj.weight")
-    in_chans = int(run.get("in_chans") or (proj.shape[1] if proj is not None else 3))
-    size = run.get("img_size")
+    in_chans = int(run.in_chans or (proj.shape[1] if proj is not None else 3))
     if is_deit_model(name):
         spec = get_model_spec(name)
-        size = size or _hf_img_size(path) or spec.img_size
+        size = run.img_size or weights.meta.get("image_size") or spec.img_size
         model = build_classifier(name, num_classes, in_chans=in_chans, img_size=size)
-        notes += load_state_dict_into(model, sd, meta=extra, source=str(path)).notes
         mean, std, crop = spec.mean, spec.std, spec.crop_pct
     else:
         model = build_classifier(name, num_classes, in_chans=in_chans)
-        load_strict(model, sd, str(path), f"check that it holds a {name}.")
         mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, 0.875
-        size = size or 224
+        size = run.img_size or 224
+    notes = weights.notes + fit_weights(model, weights, hint=f"check that it holds a {name}.")
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    class_names = extra.get("class_names") or getattr(model, "class_names", None)
-    if not class_names:
-        if num_classes == 1000:
-            from timm.data import ImageNetInfo
-
-            imagenet = ImageNetInfo()
-            class_names = [imagenet.index_to_description(i) for i in range(1000)]
-        else:
-            class_names = [str(i) for i in range(num_classes)]
-            notes.append("The checkpoint has no class names: class indices are used instead.")
+    names = weights.meta.get("class_names") or getattr(model, "class_names", None)
     info = ModelInfo(
         model_name=name,
         num_classes=num_classes,
         img_size=size,
         in_chans=in_chans,
-        class_names=list(class_names),
-        mean=tuple(run.get("mean") or mean),
-        std=tuple(run.get("std") or std),
-        crop_pct=float(run.get("crop_pct") or crop),
+        class_names=_class_names(names, num_classes, notes),
+        mean=tuple(run.mean or mean),
+        std=tuple(run.std or std),
+        crop_pct=float(run.crop_pct or crop),
         notes=notes,
     )
     return model.to(device).eval(), info
-
-
-def _hf_img_size(path: Path) -> int | None:
-    cfg = path / "config.json"
-    if path.is_dir() and cfg.is_file():
-        return int(json.loads(cfg.read_text()).get("image_size", 224))
-    return None
