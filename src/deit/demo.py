@@ -573,6 +573,20 @@ def _prune(s: DemoSettings, runs: list[dict[str, Any]]) -> None:
         shutil.rmtree(folder / "tensorboard", ignore_errors=True)
 
 
+def _check(s: DemoSettings) -> None:
+    if not s.seeds or not s.train_images:
+        raise ValueError("The demo needs at least one seed and one training-set size.")
+    if max(s.train_images) >= 4000 or min(s.train_images) < 10:
+        raise ValueError(
+            f"train_images {sorted(s.train_images)} must lie between 10 and 3,999: mnist5k's "
+            "training split holds 4,000 and the digits left out are the held-out set."
+        )
+    if s.keep_checkpoints not in ("first", "all", "none"):
+        raise ValueError(
+            f"keep_checkpoints is {s.keep_checkpoints!r}; use 'first', 'all' or 'none'."
+        )
+
+
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run the study and write ``results.json``, ``results.md`` and the figure.
 
@@ -586,13 +600,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         ValueError: an empty seed or size list, or a size the training split cannot hold.
     """
     s = settings
-    if not s.seeds or not s.train_images:
-        raise ValueError("The demo needs at least one seed and one training-set size.")
-    if max(s.train_images) >= 4000:
-        raise ValueError(
-            f"train_images {max(s.train_images)} leaves no training digit out; mnist5k's "
-            "training split holds 4,000: use fewer so the rest can serve as held-out digits."
-        )
+    _check(s)
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
