@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._optional import require
 from .models import DistilledVisionTransformer, ModelInfo, VisionTransformer
 from .predict import (
     ModelLike,
@@ -317,6 +318,7 @@ def head_agreement(
 
 # -- figures --------------------------------------------------------------------------------
 def _figure(width: float, height: float):
+    require("matplotlib", "analysis", "deit analyze")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._optional import require
+from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, CheckpointError, ModelInfo
 from .predict import ModelLike, _print_notes, _set_head, info_from_model, resolve_model
 
@@ -75,10 +77,12 @@ class InferenceWrapper(nn.Module):
         super().__init__()
         self.model = model.eval()
         _set_head(self.model, head)
+        # DeiT models: the last block computes only the tokens the heads read (same logits)
+        self.fast = optimize_for_inference(self.model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for normalised images ``(B, C, H, W)``."""
-        out = self.model(images)
+        out = self.fast(images)
         if isinstance(out, tuple):
             out = (out[0] + out[1]) / 2
         return out
@@ -214,6 +218,9 @@ def export_model(
         raise ValueError(f"exporter must be auto, torchscript or dynamo, got {exporter!r}.")
     if head not in HEAD_CHOICES:
         raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}.")
+    if format == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "onnx", "deit export --format onnx")
     if isinstance(checkpoint_or_model, nn.Module):
         model = checkpoint_or_model  # its size comes from input_size, info or the model itself
     elif isinstance(checkpoint_or_model, tuple):
