@@ -1,42 +1,34 @@
 #!/usr/bin/env python
 """Our DeiT against timm's, side by side in one process, with the same weights.
 
-Every case times timm (A) and ours (B, and C when compiled) in turn, A B C C B A A B C ..., many
-rounds, and reports the median of the per-round throughput ratios ours/timm (> 1: ours is
-faster) with its interquartile range. Ratios of neighbouring samples survive a machine shared
-with other jobs far better than absolute times; the absolute images/s printed beside them are
-medians too, but move with the load. The output difference to timm is printed per case.
+For every case (``--cases``, default DeiT-Ti at batch 1 and 16, DeiT-S at batch 8) timm and each
+variant of our model are timed in turn, A B C ... then ... C B A, round after round, and the
+median of the per-round throughput ratios ours/timm (> 1: ours faster) is printed with its
+interquartile range. Ratios of neighbouring samples survive a machine shared with other jobs far
+better than absolute times; ``--busy 2`` adds two processes that each spin a core (bounded in
+time, killed at the end) to measure "under load" on purpose. Variants (``--variants``):
 
-Cases:
+- ``ours``: the plain reference model, eager, ``torch.inference_mode``.
+- ``prefix``: :func:`deit.inference.optimize_for_inference`: the last block computes only the
+  class/distillation tokens.
+- ``mlp-tiles``, ``block-tiles``: two CPU tricks the model classes once had, re-created here as
+  module swaps (MLP in row tiles of ~4 MiB of hidden units; blocks a few samples at a time).
+- ``compiled``: ``torch.compile`` with Inductor weight freezing of the plain model.
+- ``compiled-prefix``: ``optimize_for_inference(model, compile=True)``.
 
-- ``eager``: inference in fp32, ``torch.inference_mode``, DeiT-Ti/S/B at batch 1 and 64
-  (``--batch-sizes``), plus the batches of the ``best`` cases.
-- ``best``: ``torch.compile`` with Inductor weight freezing
-  (:func:`deit.benchmark.compile_for_inference`) against timm's eager model, timed in the same
-  rounds as the eager line above it; DeiT-Ti at batch 1 and 32, DeiT-B at 64 when B is
-  selected. Compile time is printed (``--cold-compile``: from an empty Inductor cache). The
-  SUMMARY takes our best setting per case as the faster of eager and compiled.
-- ``train``: one distillation training step, DeiT-Ti distilled student + a CNN teacher
-  (``--teacher``, random weights): student forward, frozen teacher forward, hard-distillation
-  loss ½ CE(cls, y) + ½ CE(dist, argmax teacher), backward, AdamW step. timm's side uses
-  ``timm.task.TokenDistillationTask`` (distill_type='hard', task_loss_weight=0.5); ours computes
-  the same loss directly; both share one teacher.
-- ``memory``: peak memory of one inference batch of 64 (``deit.benchmark.peak_memory_mib``: on
-  CPU the torch.profiler allocator peak plus weights and input).
-
-For each timed case the machine's fp32 matmul rate is measured in the same rounds (a 2048 x 2048
-``torch.mm``) and the model's FLOP/s (FlopCounterMode count x images/s) is printed as a fraction
-of it.
+Also: ``--train`` (one distillation training step, DeiT-Ti distilled + a CNN teacher, against
+``timm.task.TokenDistillationTask``) and ``--memory`` (peak CPU memory of one batch of 64, read
+from torch.profiler's allocator events). For each case the machine's fp32 matmul rate is
+measured in the same rounds and the model's FLOP/s printed as a fraction of it.
 
 ``OMP_WAIT_POLICY=PASSIVE`` is set unless the environment sets it or ``--omp-active`` is given
-(see the comment at the top). ``--fused-adamw`` adds a training line where our side uses
-``AdamW(fused=True)`` (the same update in one kernel) against timm's default AdamW.
+(see the comment below). Figures and dates: ``benchmarks/README.md``.
 
 Usage::
 
-    python benchmarks/compare_timm.py              # everything (DeiT-B at 64: tens of minutes)
-    python benchmarks/compare_timm.py --quick      # Ti and S, fewer rounds, B only if asked
-    python benchmarks/compare_timm.py --models tiny --batch-sizes 1 --no-train --no-memory
+    python benchmarks/compare_timm.py                       # the three cases, all variants
+    python benchmarks/compare_timm.py --busy 2              # the same beside two busy processes
+    python benchmarks/compare_timm.py --cases tiny:1 --variants ours prefix
 """
 
 from __future__ import annotations
@@ -242,31 +234,23 @@ def with_swap(model: torch.nn.Module, kind: str, fn: Callable) -> torch.nn.Modul
     return model
 
 
-def compiled_frozen(model: torch.nn.Module, mode: str | None) -> Callable:
+def compiled_frozen(model: torch.nn.Module) -> Callable:
     """``torch.compile`` of the plain model with Inductor weight freezing (no prefix shortcut)."""
-    import torch._inductor.config as inductor_config
-
-    fn = torch.compile(model, mode=mode, dynamic=False)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=True):
-            return fn(x)
-
-    return run
+    return torch.compile(model, dynamic=False, options={"freezing": True})
 
 
 VARIANTS = ("ours", "prefix", "mlp-tiles", "block-tiles", "compiled", "compiled-prefix")
 
 
-def make_variants(ours: torch.nn.Module, names: list[str], mode: str | None) -> dict[str, Callable]:
+def make_variants(ours: torch.nn.Module, names: list[str]) -> dict[str, Callable]:
     """The variants of our model named in ``names`` (see ``VARIANTS``), all in eval mode."""
     build = {
         "ours": lambda: ours,
         "prefix": lambda: optimize_for_inference(ours),
         "mlp-tiles": lambda: with_swap(ours, "Mlp", _mlp_row_tiles),
         "block-tiles": lambda: with_swap(ours, "Block", _block_sample_tiles),
-        "compiled": lambda: compiled_frozen(ours, mode),
-        "compiled-prefix": lambda: optimize_for_inference(ours, compile=True, compile_mode=mode),
+        "compiled": lambda: compiled_frozen(ours),
+        "compiled-prefix": lambda: optimize_for_inference(ours, compile=True),
     }
     return {n: build[n]() for n in names}
 
@@ -282,7 +266,7 @@ def run_inference(args: argparse.Namespace, mm: Callable[[], object] | None) -> 
         min_rounds = args.min_rounds if size != "base" else 2
         torch.manual_seed(bs)
         x = torch.randn(bs, 3, 224, 224)
-        variants = make_variants(ours, args.variants, args.compile_mode)
+        variants = make_variants(ours, args.variants)
         fns: dict[str, Callable[[], object]] = {"timm": partial(ref, x)}
         diffs, first_s = {}, {}
         with torch.inference_mode():
@@ -450,7 +434,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-rounds", type=int, default=6)
     p.add_argument("--max-rounds", type=int, default=200)
     p.add_argument("--threads", type=int, help="torch threads for both sides")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode of compiled variants")
     p.add_argument("--train", action="store_true", help="also the distillation training step")
     p.add_argument("--teacher", default="resnet18", help="timm CNN teacher (random weights)")
     p.add_argument("--train-batch-size", type=int, default=32)

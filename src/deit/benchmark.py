@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import statistics
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -378,7 +379,6 @@ def benchmark_model(
     precision: str = "fp32",
     optimize: bool = True,
     compile: bool = False,
-    compile_mode: str | None = None,
     warmup: int = 2,
     min_time: float = 2.0,
     latency: bool = True,
@@ -400,8 +400,7 @@ def benchmark_model(
             (:func:`default_precision`).
         optimize: run through :func:`deit.inference.optimize_for_inference` (what ``deit
             predict`` and ``deit eval`` run); ``False`` times the plain model.
-        compile, compile_mode: also ``torch.compile`` it, with weight freezing (implies
-            ``optimize``).
+        compile: also ``torch.compile`` it, with weight freezing (implies ``optimize``).
         warmup: untimed calls before timing (compilation happens there).
         min_time: seconds of timed calls per measurement (:func:`time_call`).
         latency: also measure batch-1 latency.
@@ -425,23 +424,14 @@ def benchmark_model(
     else:
         label = name or type(_unwrap(model)).__name__
     net = _unwrap(model).to(dev).eval()
-    h, w = _input_hw(net, img_size)
-    c = _input_channels(net)
     optimize = optimize or compile
-    forward = optimize_for_inference(net, compile, compile_mode) if optimize else net
+    forward = optimize_for_inference(net, compile) if optimize else net
 
     def infer(x: torch.Tensor) -> Any:
         with torch.inference_mode(), precision_context(dev, precision):
             return forward(x)
 
-    if batch_size is None:
-        batch_size = _DEFAULT_CPU_BATCH
-        if dev.type == "cuda":
-            probe = lambda b: infer(torch.randn(b, c, h, w, device=dev))  # noqa: E731
-            batch_size = _largest_cuda_batch(probe, dev)
-    x = torch.randn(batch_size, c, h, w, device=dev)
-    first = time_call(lambda: infer(x), warmup=0, min_time=0.0)[0] if compile else None
-    times = time_call(lambda: infer(x), warmup=warmup, min_time=min_time)
+    h, w = _input_hw(net, img_size)
     result = BenchmarkResult(
         model=label,
         device=str(dev),
@@ -449,23 +439,54 @@ def benchmark_model(
         precision=precision,
         optimized=optimize,
         compiled=compile,
-        batch_size=batch_size,
+        batch_size=0,
         img_size=h,
-        throughput=batch_size / statistics.median(times),
-        throughput_runs=[batch_size / t for t in times],
+        throughput=0.0,
         params=sum(p.numel() for p in net.parameters()),
-        gmacs=count_gmacs(net, (h, w), c),
-        compile_time_s=first,
+        gmacs=count_gmacs(net, (h, w), _input_channels(net)),
         top1=PAPER_TOP1.get(label),
         paper_throughput=PAPER_THROUGHPUT.get(label),
         threads=torch.get_num_threads(),
     )
+    shape = (_input_channels(net), h, w)
+    _time_inference(result, infer, dev, shape, batch_size, warmup, min_time, latency, memory)
+    return result
+
+
+def _time_inference(
+    result: BenchmarkResult,
+    infer: Callable[[torch.Tensor], Any],
+    dev: torch.device,
+    shape: tuple[int, int, int],
+    batch_size: int | None,
+    warmup: int,
+    min_time: float,
+    latency: bool,
+    memory: bool,
+) -> None:
+    """Fill ``result``'s batch size, throughput, compile time, latency and peak memory by timing
+    ``infer`` on random images of ``shape`` ``(C, H, W)`` (see :func:`benchmark_model`)."""
+    if batch_size is None:
+        batch_size = _DEFAULT_CPU_BATCH
+        if dev.type == "cuda":
+            probe = lambda b: infer(torch.randn(b, *shape, device=dev))  # noqa: E731
+            batch_size = _largest_cuda_batch(probe, dev)
+    x = torch.randn(batch_size, *shape, device=dev)
+    if result.compiled:  # the first call compiles
+        start = time.perf_counter()
+        infer(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        result.compile_time_s = time.perf_counter() - start
+    times = time_call(lambda: infer(x), warmup=warmup, min_time=min_time)
+    result.batch_size = batch_size
+    result.throughput = batch_size / statistics.median(times)
+    result.throughput_runs = [batch_size / t for t in times]
     if latency:
         x1 = x[:1].clone()
         result.latency_ms = 1e3 * statistics.median(time_call(lambda: infer(x1), warmup, min_time))
     if memory and dev.type == "cuda":
         result.peak_memory_mib = _cuda_peak_mib(lambda: infer(x), dev)
-    return result
 
 
 def run_benchmark(
@@ -686,7 +707,6 @@ def _run_cli(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         optimize=not args.plain,
         compile=args.compile,
-        compile_mode=args.compile_mode,
         warmup=args.warmup,
         min_time=args.min_time,
         latency=not args.no_latency,
@@ -721,7 +741,6 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--plain", action="store_true", help="time the plain model, not optimized")
     p.add_argument("--compile", action="store_true", help="torch.compile (frozen weights)")
-    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls (default 2)")
     p.add_argument("--min-time", type=float, default=2.0, help="timed seconds per measurement")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

@@ -15,9 +15,6 @@ command that measures them: ``benchmarks/README.md``):
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,15 +54,6 @@ def prefix_tokens(model: VisionTransformer, images: torch.Tensor) -> torch.Tenso
     return model.norm(_last_block_prefix(model.blocks[-1], x, model.num_prefix_tokens))
 
 
-def _frozen(compiled: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """Call a ``torch.compile`` d function with Inductor's weight freezing on (read when it
-    compiles, on the first call of each input shape)."""
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True):
-        return compiled(images)
-
-
 class InferenceModel(nn.Module):
     """An eval-mode model for inference: ``forward`` runs without autograd and, for DeiT models,
     through :func:`prefix_tokens`. Build it with :func:`optimize_for_inference`.
@@ -78,16 +66,14 @@ class InferenceModel(nn.Module):
     logits ``((B, num_classes), (B, num_classes))``.
     """
 
-    def __init__(
-        self, model: nn.Module, compile: bool = False, compile_mode: str | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, compile: bool = False) -> None:
         super().__init__()
         self.model = model.eval()
         self.prefix = isinstance(model, VisionTransformer) and len(model.blocks) > 0
         run = self._prefix_tokens if self.prefix else model.forward
         if compile:
-            compiled = torch.compile(run, mode=compile_mode, dynamic=False)
-            run = functools.partial(_frozen, compiled)
+            # freezing: weights become graph constants (pre-packed for oneDNN on CPU)
+            run = torch.compile(run, dynamic=False, options={"freezing": True})
         self._run = run  # images -> prefix tokens (DeiT models) or outputs (others)
         if isinstance(model, DistilledVisionTransformer):
             self.forward_heads = self._forward_heads  # what deit.engine.evaluate looks for
@@ -117,9 +103,7 @@ class InferenceModel(nn.Module):
         return super().train(False)
 
 
-def optimize_for_inference(
-    model: nn.Module, compile: bool = False, compile_mode: str | None = None
-) -> InferenceModel:
+def optimize_for_inference(model: nn.Module, compile: bool = False) -> InferenceModel:
     """Wrap a trained classifier for faster inference (the model itself is left as it is, except
     that it is put in eval mode).
 
@@ -132,9 +116,8 @@ def optimize_for_inference(
             ``(B, C, H, W) -> (B, num_classes)``.
         compile: also ``torch.compile`` the forward (``dynamic=False``) with Inductor weight
             freezing; needs a C++ compiler on CPU; compiles on the first call of each shape.
-        compile_mode: ``torch.compile`` mode (``None``: the default).
 
     Returns:
         :class:`InferenceModel` sharing ``model``'s parameters.
     """
-    return InferenceModel(model, compile=compile, compile_mode=compile_mode)
+    return InferenceModel(model, compile=compile)
