@@ -94,6 +94,7 @@ class Case:
     timm_mib: float | None = None
     ours_mib: float | None = None
     note: str = ""
+    vs_plain: float | None = None  # median per-round speed-up over the plain model ("ours")
     samples: list[float] = field(default_factory=list)
 
 
@@ -145,6 +146,8 @@ def _summarise(case: Case, times: dict[str, list[float]], ours: str, flops: int)
     ta, tb, tm = times["timm"], times[ours], times.get("mm", [])
     ratios = [a / b for a, b in zip(ta, tb)]
     case.ratio_q1, case.ratio, case.ratio_q3 = _quartiles(ratios)
+    if ours != "ours" and "ours" in times:
+        case.vs_plain = statistics.median(a / b for a, b in zip(times["ours"], tb))
     case.samples = ratios
     case.rounds = len(ratios)
     case.timm_ips = bs / statistics.median(ta)
@@ -160,13 +163,15 @@ def _summarise(case: Case, times: dict[str, list[float]], ours: str, flops: int)
 
 
 def _line(c: Case) -> str:
-    name = f"{c.kind:<6} {c.model:<28} b={c.batch_size:<3}"
+    name = f"{c.kind:<15} {c.model:<22} b={c.batch_size:<3}"
     if c.kind == "memory":
         return f"{name} timm {c.timm_mib:8.1f} MiB  ours {c.ours_mib:8.1f} MiB  ours/timm {c.ours_mib / c.timm_mib:.3f}"
     s = (
         f"{name} timm {c.timm_ips:8.2f} img/s  ours {c.ours_ips:8.2f} img/s  "
         f"ours/timm {c.ratio:.3f} [IQR {c.ratio_q1:.3f}-{c.ratio_q3:.3f}, n={c.rounds}]"
     )
+    if c.vs_plain is not None:
+        s += f"  vs plain {c.vs_plain:.3f}"
     if c.ours_mm_fraction is not None:
         s += f"  mm-rate: ours {c.ours_mm_fraction:.0%} timm {c.timm_mm_fraction:.0%}"
     if c.max_abs_diff is not None:
@@ -499,7 +504,11 @@ def summary(cases: list[Case]) -> str:
         mine = [c for c in cases if c.kind == name]
         if mine:
             worst = min(mine, key=lambda c: c.ratio)
-            each = ", ".join(f"{_short(c)} b{c.batch_size} {c.ratio:.3f}" for c in mine)
+            each = ", ".join(
+                f"{_short(c)} b{c.batch_size} {c.ratio:.3f}"
+                + (f" ({c.vs_plain:.3f} of plain)" if c.vs_plain else "")
+                for c in mine
+            )
             parts.append(f"{name}: min {worst.ratio:.3f} ({each})")
     for c in cases:
         if c.kind == "train":

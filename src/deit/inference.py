@@ -1,16 +1,18 @@
 """Faster inference behind one opt-in seam: :func:`optimize_for_inference`.
 
 The model classes in :mod:`deit.models` are the paper made readable and stay that way; this
-module wraps a trained model for inference only, with two measured speed-ups (figures and the
-command that measures them: ``benchmarks/README.md``):
+module wraps a trained model for inference only (figures, dates and the command that measures
+them against timm and the plain model: ``benchmarks/README.md``):
 
 - **prefix-only last block**: a classifier reads only the class token (and the distillation
   token, paper section 4), so the last block computes the attention rows, projection and MLP of
   those tokens only; keys and values still come from every token, so the logits equal the full
-  forward's up to float round-off. This skips 6.3 % of DeiT-Ti/S/B's FLOPs.
-- optionally **torch.compile with Inductor weight freezing** (``compile=True``): the weights
-  become graph constants, pre-packed for oneDNN on CPU. Compilation takes tens of seconds on the
-  first call and again for every new batch size, so it pays for long runs only.
+  forward's up to float round-off. This skips 6.3 % of DeiT-Ti/S/B's FLOPs (counted with
+  ``FlopCounterMode``); always on.
+- opt-in **torch.compile with Inductor weight freezing** (``compile=True``): the weights become
+  graph constants, pre-packed for oneDNN on CPU. Compilation takes tens of seconds on the first
+  call and again for every new batch size, and the gain depends on the machine's load, so it is
+  off by default.
 """
 
 from __future__ import annotations
