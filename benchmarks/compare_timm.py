@@ -1,42 +1,34 @@
 #!/usr/bin/env python
 """Our DeiT against timm's, side by side in one process, with the same weights.
 
-Every case times timm (A) and ours (B, and C when compiled) in turn, A B C C B A A B C ..., many
-rounds, and reports the median of the per-round throughput ratios ours/timm (> 1: ours is
-faster) with its interquartile range. Ratios of neighbouring samples survive a machine shared
-with other jobs far better than absolute times; the absolute images/s printed beside them are
-medians too, but move with the load. The output difference to timm is printed per case.
+For every case (``--cases``, default DeiT-Ti at batch 1 and 16, DeiT-S at batch 8) timm and each
+variant of our model are timed in turn, A B C ... then ... C B A, round after round, and the
+median of the per-round throughput ratios ours/timm (> 1: ours faster) is printed with its
+interquartile range. Ratios of neighbouring samples survive a machine shared with other jobs far
+better than absolute times; ``--busy 2`` adds two processes that each spin a core (bounded in
+time, killed at the end) to measure "under load" on purpose. Variants (``--variants``):
 
-Cases:
+- ``ours``: the plain reference model, eager, ``torch.inference_mode``.
+- ``prefix``: :func:`deit.inference.optimize_for_inference`: the last block computes only the
+  class/distillation tokens.
+- ``mlp-tiles``, ``block-tiles``: two CPU tricks the model classes once had, re-created here as
+  module swaps (MLP in row tiles of ~4 MiB of hidden units; blocks a few samples at a time).
+- ``compiled``: ``torch.compile`` with Inductor weight freezing of the plain model.
+- ``compiled-prefix``: ``optimize_for_inference(model, compile=True)``.
 
-- ``eager``: inference in fp32, ``torch.inference_mode``, DeiT-Ti/S/B at batch 1 and 64
-  (``--batch-sizes``), plus the batches of the ``best`` cases.
-- ``best``: ``torch.compile`` with Inductor weight freezing
-  (:func:`deit.benchmark.compile_for_inference`) against timm's eager model, timed in the same
-  rounds as the eager line above it; DeiT-Ti at batch 1 and 32, DeiT-B at 64 when B is
-  selected. Compile time is printed (``--cold-compile``: from an empty Inductor cache). The
-  SUMMARY takes our best setting per case as the faster of eager and compiled.
-- ``train``: one distillation training step, DeiT-Ti distilled student + a CNN teacher
-  (``--teacher``, random weights): student forward, frozen teacher forward, hard-distillation
-  loss ½ CE(cls, y) + ½ CE(dist, argmax teacher), backward, AdamW step. timm's side uses
-  ``timm.task.TokenDistillationTask`` (distill_type='hard', task_loss_weight=0.5); ours computes
-  the same loss directly; both share one teacher.
-- ``memory``: peak memory of one inference batch of 64 (``deit.benchmark.peak_memory_mib``: on
-  CPU the torch.profiler allocator peak plus weights and input).
-
-For each timed case the machine's fp32 matmul rate is measured in the same rounds (a 2048 x 2048
-``torch.mm``) and the model's FLOP/s (FlopCounterMode count x images/s) is printed as a fraction
-of it.
+Also: ``--train`` (one distillation training step, DeiT-Ti distilled + a CNN teacher, against
+``timm.task.TokenDistillationTask``) and ``--memory`` (peak CPU memory of one batch of 64, read
+from torch.profiler's allocator events). For each case the machine's fp32 matmul rate is
+measured in the same rounds and the model's FLOP/s printed as a fraction of it.
 
 ``OMP_WAIT_POLICY=PASSIVE`` is set unless the environment sets it or ``--omp-active`` is given
-(see the comment at the top). ``--fused-adamw`` adds a training line where our side uses
-``AdamW(fused=True)`` (the same update in one kernel) against timm's default AdamW.
+(see the comment below). Figures and dates: ``benchmarks/README.md``.
 
 Usage::
 
-    python benchmarks/compare_timm.py              # everything (DeiT-B at 64: tens of minutes)
-    python benchmarks/compare_timm.py --quick      # Ti and S, fewer rounds, B only if asked
-    python benchmarks/compare_timm.py --models tiny --batch-sizes 1 --no-train --no-memory
+    python benchmarks/compare_timm.py                       # the three cases, all variants
+    python benchmarks/compare_timm.py --busy 2              # the same beside two busy processes
+    python benchmarks/compare_timm.py --cases tiny:1 --variants ours prefix
 """
 
 from __future__ import annotations
@@ -58,6 +50,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -71,11 +64,8 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import deit  # noqa: E402
-from deit.benchmark import (  # noqa: E402
-    compile_for_inference,
-    count_flops,
-    peak_memory_mib,
-)
+from deit.benchmark import count_flops  # noqa: E402
+from deit.inference import optimize_for_inference  # noqa: E402
 
 SIZES = {"tiny": "deit_tiny_patch16_224", "small": "deit_small_patch16_224"}
 SIZES["base"] = "deit_base_patch16_224"
@@ -104,6 +94,7 @@ class Case:
     timm_mib: float | None = None
     ours_mib: float | None = None
     note: str = ""
+    vs_plain: float | None = None  # median per-round speed-up over the plain model ("ours")
     samples: list[float] = field(default_factory=list)
 
 
@@ -155,6 +146,8 @@ def _summarise(case: Case, times: dict[str, list[float]], ours: str, flops: int)
     ta, tb, tm = times["timm"], times[ours], times.get("mm", [])
     ratios = [a / b for a, b in zip(ta, tb)]
     case.ratio_q1, case.ratio, case.ratio_q3 = _quartiles(ratios)
+    if ours != "ours" and "ours" in times:
+        case.vs_plain = statistics.median(a / b for a, b in zip(times["ours"], tb))
     case.samples = ratios
     case.rounds = len(ratios)
     case.timm_ips = bs / statistics.median(ta)
@@ -170,13 +163,15 @@ def _summarise(case: Case, times: dict[str, list[float]], ours: str, flops: int)
 
 
 def _line(c: Case) -> str:
-    name = f"{c.kind:<6} {c.model:<28} b={c.batch_size:<3}"
+    name = f"{c.kind:<15} {c.model:<22} b={c.batch_size:<3}"
     if c.kind == "memory":
         return f"{name} timm {c.timm_mib:8.1f} MiB  ours {c.ours_mib:8.1f} MiB  ours/timm {c.ours_mib / c.timm_mib:.3f}"
     s = (
         f"{name} timm {c.timm_ips:8.2f} img/s  ours {c.ours_ips:8.2f} img/s  "
         f"ours/timm {c.ratio:.3f} [IQR {c.ratio_q1:.3f}-{c.ratio_q3:.3f}, n={c.rounds}]"
     )
+    if c.vs_plain is not None:
+        s += f"  vs plain {c.vs_plain:.3f}"
     if c.ours_mm_fraction is not None:
         s += f"  mm-rate: ours {c.ours_mm_fraction:.0%} timm {c.timm_mm_fraction:.0%}"
     if c.max_abs_diff is not None:
@@ -203,61 +198,135 @@ def _flops(model: torch.nn.Module, side: int = 224) -> int:
     return count_flops(meta, torch.empty(1, 3, side, side, device="meta"))
 
 
+# -- candidate inference tricks ------------------------------------------------------------------
+# The old in-model CPU tricks, re-created as module swaps on a copy so that each can be measured
+# alone against timm and the plain model. Only what wins idle and under load is kept in
+# deit.inference (see benchmarks/README.md); the others live on here as the record.
+MLP_TILE_BYTES = 4 * 2**20  # row tiles of the MLP hold about this many bytes of hidden units
+BLOCK_TILE_BYTES = 8 * 2**20  # sample tiles of a block: about this many bytes of MLP hidden
+
+
+def _mlp_row_tiles(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode MLP in row tiles: the 4x-wide hidden activation never exists whole."""
+    rows = max(128, MLP_TILE_BYTES // (4 * mlp.fc1.out_features))
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] <= rows:
+        return mlp.fc2(mlp.act(mlp.fc1(x)))
+    out = flat.new_empty(flat.shape[0], mlp.fc2.out_features)
+    for start in range(0, flat.shape[0], rows):
+        hidden = mlp.act(F.linear(flat[start : start + rows], mlp.fc1.weight, mlp.fc1.bias))
+        torch.addmm(mlp.fc2.bias, hidden, mlp.fc2.weight.t(), out=out[start : start + rows])
+    return out.view(*x.shape[:-1], -1)
+
+
+def _block_sample_tiles(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode block a few samples at a time (every intermediate stays tile-sized)."""
+    per_tile = max(1, BLOCK_TILE_BYTES // (4 * x.shape[1] * block.mlp.fc1.out_features))
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], per_tile):
+        tile = x[start : start + per_tile]
+        tile = tile + block.attn(block.norm1(tile))
+        torch.add(tile, block.mlp(block.norm2(tile)), out=out[start : start + per_tile])
+    return out
+
+
+def with_swap(model: torch.nn.Module, kind: str, fn: Callable) -> torch.nn.Module:
+    """A copy of ``model`` whose modules of class name ``kind`` run ``fn(module, x)``."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if type(m).__name__ == kind:
+            m.forward = partial(fn, m)
+    return model
+
+
+def compiled_frozen(model: torch.nn.Module) -> Callable:
+    """``torch.compile`` of the plain model with Inductor weight freezing (no prefix shortcut)."""
+    return torch.compile(model, dynamic=False, options={"freezing": True})
+
+
+VARIANTS = ("ours", "prefix", "mlp-tiles", "block-tiles", "compiled", "compiled-prefix")
+
+
+def make_variants(ours: torch.nn.Module, names: list[str]) -> dict[str, Callable]:
+    """The variants of our model named in ``names`` (see ``VARIANTS``), all in eval mode."""
+    build = {
+        "ours": lambda: ours,
+        "prefix": lambda: optimize_for_inference(ours),
+        "mlp-tiles": lambda: with_swap(ours, "Mlp", _mlp_row_tiles),
+        "block-tiles": lambda: with_swap(ours, "Block", _block_sample_tiles),
+        "compiled": lambda: compiled_frozen(ours),
+        "compiled-prefix": lambda: optimize_for_inference(ours, compile=True),
+    }
+    return {n: build[n]() for n in names}
+
+
 def run_inference(args: argparse.Namespace, mm: Callable[[], object] | None) -> list[Case]:
-    """Inference cases. For each model and batch size timm, our eager model and, where the plan
-    has it, our compiled+frozen model are timed in the same rounds; one line per variant."""
+    """Inference cases: for each (model, batch) timm and every variant in ``args.variants`` are
+    timed in the same rounds; one line per variant, its ratio against timm."""
     cases: list[Case] = []
-    best_plan = {"tiny": [1, 32], "base": [64]} if args.best else {}
-    for size in args.models:
+    for size, bs in args.cases:
         ref, ours = make_pair(size)
         flops = _flops(ours)
         budget = args.budget if size != "base" else args.budget_base
         min_rounds = args.min_rounds if size != "base" else 2
-        for bs in sorted(set(args.batch_sizes) | set(best_plan.get(size, []))):
-            torch.manual_seed(bs)
-            x = torch.randn(bs, 3, 224, 224)
-            fns: dict[str, Callable[[], object]] = {
-                "timm": partial(ref, x),
-                "ours": partial(ours, x),
-            }
-            compile_s = compiled_diff = None
-            with torch.inference_mode():
-                expected = ref(x)
-                diff = (ours(x) - expected).abs().max().item()
-                if bs in best_plan.get(size, []):
-                    fast = compile_for_inference(copy.deepcopy(ours), args.compile_mode)
-                    t0 = time.perf_counter()
-                    compiled_diff = (fast(x) - expected).abs().max().item()
-                    compile_s = time.perf_counter() - t0
-                    fns["compiled"] = partial(fast, x)
-                times = alternate(fns, budget, min_rounds, args.max_rounds, mm)
-            c = Case("eager", SIZES[size], bs, max_abs_diff=diff)
-            _summarise(c, times, "ours", flops)
+        torch.manual_seed(bs)
+        x = torch.randn(bs, 3, 224, 224)
+        variants = make_variants(ours, args.variants)
+        fns: dict[str, Callable[[], object]] = {"timm": partial(ref, x)}
+        diffs, first_s = {}, {}
+        with torch.inference_mode():
+            expected = ref(x)
+            for name, fn in variants.items():
+                t0 = time.perf_counter()
+                diffs[name] = (fn(x) - expected).abs().max().item()
+                first_s[name] = time.perf_counter() - t0
+                fns[name] = partial(fn, x)
+            times = alternate(fns, budget, min_rounds, args.max_rounds, mm)
+        for name in variants:
+            c = Case(name, SIZES[size], bs, max_abs_diff=diffs[name])
+            if name.startswith("compiled"):
+                c.compile_s = first_s[name]
+            _summarise(c, times, name, flops)
             print(_line(c), flush=True)
             cases.append(c)
-            if "compiled" in fns:
-                c = Case("best", SIZES[size], bs, max_abs_diff=compiled_diff, compile_s=compile_s)
-                c.note = f"(ours compiled+frozen, mode={args.compile_mode}, vs timm eager)"
-                _summarise(c, times, "compiled", flops)
-                print(_line(c), flush=True)
-                cases.append(c)
-                del fns["compiled"]
-                torch._dynamo.reset()
+        torch._dynamo.reset()
     return cases
+
+
+def peak_memory_mib(fn: Callable[[], object], baseline_bytes: int = 0) -> tuple[float, str]:
+    """CPU peak memory of one call of ``fn`` in MiB: ``baseline_bytes`` (weights and input) + the
+    peak of the running sum of PyTorch's CPU allocator events recorded by ``torch.profiler``
+    (``profile_memory=True``; read through private result fields, hence a tool, not library)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence kineto's "no GPU" complaints
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cpu = torch._C._autograd.DeviceType.CPU
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == cpu
+    ]
+    running = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        running += e.nbytes()
+        peak = max(peak, running)
+    return (baseline_bytes + peak) / 2**20, "cpu: weights+input + torch.profiler allocator peak"
 
 
 def run_memory(args: argparse.Namespace) -> list[Case]:
     """Peak memory of one inference batch of ``args.memory_batch`` (MiB), ours vs timm."""
     cases = []
-    for size in args.models:
+    for size in dict.fromkeys(size for size, _ in args.cases):
         ref, ours = make_pair(size)
         x = torch.randn(args.memory_batch, 3, 224, 224)
         base = sum(p.numel() * p.element_size() for p in ours.parameters())
         base += x.numel() * x.element_size()
         with torch.inference_mode():
             ref(x[:1]), ours(x[:1])
-            t, _ = peak_memory_mib(partial(ref, x), "cpu", base)
-            o, method = peak_memory_mib(partial(ours, x), "cpu", base)
+            t, _ = peak_memory_mib(partial(ref, x), base)
+            o, method = peak_memory_mib(partial(ours, x), base)
         c = Case("memory", SIZES[size], args.memory_batch, timm_mib=t, ours_mib=o, note=method)
         print(_line(c), flush=True)
         cases.append(c)
@@ -333,20 +402,44 @@ def run_train(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison; prints one line per case and a SUMMARY line; returns 0."""
+def busy_processes(n: int, seconds: float) -> list[subprocess.Popen]:
+    """Start ``n`` processes that each spin one core for at most ``seconds`` (bounded loops, so
+    none outlives the run even if this one is killed); stop them with :func:`stop`."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Kill the processes started by :func:`busy_processes` (by handle) and reap them."""
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _parse_case(text: str) -> tuple[str, int]:
+    size, _, batch = text.partition(":")
+    if size not in SIZES or not batch.isdigit():
+        raise argparse.ArgumentTypeError(f"expected SIZE:BATCH with SIZE in {list(SIZES)}")
+    return size, int(batch)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=list(SIZES), help="default: tiny small base")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
-    p.add_argument("--quick", action="store_true", help="fewer rounds; tiny+small unless --models")
-    p.add_argument("--budget", type=float, help="seconds per Ti/S case (default 60, quick 20)")
-    p.add_argument("--budget-base", type=float, help="seconds per B case (default 240)")
-    p.add_argument("--min-rounds", type=int, help="default 10 (quick 4)")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        type=_parse_case,
+        default=[("tiny", 1), ("tiny", 16), ("small", 8)],
+        help="SIZE:BATCH pairs (default tiny:1 tiny:16 small:8)",
+    )
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--busy", type=int, default=0, help="busy processes beside the run (load)")
+    p.add_argument("--budget", type=float, default=30.0, help="seconds per Ti/S case")
+    p.add_argument("--budget-base", type=float, default=120.0, help="seconds per B case")
+    p.add_argument("--min-rounds", type=int, default=6)
     p.add_argument("--max-rounds", type=int, default=200)
     p.add_argument("--threads", type=int, help="torch threads for both sides")
-    p.add_argument("--no-best", dest="best", action="store_false", help="skip compiled cases")
-    p.add_argument("--compile-mode", default="default", help="torch.compile mode of 'best'")
-    p.add_argument("--no-train", dest="train", action="store_false")
+    p.add_argument("--train", action="store_true", help="also the distillation training step")
     p.add_argument("--teacher", default="resnet18", help="timm CNN teacher (random weights)")
     p.add_argument("--train-batch-size", type=int, default=32)
     p.add_argument("--fused-adamw", action="store_true", help="extra train line, fused AdamW")
@@ -354,93 +447,69 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cold-compile", action="store_true", help="empty Inductor cache (true compile times)"
     )
-    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--memory", action="store_true", help="also peak memory of one batch")
     p.add_argument("--memory-batch", type=int, default=64)
     p.add_argument("--no-mm", dest="mm", action="store_false", help="skip the matmul yardstick")
     p.add_argument("--json", help="write all cases to this JSON file")
-    args = p.parse_args(argv)
-    if args.models is None:
-        args.models = ["tiny", "small"] if args.quick else ["tiny", "small", "base"]
-    args.budget = args.budget or (20.0 if args.quick else 60.0)
-    args.budget_base = args.budget_base or (60.0 if args.quick else 240.0)
-    args.min_rounds = args.min_rounds or (4 if args.quick else 10)
+    return p.parse_args(argv)
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; prints one line per case and a SUMMARY line; returns 0."""
+    args = _args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = time.strftime("%Y-%m-%d %H:%M:%S")
-    load = os.getloadavg()
-    print(
-        f"# {start}  torch {torch.__version__}  timm {timm.__version__}  threads "
-        f"{torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}  "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
-        flush=True,
-    )
-    mm = None
-    if args.mm:
-        a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
-        mm = lambda: torch.mm(a, b)  # noqa: E731
-        mm()
-        rate = 2.0 * MM_SIZE**3 / statistics.median([_time(mm, 1) for _ in range(5)])
-        print(f"# matmul rate now ({MM_SIZE}x{MM_SIZE} fp32 torch.mm): {rate / 1e9:.1f} GFLOP/s")
-    cases = run_inference(args, mm)
-    if args.train:
-        cases += run_train(args)
-    if args.memory:
-        cases += run_memory(args)
+    busy = busy_processes(args.busy, seconds=3600) if args.busy else []
+    try:
+        start = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"# {start}  torch {torch.__version__}  timm {timm.__version__}  threads "
+            f"{torch.get_num_threads()}  OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}"
+            f"  busy processes {args.busy}  {_load()}",
+            flush=True,
+        )
+        mm = None
+        if args.mm:
+            a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
+            mm = lambda: torch.mm(a, b)  # noqa: E731
+            mm()
+            rate = 2.0 * MM_SIZE**3 / statistics.median([_time(mm, 1) for _ in range(5)])
+            print(
+                f"# matmul rate now ({MM_SIZE}x{MM_SIZE} fp32 torch.mm): {rate / 1e9:.1f} GFLOP/s"
+            )
+        cases = run_inference(args, mm)
+        if args.train:
+            cases += run_train(args)
+        if args.memory:
+            cases += run_memory(args)
+    finally:
+        stop(busy)
     print(summary(cases), flush=True)
-    load = os.getloadavg()
-    print(
-        f"# finished {time.strftime('%H:%M:%S')}  load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-    )
+    print(f"# finished {time.strftime('%H:%M:%S')}  {_load()}")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"start": start, "cases": [asdict(c) for c in cases]}, indent=2)
+            json.dumps({"start": start, "busy": args.busy, "cases": [asdict(c) for c in cases]})
         )
     return 0
 
 
 def summary(cases: list[Case]) -> str:
-    """One line: worst eager ratio, best-setting ratios against their targets, matmul fractions,
-    training ratio and memory ratios."""
+    """One line: per variant the worst ratio to timm over the cases, then training and memory."""
     parts = []
-    eager = [c for c in cases if c.kind == "eager"]
-    if eager:
-        worst = min(eager, key=lambda c: c.ratio)
-        met = "met" if worst.ratio >= 1.0 else "NOT met"
-        parts.append(
-            f"eager min ours/timm {worst.ratio:.3f} ({_short(worst)} b{worst.batch_size}; "
-            f"target >=1.00 {met})"
-        )
-    # Our best setting per (model, batch): eager or compiled, whichever was faster in the run.
-    best: dict[tuple[str, int], Case] = {}
-    for c in cases:
-        if c.kind in ("eager", "best"):
-            key = (_size_of(c), c.batch_size)
-            if key not in best or c.ratio > best[key].ratio:
-                best[key] = c
-    targets = {("tiny", 1): 1.15, ("tiny", 32): 1.05}
-    for key, t in targets.items():
-        if key in best:
-            c = best[key]
-            how = "compiled" if c.kind == "best" else "eager"
-            parts.append(
-                f"best {_short(c)} b{c.batch_size} {c.ratio:.3f} ({how}; "
-                f"target >={t:.2f} {'met' if c.ratio >= t else 'NOT met'})"
+    for name in VARIANTS:
+        mine = [c for c in cases if c.kind == name]
+        if mine:
+            worst = min(mine, key=lambda c: c.ratio)
+            each = ", ".join(
+                f"{_short(c)} b{c.batch_size} {c.ratio:.3f}"
+                + (f" ({c.vs_plain:.3f} of plain)" if c.vs_plain else "")
+                for c in mine
             )
-    for key, t in {("tiny", 32): 0.78, ("base", 64): 0.90}.items():
-        fractions = [
-            (c.ours_mm_fraction, c.kind)
-            for c in cases
-            if c.kind in ("eager", "best")
-            and (_size_of(c), c.batch_size) == key
-            and c.ours_mm_fraction is not None
-        ]
-        if fractions:
-            f, kind = max(fractions)
-            how = "compiled" if kind == "best" else "eager"
-            parts.append(
-                f"{SHORT[key[0]]} b{key[1]} {f:.0%} of mm rate ({how}; "
-                f"target >={t:.0%} {'met' if f >= t else 'NOT met'})"
-            )
+            parts.append(f"{name}: min {worst.ratio:.3f} ({each})")
     for c in cases:
         if c.kind == "train":
             fused = " (ours fused AdamW)" if "fused" in c.note else ""

@@ -95,7 +95,10 @@ def test_figures_show_intervals_from_zero(demo_dir, results):
     assert left.get_ylim()[0] == 0 and "95 % CI" in left.get_title()
     assert len(left.patches) == 5  # teacher + 4 students
     assert "gain" in right.get_ylabel()
-    two = {**results, "summary": [{**e, "train_images": n} for n in (100, 200) for e in results["summary"]]}
+    two = {
+        **results,
+        "summary": [{**e, "train_images": n} for n in (100, 200) for e in results["summary"]],
+    }
     ax, gx = curve_figure(two).axes
     assert ax.get_xscale() == "log" and len(ax.get_legend().get_texts()) == 5
     assert len(gx.get_legend().get_texts()) == 3

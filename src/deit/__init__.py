@@ -1,48 +1,59 @@
-"""deit: DeiT vision transformers and distillation through attention (Touvron et al., 2021)."""
+"""deit: DeiT vision transformers and distillation through attention (Touvron et al., 2021).
 
-import os
+Importing the package changes nothing global (no environment variable, no torch setting) and
+loads torch only when a name below is first used, so the ``deit`` command can set
+``OMP_WAIT_POLICY`` before torch starts (see :mod:`deit.cli`).
+"""
 
-# libgomp spin-waits at every parallel region by default; on a CPU shared with anything else
-# (a data-loader worker, another job) that made training here 5-20x slower. Passive waiting
-# costs little on an idle machine. It only takes effect if torch is not imported yet; set
-# OMP_WAIT_POLICY yourself to override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from __future__ import annotations
 
-from .config import Config, get_preset
-from .data import build_dataset, build_mixup, build_sampler, build_transform
-from .distillation import DistillationLoss, Teacher, build_teacher, check_student
-from .models import (
-    CheckpointError,
-    DistilledVisionTransformer,
-    VisionTransformer,
-    build_classifier,
-    create_model,
-    list_models,
-    load_checkpoint,
-    load_model,
-    save_weights,
-)
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "DistillationLoss",
-    "Teacher",
-    "build_dataset",
-    "build_mixup",
-    "build_sampler",
-    "build_teacher",
-    "build_transform",
-    "check_student",
-    "get_preset",
-    "CheckpointError",
-    "DistilledVisionTransformer",
-    "VisionTransformer",
-    "build_classifier",
-    "create_model",
-    "list_models",
-    "load_checkpoint",
-    "load_model",
-    "save_weights",
-]
+#: Public name -> the submodule that defines it (imported on first use).
+_EXPORTS = {
+    "Config": "config",
+    "get_preset": "config",
+    "build_dataset": "data",
+    "build_mixup": "data",
+    "build_sampler": "data",
+    "build_transform": "data",
+    "DistillationLoss": "distillation",
+    "Teacher": "distillation",
+    "build_teacher": "distillation",
+    "check_student": "distillation",
+    "optimize_for_inference": "inference",
+    "CheckpointError": "models",
+    "DistilledVisionTransformer": "models",
+    "VisionTransformer": "models",
+    "build_classifier": "models",
+    "create_model": "models",
+    "list_models": "models",
+    "load_checkpoint": "models",
+    "load_model": "models",
+    "save_weights": "models",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``deit.<submodule>`` for a public name or a submodule on first access."""
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -23,6 +23,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._optional import require
 from .models import DistilledVisionTransformer, ModelInfo, VisionTransformer
 from .predict import (
     ModelLike,
@@ -317,6 +319,7 @@ def head_agreement(
 
 # -- figures --------------------------------------------------------------------------------
 def _figure(width: float, height: float):
+    require("matplotlib", "analysis", "deit analyze")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -513,66 +516,103 @@ def analyze(
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"Output folder {str(out)!r} cannot be written.")
-    distilled = _is_distilled(vit)
-    blocks = list(vit.blocks)
-    num_heads = blocks[0].attn.num_heads if blocks else 0
-
-    figures: list[str] = []
-    sim_sum: torch.Tensor | None = None
-    final_sum = 0.0
-    agreement_preds: dict[str, float] = {}
-    n_done = 0
+    totals = _Totals()
     for start in range(0, len(files), max(1, batch_size)):
         chunk = files[start : start + batch_size]
-        x = _load_batch(chunk, info).to(device)
-        attentions, tokens = collect_attention(vit, x)
-        if start < max_figures:
-            maps = attention_maps(vit, x, attentions)
-            for j, f in enumerate(chunk[: max(0, max_figures - start)]):
-                fig = attention_figure(
-                    _unnormalise(x[j].cpu(), info),
-                    {tok: {k: v[j] for k, v in m.items()} for tok, m in maps.items()},
-                    title=f.name,
-                    num_heads=num_heads,
-                )
-                figures.append(_save(fig, out / f"attention_{start + j:03d}_{_safe_stem(f)}.png"))
-        if distilled:
-            s = _cosine_per_layer(tokens).sum(dim=1)
-            sim_sum = s if sim_sum is None else sim_sum + s
-            normed = vit.norm(tokens[-1])
-            final_sum += float(F.cosine_similarity(normed[:, 0], normed[:, 1], dim=-1).sum())
-        if distilled or t_model is not None:
-            tx = _load_batch(chunk, t_info).to(device) if t_model is not None else None
-            part = head_agreement(vit, x, t_model, tx, batch_size=len(chunk))
-            for k, v in part.items():
-                agreement_preds[k] = agreement_preds.get(k, 0.0) + v * len(chunk)
-        n_done += len(chunk)
+        _analyze_batch(totals, vit, info, chunk, start, out, max_figures, device, t_model, t_info)
+    summary = _summary(vit, info, files, totals, out)
+    summary["teacher"] = t_info.model_name if t_info is not None else None
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
+
+@dataclass
+class _Totals:
+    """What :func:`analyze` sums over the batches."""
+
+    figures: list[str] = field(default_factory=list)
+    similarity: torch.Tensor | None = None  # (depth,) summed cosine class/distillation token
+    final_similarity: float = 0.0  # the same after the final norm
+    agreement: dict[str, float] = field(default_factory=dict)  # summed agreements
+    n: int = 0
+
+
+def _analyze_batch(
+    totals: _Totals,
+    vit: VisionTransformer,
+    info: ModelInfo,
+    chunk: list[Path],
+    start: int,
+    out: Path,
+    max_figures: int,
+    device: str | torch.device,
+    t_model: nn.Module | None,
+    t_info: ModelInfo | None,
+) -> None:
+    """Add one batch of images (files ``chunk``, the first at index ``start``) to ``totals``,
+    writing its attention figures while fewer than ``max_figures`` exist."""
+    x = _load_batch(chunk, info).to(device)
+    attentions, tokens = collect_attention(vit, x)
+    if start < max_figures:
+        maps = attention_maps(vit, x, attentions)
+        num_heads = vit.blocks[0].attn.num_heads if len(vit.blocks) else 0
+        for j, f in enumerate(chunk[: max(0, max_figures - start)]):
+            fig = attention_figure(
+                _unnormalise(x[j].cpu(), info),
+                {tok: {k: v[j] for k, v in m.items()} for tok, m in maps.items()},
+                title=f.name,
+                num_heads=num_heads,
+            )
+            totals.figures.append(
+                _save(fig, out / f"attention_{start + j:03d}_{_safe_stem(f)}.png")
+            )
+    distilled = _is_distilled(vit)
+    if distilled:
+        s = _cosine_per_layer(tokens).sum(dim=1)
+        totals.similarity = s if totals.similarity is None else totals.similarity + s
+        normed = vit.norm(tokens[-1])
+        totals.final_similarity += float(
+            F.cosine_similarity(normed[:, 0], normed[:, 1], dim=-1).sum()
+        )
+    if distilled or t_model is not None:
+        tx = _load_batch(chunk, t_info).to(device) if t_model is not None else None
+        part = head_agreement(vit, x, t_model, tx, batch_size=len(chunk))
+        for k, v in part.items():
+            totals.agreement[k] = totals.agreement.get(k, 0.0) + v * len(chunk)
+    totals.n += len(chunk)
+
+
+def _summary(
+    vit: VisionTransformer, info: ModelInfo, files: list[Path], totals: _Totals, out: Path
+) -> dict[str, Any]:
+    """The summary dict of :func:`analyze` (without ``teacher``); writes the similarity figure."""
+    distilled = _is_distilled(vit)
+    n = totals.n
     skipped: list[str] = []
     summary: dict[str, Any] = {
         "model_name": info.model_name,
         "distilled": distilled,
-        "num_images": n_done,
+        "num_images": n,
         "images": [str(f) for f in files],
         "img_size": list(info.img_size),
         "grid_size": list(vit.grid_size),
-        "depth": len(blocks),
-        "num_heads": num_heads,
-        "figures": {"attention": figures, "token_similarity": None},
+        "depth": len(vit.blocks),
+        "num_heads": vit.blocks[0].attn.num_heads if len(vit.blocks) else 0,
+        "figures": {"attention": totals.figures, "token_similarity": None},
         "token_similarity": None,
         "head_weight_similarity": None,
         "agreement": None,
-        "teacher": t_info.model_name if t_info is not None else None,
+        "teacher": None,
         "skipped": skipped,
         "notes": list(info.notes),
     }
-    if distilled and sim_sum is not None:
-        per_layer = (sim_sum / n_done).tolist()
+    if distilled and totals.similarity is not None:
+        per_layer = (totals.similarity / n).tolist()
         summary["token_similarity"] = {
             "per_layer": per_layer,
             "first_layer": per_layer[0],
             "last_layer": per_layer[-1],
-            "after_final_norm": final_sum / n_done,
+            "after_final_norm": totals.final_similarity / n,
             "paper": dict(PAPER_TOKEN_SIMILARITY),
         }
         fig = similarity_figure(per_layer)
@@ -586,13 +626,12 @@ def analyze(
             "Token and head similarity were skipped: the model is not distilled, so it has no "
             "distillation token or head to compare with the class token."
         )
-    if agreement_preds:
-        summary["agreement"] = {k: v / n_done for k, v in agreement_preds.items()}
+    if totals.agreement:
+        summary["agreement"] = {k: v / n for k, v in totals.agreement.items()}
     elif not distilled:
         skipped.append(
             "Head agreement was skipped: the model has a single head and no teacher was given."
         )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

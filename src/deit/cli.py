@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from ._optional import MissingExtraError
+
 __all__ = ["main", "build_parser"]
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -61,9 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deit` console script; returns the process exit code.
 
     Errors users can fix (bad paths, configs, checkpoints: ``ValueError`` and ``OSError``
-    subclasses such as :class:`deit.models.CheckpointError`) are printed as one line on stderr
+    subclasses such as :class:`deit.models.CheckpointError`; a missing optional extra) are printed as one line on stderr
     with exit code 2 instead of a traceback; set ``DEIT_DEBUG=1`` to see the traceback.
     """
+    # libgomp (torch's OpenMP runtime) spin-waits at every parallel region by default; on a CPU
+    # shared with anything else (a data-loader worker, another job) that made training here
+    # 5-20x slower, while passive waiting costs little on an idle machine. libgomp reads the
+    # variable when torch loads it, so it is set here, before the subcommands import torch (the
+    # deit package imports nothing at start-up), and only for the command: a library import
+    # changes nothing global. Set OMP_WAIT_POLICY yourself to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -71,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, MissingExtraError) as e:
         if os.environ.get("DEIT_DEBUG"):
             raise
         print(f"deit {args.command}: error: {e}", file=sys.stderr)

@@ -31,6 +31,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from ._optional import require
 from .config import Config, get_preset
 
 __all__ = [
@@ -169,7 +170,7 @@ def paired_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     """
     if len(values) < 2:
         return None
-    from scipy.stats import t
+    t = require("scipy.stats", "demo", "The demo's confidence intervals").t
 
     mean = statistics.fmean(values)
     half = float(t.ppf((1 + level) / 2, len(values) - 1)) * statistics.stdev(values)
@@ -467,6 +468,7 @@ def _yerr(entry: dict[str, Any], mean_key: str, ci_key: str) -> list[float]:
 def top1_figure(results: dict[str, Any]) -> Any:
     """Left: mean top-1 of each model with its 95 % interval (axis from 0). Right: each
     distilled student's paired gain over the plain one, per seed and mean with 95 % interval."""
+    require("matplotlib", "demo", "deit demo's figures")
     from matplotlib.figure import Figure
 
     n = results["settings"]["train_images"][0]
@@ -513,6 +515,7 @@ def _per_seed_gains(results: dict[str, Any], e: dict[str, Any]) -> list[float]:
 def curve_figure(results: dict[str, Any]) -> Any:
     """The data-efficiency curve: top-1 against N (log axis) per model with 95 % intervals,
     and the distilled students' gain over the plain one against N."""
+    require("matplotlib", "demo", "deit demo's figures")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4.5))

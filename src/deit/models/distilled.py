@@ -70,17 +70,16 @@ class DistilledVisionTransformer(VisionTransformer):
         return torch.cat((self.cls_token, self.dist_token), dim=1).expand(batch, -1, -1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits from tokens ``(B, N', D)`` (all ``N + 2`` tokens, or only the two prefix tokens)
-        following the output convention of the class.
+        """Logits from tokens ``(B, N', D)`` (tokens 0 and 1 are read: class and distillation)
+        following the output convention of the class (paper section 4, "Classification with our
+        approach": the two heads' logits averaged at test time).
 
         With ``pre_logits`` returns the mean of the two token features ``(B, D)``.
         """
         if pre_logits:
             return (x[:, 0] + x[:, 1]) / 2
-        x_cls, x_dist = x[:, 0], x[:, 1]
-        if self.training:  # dropout is the identity in eval mode: skip its calls
-            x_cls, x_dist = self.head_drop(x_cls), self.head_drop(x_dist)
-        x_cls, x_dist = self.head(x_cls), self.head_dist(x_dist)
+        x_cls = self.head(self.head_drop(x[:, 0]))
+        x_dist = self.head_dist(self.head_drop(x[:, 1]))
         if self.distilled_training and self.training:
             return x_cls, x_dist
         if self.head_choice == "cls":
@@ -91,7 +90,7 @@ class DistilledVisionTransformer(VisionTransformer):
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads' logits ``((B, C), (B, C))`` for images ``(B, C, H, W)``, in any mode."""
-        tokens = self._head_tokens(x)
+        tokens = self.forward_features(x)
         return self.head(self.head_drop(tokens[:, 0])), self.head_dist(self.head_drop(tokens[:, 1]))
 
     def get_classifier(self) -> tuple[nn.Module, nn.Module]:

@@ -1,17 +1,13 @@
-"""Vision transformer backbone (Dosovitskiy et al. 2021) as used by DeiT.
+"""The vision transformer (Dosovitskiy et al. 2021) as DeiT uses it (paper section 3).
 
-Pre-norm blocks, fused qkv attention through
-:func:`torch.nn.functional.scaled_dot_product_attention`, GELU MLP and stochastic depth.
 Parameter names match the official DeiT code and timm (``cls_token``, ``pos_embed``,
-``patch_embed.proj``, ``blocks.{i}.attn.qkv`` ...), so their state dicts load unchanged.
-
-Shapes: images ``(B, C, H, W)``, tokens ``(B, N, D)``, logits ``(B, num_classes)``.
+``blocks.{i}.attn.qkv`` ...), so their state dicts load unchanged. Shapes: images
+``(B, C, H, W)``, tokens ``(B, N, D)``, logits ``(B, num_classes)``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,63 +16,19 @@ from torch import nn
 __all__ = ["PatchEmbed", "Attention", "Mlp", "DropPath", "Block", "VisionTransformer"]
 
 
-#: Inference tiles of :class:`Mlp` hold about this many bytes of hidden activations.
-_MLP_TILE_BYTES = 4 * 2**20
-
-
-def _graph_capture() -> bool:
-    """Whether the forward is being traced, scripted, compiled or exported (plain path only)."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
-
-
-#: Inference tiles of :class:`Block` hold about this many bytes of MLP hidden activations.
-_BLOCK_TILE_BYTES = 8 * 2**20
-
-
-def _tileable(x: torch.Tensor) -> bool:
-    """Whether an inference input may be processed in tiles: a CPU tensor (the gains are CPU
-    caches and glibc's allocator; GPUs want big kernels), no autograd, no autocast, no graph
-    capture, and a contiguous layout (tiles are written with ``out=``)."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and not _graph_capture()
-        and not torch.is_autocast_enabled("cpu")
-        and x.is_contiguous()
-    )
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether ``module``'s submodules (or all modules, globally) have forward hooks."""
-    from torch.nn.modules import module as module_mod
-
-    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
-        return True
-    return any(
-        m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module
-    )
-
-
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
 class PatchEmbed(nn.Module):
-    """Split an image into non-overlapping patches and embed each one linearly.
-
-    A ``patch_size`` x ``patch_size`` convolution with the same stride (paper section 3, "Vision
-    transformer overview").
+    """Split an image into non-overlapping patches and embed each one linearly: a ``patch_size``
+    x ``patch_size`` convolution of the same stride (paper section 3, "Transformer block for
+    images": fixed-size 16 x 16 patches, linearly projected).
 
     Args:
-        img_size: input height and width in pixels (an int for square inputs).
-        patch_size: patch side in pixels; must divide both image sides.
-        in_chans: number of input channels.
-        embed_dim: token width D.
+        img_size, patch_size: input (H, W) and patch side in pixels (ints for squares); the patch
+            side must divide both image sides.
+        in_chans, embed_dim: input channels; token width D.
 
     Shapes: ``(B, in_chans, H, W)`` -> ``(B, N, D)`` with ``N = (H / p) * (W / p)``.
 
@@ -100,10 +52,7 @@ class PatchEmbed(nn.Module):
                 f"Image size {self.img_size} is not a multiple of the patch size "
                 f"{self.patch_size}; choose an img_size divisible by the patch size."
             )
-        self.grid_size = (
-            self.img_size[0] // self.patch_size[0],
-            self.img_size[1] // self.patch_size[1],
-        )
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.in_chans = in_chans
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -116,29 +65,29 @@ class PatchEmbed(nn.Module):
                 f"the images or build the model with in_chans={x.shape[1]}."
             )
         if x.ndim != 4 or tuple(x.shape[2:]) != self.img_size:
+            expected = (self.in_chans, *self.img_size)
             raise ValueError(
-                f"Expected images of shape (B, {self.in_chans}, {self.img_size[0]}, "
-                f"{self.img_size[1]}) but got {tuple(x.shape)}; resize the input or build the "
-                f"model with img_size={tuple(x.shape[2:]) if x.ndim == 4 else '...'} (position "
-                "embeddings are interpolated when a checkpoint is loaded)."
+                f"Expected images of shape (B, {', '.join(map(str, expected))}) but got "
+                f"{tuple(x.shape)}; resize the input or build the model with that img_size "
+                "(position embeddings are interpolated when a checkpoint is loaded)."
             )
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection.
-
-    softmax(Q K^T / sqrt(d)) V per head (Vaswani et al. 2017), computed by PyTorch's fused
-    ``scaled_dot_product_attention`` kernel (flash / memory-efficient on CUDA, flash on CPU).
+    """Multi-head self-attention with one fused qkv projection (paper section 3, "Multi-head
+    Self Attention layers"): softmax(Q K^T / sqrt(d)) V per head, computed by PyTorch's fused
+    ``scaled_dot_product_attention``, then a linear projection of the concatenated heads.
 
     Args:
-        dim: token width D; must be divisible by ``num_heads``.
-        num_heads: number of heads H (head width D / H).
-        qkv_bias: whether the qkv projection has a bias (DeiT: yes).
-        attn_drop: dropout on the attention weights.
-        proj_drop: dropout after the output projection.
+        dim: token width D; must be divisible by ``num_heads`` (head width d = D / H).
+        num_heads, qkv_bias: number of heads H; whether the qkv projection has a bias.
+        attn_drop, proj_drop: dropout on the attention weights; after the output projection.
 
     Shapes: ``(B, N, D)`` -> ``(B, N, D)``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
     """
 
     def __init__(
@@ -160,105 +109,50 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
-        """Attend over the tokens ``x`` ``(B, N, D)``; returns ``(B, N, D)``.
-
-        With ``num_queries = n`` (``1 <= n <= N``) only the first ``n`` tokens attend (keys and
-        values still come from all ``N``) and the result is ``(B, n, D)``, equal to
-        ``forward(x)[:, :n]`` up to float round-off: what a classifier's last block needs (see
-        :meth:`Block.forward_prefix`). The attention/projection dropouts apply as usual.
-
-        Raises:
-            ValueError: ``num_queries`` outside ``1..N``.
-        """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend over the tokens ``x`` ``(B, N, D)``; returns ``(B, N, D)``."""
         B, N, D = x.shape
-        n = N if num_queries is None else num_queries
-        if not 1 <= n <= N:
-            raise ValueError(f"num_queries must be between 1 and the {N} tokens, got {n}.")
-        # (B, N, 3, H, hd) -> 3 x (B, H, N, hd): views, no copy before the kernel. The qkv
-        # module is called on all tokens even for fewer queries (quantised or adapted layers
-        # keep working); the saving is in the attention rows, proj and the MLP after it.
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if n < N:
-            q = q[:, :, :n]
+        # (B, N, 3, H, hd) -> q, k, v each (B, H, N, hd)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0
         )
-        # Given q, k, v strided as above, SDPA returns (B, H, n, hd) as a view of a (B, n, H, hd)
-        # buffer, so this transpose + reshape is a view, not a copy.
-        x = self.proj(x.transpose(1, 2).reshape(B, n, D))
-        return self.proj_drop(x) if self.training else x
+        x = x.transpose(1, 2).reshape(B, N, D)
+        return self.proj_drop(self.proj(x))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Explicit attention probabilities for analysis, shape ``(B, H, N, N)``.
-
-        Same maths as :meth:`forward` but materialises softmax(Q K^T / sqrt(d)); used by
-        ``deit analyze`` only, never on the training path.
-        """
+        """Attention probabilities softmax(Q K^T / sqrt(d)) of tokens ``(B, N, D)``, shape
+        ``(B, H, N, N)`` (the maths of :meth:`forward`, materialised for ``deit analyze``)."""
         B, N, D = x.shape
         q, k, _ = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
 class Mlp(nn.Module):
-    """Two-layer perceptron with GELU: ``fc2(drop(gelu(fc1(x))))``.
-
-    Shapes: ``(B, N, D)`` -> ``(B, N, D)``; hidden width ``mlp_ratio * D``.
+    """Feed-forward network of a block (paper section 3, "Transformer block for images"):
+    ``fc2(drop(gelu(fc1(x))))``, hidden width 4 D in DeiT. Shapes: ``(B, N, D)`` -> ``(B, N, D)``.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
-        drop: float = 0.0,
-    ) -> None:
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
+        self.act = nn.GELU()
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP token-wise to ``x`` ``(B, N, D)``.
-
-        In eval mode without autograd (inference) a large input is processed in row tiles, so the
-        ``mlp_ratio``-times wider hidden activation never exists in full: each tile's hidden part
-        stays in cache between ``fc1``, the activation and ``fc2``, and no huge temporary is
-        allocated (glibc hands out blocks over 32 MiB with fresh ``mmap`` pages, which then
-        page-fault on first touch). Every row is computed by the same operations as without
-        tiles. Tracing, scripting, ``torch.compile``, export and autocast take the plain path.
-        """
-        if self.training:
-            return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-        if _tileable(x) and x.numel() > self.tile_rows() * x.shape[-1]:
-            return self._forward_tiled(x, self.tile_rows())
-        return self.fc2(self.act(self.fc1(x)))  # dropout is the identity in eval mode
-
-    def tile_rows(self) -> int:
-        """Rows per inference tile: about 4 MiB of fp32 hidden activations, at least 128."""
-        return max(128, _MLP_TILE_BYTES // (4 * self.fc1.out_features))
-
-    def _forward_tiled(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        out = flat.new_empty(flat.shape[0], self.fc2.out_features)
-        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
-        for start in range(0, flat.shape[0], rows):
-            hidden = self.act(F.linear(flat[start : start + rows], w1, b1))
-            tile = out[start : start + rows]
-            if b2 is None:
-                torch.mm(hidden, w2.t(), out=tile)
-            else:
-                torch.addmm(b2, hidden, w2.t(), out=tile)
-        return out.view(*x.shape[:-1], self.fc2.out_features)
+        """Apply the MLP token-wise to ``x`` ``(B, N, D)``."""
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
 class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop a whole residual branch per sample.
+    """Stochastic depth (Huang et al. 2016; paper section 6 and Table 9): in training, each
+    sample's residual branch is zeroed with probability ``drop_prob``, else scaled by
+    ``1 / (1 - drop_prob)``; identity in eval mode. Shapes: ``(B, ...)`` -> ``(B, ...)``.
 
-    In training, each sample's branch output is zeroed with probability ``drop_prob`` and scaled
-    by ``1 / (1 - drop_prob)`` otherwise; identity in eval mode.
+    Raises:
+        ValueError: ``drop_prob`` outside ``[0, 1)``.
     """
 
     def __init__(self, drop_prob: float = 0.0) -> None:
@@ -280,9 +174,8 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
-
-    Shapes: ``(B, N, D)`` -> ``(B, N, D)``.
+    """Pre-norm transformer block (paper section 3, "Transformer block for images"):
+    ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``. Shapes: ``(B, N, D)`` -> ``(B, N, D)``.
     """
 
     def __init__(
@@ -303,75 +196,27 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    #: Process large inference batches in tiles of samples (see :meth:`forward`); set to
-    #: ``False`` on the class or an instance to always run the whole batch at once.
-    inference_tiles: bool = True
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Transform tokens ``x`` ``(B, N, D)``.
-
-        In inference (eval mode, no autograd, no autocast, not traced/compiled/exported) a large
-        batch goes through the block a few samples at a time: every intermediate (normed tokens,
-        qkv, attention output, MLP hidden) is then tile-sized and reused from cache instead of a
-        fresh batch-sized allocation (glibc serves blocks over 32 MiB with new pages that
-        page-fault on first touch). Each sample meets exactly the same operations. Skipped while
-        a submodule has hooks, so they still see the whole batch.
-        """
-        if not self.training:  # drop paths are the identity: skip their calls
-            # _tileable first: no shape is read under tracing/export (no symbolic-shape guards)
-            if self.inference_tiles and _tileable(x) and x.ndim == 3:
-                per_tile = max(1, _BLOCK_TILE_BYTES // (4 * x.shape[1] * self.mlp.fc1.out_features))
-                if x.shape[0] > per_tile and not _has_hooks(self):
-                    return self._forward_tiled(x, per_tile)
-            x = x + self.attn(self.norm1(x))
-            return x + self.mlp(self.norm2(x))
+        """Transform tokens ``x`` ``(B, N, D)``."""
         x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
-
-    def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """Inference output of the block for the first ``n`` tokens only: ``(B, N, D)`` ->
-        ``(B, n, D)``, equal to ``self(x)[:, :n]`` up to float round-off.
-
-        The prefix tokens attend to all ``N`` tokens, but the other tokens' attention rows,
-        projections and MLPs are skipped: in the last block a classifier reads only the class
-        (and distillation) token, so this saves about 78 % of that block's FLOPs (6.3 % of DeiT-Ti/S/B's, counted with
-        ``FlopCounterMode``).
-        Drop paths and dropouts apply as in :meth:`forward`. The whole batch goes at once (no
-        inference tiles: the skipped MLP is what tiles are for).
-
-        Raises:
-            ValueError: ``n`` outside ``1..N``.
-        """
-        x_prefix = x[:, :n] + self.drop_path1(self.attn(self.norm1(x), num_queries=n))
-        return x_prefix + self.drop_path2(self.mlp(self.norm2(x_prefix)))
-
-    def _forward_tiled(self, x: torch.Tensor, per_tile: int) -> torch.Tensor:
-        out = torch.empty_like(x)
-        for start in range(0, x.shape[0], per_tile):
-            tile = x[start : start + per_tile]
-            tile = tile + self.attn(self.norm1(tile))
-            torch.add(tile, self.mlp(self.norm2(tile)), out=out[start : start + per_tile])
-        return out
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
 
 
 class VisionTransformer(nn.Module):
     """ViT / DeiT classifier: patch tokens plus a class token through pre-norm blocks.
 
     The sequence is ``[cls, patch_1 ... patch_N]`` with learned position embeddings; the head is
-    a linear layer on the final class token (paper section 3; no pre-logits layer).
+    a linear layer on the final class token (paper section 3, "The class token"; no pre-logits
+    layer).
 
     Args:
-        img_size: input size in pixels (int or (H, W)).
-        patch_size: patch side in pixels.
-        in_chans: input channels.
+        img_size, patch_size, in_chans: as :class:`PatchEmbed` (paper section 3).
         num_classes: classes of the head; 0 gives an identity head (features only).
-        embed_dim: token width D.
-        depth: number of blocks.
-        num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width / D.
-        qkv_bias: bias on the qkv projection.
-        drop_rate: dropout on the position-embedded tokens, in the blocks and before the head.
-        attn_drop_rate: dropout on attention weights.
+        embed_dim, depth, num_heads: token width D, number of blocks, attention heads per block.
+        mlp_ratio, qkv_bias: MLP hidden width / D; bias on the qkv projection.
+        drop_rate, attn_drop_rate: dropout on the tokens, in the blocks and before the head; on
+            attention weights (DeiT: both 0, paper Table 9).
         drop_path_rate: stochastic-depth rate of the last block; block ``i`` gets
             ``drop_path_rate * i / (depth - 1)`` (linear rule of the official code).
 
@@ -402,12 +247,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}.")
-        for name, rate in (
-            ("drop_rate", drop_rate),
-            ("attn_drop_rate", attn_drop_rate),
-            ("drop_path_rate", drop_path_rate),
-        ):
-            _check_rate(name, rate)
+        _check_rates(drop_rate, attn_drop_rate, drop_path_rate)
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -418,18 +258,13 @@ class VisionTransformer(nn.Module):
         )
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.Sequential(
-            *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i])
-                for i in range(depth)
-            ]
-        )
+        args = (embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate)
+        self.blocks = nn.Sequential(*[Block(*args, drop_path=rate) for rate in dpr])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
         self.init_weights()
 
-    # -- initialisation ---------------------------------------------------------------------
     def init_weights(self) -> None:
         """Truncated-normal (std 0.02) tokens, position embeddings and linear weights; zero
         biases; LayerNorm weight 1 and bias 0 (the official DeiT initialisation)."""
@@ -446,13 +281,13 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _init_extra_tokens(self) -> None:
-        """Hook for subclasses that add prefix tokens after the class token."""
+        """Subclasses add their prefix tokens after the class token here."""
 
     def _prefix_params(self) -> list[nn.Parameter]:
         return [self.cls_token]
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names excluded from weight decay besides biases and norms (timm's hook)."""
+        """Parameter names excluded from weight decay besides biases and norms (read by timm's ``create_optimizer``)."""
         return {"pos_embed", "cls_token"}
 
     @property
@@ -460,7 +295,6 @@ class VisionTransformer(nn.Module):
         """Input (H, W) in pixels."""
         return self.patch_embed.img_size
 
-    # -- forward ----------------------------------------------------------------------------
     def _prefix_tokens(self, batch: int) -> torch.Tensor:
         return self.cls_token.expand(batch, -1, -1)
 
@@ -468,64 +302,21 @@ class VisionTransformer(nn.Module):
         """Images ``(B, C, H, W)`` -> prefix and patch tokens with position embeddings."""
         x = self.patch_embed(x)
         x = torch.cat((self._prefix_tokens(x.shape[0]), x), dim=1) + self.pos_embed
-        return self.pos_drop(x) if self.training else x
+        return self.pos_drop(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the final norm: ``(B, C, H, W)`` -> ``(B, num_prefix_tokens + N, D)``."""
-        x = self._embed(x)
-        for block in self.blocks:  # each block is still called as a module (hooks fire)
-            x = block(x)
-        return self.norm(x)
-
-    def forward_prefix_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normed prefix tokens (class, distillation): ``(B, C, H, W)`` ->
-        ``(B, num_prefix_tokens, D)``, equal to ``forward_features(x)[:, :num_prefix_tokens]``
-        up to float round-off (in eval mode; in training the random drops differ); the last block
-        skips the patch tokens' outputs (:meth:`Block.forward_prefix`), which heads never read.
-
-        Raises:
-            ValueError: a model without blocks (``depth=0``).
-        """
-        if len(self.blocks) == 0:
-            raise ValueError("forward_prefix_features needs at least one block (depth >= 1).")
-        x = self._embed(x)
-        for block in self.blocks[:-1]:
-            x = block(x)
-        return self.norm(self.blocks[-1].forward_prefix(x, self.num_prefix_tokens))
-
-    def _head_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> the normed tokens the heads read: only the prefix tokens when
-        :meth:`_prefix_path` allows it, else all of them (``(B, N', D)`` either way)."""
-        if self._prefix_path():
-            return self.forward_prefix_features(x)
-        return self.forward_features(x)
-
-    def _prefix_path(self) -> bool:
-        """Whether inference may take :meth:`forward_prefix_features`: the model and its last
-        block are in eval mode (MC-dropout keeps the full path) and no forward hooks are
-        registered anywhere (they expect every block and norm to see all tokens, as in
-        ``deit analyze``), also under tracing and ``torch.compile``."""
-        if self.training or len(self.blocks) == 0:
-            return False
-        if any(m.training for m in self.blocks[-1].modules()):
-            return False
-        return not _has_hooks(self)
+        return self.norm(self.blocks(self._embed(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class-token logits from tokens ``(B, N', D)`` -> ``(B, num_classes)`` (or ``(B, D)``
         with ``pre_logits``)."""
-        x = x[:, 0]
-        if self.training:
-            x = self.head_drop(x)
+        x = self.head_drop(x[:, 0])
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify images ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
-
-        In eval mode the last block computes only the prefix tokens the head reads
-        (:meth:`forward_prefix_features`); training and hooked models take every token through.
-        """
-        return self.forward_head(self._head_tokens(x))
+        """Classify images ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
+        return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
         """The classification head."""
@@ -549,10 +340,8 @@ class VisionTransformer(nn.Module):
         """Patch grid (rows, cols)."""
         return self.patch_embed.grid_size
 
-    def extra_repr(self) -> str:
-        return f"num_prefix_tokens={self.num_prefix_tokens}"
 
-
-def _check_rate(name: str, value: float) -> None:
-    if not (0.0 <= value < 1.0) or math.isnan(value):
-        raise ValueError(f"{name} must be in [0, 1), got {value}.")
+def _check_rates(*rates: float) -> None:
+    for name, value in zip(("drop_rate", "attn_drop_rate", "drop_path_rate"), rates):
+        if not (0.0 <= value < 1.0) or math.isnan(value):
+            raise ValueError(f"{name} must be in [0, 1), got {value}.")
