@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from deit.cli import main
+from deit.cli import build_parser, main
+from deit.config import Config, config_from_args
 from deit.data import build_dataset
 from deit.demo import (
     LEADING,
     PAPER_SOFT,
+    TEACHER,
     DemoSettings,
+    _config,
+    _Job,
     curve_figure,
     paired_interval,
     summarize,
@@ -128,3 +134,27 @@ def test_demo_checkpoint_in_eval_and_predict(demo_dir, capsys):
     acc1 = 100 * np.mean([p.index == y for p, y in zip(preds, labels)])
     assert acc1 == pytest.approx(stats["acc1"], abs=1e-6)
     assert acc1 == pytest.approx(evaluate_checkpoint(ckpt, "mnist5k")["acc1"], abs=1e-6)
+
+
+def _readme_commands() -> list[list[str]]:
+    """The `deit train` commands of the README's block that reproduces the demo's runs."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("<!-- demo-runs -->")[1].split("```bash")[1].split("```")[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(x.split("#")[0])[2:] for x in lines if x.startswith("deit train")]
+
+
+def test_readme_commands_reproduce_the_demo_runs():
+    teacher_argv, student_argv = _readme_commands()
+    s = DemoSettings()
+    base = Path("runs/demo/n500/seed0")
+    expected = {}
+    for v, needs in ((TEACHER, None), (LEADING, base / "teacher" / "checkpoint.pth")):
+        job = _Job(v, 500, 0, base / v.key, needs=needs)
+        expected[v.key] = _config(s, job, needs)
+    for argv, key in ((teacher_argv, "teacher"), (student_argv, LEADING.key)):
+        args = build_parser().parse_args(["train", *argv])
+        got = config_from_args(args).to_dict()
+        want = Config.from_dict(expected[key]).to_dict()
+        differ = {k for k in want if got[k] != want[k]} - {"output_dir", "teacher_path", "device"}
+        assert not differ, {k: (got[k], want[k]) for k in differ}
