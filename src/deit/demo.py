@@ -530,23 +530,12 @@ def curve_figure(results: dict[str, Any]) -> Any:
             specs.append(Variant.of(e))
     for spec in specs:
         rows = [e for e in results["summary"] if Variant.of(e) == spec]
-        ns = [e["train_images"] for e in rows]
-        err = list(zip(*(_yerr(e, "mean", "mean_ci95") for e in rows)))
-        ax.errorbar(
-            ns,
-            [e["mean"] for e in rows],
-            yerr=err,
-            marker="o",
-            capsize=4,
-            color=_color(rows[0]),
-            label=_summary_label(rows[0]),
-        )
-        if "gain" in rows[0]:
-            err = list(zip(*(_yerr(e, "gain", "ci95") for e in rows)))
-            gx.errorbar(
-                ns,
-                [e["gain"] for e in rows],
-                yerr=err,
+        panels = [(ax, "mean", "mean_ci95")] + ([(gx, "gain", "ci95")] if "gain" in rows[0] else [])
+        for axis, key, ci in panels:
+            axis.errorbar(
+                [e["train_images"] for e in rows],
+                [e[key] for e in rows],
+                yerr=list(zip(*(_yerr(e, key, ci) for e in rows))),
                 marker="o",
                 capsize=4,
                 color=_color(rows[0]),
