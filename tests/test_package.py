@@ -69,3 +69,39 @@ def test_export_and_analysis_without_their_extras(monkeypatch, tmp_path, capsys)
         analysis._figure(2, 2)
     with pytest.raises(MissingExtraError, match=r"--no-plot"):
         benchmark.plot_throughput_accuracy([], tmp_path / "fig.png")
+
+
+EXTRAS = ("matplotlib", "mlxtend", "sklearn", "scipy", "tensorboard", "onnx", "onnxruntime")
+
+
+def test_train_eval_predict_without_any_extra(tmp_path):
+    """`pip install deit` without extras: train, eval and predict work on an image folder (the
+    extras' modules are made unimportable in a fresh interpreter)."""
+    from conftest import write_image_tree
+
+    root = write_image_tree(
+        tmp_path / "data", {"train": {"a": 8, "b": 8}, "val": {"a": 2, "b": 2}}, (28, 28)
+    )
+    run = tmp_path / "run"
+    train = (
+        "train --model deit_pico_patch7_28 --data-set folder --input-size 28 --epochs 1 "
+        f"--batch-size 8 --num_workers 0 --no-model-ema --data-path {root} --output_dir {run}"
+    )
+    image = next((root / "val" / "a").iterdir())
+    commands = [
+        train.split(),
+        ["eval", str(run / "checkpoint.pth"), "--data-set", "folder", "--data-path", str(root)],
+        ["predict", str(run / "checkpoint.pth"), str(image)],
+    ]
+    for argv in commands:
+        code = (
+            "import sys\n"
+            f"for m in {EXTRAS!r}: sys.modules[m] = None\n"
+            "from deit.cli import main\n"
+            f"sys.exit(main({argv!r}))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, (argv[0], out.stderr[-2000:])
+        if argv[0] == "train":
+            assert "TensorBoard logging is off" in out.stderr
+    assert (run / "log.txt").is_file() and not (run / "tensorboard").exists()
