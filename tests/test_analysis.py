@@ -217,12 +217,16 @@ def test_attention_figure_has_titles_and_colour_bars():
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == [
         "input (model's crop)",
-        "class token: last layer (mean of 2 heads)",
-        "class token: attention rollout",
-        "distillation token: last layer (mean of 2 heads)",
-        "distillation token: attention rollout",
+        "class token: last layer (mean of 2 heads), 7x7 patches",
+        "class token: attention rollout, 7x7 patches",
+        "distillation token: last layer (mean of 2 heads), 7x7 patches",
+        "distillation token: attention rollout, 7x7 patches",
     ]
     assert len(fig.axes) == 5 + 4  # four colour bars
+    # the patch grid is drawn as flat cells on the image's own pixel edges
+    image, grid = fig.axes[1].get_images()
+    assert grid.get_interpolation() == "nearest"
+    assert image.get_extent() == grid.get_extent() == [0, 28, 28, 0]
     assert all(ax.get_ylabel() == "attention weight" for ax in fig.axes[5:])
     assert fig.get_suptitle() == "x.png"
 
@@ -230,13 +234,15 @@ def test_attention_figure_has_titles_and_colour_bars():
 def test_similarity_figure_axes_legend_and_paper_points():
     fig = similarity_figure([0.1, 0.4, 0.8])
     (ax,) = fig.axes
-    assert ax.get_xlabel() == "layer (block output)"
+    assert ax.get_xlabel() == "relative depth (block / number of blocks)"
     assert "cosine similarity" in ax.get_ylabel()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0].startswith("this model") and legend[1].startswith("paper")
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.1, 0.4, 0.8])
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1 / 3, 2 / 3, 1])
+    # the paper's DeiT-B (12 blocks): first layer at depth 1/12, last at 12/12
     paper = ax.collections[0].get_offsets()
-    np.testing.assert_allclose(paper, [[1, 0.06], [3, 0.93]])
+    np.testing.assert_allclose(paper, [[1 / 12, 0.06], [1, 0.93]])
 
 
 # -- the whole job --------------------------------------------------------------------------

@@ -374,15 +374,17 @@ def attention_figure(
     fig = _figure(3.2 * (1 + len(panels)), 3.4)
     axes = fig.subplots(1, 1 + len(panels), squeeze=False)[0]
     cmap = "gray" if img.ndim == 2 else None
-    axes[0].imshow(img, cmap=cmap, vmin=0, vmax=1)
+    extent = (0, w, h, 0)  # image and patch grid share pixel edges: no half-pixel shift
+    axes[0].imshow(img, cmap=cmap, vmin=0, vmax=1, extent=extent)
     axes[0].set_title("input (model's crop)")
     heads = f"mean of {num_heads} heads" if num_heads else "mean over heads"
     for ax, (tok, kind) in zip(axes[1:], panels, strict=True):
         m = maps[tok][kind].detach().float().cpu().numpy()
-        ax.imshow(img, cmap=cmap, vmin=0, vmax=1)
-        im = ax.imshow(m, cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="bilinear")
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=1, extent=extent)
+        # one flat cell per patch: the model attends to patches, not to smoothed pixels
+        im = ax.imshow(m, cmap="jet", alpha=0.5, extent=extent, interpolation="nearest")
         what = f"last layer ({heads})" if kind == "last" else "attention rollout"
-        ax.set_title(f"{tok}: {what}", fontsize=9)
+        ax.set_title(f"{tok}: {what}, {m.shape[0]}x{m.shape[1]} patches", fontsize=9)
         cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cbar.set_label("attention weight", fontsize=8)
     for ax in axes:
@@ -398,30 +400,33 @@ def similarity_figure(values: Sequence[float], paper: bool = True):
 
     Args:
         values: one similarity per block (:func:`token_similarity`), first block first.
-        paper: mark the paper's two points (0.06 after the first layer, 0.93 at the last).
+        paper: mark the paper's two points (DeiT-B, 12 blocks: 0.06 after the first layer,
+            0.93 at the last), placed by relative depth (block / number of blocks).
 
     Returns:
         A :class:`matplotlib.figure.Figure` (Agg canvas) with labelled axes and a legend.
     """
-    layers = list(range(1, len(values) + 1))
+    depth = len(values)
+    rel = [i / depth for i in range(1, depth + 1)]
     fig = _figure(6.0, 4.0)
     ax = fig.subplots()
-    ax.plot(layers, list(values), marker="o", label="this model (mean over images)")
-    if paper and layers:
+    ax.plot(rel, list(values), marker="o", label=f"this model ({depth} blocks, mean over images)")
+    if paper and depth:
+        # the paper's DeiT-B has 12 blocks: its first and last layer at depth 1/12 and 12/12
         ax.scatter(
-            [1, layers[-1]],
+            [1 / 12, 1.0],
             [PAPER_TOKEN_SIMILARITY["first_layer"], PAPER_TOKEN_SIMILARITY["last_layer"]],
             marker="*",
             s=160,
             color="tab:red",
             zorder=3,
-            label="paper (section 4: 0.06 first, 0.93 last layer)",
+            label="paper, DeiT-B (12 blocks): 0.06 first, 0.93 last layer",
         )
-    ax.set_xlabel("layer (block output)")
+    ax.set_xlabel("relative depth (block / number of blocks)")
     ax.set_ylabel("cosine similarity (class vs distillation token)")
     ax.set_title("Class vs distillation token similarity per layer")
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xticks(layers)
+    ax.set_xlim(0, 1.05)
     ax.axhline(0.0, color="grey", lw=0.5)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
