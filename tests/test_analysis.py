@@ -240,9 +240,9 @@ def test_similarity_figure_axes_legend_and_paper_points():
     assert legend[0].startswith("this model") and legend[1].startswith("paper")
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.1, 0.4, 0.8])
     np.testing.assert_allclose(ax.lines[0].get_xdata(), [1 / 3, 2 / 3, 1])
-    # the paper's DeiT-B (12 blocks): first layer at depth 1/12, last at 12/12
+    # the paper's learned tokens at depth 0, DeiT-B's last block at depth 1
     paper = ax.collections[0].get_offsets()
-    np.testing.assert_allclose(paper, [[1 / 12, 0.06], [1, 0.93]])
+    np.testing.assert_allclose(paper, [[0, 0.06], [1, 0.93]])
 
 
 # -- the whole job --------------------------------------------------------------------------
@@ -312,8 +312,8 @@ def test_plain_model_maps_have_class_token_only():
         torch.rand(3, 28, 28), {k: {n: v[0] for n, v in m.items()} for k, m in maps.items()}
     )
     assert [ax.get_title() for ax in fig.axes[1:3]] == [
-        "class token: last layer (mean over heads)",
-        "class token: attention rollout",
+        "class token: last layer (mean over heads), 7x7 patches",
+        "class token: attention rollout, 7x7 patches",
     ]
 
 

@@ -263,3 +263,9 @@ def test_data_set_specific_options_are_refused_elsewhere() -> None:
         Config(data_set="cifar10", inat_category="genus").validate()
     Config(data_set="folder", skip_corrupt=True).validate()
     Config(data_set="inat19", inat_category="genus", skip_corrupt=True).validate()
+
+
+def test_eval_unused_needs_a_training_subset():
+    with pytest.raises(ConfigError, match=r"'eval_unused' is on but 'train_subset' is 0"):
+        Config(eval_unused=True).validate()
+    Config(eval_unused=True, train_subset=100).validate()

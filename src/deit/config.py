@@ -487,6 +487,10 @@ def _checks(c: Config) -> list[str | None]:
         atleast("epochs", 1, "; train for at least one epoch"),
         atleast("warmup_epochs", 0),
         atleast("train_subset", 0, "; use 0 to train on every image"),
+        None
+        if c.train_subset or not c.eval_unused
+        else "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
+        "give --train-subset N or drop --eval-unused.",
         atleast("eval_interval", 0, "; use 0 to evaluate after the last epoch only"),
         atleast("crop_padding", 0),
         atleast("cooldown_epochs", 0),
