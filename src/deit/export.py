@@ -114,17 +114,17 @@ def _input_shape(
 
 def _export_onnx(wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, exporter: str) -> str:
     errors = []
+    common = dict(input_names=["images"], output_names=["logits"])
     if exporter in ("auto", "torchscript"):
         try:
             torch.onnx.export(
                 wrapper,
                 (x,),
                 str(path),
-                input_names=["images"],
-                output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
+                **common,
             )
             return "torchscript-onnx"
         except Exception as e:  # noqa: BLE001 - removed or failing legacy exporter: try dynamo
@@ -137,13 +137,12 @@ def _export_onnx(wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, ex
             wrapper,
             (x,),
             str(path),
-            input_names=["images"],
-            output_names=["logits"],
             dynamic_shapes={"images": {0: batch}},
             opset_version=max(opset, 18),
             dynamo=True,
             external_data=False,
             verbose=False,
+            **common,
         )
         return "dynamo-onnx"
     except Exception as e:  # noqa: BLE001

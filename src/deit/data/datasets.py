@@ -553,6 +553,16 @@ class _SkipMixin:
     samples: list[tuple[str, int]]
     skip_corrupt: bool
     loader: Callable[[str], Any]
+    transform: Callable | None
+    target_transform: Callable | None
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        img, target = self._load(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
     def _load(self, index: int) -> tuple[Any, int]:
         n = len(self.samples)
@@ -621,14 +631,6 @@ class ImageFolderDataset(_SkipMixin, ImageFolder):
         self.info = DatasetInfo(
             info.name, len(self.classes), info.mean, info.std, info.image_size, info.in_chans
         )
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        img, target = self._load(index)
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
 
 
 def _folder(name: str, root: str | os.PathLike | None, split: str, **kw: Any) -> ImageFolderDataset:
@@ -736,14 +738,6 @@ class INatDataset(_SkipMixin, Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        img, target = self._load(index)
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
 
 
 # --------------------------------------------------------------------------------------------
