@@ -5,8 +5,8 @@
   Zuidema 2020, "Quantifying Attention Flow in Transformers": per layer, average the heads, add
   the identity for the residual connection, renormalise the rows, multiply through the layers).
 - Cosine similarity between the class and distillation tokens at every layer's output, and
-  between the weights of their two heads (paper section 4, "Distillation token": about 0.06
-  after the first layer, 0.93 at the last, 0.1 between the heads).
+  between the weights of their two heads (paper section 4, "Distillation token": 0.06 between
+  the learned tokens before the first block, 0.93 after the last, 0.1 between the heads).
 - How often the two heads agree on the images, and with a teacher when one is given.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects on the Agg canvas (no pyplot, no
@@ -210,7 +210,8 @@ def token_similarity(
 
     For each block the cosine between token 0 (class) and token 1 (distillation) of the block's
     output (the residual stream, before the final norm) is computed per image and averaged over
-    the images (paper section 4: ~0.06 after the first layer, rising to ~0.93 at the last).
+    the images (paper section 4: 0.06 between the learned tokens before the first block, rising
+    to 0.93 after the last).
 
     Args:
         model: a distilled DeiT.
@@ -652,8 +653,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         vals = " ".join(f"{v:.3f}" for v in ts["per_layer"])
         lines.append(f"cls/dist token cosine similarity per layer: {vals}")
         lines.append(
-            f"  first layer {ts['first_layer']:.3f} (paper {ts['paper']['first_layer']}), "
-            f"last layer {ts['last_layer']:.3f} (paper {ts['paper']['last_layer']}), "
+            f"  first block {ts['first_layer']:.3f} (paper, learned tokens: "
+            f"{ts['paper']['first_layer']}), "
+            f"last block {ts['last_layer']:.3f} (paper {ts['paper']['last_layer']}), "
             f"after the final norm {ts['after_final_norm']:.3f}"
         )
     hs = summary.get("head_weight_similarity")
