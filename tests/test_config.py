@@ -98,7 +98,7 @@ def test_hand_written_yaml_floats_and_partial(tmp_path: Path) -> None:
 
 
 def test_unknown_key_and_wrong_type_name_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"'learning_rate'"):
+    with pytest.raises(ConfigError, match=r"'learning_rate' \(did you mean 'lr'\?\)"):
         Config.from_dict({"learning_rate": 0.1})
     with pytest.raises(ConfigError, match=r"did you mean 'drop_path'"):
         Config.from_dict({"drop_pth": 0.1})

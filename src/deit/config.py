@@ -401,12 +401,31 @@ def _hints() -> dict[str, Any]:
     return _HINTS
 
 
+#: Usual spellings from other training code, for the "did you mean" hint.
+ALIASES = {
+    "learning_rate": "lr",
+    "base_lr": "lr",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "wd": "weight_decay",
+    "stochastic_depth": "drop_path",
+    "drop_path_rate": "drop_path",
+    "label_smoothing": "smoothing",
+    "workers": "num_workers",
+    "dataset": "data_set",
+    "teacher": "teacher_model",
+    "alpha": "distillation_alpha",
+    "tau": "distillation_tau",
+    "temperature": "distillation_tau",
+}
+
+
 def _unknown_key_error(keys: list[str]) -> ConfigError:
     names = Config.field_names()
     parts = []
-    for k in keys:
-        close = difflib.get_close_matches(str(k), names, n=1)
-        parts.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    for k in dict.fromkeys(str(k) for k in keys):  # each key named once
+        close = ALIASES.get(k) or next(iter(difflib.get_close_matches(k, names, n=1)), None)
+        parts.append(f"'{k}'" + (f" (did you mean '{close}'?)" if close else ""))
     return ConfigError(
         f"Unknown config key(s) {', '.join(parts)}; remove it or use one of the fields of "
         "deit.config.Config."
