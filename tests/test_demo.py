@@ -151,7 +151,7 @@ def test_readme_commands_reproduce_the_demo_runs():
     expected = {}
     for v, needs in ((TEACHER, None), (LEADING, base / "teacher" / "checkpoint.pth")):
         job = _Job(v, 500, 0, base / v.key, needs=needs)
-        expected[v.key] = _config(s, job, needs)
+        expected[v.key] = _config(s, job)
     for argv, key in ((teacher_argv, "teacher"), (student_argv, LEADING.key)):
         args = build_parser().parse_args(["train", *argv])
         got = config_from_args(args).to_dict()

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -240,7 +239,7 @@ class _Job:
     needs: Path | None = None  # the teacher checkpoint this job waits for
 
 
-def _config(s: DemoSettings, job: _Job, teacher_path: Path | None) -> dict[str, Any]:
+def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
     """The ``deit train`` configuration of one run: the ``small`` preset with the study's
     budget, subset and held-out evaluation."""
     v = job.variant
@@ -276,7 +275,7 @@ def _config(s: DemoSettings, job: _Job, teacher_path: Path | None) -> dict[str, 
         distillation_tau=v.tau,
         kl_reduction=v.kl_reduction,
         teacher_model=s.teacher,
-        teacher_path=str(teacher_path) if teacher_path is not None else "",
+        teacher_path=str(job.needs) if job.needs is not None else "",
     )
     return cfg
 
@@ -290,7 +289,7 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
             for v in (TEACHER, *s.variants):
                 needs = teacher_ckpt if v.variant not in ("teacher", "none") else None
                 job = _Job(v, n, seed, base / v.key, needs=needs)
-                job.cfg = _config(s, job, needs)
+                job.cfg = _config(s, job)
                 jobs.append(job)
     return jobs
 
@@ -373,18 +372,12 @@ def _record(job: _Job, stats: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- report
 def machine() -> str:
-    """The processor (``/proc/cpuinfo`` model name, or ``platform``), core count and torch."""
+    """The processor (:func:`deit.benchmark.device_name`), core count and torch version."""
     import torch
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
+    from .benchmark import device_name
+
+    return f"{device_name('cpu')}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _interval(ci: list[float] | None) -> str:
