@@ -592,7 +592,6 @@ def test_teacher_class_count_mismatch_in_forward():
         ({"tau": 0.0}, "tau .* must be a positive number"),
         ({"tau": -2.0}, "tau .* must be a positive number"),
         ({"kl_reduction": "sum"}, "Unknown kl_reduction 'sum'"),
-        ({"teacher": None}, "needs a teacher"),
     ],
 )
 def test_constructor_validation(kwargs, match):
@@ -628,3 +627,24 @@ def test_teacher_disagreement_counts_views_by_hand():
     assert soft.compute(images, out, mixed).teacher_disagreement.item() == pytest.approx(0.25)
     none = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
     assert none.compute(images, out[0], torch.tensor([1, 0, 0, 1])).teacher_disagreement is None
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_given_teacher_outputs_replace_the_teacher(kind):
+    """Stored logits or top-1 classes give exactly the loss of the online teacher."""
+    pair = (torch.tensor(CLS), torch.tensor(DIST))
+    online = DistillationLoss(_criterion(kind), FixedLogits(TEACH), "hard").compute(
+        IMAGES, pair, _targets(kind)
+    )
+    stored = DistillationLoss(_criterion(kind), None, "hard")  # a label store needs no teacher
+    with pytest.raises(ValueError, match="needs a teacher or the teacher's outputs"):
+        stored.compute(IMAGES, pair, _targets(kind))
+    for given in (torch.tensor(TEACH), torch.tensor(TEACH).argmax(dim=1)):
+        out = stored.compute(IMAGES, pair, _targets(kind), teacher_outputs=given)
+        assert out.total.item() == pytest.approx(online.total.item(), abs=1e-7)
+        assert out.teacher_disagreement.item() == online.teacher_disagreement.item()
+    soft = DistillationLoss(_criterion(kind), FixedLogits(TEACH), "soft", 0.5, 2.0)
+    with pytest.raises(ValueError, match="only drive hard distillation"):
+        soft.compute(IMAGES, pair, _targets(kind), teacher_outputs=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="one teacher class per view"):
+        stored.compute(IMAGES, pair, _targets(kind), teacher_outputs=torch.tensor([0]))

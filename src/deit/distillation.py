@@ -505,7 +505,8 @@ class DistillationLoss(nn.Module):
             ``SoftTargetCrossEntropy`` with ``(B, C)`` Mixup/CutMix targets (smoothing folded
             in), ``LabelSmoothingCrossEntropy`` or ``nn.CrossEntropyLoss`` with ``(B,)`` labels.
         teacher: the teacher (any ``nn.Module``; wrapped in a frozen :class:`Teacher` unless it
-            is one). May be ``None`` for ``"none"``.
+            is one). ``None`` for ``"none"``, or when every :meth:`compute` call is given the
+            teacher's outputs (a stored label set).
         distillation_type: ``"none"``, ``"soft"`` (paper eq. 2) or ``"hard"`` (eq. 3).
         alpha: weight of the distillation term, in [0, 1]; the base term gets ``1 - alpha``.
             0.5 (default) is the paper's hard-distillation setting; its soft setting is 0.1.
@@ -524,7 +525,7 @@ class DistillationLoss(nn.Module):
 
     Raises:
         ValueError: unknown ``distillation_type`` or ``kl_reduction``; ``alpha`` outside [0, 1];
-            ``tau <= 0``; no teacher for ``"soft"``/``"hard"``.
+            ``tau <= 0``.
     """
 
     def __init__(
@@ -553,11 +554,6 @@ class DistillationLoss(nn.Module):
                 f"Unknown kl_reduction {kl_reduction!r}; choose 'mean' (official DeiT, divides "
                 "by B*C) or 'batchmean' (divides by B)."
             )
-        if distillation_type != "none" and teacher is None:
-            raise ValueError(
-                f"distillation_type={distillation_type!r} needs a teacher; build one with "
-                "deit.distillation.build_teacher(...)."
-            )
         if teacher is not None and not isinstance(teacher, nn.Module):
             raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}.")
         self.base_criterion = base_criterion
@@ -583,6 +579,7 @@ class DistillationLoss(nn.Module):
         inputs: torch.Tensor,
         outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
         targets: torch.Tensor,
+        teacher_outputs: torch.Tensor | None = None,
     ) -> LossOutput:
         """The loss and its terms (paper section 4, eq. 2 for ``"soft"``, eq. 3 for ``"hard"``).
 
@@ -593,13 +590,19 @@ class DistillationLoss(nn.Module):
                 single ``(B, num_classes)`` tensor is accepted for ``"none"`` only.
             targets: ``(B,)`` class indices or ``(B, num_classes)`` soft targets, whatever
                 ``base_criterion`` takes.
+            teacher_outputs: the teacher's answer for these exact views, computed elsewhere (a
+                stored label set, a faster teacher path): ``(B, num_classes)`` logits, or for
+                ``"hard"`` only, ``(B,)`` top-1 class indices. ``None`` (default) runs
+                ``self.teacher`` on ``inputs``.
 
         Returns:
             :class:`LossOutput`: ``total`` (with gradient) and the detached terms.
 
         Raises:
             ValueError: a single tensor (or anything but a pair) while distilling; teacher logits
-                whose shape differs from the distillation head's (another class count).
+                whose shape differs from the distillation head's (another class count); neither a
+                teacher nor ``teacher_outputs``; top-1 classes for ``"soft"`` or of another
+                batch size.
         """
         if isinstance(outputs, torch.Tensor):
             cls_out, dist_out = outputs, None
@@ -621,8 +624,19 @@ class DistillationLoss(nn.Module):
                 f"{tuple(cls_out.shape)}; use a distilled model in training mode with "
                 "set_distilled_training(True) (check_student does this)."
             )
-        with torch.no_grad():
-            teacher_out = self.teacher(inputs)
+        if teacher_outputs is None:
+            if self.teacher is None:
+                raise ValueError(
+                    f"distillation_type={self.distillation_type!r} needs a teacher or the "
+                    "teacher's outputs for these views; build one with "
+                    "deit.distillation.build_teacher(...) or pass teacher_outputs."
+                )
+            with torch.no_grad():
+                teacher_outputs = self.teacher(inputs)
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        if teacher_outputs.ndim == 1:
+            return self._hard_from_labels(base, dist_out, teacher_outputs, labels)
+        teacher_out = teacher_outputs
         if teacher_out.shape != dist_out.shape:
             raise ValueError(
                 f"The teacher's logits have shape {tuple(teacher_out.shape)} but the student's "
@@ -640,9 +654,31 @@ class DistillationLoss(nn.Module):
             denom = dist_out.numel() if self.kl_reduction == "mean" else dist_out.shape[0]
             dist = kl * (t * t) / denom
         else:
-            dist = F.cross_entropy(dist_out, teacher_out.argmax(dim=1))
-        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+            return self._hard_from_labels(base, dist_out, teacher_out.argmax(dim=1), labels)
         disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
+        total = base * (1.0 - self.alpha) + dist * self.alpha
+        return LossOutput(total, base.detach(), dist.detach(), disagreement)
+
+    def _hard_from_labels(
+        self,
+        base: torch.Tensor,
+        dist_out: torch.Tensor,
+        teacher_labels: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> LossOutput:
+        """Paper eq. 3 from the teacher's ``(B,)`` top-1 classes: ``CE(Z_d, y_t)``, unsmoothed."""
+        if self.distillation_type != "hard":
+            raise ValueError(
+                "Teacher top-1 classes (a (B,) tensor) can only drive hard distillation; soft "
+                "distillation needs the teacher's (B, num_classes) logits."
+            )
+        if teacher_labels.shape != dist_out.shape[:1]:
+            raise ValueError(
+                f"Got {tuple(teacher_labels.shape)} teacher labels for a batch of "
+                f"{dist_out.shape[0]}; give one teacher class per view."
+            )
+        dist = F.cross_entropy(dist_out, teacher_labels.long())
+        disagreement = (teacher_labels != labels).float().mean().detach()
         total = base * (1.0 - self.alpha) + dist * self.alpha
         return LossOutput(total, base.detach(), dist.detach(), disagreement)
 
