@@ -7,9 +7,11 @@ are imported inside each handler so `deit --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from ._optional import MissingExtraError
 
@@ -33,6 +35,32 @@ def _add_list_models(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_list_models)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to find the flags, without the
+    usage block (a wrong value among 90 flags is lost under it); an unknown flag gets the
+    closest known one, or its usual spelling here (``--learning-rate`` -> ``--lr``)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message>`` plus the closest flag, then exit with status 2."""
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            hint = self._suggest(message.split(":", 1)[1].split())
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+    def _suggest(self, words: list[str]) -> str:
+        from .config import ALIASES
+
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for word in (w for w in words if w.startswith("--")):
+            key = word[2:].split("=")[0].replace("-", "_")
+            alias = ALIASES.get(key)
+            close = [f"--{alias.replace('_', '-')}"] if alias else []
+            close = close or difflib.get_close_matches(word.split("=")[0], known, n=1)
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
+
+
 # Each job module registers its own subcommand through `add_subcommand(sub)` so this file does
 # not grow with their flags; modules missing in this build are skipped.
 _JOB_MODULES = ("training", "evaluate", "demo", "predict", "analysis", "benchmark", "export")
@@ -42,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the `deit` command with every available subcommand."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deit",
         description="DeiT: data-efficient image transformers and distillation through attention.",
     )
@@ -74,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # changes nothing global. Set OMP_WAIT_POLICY yourself to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand, whose flags the suggestion is drawn from
+        subparsers = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        chosen = subparsers.get(getattr(args, "command", None), parser)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

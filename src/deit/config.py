@@ -227,6 +227,18 @@ class Config:
     auto_resume: bool = _f(
         False, "Resume from <output_dir>/checkpoint.pth when present.", group="run"
     )
+    overwrite: bool = _f(
+        False,
+        "Replace a run already in output_dir (its checkpoints, log and config) instead of "
+        "refusing.",
+        group="run",
+    )
+    new_schedule: bool = _f(
+        False,
+        "On resume, accept schedule settings (lr, warm-up, epochs, batch size, processes, "
+        "seed) that differ from the checkpoint's: the schedule restarts from the same epoch.",
+        group="run",
+    )
     eval: bool = _f(False, "Evaluate only.", group="run")
     dist_eval: bool = _f(
         False,
@@ -511,6 +523,10 @@ def _checks(c: Config) -> list[str | None]:
         else "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
         "give --train-subset N or drop --eval-unused.",
         atleast("eval_interval", 0, "; use 0 to evaluate after the last epoch only"),
+        None
+        if not (c.overwrite and (c.resume or c.auto_resume))
+        else "'overwrite' replaces the run in output_dir but 'resume'/'auto_resume' continues "
+        "it; keep one of them.",
         atleast("crop_padding", 0),
         atleast("cooldown_epochs", 0),
         atleast("patience_epochs", 0),

@@ -308,7 +308,8 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
     # the run's per-epoch lines go to its folder: several runs share the console
     with open(Path(cfg["output_dir"]) / "train.log", "w") as log, redirect_stderr(log):
-        result = run(Config.from_dict(cfg), progress=False)
+        # a demo rerun replaces its runs (deit train refuses that without --overwrite)
+        result = run(Config.from_dict({**cfg, "overwrite": True}), progress=False)
     final = result["final"]
     seen = [h.get("train_teacher_disagreement", 0.0) for h in result["history"]]
     return {

@@ -643,21 +643,25 @@ class DistillationLoss(nn.Module):
                 f"distillation head {tuple(dist_out.shape)}; use a teacher trained on the "
                 "student's classes."
             )
-        if self.distillation_type == "soft":
-            t = self.tau
-            kl = F.kl_div(
-                F.log_softmax(dist_out.float() / t, dim=1),
-                F.log_softmax(teacher_out.float() / t, dim=1),
-                reduction="sum",
-                log_target=True,
-            )
-            denom = dist_out.numel() if self.kl_reduction == "mean" else dist_out.shape[0]
-            dist = kl * (t * t) / denom
-        else:
+        if self.distillation_type == "hard":
             return self._hard_from_labels(base, dist_out, teacher_out.argmax(dim=1), labels)
+        dist = self._soft(dist_out, teacher_out)
         disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
         total = base * (1.0 - self.alpha) + dist * self.alpha
         return LossOutput(total, base.detach(), dist.detach(), disagreement)
+
+    def _soft(self, dist_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+        """Paper eq. 2's KL term, ``tau^2 * KL(psi(Z_t/tau) || psi(Z_d/tau))`` summed and divided
+        by ``B*C`` (``"mean"``) or ``B`` (``"batchmean"``), in float32."""
+        t = self.tau
+        kl = F.kl_div(
+            F.log_softmax(dist_out.float() / t, dim=1),
+            F.log_softmax(teacher_out.float() / t, dim=1),
+            reduction="sum",
+            log_target=True,
+        )
+        denom = dist_out.numel() if self.kl_reduction == "mean" else dist_out.shape[0]
+        return kl * (t * t) / denom
 
     def _hard_from_labels(
         self,

@@ -123,8 +123,7 @@ def _train_step(
         epoch, i, num_updates = where
         raise NonFiniteLossError(
             f"The training loss is {loss.item()} at epoch {epoch}, step {i} (update "
-            f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data. The "
-            "last checkpoint written is kept."
+            f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data."
         )
     _backward_and_step(loss, model, optimizer, opts)
     num_updates = where[2] + 1

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -166,6 +167,7 @@ class _StopFlag:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.raised = False
+        self.signum = 0  # the signal that stopped the run (for the exit status 128 + signum)
         self._old: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -181,6 +183,7 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.raised = True
+        self.signum = signum
 
     def __call__(self) -> bool:
         if not dist.is_initialized():
@@ -205,21 +208,52 @@ def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> 
     )
 
 
-def _check_output_dir(path: str) -> Path | None:
-    if not path:
+RUN_FILES = (LAST, BEST, "log.txt", "config.yaml")  # what a run writes; --overwrite removes them
+
+
+def _check_output_dir(cfg: Config) -> Path | None:
+    """The run's output folder, checked but not created (a run that fails before training
+    leaves nothing behind; :func:`_open_output` creates it).
+
+    Raises:
+        ValueError: the path is a file or cannot be created/written; it holds another run and
+            neither ``--resume``/``--auto-resume`` nor ``--overwrite`` says what to do with it.
+    """
+    if not cfg.output_dir:
         return None
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
         raise ValueError(
-            f"The output folder {path!r} cannot be written ({e.strerror}); pass --output_dir with "
-            "a writable folder."
-        ) from None
+            f"The output folder {cfg.output_dir!r} is a file; pass --output_dir with a folder."
+        )
+    existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"The output folder {cfg.output_dir!r} cannot be written ({existing} is not a "
+            "writable folder); pass --output_dir with a writable folder."
+        )
+    found = [name for name in (LAST, "log.txt") if (out / name).exists()]
+    if found and not (cfg.overwrite or cfg.resume or cfg.auto_resume or cfg.eval):
+        raise ValueError(
+            f"The output folder {cfg.output_dir!r} already holds a run ({', '.join(found)}); "
+            "continue it with --auto-resume, or pass --overwrite to replace it, or choose "
+            "another --output_dir."
+        )
     return out
+
+
+def _open_output(state: RunState) -> None:
+    """Create the output folder (rank 0), remove the replaced run's files with ``--overwrite``
+    (nothing else in the folder), write ``config.yaml``, open TensorBoard."""
+    if state.out is None:
+        return
+    state.out.mkdir(parents=True, exist_ok=True)
+    if state.cfg.overwrite and not (state.cfg.resume or state.cfg.auto_resume):
+        for name in RUN_FILES:
+            (state.out / name).unlink(missing_ok=True)
+        shutil.rmtree(state.out / "tensorboard", ignore_errors=True)
+    save_run_config(state.cfg, state.out)
+    state.writer = _tensorboard(state.out, state.env.is_main)
 
 
 def _build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -345,10 +379,12 @@ class RunState:
     start_epoch: int = 0
     num_updates: int = 0
     skip_batches: int = 0
+    partial_stats: dict[str, float] | None = None  # of the skip_batches already trained
     best_acc1: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     status: str = "completed"
+    stop_signal: int = 0  # the signal number when status is 'stopped'
     writer: Any = None
 
     @property
@@ -361,11 +397,18 @@ def _start(cfg: Config) -> RunState:
     """Validate, join the process group, check the output folder, seed, pick the precision."""
     cfg.validate()
     env, device = init_distributed(cfg.device)
-    out = _check_output_dir(cfg.output_dir) if env.is_main else None
+    out = _check_output_dir(cfg) if env.is_main else None
     if cfg.distillation_type != "none" and not cfg.teacher_path:
         raise ValueError(
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
             "--teacher-path with its weights (train one with `deit train --model resnet18 ...`)."
+        )
+    if env.is_main and not cfg.eval and cfg.warmup_epochs >= cfg.epochs:
+        print(
+            f"note: the warm-up ({cfg.warmup_epochs} epochs) is not shorter than the run "
+            f"({cfg.epochs} epochs), so the learning rate never reaches --lr; lower "
+            "--warmup-epochs.",
+            file=sys.stderr,
         )
     seed_everything(cfg.seed + env.rank)
     return RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
@@ -424,6 +467,9 @@ def build_model_and_teacher(state: RunState) -> None:
     """The student (fine-tuned from ``--finetune`` when given), the frozen teacher and the
     DeiT loss (paper section 4); the training and evaluation wrappers of the student."""
     cfg, device = state.cfg, state.device
+    # seeded here again, and before training in build_optimisation: lazy imports while the data
+    # was built (scikit-learn's data sets draw from `random`) must not change the run
+    seed_everything(cfg.seed)
     state.model = _build_model(cfg, state.num_classes).to(device)
     if cfg.distillation_type != "none":
         state.teacher = build_teacher(
@@ -460,6 +506,12 @@ def build_optimisation(state: RunState) -> None:
             f"The training set has {len(state.loader_train.dataset)} images, fewer than one "
             f"batch of {cfg.batch_size}; lower --batch-size."
         )
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in state.model.modules())
+    if batch_norm and cfg.batch_size == 1:  # the last partial batch is dropped: all are full
+        raise ValueError(
+            f"--batch-size 1 cannot train {cfg.model}: its BatchNorm layers need more than one "
+            "image per training batch to normalise; use --batch-size 2 or more."
+        )
     state.optimizer = build_optimizer(cfg, state.model, world_size=state.env.world_size)
     state.scheduler = build_scheduler(cfg, state.optimizer, len(state.loader_train))
     if state.precision.use_scaler:
@@ -469,6 +521,7 @@ def build_optimisation(state: RunState) -> None:
         cfg.model_ema_decay if cfg.model_ema else None,
         device="cpu" if cfg.model_ema_force_cpu else None,
     )
+    seed_everything(cfg.seed + state.env.rank)  # training's draws depend on the config only
 
 
 def _resume_path(cfg: Config) -> str:
@@ -480,13 +533,62 @@ def _resume_path(cfg: Config) -> str:
     return ""
 
 
+# Settings a checkpoint's run was shaped by. SCHEDULE ones may change on resume with
+# --new-schedule (the schedule is rebuilt from the same epoch); DATA ones never (start a new run
+# with --finetune instead).
+RESUME_SCHEDULE = (
+    "lr", "unscale_lr", "sched", "sched_per_step", "warmup_lr", "warmup_epochs", "min_lr",
+    "decay_epochs", "decay_rate", "cooldown_epochs", "patience_epochs", "lr_noise",
+    "lr_noise_pct", "lr_noise_std", "epochs", "batch_size", "seed", "repeated_aug",
+    "num_repeats",
+)  # fmt: skip
+RESUME_DATA = ("data_set", "train_subset", "input_size", "opt", "distillation_type")
+
+
+def _resume_differences(cfg: Config, ck: RunCheckpoint, world_size: int) -> list[str]:
+    """``"name: checkpoint -> now"`` for each run-shaping setting that differs."""
+    saved = {**ck.config, "world_size": ck.world_size}
+    now = {**cfg.to_dict(), "world_size": world_size}
+    keys = [*RESUME_DATA, *RESUME_SCHEDULE, "world_size"]
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys if k in saved and saved[k] != now[k]]
+
+
+def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
+    """Refuse a resume whose run-shaping settings differ from the checkpoint's, unless only
+    schedule settings differ and ``--new-schedule`` accepts them. Returns whether the schedule
+    is rebuilt (settings accepted).
+
+    Raises:
+        CheckpointError: a data / model setting differs, or a schedule setting without
+            ``--new-schedule``.
+    """
+    changed = _resume_differences(state.cfg, ck, state.env.world_size)
+    if not changed:
+        return False
+    data = [c for c in changed if c.split(" ")[0] in RESUME_DATA]
+    if data or not state.cfg.new_schedule:
+        fix = (
+            "start a new run with --finetune to reuse its weights"
+            if data
+            else "resume with the checkpoint's settings, or pass --new-schedule to rebuild the "
+            "schedule with the new ones from the same epoch"
+        )
+        raise CheckpointError(
+            f"--resume {path!r} was trained with other settings ({'; '.join(changed)}); {fix}."
+        )
+    if state.env.is_main:
+        print(f"note: new schedule from epoch {ck.epoch}: {'; '.join(changed)}.", file=sys.stderr)
+    return True
+
+
 def resume(state: RunState) -> None:
     """Continue from ``--resume`` (or ``<output_dir>/checkpoint.pth`` with ``--auto-resume``):
     weights, optimiser, schedule, scaler, EMA, position in the run, history and every RNG, so
     that the continued run equals an uninterrupted one.
 
     Raises:
-        CheckpointError: not a ``deit train`` checkpoint, or one of another model.
+        CheckpointError: not a ``deit train`` checkpoint, one of another model, or one whose
+            run-shaping settings differ (:func:`_check_resume`).
     """
     cfg, env = state.cfg, state.env
     path = _resume_path(cfg)
@@ -502,16 +604,24 @@ def resume(state: RunState) -> None:
         raise CheckpointError(
             f"--resume {path!r} holds a {ck.model_name} but --model is {cfg.model}."
         )
+    rebuilt = _check_resume(state, ck, path)
     state.model.load_state_dict(ck.model)
     state.optimizer.load_state_dict(ck.optimizer)
-    for part, saved in ((state.scheduler, ck.scheduler), (state.scaler, ck.scaler)):
+    saved_scheduler = None if rebuilt else ck.scheduler
+    for part, saved in ((state.scheduler, saved_scheduler), (state.scaler, ck.scaler)):
         if part is not None and saved:
             part.load_state_dict(saved)
     if state.ema is not None and ck.model_ema is not None:
         state.ema.module.load_state_dict(ck.model_ema)
     state.start_epoch, state.num_updates, state.skip_batches = ck.epoch, ck.step, ck.batches_done
+    state.partial_stats = ck.epoch_stats if ck.batches_done else None
     state.best_acc1, state.history = ck.best_acc1, list(ck.history)
-    if ck.rng and env.world_size == ck.world_size:
+    if rebuilt:  # the new schedule starts at the epoch boundary, counted in its own steps
+        if ck.batches_done and env.is_main:
+            print(f"note: epoch {ck.epoch + 1} restarts from its beginning.", file=sys.stderr)
+        state.num_updates, state.skip_batches = ck.epoch * len(state.loader_train), 0
+        state.partial_stats = None
+    elif ck.rng and env.world_size == ck.world_size:
         _set_rng_state(ck.rng[env.rank] if isinstance(ck.rng, list) else ck.rng)
     if state.scheduler is not None:
         if cfg.sched_per_step:
@@ -526,7 +636,13 @@ def _state_dict(part: Any) -> dict[str, Any] | None:
     return part.state_dict() if part is not None else None
 
 
-def save(state: RunState, epoch: int, batches_done: int, name: str) -> None:
+def save(
+    state: RunState,
+    epoch: int,
+    batches_done: int,
+    name: str,
+    epoch_stats: dict[str, float] | None = None,
+) -> None:
     """Write a :class:`deit.models.RunCheckpoint` to ``<output_dir>/<name>`` (rank 0 only,
     atomically). Every rank must call it: each one's RNG state is gathered."""
     rng: Any = _rng_state()
@@ -556,6 +672,7 @@ def save(state: RunState, epoch: int, batches_done: int, name: str) -> None:
         epoch=epoch,
         step=state.num_updates,
         batches_done=batches_done,
+        epoch_stats=epoch_stats,
         best_acc1=state.best_acc1,
         history=state.history,
         rng=rng,
@@ -649,32 +766,68 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
 def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool = True) -> None:
     """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT stops
     it after the current step with a mid-epoch checkpoint (``status`` 'stopped')."""
-    cfg, env = state.cfg, state.env
+    cfg = state.cfg
     last_epoch = cfg.epochs
     if max_epochs_this_run is not None:
         last_epoch = min(cfg.epochs, state.start_epoch + max_epochs_this_run)
     stop = _StopFlag(state.device)
     stop.install()
     try:
-        for epoch in range(state.start_epoch, last_epoch):
-            t0 = time.time()
-            stats = _train_epoch(state, epoch, progress and env.is_main, stop)
-            if not stats["completed"]:
-                save(state, epoch, state.skip_batches + int(stats["steps"]), LAST)
-                state.status = "stopped"
-                if env.is_main:
-                    print(
-                        f"Stopped by a signal at epoch {epoch}, update {state.num_updates}; "
-                        "checkpoint written, continue with --auto-resume.",
-                        file=sys.stderr,
-                    )
-                return
-            state.skip_batches = 0
-            _end_epoch(state, epoch, stats, t0)
-        if last_epoch < cfg.epochs:
-            state.status = "paused"
+        _epochs(state, last_epoch, progress, stop)
+    except NonFiniteLossError as e:
+        last = state.out / LAST if state.out is not None else None
+        kept = (
+            f"{last} is kept"
+            if last is not None and last.is_file()
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(f"{e} The run stopped; {kept}.") from None
     finally:
         stop.restore()
+
+
+_MEAN_STATS = ("loss", "loss_base", "loss_distillation", "teacher_disagreement")
+
+
+def _merge_stats(before: dict[str, float] | None, after: dict[str, float]) -> dict[str, float]:
+    """One epoch's statistics from the part trained before a stop and the part after it:
+    step-weighted means, summed steps, images/s over both parts' time, the last lr."""
+    if not before:
+        return after
+    n0, n1 = before["steps"], after["steps"]
+    merged = dict(after, steps=n0 + n1)
+    for key in _MEAN_STATS:
+        merged[key] = (before[key] * n0 + after[key] * n1) / max(n0 + n1, 1.0)
+    seconds = n0 / max(before["images_per_s"], 1e-9) + n1 / max(after["images_per_s"], 1e-9)
+    merged["images_per_s"] = (n0 + n1) / max(seconds, 1e-9)  # equal batches: images ~ steps
+    return merged
+
+
+def _epochs(state: RunState, last_epoch: int, progress: bool, stop: Any) -> None:
+    """Epochs ``state.start_epoch`` to ``last_epoch - 1`` (counted from 1 in messages, from 0
+    in ``log.txt`` as the official code does); a stop signal saves mid-epoch."""
+    cfg, env = state.cfg, state.env
+    show = progress and env.is_main
+    for epoch in range(state.start_epoch, last_epoch):
+        t0 = time.time()
+        part = _train_epoch(state, epoch, show, stop)
+        stats = _merge_stats(state.partial_stats, part)
+        state.partial_stats = None
+        if not stats["completed"]:
+            done = state.skip_batches + int(part["steps"])
+            save(state, epoch, done, LAST, epoch_stats=stats)
+            state.status, state.stop_signal = "stopped", stop.signum or signal.SIGTERM
+            if env.is_main:
+                print(
+                    f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
+                    f"{state.num_updates}; checkpoint written, continue with --auto-resume.",
+                    file=sys.stderr,
+                )
+            return
+        state.skip_batches = 0
+        _end_epoch(state, epoch, stats, t0)
+    if last_epoch < cfg.epochs:
+        state.status = "paused"
 
 
 def run(
@@ -697,7 +850,8 @@ def run(
     Returns:
         ``history`` (one dict per epoch, the ``log.txt`` lines), ``best_acc1``, ``final``
         (last evaluation), ``output_dir``, ``status`` ('completed', 'stopped' (signal),
-        'paused' (``max_epochs_this_run``) or 'evaluated' (``cfg.eval``)), ``n_parameters``.
+        'paused' (``max_epochs_this_run``) or 'evaluated' (``cfg.eval``)), ``stop_signal``
+        (the signal number when stopped, else 0), ``n_parameters``.
 
     Raises:
         ValueError / FileNotFoundError / CheckpointError: bad configuration, data path, teacher
@@ -715,9 +869,7 @@ def run(
         if state.env.is_main:
             print(json.dumps({f"test_{k}": v for k, v in state.final.items()}))
     else:
-        if state.out is not None:
-            save_run_config(cfg, state.out)
-            state.writer = _tensorboard(state.out, state.env.is_main)
+        _open_output(state)
         try:
             fit(state, max_epochs_this_run, progress)
         finally:
@@ -729,6 +881,7 @@ def run(
         "final": state.final,
         "output_dir": state.out,
         "status": state.status,
+        "stop_signal": int(state.stop_signal),
         "n_parameters": state.n_parameters,
     }
 
@@ -777,14 +930,16 @@ def _write_log(out: Path | None, writer: Any, log: dict[str, Any]) -> None:
 def _train_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
-        run(cfg, progress=not args.no_progress)
+        result = run(cfg, progress=not args.no_progress)
     except NonFiniteLossError as e:
         print(f"deit train: error: {e}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    # the shell's convention for a process ended by a signal (130 SIGINT, 143 SIGTERM): a
+    # script can tell a stopped run from a finished one
+    return 128 + result["stop_signal"] if result["status"] == "stopped" else 0
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:

@@ -48,7 +48,9 @@ class RunCheckpoint:
         optimizer, scheduler, scaler: their ``state_dict()`` (scheduler/scaler may be ``None``).
         model_ema: the EMA weights, or ``None``.
         epoch: epochs completed; step: optimiser updates done; batches_done: batches of
-            epoch ``epoch`` already trained (non-zero only after a stop by signal).
+            epoch ``epoch`` already trained (non-zero only after a stop by signal);
+            epoch_stats: the training statistics of those batches (so that the resumed
+            epoch's ``log.txt`` line covers the whole epoch), else ``None``.
         best_acc1: best top-1 (%) so far; history: the ``log.txt`` lines so far.
         rng: python / numpy / torch (/ cuda) RNG states, a list with one per rank when
             distributed; world_size: processes that wrote it (RNG states are restored only
@@ -74,6 +76,7 @@ class RunCheckpoint:
     epoch: int = 0
     step: int = 0
     batches_done: int = 0
+    epoch_stats: dict[str, float] | None = None
     best_acc1: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     rng: Any = None
