@@ -16,12 +16,16 @@ from torchvision import transforms as T
 
 from deit.config import Config, get_preset
 from deit.data.transforms import (
+    PositionSampler,
+    SeededMixup,
     SeededRepeatAugSampler,
+    SeededViews,
     build_mixup,
     build_mixup_from_config,
     build_sampler,
     build_transform,
     build_transform_from_config,
+    view_seed,
 )
 
 BICUBIC = T.InterpolationMode.BICUBIC
@@ -175,3 +179,81 @@ def test_randaugment_posterize_zero_bits_gives_black_not_error() -> None:
     assert np.asarray(out).max() == 0
     op.magnitude = 5  # 4 - int(2.0) = 2 bits: 200 -> 192, 100 -> 64, 50 -> 0
     assert op(Image.new("RGB", (8, 8), (200, 100, 50))).getpixel((0, 0)) == (192, 64, 0)
+
+
+# ----------------------------------------------------------------------------- seeded views
+class _Digits(torch.utils.data.Dataset):
+    """12 real 28 px images (a bright square at a different place each), with a transform."""
+
+    def __init__(self, transform: T.Compose) -> None:
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        arr = np.zeros((28, 28, 3), np.uint8)
+        arr[i : i + 10, 2 * i % 18 : 2 * i % 18 + 10] = 40 + 17 * i
+        return self.transform(Image.fromarray(arr)), i % 3
+
+
+def _views_loader(workers: int, repeated_aug: bool = False) -> torch.utils.data.DataLoader:
+    tf = build_transform(True, 28, aa="rand-m9-mstd0.5-inc1", reprob=1.0, crop_padding=4)
+    data = _Digits(tf)
+    sampler = build_sampler(data, True, repeated_aug, distributed=True, seed=5)
+    return torch.utils.data.DataLoader(
+        SeededViews(data, seed=5), batch_size=4, sampler=PositionSampler(sampler),
+        num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(5),
+    )  # fmt: skip
+
+
+def _epoch(loader: torch.utils.data.DataLoader, epoch: int) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    mix = build_mixup(0.8, 1.0, None, num_classes=3, seed=5)
+    out = []
+    for i, (x, y) in enumerate(loader):  # the views, then the mixed images and targets
+        out.append(torch.cat([t.flatten() for t in (x.clone(), *mix(x, y, key=(epoch, i)))]))
+    return out
+
+
+def test_views_are_a_function_of_seed_epoch_position_not_of_workers_or_model_rng() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(3)  # the stream the model's dropout would draw from
+    torch.manual_seed(123)
+    a = _epoch(_views_loader(0), 1)
+    after_0 = torch.rand(3)
+    torch.manual_seed(123)
+    b = _epoch(_views_loader(2), 1)  # another loader, two worker processes
+    after_2 = torch.rand(3)
+    assert len(a) == len(b) == 3
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(before, after_0) and torch.equal(before, after_2)
+    # another epoch: other order and other views; the same epoch again: the same batches
+    c = _epoch(_views_loader(0), 2)
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, _epoch(_views_loader(0), 1)))
+
+
+def test_repeated_aug_copies_are_different_views() -> None:
+    loader = _views_loader(0, repeated_aug=True)
+    keys = list(loader.sampler)
+    assert keys[0][2] == keys[1][2] == keys[2][2] and [k[1] for k in keys[:3]] == [0, 1, 2]
+    x, _ = next(iter(loader))
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
+
+
+def test_seeded_mixup_draws_from_its_key_and_restores_numpy() -> None:
+    mix = build_mixup(0.8, 1.0, None, num_classes=3, seed=1)
+    assert isinstance(mix, SeededMixup)
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 1])
+    np.random.seed(9)
+    state = np.random.get_state()[1].copy()
+    out1 = mix(x.clone(), y, key=(0, 3))
+    assert np.array_equal(np.random.get_state()[1], state)
+    out2 = mix(x.clone(), y, key=(0, 3))
+    assert torch.equal(out1[0], out2[0]) and torch.equal(out1[1], out2[1])
+    lams = {round(float(mix(x.clone(), y, key=(0, i))[1][0].max()), 6) for i in range(6)}
+    assert len(lams) > 1  # batches differ
+    other = build_mixup(0.8, 1.0, None, num_classes=3, seed=1, stream=1)(x.clone(), y, key=(0, 3))
+    assert not torch.equal(other[1], out1[1])  # another rank mixes otherwise
+    assert view_seed(0, 1, 2) == view_seed(0, 1, 2) != view_seed(0, 2, 1)

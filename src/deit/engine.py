@@ -18,6 +18,7 @@ import torch.distributed as dist
 from timm.utils import unwrap_model
 from torch import nn
 
+from .data.transforms import SeededMixup
 from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
 
 __all__ = [
@@ -57,7 +58,8 @@ class StepOptions:
 
     Attributes:
         precision: autocast setting (default fp32).
-        mixup_fn: timm ``Mixup`` applied to each batch, or ``None``.
+        mixup_fn: timm ``Mixup`` applied to each batch, or ``None``; a
+            :class:`~deit.data.transforms.SeededMixup` is keyed by ``(epoch, batch index)``.
         scaler: ``torch.amp.GradScaler`` (fp16 only), or ``None``.
         clip_grad: gradient-norm clipping threshold, or ``None``.
         scheduler: a timm scheduler; ``step_update(num_updates)`` after each step when
@@ -109,7 +111,9 @@ def _train_step(
     distillation, teacher_disagreement)``; a criterion without ``compute`` (any callable taking
     ``(images, outputs, targets)``) gives its value as total and base."""
     samples, targets = batch
-    if opts.mixup_fn is not None:
+    if isinstance(opts.mixup_fn, SeededMixup):  # λ and box a function of (epoch, batch index)
+        samples, targets = opts.mixup_fn(samples, targets, key=where[:2])
+    elif opts.mixup_fn is not None:
         samples, targets = opts.mixup_fn(samples, targets)
     with opts.precision.autocast():
         outputs = model(samples)

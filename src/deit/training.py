@@ -40,6 +40,7 @@ from .data import (
     build_transform_from_config,
     dataset_info,
 )
+from .data.transforms import PositionSampler, SeededViews
 from .distillation import DistillationLoss, build_teacher, check_student
 from .engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
 from .models import (
@@ -321,7 +322,8 @@ def _base_criterion(cfg: Config, mixup: Any) -> nn.Module:
 
 def _loader(dataset: Any, sampler: Any, cfg: Config, device: torch.device, train: bool) -> Any:
     """Training loader (``batch_size``, last partial batch dropped) or evaluation loader
-    (1.5 x ``batch_size``, as the official code)."""
+    (1.5 x ``batch_size``, as the official code). Its own generator (seeded by ``cfg.seed``)
+    seeds the workers, so iterating it draws nothing from torch's global RNG (the model's)."""
     workers = cfg.num_workers
     return DataLoader(
         dataset,
@@ -332,6 +334,7 @@ def _loader(dataset: Any, sampler: Any, cfg: Config, device: torch.device, train
         drop_last=train,
         worker_init_fn=_seed_worker if workers else None,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 
@@ -446,7 +449,7 @@ def build_data(state: RunState) -> None:
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
     state.class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
-    state.sampler_train = build_sampler(
+    sampler = build_sampler(
         train_set,
         True,
         repeated_aug=cfg.repeated_aug,
@@ -456,11 +459,14 @@ def build_data(state: RunState) -> None:
         rank=env.rank,
         seed=cfg.seed,
     )
+    # every view a pure function of (seed, epoch, position): see deit.data.transforms
+    state.sampler_train = PositionSampler(sampler)
+    train_set = SeededViews(train_set, cfg.seed)
     val_set = _eval_share(val_set, env, cfg.dist_eval)
     state.loader_train = _loader(train_set, state.sampler_train, cfg, state.device, train=True)
     sampler_val = build_sampler(val_set, False)
     state.loader_val = _loader(val_set, sampler_val, cfg, state.device, train=False)
-    state.mixup_fn = build_mixup_from_config(cfg, state.num_classes)
+    state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
 
 
 def build_model_and_teacher(state: RunState) -> None:

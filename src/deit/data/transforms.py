@@ -7,6 +7,11 @@
 - :func:`build_sampler`: ``timm.data.distributed_sampler.RepeatAugSampler`` (repeated
   augmentation, 3 repeats), also in a single process; ``DistributedSampler`` otherwise when
   distributed; ``RandomSampler`` / ``SequentialSampler`` in one process.
+- Deterministic training views: :class:`SeededViews` + :class:`PositionSampler` make each
+  training view a pure function of ``(seed, epoch, position in the epoch's order)``, and
+  :class:`SeededMixup` each batch's Mixup/CutMix of ``(seed, epoch, batch index)``, whatever the
+  loader's worker count and without touching the global RNG streams the model draws from (so a
+  teacher's outputs can be computed once per view and stored, :mod:`deit.teacher_labels`).
 
 The ``*_from_config`` helpers read the same fields from a :class:`deit.config.Config` (or any
 object with those attribute names, e.g. the official argparse namespace).
@@ -14,9 +19,12 @@ object with those attribute names, e.g. the official argparse namespace).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import Mixup, create_transform
@@ -41,6 +49,11 @@ __all__ = [
     "build_mixup_from_config",
     "build_sampler",
     "SeededRepeatAugSampler",
+    "PositionSampler",
+    "SeededMixup",
+    "SeededViews",
+    "seeded_rng",
+    "view_seed",
 ]
 
 #: Inputs of at most this side (px) use the small-image pipeline (official: ``input_size > 32``
@@ -202,6 +215,8 @@ def build_mixup(
     mode: str = "batch",
     smoothing: float = 0.1,
     num_classes: int = 1000,
+    seed: int | None = None,
+    stream: int = 0,
 ) -> Mixup | None:
     """timm :class:`~timm.data.Mixup` for a batch, or ``None`` when nothing mixes.
 
@@ -216,15 +231,18 @@ def build_mixup(
         prob: probability of mixing a batch. switch_prob: probability of CutMix when both on.
         mode: 'batch', 'pair' or 'elem'. smoothing: label smoothing of the targets.
         num_classes: width of the targets.
+        seed, stream: when ``seed`` is given, a :class:`SeededMixup` whose draws are a pure
+            function of ``(seed, stream, epoch, batch index)`` (``stream``: the process rank).
 
     Returns:
-        ``Mixup`` or ``None`` when ``mixup <= 0``, ``cutmix <= 0`` and no ``cutmix_minmax``,
+        ``Mixup`` (:class:`SeededMixup` with ``seed``) or ``None`` when ``mixup <= 0``, ``cutmix <= 0`` and no ``cutmix_minmax``,
         or ``prob == 0``.
     """
     active = mixup > 0 or cutmix > 0 or cutmix_minmax is not None
     if not active or prob <= 0:
         return None
-    return Mixup(
+    kw: dict[str, Any] = {} if seed is None else {"seed": seed, "stream": stream}
+    return (Mixup if seed is None else SeededMixup)(
         mixup_alpha=mixup,
         cutmix_alpha=cutmix,
         cutmix_minmax=list(cutmix_minmax) if cutmix_minmax is not None else None,
@@ -233,12 +251,15 @@ def build_mixup(
         mode=mode,
         label_smoothing=smoothing,
         num_classes=num_classes,
+        **kw,
     )
 
 
-def build_mixup_from_config(cfg: Any, num_classes: int) -> Mixup | None:
+def build_mixup_from_config(
+    cfg: Any, num_classes: int, seed: int | None = None, stream: int = 0
+) -> Mixup | None:
     """:func:`build_mixup` with ``cfg.mixup, cutmix, cutmix_minmax, mixup_prob,
-    mixup_switch_prob, mixup_mode, smoothing``."""
+    mixup_switch_prob, mixup_mode, smoothing`` (and ``seed``, ``stream`` as given)."""
     return build_mixup(
         cfg.mixup,
         cfg.cutmix,
@@ -248,6 +269,8 @@ def build_mixup_from_config(cfg: Any, num_classes: int) -> Mixup | None:
         cfg.mixup_mode,
         cfg.smoothing,
         num_classes,
+        seed,
+        stream,
     )
 
 
@@ -333,3 +356,103 @@ def build_sampler(
     if distributed and dist_eval:
         return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
     return SequentialSampler(dataset)
+
+
+# ----------------------------------------------------------------------------- seeded views
+_VIEW, _MIX = 0, 1  # separate seed streams for per-image views and per-batch mixing
+
+
+def view_seed(seed: int, epoch: int, position: int, stream: int = _VIEW, rank: int = 0) -> int:
+    """A 64-bit seed that is a pure function of its arguments (numpy ``SeedSequence``), for the
+    view at ``position`` of ``epoch`` (``stream`` 0) or the mixing of batch ``position`` on
+    process ``rank`` (``stream`` 1). Negative ``seed`` values are taken modulo 2**64."""
+    key = [seed % 2**64, epoch, position, stream, rank]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0])
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Inside: Python's ``random``, numpy's global RNG and torch's CPU generator seeded from
+    ``seed`` (the RNGs timm and torchvision transforms and timm ``Mixup`` draw from); after: all
+    three restored, so that the caller's streams (the model's dropout and drop-path) continue as
+    if nothing had been drawn. CUDA generators are not touched."""
+    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+class SeededViews(Dataset):
+    """A training set whose items are keyed ``(epoch, position, index)``: item ``index`` of
+    ``dataset`` (its transform applied) under :func:`seeded_rng` seeded with
+    ``view_seed(seed, epoch, position)``.
+
+    Keyed by position in the epoch's order, not by index: repeated augmentation shows an image
+    several times per epoch, and each copy is another view. Pair it with :class:`PositionSampler`.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        epoch, position, index = key
+        with seeded_rng(view_seed(self.seed, epoch, position)):
+            return self.dataset[index]
+
+
+class PositionSampler(Sampler):
+    """Wraps a training sampler and yields ``(epoch, position, index)`` keys for
+    :class:`SeededViews`; ``position`` is the place in the epoch's global order
+    (``local position * num_replicas + rank`` for the distributed samplers, which deal the order
+    out round-robin). ``set_epoch`` is passed on to the wrapped sampler."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Key the next pass with ``epoch`` (and reshuffle the wrapped sampler)."""
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        world = getattr(self.sampler, "num_replicas", 1)
+        rank = getattr(self.sampler, "rank", 0)
+        for pos, index in enumerate(self.sampler):
+            yield self.epoch, pos * world + rank, int(index)
+
+
+class SeededMixup(Mixup):
+    """timm :class:`~timm.data.Mixup` whose draws (Mixup or CutMix, λ, the box; the pairing is
+    the batch reversed, as in timm) are a pure function of ``(seed, stream, epoch, batch
+    index)`` when called with ``key=(epoch, batch_index)``; without a key it draws from numpy's
+    global RNG exactly as timm does. ``stream`` separates processes (the rank)."""
+
+    def __init__(self, *args: Any, seed: int = 0, stream: int = 0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.seed = int(seed)
+        self.stream = int(stream)
+
+    def __call__(
+        self, x: torch.Tensor, target: torch.Tensor, key: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix ``x (B, C, H, W)`` and ``target (B,)`` → mixed images, ``(B, num_classes)``
+        soft targets."""
+        if key is None:
+            return super().__call__(x, target)
+        with seeded_rng(view_seed(self.seed, key[0], key[1], _MIX, self.stream)):
+            return super().__call__(x, target)
