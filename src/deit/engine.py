@@ -148,7 +148,7 @@ def train_one_epoch(
     options: StepOptions | None = None,
     *,
     num_updates: int = 0,
-    skip_batches: int = 0,
+    first_batch: int = 0,
     progress: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
@@ -165,7 +165,8 @@ def train_one_epoch(
         options: see :class:`StepOptions` (default: fp32, no Mixup, no clipping, no EMA).
         num_updates: optimiser steps done before this epoch (drives the per-step schedule and
             the EMA warm-up).
-        skip_batches: batches at the start of the loader to skip (resuming mid-epoch).
+        first_batch: index within the epoch of the loader's first batch (resuming mid-epoch,
+            the loader starts after the batches already trained; it keys Mixup/CutMix).
         progress: a tqdm-like object with ``update()``/``set_postfix()``, or ``None``.
         should_stop: polled after each step; ``True`` ends the epoch early (pre-emption).
 
@@ -187,9 +188,7 @@ def train_one_epoch(
     steps = images = 0
     completed = True
     start = time.perf_counter()
-    for i, (samples, targets) in enumerate(loader):
-        if i < skip_batches:
-            continue
+    for i, (samples, targets) in enumerate(loader, start=first_batch):
         batch = (samples.to(device, non_blocking=True), targets.to(device, non_blocking=True))
         terms = _train_step(model, criterion, batch, optimizer, opts, (epoch, i, num_updates))
         num_updates += 1

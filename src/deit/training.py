@@ -702,8 +702,8 @@ def _evaluate(state: RunState, model: nn.Module, teacher: Any = None) -> dict[st
 def _train_epoch(state: RunState, epoch: int, show: bool, stop: Any) -> dict[str, float]:
     """One epoch of :func:`deit.engine.train_one_epoch` with the run's settings."""
     cfg = state.cfg
-    if hasattr(state.sampler_train, "set_epoch"):
-        state.sampler_train.set_epoch(epoch)
+    # resuming mid-epoch, the sampler starts after the batches already trained
+    state.sampler_train.set_epoch(epoch, state.skip_batches * cfg.batch_size)
     if state.scheduler is not None and not cfg.sched_per_step:
         state.scheduler.step(epoch)
     options = StepOptions(
@@ -728,7 +728,7 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: Any) -> dict[str
             epoch,
             options,
             num_updates=state.num_updates,
-            skip_batches=state.skip_batches,
+            first_batch=state.skip_batches,
             progress=bar,
             should_stop=stop,
         )

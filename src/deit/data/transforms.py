@@ -414,15 +414,20 @@ class PositionSampler(Sampler):
     """Wraps a training sampler and yields ``(epoch, position, index)`` keys for
     :class:`SeededViews`; ``position`` is the place in the epoch's global order
     (``local position * num_replicas + rank`` for the distributed samplers, which deal the order
-    out round-robin). ``set_epoch`` is passed on to the wrapped sampler."""
+    out round-robin). ``set_epoch`` is passed on to the wrapped sampler; ``set_epoch(epoch,
+    start)`` makes the next pass begin at local position ``start`` (resuming mid-epoch: the
+    skipped images are neither loaded nor transformed, the rest keep their keys)."""
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Key the next pass with ``epoch`` (and reshuffle the wrapped sampler)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Key the next pass with ``epoch`` (and reshuffle the wrapped sampler); begin it at
+        local position ``start``."""
         self.epoch = int(epoch)
+        self.start = int(start)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
@@ -433,7 +438,8 @@ class PositionSampler(Sampler):
         world = getattr(self.sampler, "num_replicas", 1)
         rank = getattr(self.sampler, "rank", 0)
         for pos, index in enumerate(self.sampler):
-            yield self.epoch, pos * world + rank, int(index)
+            if pos >= self.start:
+                yield self.epoch, pos * world + rank, int(index)
 
 
 class SeededMixup(Mixup):
