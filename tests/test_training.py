@@ -222,6 +222,7 @@ def test_torchrun_two_processes(data_root, teacher_ckpt, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Grad strides do not match" not in proc.stderr  # DDP buckets match the parameters
     log = json.loads((tmp_path / "log.txt").read_text().splitlines()[-1])
     # RepeatAugSampler: 32 images x 3 repeats spread over 2 ranks, each rank keeps
     # ceil(32 / 2) = 16 per epoch -> 4 steps of 4
