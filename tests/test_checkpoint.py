@@ -134,7 +134,7 @@ def test_wrong_architecture_is_clear(tmp_path):
         "does not fit this model: shape mismatch in 79 tensors (e.g. cls_token: checkpoint "
         "(1, 1, 192) vs model (1, 1, 128); pos_embed: checkpoint (1, 65, 192) vs model "
         "(1, 50, 128)), 72 unexpected keys (e.g. blocks.10.attn.proj.bias); it looks like a "
-        "deit_tiny_patch4_32 (judging by its keys), not the deit_pico_patch4_28 asked for: "
+        "deit_tiny_patch4_32, judging by its keys, not the deit_pico_patch4_28 asked for: "
         "pass --model deit_tiny_patch4_32."
     )
 

@@ -695,10 +695,13 @@ def load_checkpoint(
         CheckpointError: unreadable file, an ambiguous position grid, or tensors that do not
             fit (one sentence: counts, examples, the architecture the file holds, the fix).
     """
-    sd, meta = read_state_dict(path)
+    weights = read_weights(path)
     if source_img_size is not None:
-        meta["image_size"] = _image_size(source_img_size)
-    return load_state_dict_into(model, sd, finetune=finetune, meta=meta, source=str(path))
+        weights.meta["image_size"] = _image_size(source_img_size)
+    report = load_state_dict_into(model, weights.state_dict, finetune, weights.meta, str(path))
+    for note in weights.notes:  # what reading the file chose (e.g. a pooler left out)
+        report.add(note)
+    return report
 
 
 def load_state_dict_into(
