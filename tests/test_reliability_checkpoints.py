@@ -141,6 +141,14 @@ def test_hf_vit_folder_matches_transformers(tmp_path):
         assert (fresh.forward_features(x) - expected).abs().max().item() <= 1e-4
 
 
+def test_hf_vit_without_qkv_bias_is_one_sentence(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(**{**_HF_PICO, "num_hidden_layers": 1, "qkv_bias": False})
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "nobias")
+    with pytest.raises(CheckpointError, match=r"^The Hugging Face checkpoint has no "):
+        read_weights(tmp_path / "nobias")
+
+
 def test_hf_folder_of_another_model_type_is_one_sentence(tmp_path):
     folder = tmp_path / "swin"
     folder.mkdir()

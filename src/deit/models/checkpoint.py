@@ -490,9 +490,21 @@ def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     only: use the class head alone to reproduce its output).
 
     Raises:
-        CheckpointError: when the keys are not those of a transformers DeiT/ViT model.
+        CheckpointError: when the keys are not those of a transformers DeiT/ViT model, or one
+            DeiT needs is absent (e.g. a ViT built with ``qkv_bias=False``).
     """
-    p = _hf_prefix(hf)
+    try:
+        return _convert_hf(hf, _hf_prefix(hf))
+    except KeyError as e:
+        raise CheckpointError(
+            f"The Hugging Face checkpoint has no {e.args[0]!r}, which a DeiT needs (a ViT "
+            "built without query/key/value biases or another layout); convert a standard "
+            "DeiT/ViT checkpoint."
+        ) from None
+
+
+def _convert_hf(hf: dict[str, torch.Tensor], p: str) -> dict[str, torch.Tensor]:
+    """:func:`convert_hf_deit` for keys under prefix ``p``."""
     out: dict[str, torch.Tensor] = {"cls_token": hf[f"{p}embeddings.cls_token"]}
     if f"{p}embeddings.distillation_token" in hf:
         out["dist_token"] = hf[f"{p}embeddings.distillation_token"]
