@@ -44,7 +44,8 @@ def test_save_weights_pth_is_official_layout(tmp_path):
     src = _pico()
     save_weights(src, tmp_path / "w.pth")
     obj = torch.load(tmp_path / "w.pth", weights_only=True)
-    assert set(obj) == {"model"} and set(obj["model"]) == set(src.state_dict())
+    assert set(obj) == {"model", "img_size"} and set(obj["model"]) == set(src.state_dict())
+    assert obj["img_size"] == [28, 28]  # recorded beside the official "model" key
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
@@ -126,8 +127,16 @@ def _load_sd(path):
 
 def test_wrong_architecture_is_clear(tmp_path):
     save_weights(deit.create_model("deit_tiny_patch4_32", num_classes=10), tmp_path / "w.pth")
-    with pytest.raises(CheckpointError, match="does not fit this model.*model name matches"):
+    with pytest.raises(CheckpointError) as err:
         deit.create_model("deit_pico_patch4_28", num_classes=10, checkpoint_path=tmp_path / "w.pth")
+    # one sentence: counts, 3 examples, what the file holds and the flag that fixes it
+    assert str(err.value).endswith(
+        "does not fit this model: shape mismatch in 79 tensors (e.g. cls_token: checkpoint "
+        "(1, 1, 192) vs model (1, 1, 128); pos_embed: checkpoint (1, 65, 192) vs model "
+        "(1, 50, 128)), 72 unexpected keys (e.g. blocks.10.attn.proj.bias); it looks like a "
+        "deit_tiny_patch4_32, judging by its keys, not the deit_pico_patch4_28 asked for: "
+        "pass --model deit_tiny_patch4_32."
+    )
 
 
 def test_missing_truncated_and_foreign_files(tmp_path):

@@ -322,7 +322,14 @@ def _teacher_architecture(
 def _load_teacher_weights(
     model: nn.Module, name: str, weights: Weights | None, num_classes: int
 ) -> None:
-    """Fit the teacher's weights (after a class-count check), or warn that it has none."""
+    """Fit the teacher's weights (after a class-count check), or warn that it has none.
+
+    Raises:
+        ValueError: the checkpoint's classifier has another class count than ``num_classes``.
+        CheckpointError: weights of another architecture; one sentence with the counts of
+            mismatched/missing/unexpected keys, examples, the architecture the file holds and
+            the ``--teacher-model`` to pass.
+    """
     if weights is None:
         warnings.warn(
             f"Teacher {name!r} has random weights (no checkpoint_path); pass the trained "
@@ -331,9 +338,7 @@ def _load_teacher_weights(
         )
         return
     _check_head(model, weights.state_dict, Path(weights.source), num_classes)
-    weights.source = f"Teacher checkpoint {weights.source}"
-    hint = f"pass the model name the checkpoint was trained with (not {name!r})."
-    fit_weights(model, weights, hint=hint)
+    fit_weights(model, weights, flag="--teacher-model")
 
 
 def _teacher_norm(

@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,24 +272,25 @@ def _build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 
 def _load_finetune(model: nn.Module, cfg: Config) -> list[str]:
-    """Initialise from ``cfg.finetune`` (any file :func:`deit.models.read_weights` reads):
-    heads of another class count are left fresh, position embeddings interpolated (DeiT, paper
-    section 6); any other mismatch names the architecture. Returns the adaptation notes.
+    """Initialise from ``cfg.finetune`` (any file :func:`deit.models.read_weights` reads, the
+    same rules for each): heads of another class count are left fresh, position embeddings
+    resampled (DeiT, paper section 6), a distillation token and head added from the class
+    token's or dropped; a recorded architecture other than ``cfg.model`` is fine when its
+    weights fit. Returns the adaptation notes (each also warned).
 
     Raises:
-        CheckpointError: unreadable file, a recorded architecture other than ``cfg.model``, or
-            weights that do not fit.
+        CheckpointError: unreadable file, or weights that do not fit (one sentence naming the
+            architecture the file holds and the ``--model`` to pass).
     """
     weights = read_weights(cfg.finetune)
+    weights.meta.pop("class_names", None)  # the new data set's classes, not the old ones
+    notes = fit_weights(model, weights, finetune=True)
     recorded = weights.run.model_name if weights.run else None
     if recorded and recorded != cfg.model:
-        raise CheckpointError(
-            f"--finetune {cfg.finetune!r} holds a {recorded} but --model is {cfg.model}; "
-            "pass the matching --model."
-        )
-    weights.meta.pop("class_names", None)  # the new data set's classes, not the old ones
-    hint = f"pass the --model it was trained as (not {cfg.model})."
-    return fit_weights(model, weights, finetune=True, hint=hint)
+        note = f"--finetune {cfg.finetune!r} holds a {recorded}, adapted to {cfg.model}."
+        warnings.warn(note, stacklevel=2)
+        notes.insert(0, note)
+    return notes
 
 
 def _subset(cfg: Config, train_set: Any, val_set: Any, val_tf: Any) -> tuple[Any, Any]:

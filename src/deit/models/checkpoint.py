@@ -43,6 +43,7 @@ __all__ = [
     "read_weights",
     "Weights",
     "mismatch",
+    "guess_architecture",
     "strip_ddp_prefix",
     "ModelInfo",
 ]
@@ -98,11 +99,12 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def atomic_save(obj: Any, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``obj`` with ``torch.save`` (or safetensors for a ``.safetensors`` path) atomically.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed
-    over ``path``, so a crash never leaves a half-written checkpoint.
+    over ``path``, so a crash never leaves a half-written checkpoint. ``metadata`` (text
+    key/values) goes into a safetensors file's header.
 
     Raises:
         OSError: the folder cannot be written.
@@ -115,7 +117,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             if path.suffix == ".safetensors":
                 from safetensors.torch import save
 
-                f.write(save({k: v.contiguous() for k, v in obj.items()}))
+                f.write(save({k: v.contiguous() for k, v in obj.items()}, metadata=metadata))
             else:
                 torch.save(obj, f)
             f.flush()
@@ -156,30 +158,160 @@ def strip_ddp_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _examples(groups: list[list[str]], limit: int = 3) -> list[list[str]]:
+    """Up to ``limit`` examples in all, taken in turn from each group (so every kind shows)."""
+    shown: list[list[str]] = [[] for _ in groups]
+    for i in range(limit):
+        for group, out in zip(groups, shown):
+            if i < len(group) and sum(map(len, shown)) < limit:
+                out.append(group[i])
+    return shown
+
+
 def mismatch(
     own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], ignore_missing: tuple = ()
 ) -> tuple[list[str], bool]:
     """Describe how ``sd`` fails to fit a model's state dict ``own``.
 
+    Each kind of problem is counted; three examples are given in all (shapes as
+    ``key: checkpoint (..) vs model (..)``).
+
     Returns:
         ``(parts, only_heads)``: phrases for wrong shapes, missing and unexpected keys (empty
-        when ``sd`` fits), and whether the only problem is the shape of classifier heads.
+        when ``sd`` fits), and whether the only problem is the classifier heads (another shape,
+        or absent from ``sd``).
     """
     wrong = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
     missing = sorted(k for k in set(own) - set(sd) if k not in ignore_missing)
     unexpected = sorted(set(sd) - set(own))
-    parts = []
-    if wrong:
-        shapes = [
-            f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong
-        ]
-        parts.append("shape mismatch " + "; ".join(shapes[:4]))
-    if missing:
-        parts.append(f"{len(missing)} missing keys {missing[:6]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys {unexpected[:6]}")
-    only_heads = bool(wrong) and not missing and not unexpected
-    return parts, only_heads and all(k in _HEAD_KEYS for k in wrong)
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong]
+    shown = _examples([shapes, missing, unexpected])
+    kinds = [
+        (wrong, "shape mismatch in {n} tensors", shown[0]),
+        (missing, "{n} missing keys", shown[1]),
+        (unexpected, "{n} unexpected keys", shown[2]),
+    ]
+    parts = [
+        text.format(n=len(keys)) + (f" (e.g. {'; '.join(ex)})" if ex else "")
+        for keys, text, ex in kinds
+        if keys
+    ]
+    only_heads = all(k in _HEAD_KEYS for k in [*wrong, *missing]) and not unexpected
+    return parts, bool(parts) and only_heads
+
+
+# ResNet signature (blocks per stage, bottleneck blocks, stem output channels) -> the
+# torchvision / timm name that builds it (timm's *d / *t / test_ models have a deep stem).
+_RESNETS = {
+    (2, 2, 2, 2, False, 64): "resnet18",
+    (3, 4, 6, 3, False, 64): "resnet34",
+    (3, 4, 6, 3, True, 64): "resnet50",
+    (3, 4, 23, 3, True, 64): "resnet101",
+    (3, 8, 36, 3, True, 64): "resnet152",
+    (1, 1, 1, 1, False, 24): "resnet10t",
+    (1, 1, 1, 1, True, 24): "resnet14t",
+    (2, 2, 2, 2, True, 24): "resnet26t",
+    (2, 2, 2, 2, False, 32): "resnet18d",
+    (2, 2, 2, 2, True, 32): "resnet26d",
+    (3, 4, 6, 3, False, 32): "resnet34d",
+    (3, 4, 6, 3, True, 32): "resnet50d",
+    (1, 1, 1, 1, False, 16): "test_resnet",
+}
+
+
+def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    """Distinct indices right after ``prefix`` in the keys (blocks of a stage, layers, ...)."""
+    return len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def _guess_vit(sd: dict[str, torch.Tensor]) -> tuple[str | None, str]:
+    from .registry import get_model_spec, list_models
+
+    dim, patch = sd["cls_token"].shape[-1], sd["patch_embed.proj.weight"].shape[-1]
+    depth, distilled = _count(sd, "blocks."), "dist_token" in sd
+    rows = sd["pos_embed"].shape[1] - (2 if distilled else 1) if "pos_embed" in sd else -1
+    specs = [get_model_spec(n) for n in list_models()]
+    same = [
+        s
+        for s in specs
+        if s.distilled == distilled
+        and (s.kwargs["embed_dim"], s.kwargs["depth"], s.kwargs["patch_size"])
+        == (dim, depth, patch)
+    ]
+    same.sort(key=lambda s: (s.img_size // patch) ** 2 != rows)  # the recorded grid first
+    kind = "distilled DeiT" if distilled else "ViT/DeiT"
+    return (same[0].name if same else None), f"a {kind} (D {dim}, depth {depth}, patch {patch})"
+
+
+def guess_architecture(sd: dict[str, torch.Tensor]) -> tuple[str | None, str | None]:
+    """What architecture a state dict seems to hold, judging by its key names and shapes.
+
+    Returns:
+        ``(name, description)``: a model name that builds it (a registered DeiT name or a
+        torchvision/timm ResNet) or ``None``, and a short description of the family (e.g.
+        ``"a ResNet (basic blocks 1-1-1-1)"``) or ``None`` when the keys are not recognised.
+    """
+    if "cls_token" in sd and "patch_embed.proj.weight" in sd:
+        return _guess_vit(sd)
+    if "layer1.0.conv1.weight" in sd:
+        blocks = tuple(_count(sd, f"layer{i}.") for i in range(1, 5))
+        bottleneck = "layer1.0.conv3.weight" in sd
+        stem = sd.get("conv1.weight", sd.get("conv1.0.weight"))
+        width = int(stem.shape[0]) if stem is not None else 0
+        kind = "bottleneck" if bottleneck else "basic"
+        family = f"a ResNet with {kind} blocks {'-'.join(map(str, blocks))}"
+        return _RESNETS.get((*blocks, bottleneck, width)), family
+    if any(k.startswith("s1.b1.") for k in sd):
+        return None, "a RegNet (timm regnet*)"
+    if "conv_stem.weight" in sd:
+        return None, "an EfficientNet/MobileNet (timm)"
+    return None, None
+
+
+def _model_name(model: nn.Module) -> str:
+    """The name a model was built from (DeiT registry / timm ``architecture``), else its class."""
+    cfg = getattr(model, "default_cfg", None) or getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def _misfit(
+    source: str,
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    ignore: tuple,
+    meta: dict[str, Any],
+    flag: str,
+    original: dict[str, torch.Tensor] | None = None,
+) -> CheckpointError | None:
+    """One sentence on why ``sd`` does not fit ``model`` (``None`` when it fits): counts and
+    examples (:func:`mismatch`), the architecture the file holds (recorded ``model_name``, else
+    :func:`guess_architecture` of ``original``, the file's keys before any adaptation) and the
+    fix, naming ``flag`` (``--model``, ``--teacher-model``)."""
+    parts, only_heads = mismatch(model.state_dict(), sd, ignore)
+    if not parts:
+        return None
+    target, recorded = _model_name(model), meta.get("model_name")
+    name, family = (recorded, None) if recorded else guess_architecture(original or sd)
+    how = " (recorded in the file)," if recorded else ", judging by its keys,"
+    verb = "holds" if recorded else "looks like"
+    who = "Teacher checkpoint " if "teacher" in flag else ""
+    if only_heads:
+        fix = (
+            "only the classifier heads differ (another class count, or none in the file): pass "
+            "finetune=True (--finetune) to start them fresh"
+        )
+    elif name and name != target:
+        fix = f"it {verb} a {name}{how} not the {target} asked for: pass {flag} {name}"
+    elif name:
+        fix = (
+            f"it {verb} a {name} built with other arguments (input channels, class count or "
+            "image size): build the model as the file was trained"
+        )
+    elif family:
+        fix = f"it looks like {family}{how} not a {target}: pass the {flag} it was trained as"
+    else:
+        fix = f"pass the {flag} the file was trained as (not {target})"
+    return CheckpointError(f"{who}{source!r} does not fit this model: {', '.join(parts)}; {fix}.")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -203,8 +335,10 @@ class Weights:
         source: the path, for messages.
         run: the :class:`RunCheckpoint` when the file was written by ``deit train`` (it records
             the architecture, classes and normalisation), else ``None``.
-        meta: what other formats record: ``class_names``, ``layer_norm_eps`` and ``image_size``
-            (Hugging Face ``config.json``).
+        meta: what the file records besides tensors: ``model_name`` (a ``deit train``
+            checkpoint), ``class_names``, ``image_size`` as ``(H, W)`` pixels (``deit train``
+            and :func:`save_weights` files, Hugging Face ``config.json``; ``None`` when
+            unrecorded) and ``layer_norm_eps`` (Hugging Face).
         notes: sentences about choices made while reading.
     """
 
@@ -213,6 +347,28 @@ class Weights:
     run: RunCheckpoint | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def _image_size(value: Any) -> tuple[int, int] | None:
+    """A recorded image size (an int side, ``[H, W]``, or its JSON text) as ``(H, W)`` pixels."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    if isinstance(value, (int, float)):
+        return int(value), int(value)
+    h, w = value
+    return int(h), int(w)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+_HF_MODEL_TYPES = ("deit", "vit")
 
 
 def _read_hf_folder(path: Path) -> Weights:
@@ -225,17 +381,28 @@ def _read_hf_folder(path: Path) -> Weights:
             "model.safetensors (or pytorch_model.bin), as written by save_pretrained()."
         )
     config = json.loads(cfg_file.read_text())
+    kind = config.get("model_type")
+    if kind not in _HF_MODEL_TYPES:
+        raise CheckpointError(
+            f"Folder {str(path)!r} holds a Hugging Face {kind!r} model; only DeiT and ViT "
+            "(model_type 'deit' or 'vit') convert to DeiT weights."
+        )
     raw = _read_safetensors(found) if found.suffix == ".safetensors" else None
     if raw is None:
         raw = _unwrap(safe_torch_load(found), found)
     meta: dict[str, Any] = {
         "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
-        "image_size": int(config.get("image_size", 224)),
+        "image_size": _image_size(config.get("image_size", 224)),
     }
     id2label = config.get("id2label")
     if id2label:
         meta["class_names"] = [id2label[str(i)] for i in range(len(id2label))]
-    return Weights(convert_hf_deit(raw), str(path), meta=meta)
+    notes = []
+    if any(k.startswith("pooler.") for k in raw):
+        notes.append(
+            "The Hugging Face pooler (pooler.dense) has no DeiT counterpart and was left out."
+        )
+    return Weights(convert_hf_deit(raw), str(path), meta=meta, notes=notes)
 
 
 def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
@@ -263,12 +430,16 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
     if path.suffix == ".safetensors":
-        return Weights(_read_safetensors(path), str(path))
+        sd = _read_safetensors(path)  # first: it names a bad file in one sentence
+        size = _image_size(_safetensors_metadata(path).get("img_size"))
+        return Weights(sd, str(path), meta={"image_size": size} if size else {})
     obj = safe_torch_load(path)
     if not is_run_checkpoint(obj):
         meta = {}
         if isinstance(obj, dict) and isinstance(obj.get("class_names"), list):
             meta["class_names"] = obj["class_names"]
+        if isinstance(obj, dict) and _image_size(obj.get("img_size")):
+            meta["image_size"] = _image_size(obj["img_size"])
         return Weights(_unwrap(obj, path), str(path), meta=meta)
     run = RunCheckpoint.from_dict(obj, str(path))
     sd, notes = run.model, []
@@ -276,13 +447,15 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
         notes.append("No EMA weights in the checkpoint: the model weights are used.")
     elif use_ema:
         sd = run.model_ema
-    meta = {"class_names": run.class_names} if run.class_names else {}
+    meta = {"model_name": run.model_name, "image_size": _image_size(run.img_size)}
+    if run.class_names:
+        meta["class_names"] = run.class_names
     return Weights(strip_ddp_prefix(sd), str(path), run, meta, notes)
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(state_dict, meta)`` of any file :func:`read_weights` reads; ``meta`` may hold
-    ``class_names``, ``layer_norm_eps`` and ``image_size``.
+    """``(state_dict, meta)`` of any file :func:`read_weights` reads; ``meta`` is
+    :attr:`Weights.meta`.
 
     Raises:
         CheckpointError: missing, unreadable or unsafe file, or no state dict inside.
@@ -291,25 +464,48 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return weights.state_dict, weights.meta
 
 
-def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a transformers ``DeiTForImageClassification[WithTeacher]`` state dict to DeiT names.
+def _hf_prefix(hf: dict[str, torch.Tensor]) -> str:
+    """The key prefix of a transformers DeiT/ViT state dict: ``deit.``, ``vit.`` or none (a
+    bare ``DeiTModel``/``ViTModel``)."""
+    for prefix in ("deit.", "vit.", ""):
+        if f"{prefix}embeddings.cls_token" in hf:
+            return prefix
+    raise CheckpointError(
+        "Not a Hugging Face DeiT/ViT checkpoint (no 'embeddings.cls_token' under 'deit.', "
+        "'vit.' or at the top); save the model with DeiTForImageClassificationWithTeacher, "
+        "ViTForImageClassification or their base models' save_pretrained()."
+    )
 
-    Separate query/key/value projections are fused into ``attn.qkv`` (rows q, k, v);
-    ``cls_classifier``/``distillation_classifier`` become ``head``/``head_dist``. A plain
-    ``classifier`` becomes ``head`` (and ``head_dist`` too, so the model loads; use the class
-    head alone to reproduce transformers' output, which reads the class token only).
+
+def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a transformers DeiT or ViT state dict to DeiT names.
+
+    Accepted: ``DeiTForImageClassification[WithTeacher]`` (keys under ``deit.``),
+    ``ViTForImageClassification`` (under ``vit.``; the form of the non-distilled DeiT models on
+    the Hugging Face hub) and the bare ``DeiTModel``/``ViTModel`` (no prefix, no classifier; its
+    ``pooler`` is left out). Separate query/key/value projections are fused into ``attn.qkv``
+    (rows q, k, v); ``cls_classifier``/``distillation_classifier`` become ``head``/``head_dist``.
+    A plain ``classifier`` becomes ``head``, and ``head_dist`` too when the model has a
+    distillation token (transformers' ``DeiTForImageClassification`` reads the class token
+    only: use the class head alone to reproduce its output).
 
     Raises:
-        CheckpointError: when the keys are not those of a transformers DeiT model.
+        CheckpointError: when the keys are not those of a transformers DeiT/ViT model, or one
+            DeiT needs is absent (e.g. a ViT built with ``qkv_bias=False``).
     """
-    out: dict[str, torch.Tensor] = {}
-    p = "deit."
-    if f"{p}embeddings.cls_token" not in hf:
+    try:
+        return _convert_hf(hf, _hf_prefix(hf))
+    except KeyError as e:
         raise CheckpointError(
-            "Not a Hugging Face DeiT checkpoint (no 'deit.embeddings.cls_token'); save the model "
-            "with DeiTForImageClassificationWithTeacher.save_pretrained()."
-        )
-    out["cls_token"] = hf[f"{p}embeddings.cls_token"]
+            f"The Hugging Face checkpoint has no {e.args[0]!r}, which a DeiT needs (a ViT "
+            "built without query/key/value biases or another layout); convert a standard "
+            "DeiT/ViT checkpoint."
+        ) from None
+
+
+def _convert_hf(hf: dict[str, torch.Tensor], p: str) -> dict[str, torch.Tensor]:
+    """:func:`convert_hf_deit` for keys under prefix ``p``."""
+    out: dict[str, torch.Tensor] = {"cls_token": hf[f"{p}embeddings.cls_token"]}
     if f"{p}embeddings.distillation_token" in hf:
         out["dist_token"] = hf[f"{p}embeddings.distillation_token"]
     out["pos_embed"] = hf[f"{p}embeddings.position_embeddings"]
@@ -336,7 +532,8 @@ def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"head_dist.{t}"] = hf[f"distillation_classifier.{t}"]
         elif f"classifier.{t}" in hf:
             out[f"head.{t}"] = hf[f"classifier.{t}"]
-            out[f"head_dist.{t}"] = hf[f"classifier.{t}"].clone()
+            if "dist_token" in out:
+                out[f"head_dist.{t}"] = hf[f"classifier.{t}"].clone()
     return out
 
 
@@ -385,21 +582,15 @@ def resample_pos_embed(
     )
 
 
-def _adapt(
-    sd: dict[str, torch.Tensor], model: VisionTransformer, finetune: bool, report: LoadReport
+def _adapt_prefix(
+    sd: dict[str, torch.Tensor], model: VisionTransformer, report: LoadReport
 ) -> dict[str, torch.Tensor]:
-    """Make ``sd`` fit ``model``: prefix tokens, position grid and (when fine-tuning) heads."""
-    sd = dict(sd)
+    """Add or drop the distillation token, its position row and ``head_dist`` (paper section
+    4: the distillation token is a second class token) so the prefix matches ``model``'s."""
     distilled = isinstance(model, DistilledVisionTransformer)
-    prefix = model.num_prefix_tokens
-    if "pos_embed" not in sd or "cls_token" not in sd:
-        raise CheckpointError(
-            "The checkpoint has no 'pos_embed'/'cls_token': it is not a DeiT/ViT state dict."
-        )
-    ck_prefix = 2 if "dist_token" in sd else 1
-    if distilled and ck_prefix == 1:
+    pe = sd["pos_embed"]
+    if distilled and "dist_token" not in sd:
         sd["dist_token"] = sd["cls_token"].clone()
-        pe = sd["pos_embed"]
         sd["pos_embed"] = torch.cat([pe[:, :1], pe[:, :1], pe[:, 1:]], dim=1)
         if "head.weight" in sd:
             sd["head_dist.weight"] = sd["head.weight"].clone()
@@ -408,19 +599,74 @@ def _adapt(
             "The checkpoint is not distilled: dist_token, its position embedding and head_dist "
             "were initialised from the class token's."
         )
-    elif not distilled and ck_prefix == 2:
+    elif not distilled and "dist_token" in sd:
         del sd["dist_token"]
         sd.pop("head_dist.weight", None)
         sd.pop("head_dist.bias", None)
-        pe = sd["pos_embed"]
         sd["pos_embed"] = torch.cat([pe[:, :1], pe[:, 2:]], dim=1)
         report.add("The checkpoint is distilled: dist_token and head_dist were dropped.")
-    if sd["pos_embed"].shape != model.pos_embed.shape:
-        old = tuple(sd["pos_embed"].shape)
-        sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.grid_size, prefix)
-        if sd["pos_embed"].shape[-1] == model.pos_embed.shape[-1]:
+    return sd
+
+
+def _source_grid(
+    sd: dict[str, torch.Tensor], model: VisionTransformer, meta: dict[str, Any], source: str
+) -> tuple[int, int]:
+    """The checkpoint's patch grid ``(H, W)``: from its recorded image size (``meta
+    ["image_size"]``) and patch size when known; else the model's grid when both are square
+    with the same row count, or a square of the row count.
+
+    Raises:
+        CheckpointError: a recorded size that does not match the rows, or an unrecorded grid
+            that the row count leaves ambiguous (a non-square model grid of the same count, or a
+            count that is not a square); the message names ``source_img_size``.
+    """
+    n = sd["pos_embed"].shape[1] - model.num_prefix_tokens
+    size = meta.get("image_size")
+    if size is not None:
+        proj = sd.get("patch_embed.proj.weight")
+        ph, pw = tuple(proj.shape[-2:]) if proj is not None else model.patch_embed.patch_size
+        grid = (size[0] // ph, size[1] // pw)
+        if grid[0] * grid[1] != n:
+            raise CheckpointError(
+                f"{source!r} records image size {size[0]}x{size[1]} (a {grid[0]}x{grid[1]} "
+                f"patch grid) but its pos_embed has {n} patch rows; pass source_img_size=(H, W) "
+                "with the size it was trained at."
+            )
+        return grid
+    side = int(round(n**0.5))
+    gh, gw = model.grid_size
+    if n == gh * gw and gh == gw:
+        return gh, gw
+    if n == gh * gw or side * side != n:
+        raise CheckpointError(
+            f"{source!r} does not record its image size and its {n} position rows fit several "
+            f"patch grids (the model's is {gh}x{gw}); pass source_img_size=(H, W), the size it "
+            "was trained at, to deit.load_checkpoint, or re-save it with deit.save_weights from "
+            "a model of that size, which records it."
+        )
+    return side, side
+
+
+def _adapt(
+    sd: dict[str, torch.Tensor],
+    model: VisionTransformer,
+    finetune: bool,
+    report: LoadReport,
+    meta: dict[str, Any],
+    source: str,
+) -> dict[str, torch.Tensor]:
+    """Make ``sd`` fit ``model``: prefix tokens, position grid (resampled from the file's own
+    grid, paper section 6) and, when fine-tuning, heads of another class count dropped."""
+    sd = _adapt_prefix(dict(sd), model, report)
+    if sd["pos_embed"].shape[-1] == model.pos_embed.shape[-1]:  # else a width mismatch
+        grid = _source_grid(sd, model, meta, source)
+        if grid != tuple(model.grid_size):
+            prefix = model.num_prefix_tokens
+            sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.grid_size, prefix, grid)
+            new = tuple(model.grid_size)
             report.add(
-                f"pos_embed interpolated bicubically from {old} to {tuple(model.pos_embed.shape)}."
+                f"pos_embed interpolated bicubically from a {grid[0]}x{grid[1]} to a "
+                f"{new[0]}x{new[1]} patch grid."
             )
     if finetune:
         own = model.state_dict()
@@ -432,24 +678,42 @@ def _adapt(
 
 
 def load_checkpoint(
-    model: VisionTransformer, path: str | Path, finetune: bool = False
+    model: VisionTransformer,
+    path: str | Path,
+    finetune: bool = False,
+    source_img_size: int | tuple[int, int] | None = None,
 ) -> LoadReport:
     """Load weights from ``path`` (any format of :func:`read_state_dict`) into ``model``.
 
-    Position embeddings are resampled to the model's patch grid; a non-distilled checkpoint
-    fills a distilled model's ``dist_token``/``head_dist`` from the class token/head (and says
-    so). With ``finetune=True`` heads whose class count differs are left at their fresh
-    initialisation (the official ``--finetune``); otherwise a mismatch is an error.
+    Position embeddings are resampled from the file's patch grid to the model's (the grid comes
+    from the image size the file records, else a square); a non-distilled checkpoint fills a
+    distilled model's ``dist_token``/``head_dist`` from the class token/head, a distilled one
+    loses them (each said in a note). With ``finetune=True`` heads whose class count differs
+    are left at their fresh initialisation (the official ``--finetune``); otherwise a mismatch
+    is an error.
+
+    Args:
+        model: the DeiT/ViT to fill.
+        path: any file or folder :func:`read_weights` reads.
+        finetune: drop heads of another class count instead of refusing them.
+        source_img_size: the image size (pixels, side or ``(H, W)``) the weights were trained
+            at, for a file that does not record it and whose grid is ambiguous (a non-square
+            model); overrides a recorded size.
 
     Returns:
         :class:`LoadReport` listing every adaptation (each also issued as a warning).
 
     Raises:
-        CheckpointError: unreadable file, or tensors that do not fit (message names keys and
-            shapes).
+        CheckpointError: unreadable file, an ambiguous position grid, or tensors that do not
+            fit (one sentence: counts, examples, the architecture the file holds, the fix).
     """
-    sd, meta = read_state_dict(path)
-    return load_state_dict_into(model, sd, finetune=finetune, meta=meta, source=str(path))
+    weights = read_weights(path)
+    if source_img_size is not None:
+        weights.meta["image_size"] = _image_size(source_img_size)
+    report = load_state_dict_into(model, weights.state_dict, finetune, weights.meta, str(path))
+    for note in weights.notes:  # what reading the file chose (e.g. a pooler left out)
+        report.add(note)
+    return report
 
 
 def load_state_dict_into(
@@ -458,24 +722,30 @@ def load_state_dict_into(
     finetune: bool = False,
     meta: dict[str, Any] | None = None,
     source: str = "state dict",
+    flag: str = "--model",
 ) -> LoadReport:
     """Adapt a DeiT/timm-named state dict to ``model`` and load it (see :func:`load_checkpoint`).
 
+    Args:
+        meta: :attr:`Weights.meta` (recorded ``model_name``, ``image_size``, ``class_names``,
+            ``layer_norm_eps``).
+        source: the file, for messages.
+        flag: the option that names the architecture, for messages (``--model``,
+            ``--teacher-model``).
+
     Raises:
-        CheckpointError: tensors that do not fit; the message names ``source``, keys and shapes.
+        CheckpointError: an ambiguous position grid, or tensors that do not fit; one sentence
+            naming ``source``, the counts, the architecture the file holds and the fix.
     """
     meta = meta or {}
     report = LoadReport()
-    sd = _adapt(sd, model, finetune, report)
-    parts, only_heads = mismatch(model.state_dict(), sd, _HEAD_KEYS if finetune else ())
-    if parts:
-        hint = (
-            " For another class count pass finetune=True (--finetune) to drop the heads."
-            if only_heads
-            else " Check that the model name matches the checkpoint's architecture."
-        )
-        raise CheckpointError(f"{source!r} does not fit this model: {', '.join(parts)}.{hint}")
-    model.load_state_dict(sd, strict=not finetune)
+    adapted = sd
+    if "pos_embed" in sd and "cls_token" in sd:  # else not a ViT: _misfit says what it holds
+        adapted = _adapt(sd, model, finetune, report, meta, source)
+    error = _misfit(source, model, adapted, _HEAD_KEYS if finetune else (), meta, flag, sd)
+    if error is not None:
+        raise error
+    model.load_state_dict(adapted, strict=not finetune)
     eps = meta.get("layer_norm_eps")
     if eps is not None:
         for m in model.modules():
@@ -518,13 +788,21 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -
     """Save a model's weights as safetensors (``.safetensors``) or official-style ``.pth``
     (``{"model": state_dict}``), atomically.
 
+    A DeiT/ViT's input size is recorded too (``img_size``: ``[H, W]`` pixels, a key beside
+    ``model``, or the safetensors metadata), so a later load resamples its position grid from
+    the right shape (a non-square grid is ambiguous without it).
+
     Raises:
         OSError: the destination cannot be written.
     """
     sd = model.state_dict() if isinstance(model, nn.Module) else model
     sd = {k: v.detach().cpu() for k, v in sd.items()}
+    size = list(model.img_size) if isinstance(model, VisionTransformer) else None
     path = Path(path)
-    atomic_save(sd if path.suffix == ".safetensors" else {"model": sd}, path)
+    if path.suffix == ".safetensors":
+        atomic_save(sd, path, metadata={"img_size": json.dumps(size)} if size else None)
+    else:
+        atomic_save({"model": sd, **({"img_size": size} if size else {})}, path)
 
 
 @dataclass
@@ -564,7 +842,7 @@ def _classifier_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def fit_weights(
-    model: nn.Module, weights: Weights, finetune: bool = False, hint: str = ""
+    model: nn.Module, weights: Weights, finetune: bool = False, flag: str = "--model"
 ) -> list[str]:
     """Load ``weights`` into ``model``; the one fitting step behind every load in deit.
 
@@ -573,27 +851,32 @@ def fit_weights(
     with ``finetune``). Any other model (a CNN teacher or baseline) loads strictly; with
     ``finetune`` its classifier layers alone are left fresh when their class count differs.
 
+    Args:
+        flag: the option naming the architecture, for the message of a misfit (``--model``,
+            ``--teacher-model``).
+
     Returns:
         Sentences describing every adaptation made.
 
     Raises:
-        CheckpointError: tensors that do not fit; the message names the file, keys and shapes,
-            then ``hint``.
+        CheckpointError: tensors that do not fit; one sentence with the file, the counts of
+            mismatched/missing/unexpected keys and three examples, the architecture the file
+            holds (recorded, or judged by its keys) and ``flag`` with the name to pass.
     """
     if isinstance(model, VisionTransformer):
         report = load_state_dict_into(
-            model, weights.state_dict, finetune=finetune, meta=weights.meta, source=weights.source
+            model, weights.state_dict, finetune, weights.meta, weights.source, flag
         )
         return report.notes
     sd, own = weights.state_dict, model.state_dict()
     heads = _classifier_names(model) if finetune else ()
-    sd = {k: v for k, v in sd.items() if not (k in heads and k in own and v.shape != own[k].shape)}
-    parts, _ = mismatch(own, sd, ignore_missing=heads)
-    if parts:
-        raise CheckpointError(
-            f"{weights.source!r} does not fit this model: {', '.join(parts)}; {hint}".rstrip()
-        )
-    model.load_state_dict(sd, strict=not finetune)
+    kept = {
+        k: v for k, v in sd.items() if not (k in heads and k in own and v.shape != own[k].shape)
+    }
+    error = _misfit(weights.source, model, kept, heads, weights.meta, flag, sd)
+    if error is not None:
+        raise error
+    model.load_state_dict(kept, strict=not finetune)
     return []
 
 
@@ -673,7 +956,7 @@ def load_model(
         model = build_classifier(name, num_classes, in_chans=in_chans)
         mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, 0.875
         size = run.img_size or 224
-    notes = weights.notes + fit_weights(model, weights, hint=f"check that it holds a {name}.")
+    notes = weights.notes + fit_weights(model, weights)
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     names = weights.meta.get("class_names") or getattr(model, "class_names", None)
     info = ModelInfo(
