@@ -45,7 +45,8 @@ def test_field_names_and_official_defaults() -> None:
     assert set(RETIRED) == {"start_epoch", "world_size", "dist_url", "resplit"}
     assert not set(RETIRED) & set(Config.field_names())
     c = Config()
-    assert (c.model, c.input_size, c.drop, c.drop_path) == ("deit_base_patch16_224", 224, 0.0, 0.1)
+    # input_size None: the model's own (224 px for the default model; issue 13 item 12)
+    assert (c.model, c.input_size, c.drop, c.drop_path) == ("deit_base_patch16_224", None, 0.0, 0.1)
     assert (c.opt, c.opt_eps, c.weight_decay, c.momentum) == ("adamw", 1e-8, 0.05, 0.9)
     assert (c.sched, c.lr, c.warmup_lr, c.min_lr) == ("cosine", 5e-4, 1e-6, 1e-5)
     assert (c.epochs, c.warmup_epochs, c.cooldown_epochs, c.batch_size) == (300, 5, 10, 64)

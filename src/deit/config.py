@@ -97,7 +97,11 @@ class Config:
 
     # --- model
     model: str = _f("deit_base_patch16_224", "Model name (DeiT registry or timm).", group="model")
-    input_size: int = _f(224, "Input image side in pixels.", group="model")
+    input_size: int | None = _f(
+        None,
+        "Input image side in pixels (none = the model's own, e.g. 28 for deit_tiny_patch4_28).",
+        group="model",
+    )
     drop: float = _f(0.0, "Dropout rate.", group="model", metavar="PCT")
     drop_path: float = _f(0.1, "Stochastic depth rate.", group="model", metavar="PCT")
     finetune: str = _f("", "Checkpoint to fine-tune from ('' = none).", group="model")
@@ -200,6 +204,15 @@ class Config:
     )
     inat_category: str = _f(
         "name", "iNaturalist class level.", group="data", choices=INAT_CATEGORIES
+    )
+    mean: list[float] | None = _f(
+        None,
+        "Normalisation mean per channel, [0, 1] units (none = the fine-tuned weights' own, "
+        "else the data set's).",
+        group="data",
+    )
+    std: list[float] | None = _f(
+        None, "Normalisation std per channel (none = chosen like --mean).", group="data"
     )
     skip_corrupt: bool = _f(
         False, "Skip unreadable image files with a warning (folder, imagenet, inat).", group="data"
@@ -535,6 +548,10 @@ def _checks(c: Config) -> list[str | None]:
         rng("drop", 0, 1, hi_open=True),
         rng("drop_path", 0, 1, hi_open=True),
         atleast("input_size", 1, " pixel; give the image side in pixels"),
+        None
+        if all(v is None or (len(v) == 3 and min(v) >= 0) for v in (c.mean, c.std))
+        and (c.std is None or min(c.std) > 0)
+        else f"'mean'/'std' are {c.mean}/{c.std} but need 3 values each (std above 0).",
         rng("smoothing", 0, 1, hi_open=True),
         atleast("color_jitter", 0),
         rng("hflip", 0, 1),

@@ -10,17 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from .data import build_dataset
+from .config import Config
+from .data import build_dataset, dataset_info
+from .data.images import to_display_mode
 from .distillation import build_teacher
 from .engine import evaluate
 from .inference import optimize_for_inference
-from .models import load_model
+from .models import ModelInfo, load_model
 from .precision import resolve_precision
 from .predict import eval_transform
 
@@ -29,7 +32,7 @@ __all__ = ["evaluate_checkpoint", "add_subcommand"]
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    data_set: str = "mnist5k",
+    data_set: str | None = None,
     data_path: str | None = None,
     split: str = "val",
     model_name: str | None = None,
@@ -40,32 +43,47 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     device: str = "cpu",
     amp: str = "auto",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint: averaged heads, each head alone, teacher and agreement.
 
+    Images reach the model through its own evaluation transform, in its channel count (a
+    1-channel model sees greyscale images).
+
     Args:
         checkpoint: any file :func:`deit.models.load_model` reads.
-        data_set, data_path, split: what :func:`deit.data.build_dataset` takes.
+        data_set: what :func:`deit.data.build_dataset` takes; default: the data set a
+            ``deit train`` checkpoint records, else ``deit train``'s default (``imagenet``).
+        data_path, split: what :func:`deit.data.build_dataset` takes.
         model_name: architecture for weights files that do not record it.
         teacher_model, teacher_path: an optional teacher (see
             :func:`deit.distillation.build_teacher`); adds ``teacher_acc1/5`` and ``agreement``.
         use_ema: evaluate the EMA weights of a training checkpoint.
+        mean, std: input normalisation per channel ([0, 1] units) instead of the checkpoint's
+            (recorded by ``deit train``; the architecture's defaults for other files).
 
     Returns:
         The metrics of :func:`deit.engine.evaluate` (percent, nats) plus ``checkpoint``,
-        ``data_set``, ``split`` and ``notes``.
+        ``data_set``, ``split``, ``mean``, ``std`` and ``notes`` (sentences about what was
+        assumed: normalisation not recorded or overridden, another data set than the
+        checkpoint's).
 
     Raises:
-        CheckpointError, FileNotFoundError, ValueError: bad checkpoint, data path or class count.
+        CheckpointError, FileNotFoundError, ValueError: bad checkpoint, data path, class count
+            or ``mean``/``std``.
     """
     dev = torch.device(device)
     model, info = load_model(checkpoint, model_name=model_name, use_ema=use_ema, device=dev)
-    dataset = build_dataset(data_set, data_path, split, transform=eval_transform(info))
+    data_set = data_set or info.data_set or Config().data_set
+    notes = list(info.notes) + _set_normalisation(info, mean, std)
+    dataset = build_dataset(data_set, data_path, split, transform=_ModelInput(info))
     if len(dataset.classes) != info.num_classes:
         raise ValueError(
             f"The checkpoint predicts {info.num_classes} classes but {data_set} has "
             f"{len(dataset.classes)}; evaluate on the data set it was trained on."
         )
+    notes += _other_data_set(info, data_set, list(dataset.classes))
     teacher = None
     if teacher_path or teacher_model:
         teacher = build_teacher(
@@ -85,8 +103,62 @@ def evaluate_checkpoint(
         "checkpoint": str(checkpoint),
         "data_set": data_set,
         "split": split,
-        "notes": info.notes,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "notes": notes,
     }
+
+
+class _ModelInput:
+    """PIL image -> the model's channel count (8-bit, as a viewer shows it) -> its evaluation
+    transform (a class, not a closure, so data-loader workers can pickle it)."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.mode = "L" if info.in_chans == 1 else "RGB"
+        self.transform = eval_transform(info)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        return self.transform(to_display_mode(img, self.mode))
+
+
+def _set_normalisation(
+    info: ModelInfo, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> list[str]:
+    """Put ``mean``/``std`` given by the user into ``info``; a note names what changed."""
+    if mean is None and std is None:
+        return []
+    new_mean = tuple(float(v) for v in (mean if mean is not None else info.mean))
+    new_std = tuple(float(v) for v in (std if std is not None else info.std))
+    if len(new_mean) != len(info.mean) or len(new_std) != len(info.std) or min(new_std) <= 0:
+        raise ValueError(
+            f"--mean/--std need {len(info.mean)} values each (std above 0), got {mean} / {std}."
+        )
+    note = (
+        f"Normalising with mean {new_mean}, std {new_std} as set, instead of mean "
+        f"{tuple(info.mean)}, std {tuple(info.std)}."
+    )
+    info.mean, info.std = new_mean, new_std
+    return [note]
+
+
+def _other_data_set(info: ModelInfo, data_set: str, classes: list[str]) -> list[str]:
+    """A note when a ``deit train`` checkpoint is evaluated on another data set than its own,
+    or on classes of other names (the class count already matches)."""
+    if info.data_set is None:
+        return []
+    if dataset_info(data_set).name != dataset_info(info.data_set).name:
+        return [
+            f"The checkpoint was trained on {info.data_set} but is evaluated on {data_set}: its "
+            "class indices are taken to mean the same classes there."
+        ]
+    diff = [(i, a, b) for i, (a, b) in enumerate(zip(info.class_names, classes)) if a != b]
+    if not diff:
+        return []
+    i, a, b = diff[0]
+    return [
+        f"{len(diff)} class names differ from the checkpoint's (e.g. class {i}: {b!r} here, "
+        f"{a!r} in the checkpoint): its class indices are taken to mean the same classes."
+    ]
 
 
 def format_metrics(stats: dict[str, Any]) -> str:
@@ -120,6 +192,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         device=args.device,
+        mean=args.mean,
+        std=args.std,
     )
     for note in stats["notes"]:
         print(f"note: {note}", file=sys.stderr)
@@ -131,13 +205,22 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``deit eval``."""
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint, per head, with a teacher")
     p.add_argument("checkpoint", help="checkpoint file (deit train, official, timm, safetensors)")
-    p.add_argument("--data-set", default="mnist5k", help="data set name (default mnist5k)")
+    p.add_argument(
+        "--data-set",
+        default=None,
+        help="data set name (default: the one the checkpoint records, else deit train's "
+        "default, imagenet)",
+    )
     p.add_argument("--data-path", default=None, help="data set root folder")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--model", default=None, help="architecture, for files that do not record it")
     p.add_argument("--teacher-model", default=None, help="teacher architecture")
     p.add_argument("--teacher-path", default=None, help="teacher weights")
     p.add_argument("--ema", action="store_true", help="use the EMA weights when present")
+    p.add_argument(
+        "--mean", type=float, nargs="+", default=None, help="normalisation mean per channel"
+    )
+    p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

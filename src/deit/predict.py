@@ -269,7 +269,9 @@ def _raise_walk_error(e: OSError) -> None:
 def load_image(path: str | os.PathLike, in_chans: int = 3):
     """Open an image file with PIL as RGB (``in_chans == 3``) or greyscale (``in_chans == 1``).
 
-    Greyscale and palette images (e.g. MNIST digits) are converted to the model's channel count.
+    Any PIL mode and bit depth gives the 8-bit pixels a viewer shows
+    (:func:`deit.data.images.to_display_mode`: 16-bit grey scaled, not clipped; transparency
+    composited over white), in the model's channel count.
 
     Returns:
         A fully decoded ``PIL.Image.Image``.
@@ -280,12 +282,14 @@ def load_image(path: str | os.PathLike, in_chans: int = 3):
     """
     from PIL import Image
 
+    from .data.images import to_display_mode
+
     if in_chans not in (1, 3):
         raise ValueError(f"Only 1- or 3-channel models can read image files (got {in_chans}).")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB" if in_chans == 3 else "L")
+            return to_display_mode(im, "RGB" if in_chans == 3 else "L")
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise NotAnImageError(
@@ -396,6 +400,8 @@ def predict(
         raise ValueError(f"topk must be at least 1 (got {topk}).")
     from PIL import Image
 
+    from .data.images import to_display_mode
+
     if isinstance(paths, (str, os.PathLike, Image.Image)):
         paths = [paths]
     paths = list(paths)
@@ -414,7 +420,7 @@ def predict(
         mode = "RGB" if info.in_chans == 3 else "L"
         for chunk in _batches(entries, batch_size):
             pil = [
-                src.convert(mode)
+                to_display_mode(src, mode)
                 if isinstance(src, Image.Image)
                 else load_image(src, info.in_chans)
                 for _, src in chunk

@@ -41,6 +41,7 @@ from .data import (
     build_transform_from_config,
     dataset_info,
 )
+from .data.inputs import resolve_inputs
 from .data.transforms import PositionSampler, SeededViews
 from .distillation import DistillationLoss, build_teacher, check_student
 from .engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
@@ -364,6 +365,7 @@ class RunState:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     class_names: list[str] = field(default_factory=list)
+    train_images: int = 0
     sampler_train: Any = None
     loader_train: Any = None
     loader_val: Any = None
@@ -442,15 +444,19 @@ def _eval_share(val_set: Any, env: DistEnv, split: bool) -> Any:
 def build_data(state: RunState) -> None:
     """Data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the recipe."""
     cfg, env = state.cfg, state.env
-    info = dataset_info(cfg.data_set)
-    state.mean, state.std = tuple(info.mean), tuple(info.std)
-    train_tf = build_transform_from_config(cfg, True, mean=info.mean, std=info.std)
-    val_tf = build_transform_from_config(cfg, False, mean=info.mean, std=info.std)
+    inputs = resolve_inputs(cfg, dataset_info(cfg.data_set))  # None: the model's own
+    cfg.input_size, cfg.mean, cfg.std = inputs.input_size, list(inputs.mean), list(inputs.std)
+    state.mean, state.std = inputs.mean, inputs.std
+    for note in inputs.notes if env.is_main else ():
+        print(f"note: {note}", file=sys.stderr)
+    train_tf = build_transform_from_config(cfg, True, mean=state.mean, std=state.std)
+    val_tf = build_transform_from_config(cfg, False, mean=state.mean, std=state.std)
     root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
     train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf, **kw)
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
     state.class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
+    state.train_images = len(train_set)  # unreadable files skipped (--skip-corrupt)
     sampler = build_sampler(
         train_set,
         True,
@@ -745,6 +751,7 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
     """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
     cfg = state.cfg
     log = _train_log(train_stats, epoch, state.n_parameters, t0)
+    log["train_images"] = state.train_images
     due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
     new_best = False
     if due or epoch + 1 == cfg.epochs:

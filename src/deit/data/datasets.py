@@ -39,10 +39,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import default_loader
 
 from .._optional import require
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+from .images import load_rgb
 
 __all__ = [
     "DatasetInfo",
@@ -534,17 +534,64 @@ def _cifar(name: str, root: str | os.PathLike | None, split: str, **kw: Any) -> 
 
 
 class CorruptImageError(OSError):
-    """An image file could not be decoded; the message names the file."""
+    """An image file could not be decoded; the message is one sentence naming the file.
+
+    A data-loader worker's error reaches the main process re-raised by
+    :class:`torch.utils.data.DataLoader` as ``CorruptImageError("Caught CorruptImageError in
+    DataLoader worker process N. Original Traceback ...")``; the constructor keeps only the
+    original sentence, so the error reads the same whatever ``num_workers`` is.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_original_message(args[0]),)
+        super().__init__(*args)
+
+
+def _original_message(msg: str) -> str:
+    """The worker's own message inside a DataLoader re-raise text, else ``msg`` unchanged."""
+    if not msg.startswith("Caught ") or "Traceback" not in msg:
+        return msg
+    tag = f"{CorruptImageError.__name__}: "
+    lines = [ln for ln in msg.splitlines() if tag in ln]
+    return lines[-1].split(tag, 1)[1] if lines else msg
+
+
+def _reason(e: BaseException) -> str:
+    """``Type: first line of the message`` (PIL messages can span lines)."""
+    text = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+_JPEG_EOI = b"\xff\xd9"
 
 
 def _check_image(path: str) -> str | None:
-    """Cheap header check (no full decode); returns the reason when the file is unreadable."""
+    """Cheap check of an image file; returns the reason when it is unreadable, else ``None``.
+
+    ``PIL.Image.verify`` (header, and PNG checksums) without a full decode; a JPEG whose last
+    bytes hold no end-of-image marker (a truncated download, which ``verify`` misses) is then
+    decoded fully to confirm.
+    """
     try:
         with Image.open(path) as im:
+            fmt = im.format
             im.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(os.path.getsize(path) - 64, 0))
+                tail = f.read()
+            if _JPEG_EOI not in tail:
+                with Image.open(path) as im:
+                    im.draft("RGB", (1, 1))  # DCT-scaled decode: reads every byte, quickly
+                    im.load()
     except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        return f"{type(e).__name__}: {e}"
+        return _reason(e)
     return None
+
+
+#: Files skipped lazily in this process, so each is warned about once.
+_WARNED: set[str] = set()
 
 
 class _SkipMixin:
@@ -552,6 +599,7 @@ class _SkipMixin:
 
     samples: list[tuple[str, int]]
     skip_corrupt: bool
+    skipped: list[tuple[str, str]]
     loader: Callable[[str], Any]
     transform: Callable | None
     target_transform: Callable | None
@@ -573,23 +621,32 @@ class _SkipMixin:
             except Exception as e:  # noqa: BLE001
                 if not self.skip_corrupt:
                     raise CorruptImageError(
-                        f"cannot read image file {path}: {type(e).__name__}: {e} "
-                        "(pass skip_corrupt=True to skip unreadable files)"
-                    ) from e
-                warnings.warn(
-                    f"skipping unreadable image file {path} ({type(e).__name__}: {e}); "
-                    "returning the next sample instead",
-                    stacklevel=3,
-                )
+                        f"cannot read image file {path} ({_reason(e)}); replace or remove it, "
+                        "or skip unreadable files with --skip-corrupt (skip_corrupt=True)"
+                    ) from None
+                if path not in _WARNED:
+                    _WARNED.add(path)
+                    warnings.warn(
+                        f"skipping unreadable image file {path} ({_reason(e)}), which the "
+                        "check at start-up did not catch; the next image is used in its place",
+                        stacklevel=3,
+                    )
         raise CorruptImageError("no readable image file in the data set")
 
     def _drop_corrupt(self) -> None:
+        """Check every file once (:func:`_check_image`), drop the unreadable ones and warn once
+        with their count and names; ``self.skipped`` keeps ``(path, reason)`` pairs."""
         bad = [(p, why) for p, _ in self.samples if (why := _check_image(p)) is not None]
+        self.skipped = bad
         if not bad:
             return
         shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        warnings.warn(f"skipping {len(bad)} unreadable image file(s): {shown}{more}", stacklevel=3)
+        kept = len(self.samples) - len(bad)
+        warnings.warn(
+            f"skipping {len(bad)} unreadable image file(s), using the other {kept}: {shown}{more}",
+            stacklevel=3,
+        )
         drop = {p for p, _ in bad}
         self.samples = [s for s in self.samples if s[0] not in drop]
 
@@ -597,18 +654,20 @@ class _SkipMixin:
 class ImageFolderDataset(_SkipMixin, ImageFolder):
     """ImageNet-style folder ``root/<class>/*.{jpg,png,...}`` (:class:`ImageFolder`).
 
-    Classes are the sorted sub-folder names, labels their index. Images are returned as PIL
-    RGB.
+    Classes are the sorted sub-folder names, labels their index. Images are returned as 8-bit
+    PIL RGB with the pixels a viewer shows, whatever the file's mode and bit depth
+    (:func:`deit.data.images.load_rgb`).
 
     Args:
         root: the split folder (``.../train`` or ``.../val``).
         info: :class:`DatasetInfo` whose ``num_classes`` is replaced by the actual count.
         transform, target_transform: as in torchvision.
         skip_corrupt: ``False`` (default): reading an unreadable file raises
-            :class:`CorruptImageError` naming it. ``True``: every file's header is checked once
-            here (``PIL.Image.verify``, no full decode) and unreadable files are dropped with
-            one warning; a file that still fails to decode later is replaced by the next
-            sample, with a warning.
+            :class:`CorruptImageError` naming it (also from data-loader workers). ``True``: every
+            file is checked once here (``PIL.Image.verify``; JPEGs without an end marker are
+            decoded) and unreadable files are dropped with one warning giving their count and
+            names (kept in ``.skipped``), so ``len()`` is the number of images used; a file that
+            still fails to decode later is replaced by the next sample, with a warning.
 
     Raises:
         FileNotFoundError: no class folder or no image file.
@@ -622,8 +681,11 @@ class ImageFolderDataset(_SkipMixin, ImageFolder):
         target_transform: Callable | None = None,
         skip_corrupt: bool = False,
     ) -> None:
-        super().__init__(str(root), transform=transform, target_transform=target_transform)
+        super().__init__(
+            str(root), transform=transform, target_transform=target_transform, loader=load_rgb
+        )
         self.skip_corrupt = skip_corrupt
+        self.skipped = []
         if skip_corrupt:
             self._drop_corrupt()
             self.imgs = self.samples
@@ -673,7 +735,8 @@ class INatDataset(_SkipMixin, Dataset):
         split: 'train' or 'val' ('test' is an alias of 'val').
         category: taxonomy level, one of :data:`INAT_CATEGORIES` (default 'name': species).
         transform, target_transform: as in torchvision.
-        skip_corrupt: as in :class:`ImageFolderDataset`, but checked lazily only.
+        skip_corrupt: as in :class:`ImageFolderDataset`.
+        loader: path -> PIL image (default :func:`deit.data.images.load_rgb`).
 
     Raises:
         FileNotFoundError: a JSON file is missing (the message gives the layout).
@@ -689,7 +752,7 @@ class INatDataset(_SkipMixin, Dataset):
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         skip_corrupt: bool = False,
-        loader: Callable[[str], Any] = default_loader,
+        loader: Callable[[str], Any] = load_rgb,
     ) -> None:
         if category not in INAT_CATEGORIES:
             raise ValueError(
@@ -732,6 +795,10 @@ class INatDataset(_SkipMixin, Dataset):
         self.target_transform = target_transform
         self.skip_corrupt = skip_corrupt
         self.loader = loader
+        self.skipped = []
+        if skip_corrupt:
+            self._drop_corrupt()
+            self.targets = [t for _, t in self.samples]
         base = _INFO[f"inat{year % 100}"]
         self.info = DatasetInfo(base.name, len(self.classes), base.mean, base.std, None)
         self.nb_classes = len(self.classes)  # official attribute name

@@ -818,6 +818,7 @@ class ModelInfo:
         mean, std: input normalisation per channel.
         crop_pct: evaluation centre-crop ratio.
         notes: sentences about what was assumed or adapted while loading.
+        data_set: the data set a ``deit train`` checkpoint was trained on, else ``None``.
     """
 
     model_name: str
@@ -829,6 +830,7 @@ class ModelInfo:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875
     notes: list[str] = field(default_factory=list)
+    data_set: str | None = None
 
 
 def _classifier_names(model: nn.Module) -> tuple[str, ...]:
@@ -959,6 +961,11 @@ def load_model(
     notes = weights.notes + fit_weights(model, weights)
     size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     names = weights.meta.get("class_names") or getattr(model, "class_names", None)
+    if not (run.mean and run.std):
+        notes.append(
+            f"The file records no input normalisation: the {name} defaults are used (mean "
+            f"{tuple(mean)}, std {tuple(std)}); set others if it was trained with others."
+        )
     info = ModelInfo(
         model_name=name,
         num_classes=num_classes,
@@ -969,5 +976,6 @@ def load_model(
         std=tuple(run.std or std),
         crop_pct=float(run.crop_pct or crop),
         notes=notes,
+        data_set=run.data_set,
     )
     return model.to(device).eval(), info
