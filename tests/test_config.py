@@ -142,6 +142,7 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path: Path) -> None:
         ({"device": "gpu"}, "'device'"),
         ({"cutmix_minmax": [0.8, 0.2]}, "'cutmix_minmax'"),
         ({"mixup_mode": "elem", "batch_size": 7}, "'batch_size'"),
+        ({"batch_size": 7}, "Mixup/CutMix needs an even batch"),  # every timm mode pairs
     ],
 )
 def test_validate_names_key_and_fix(changes: dict, key: str) -> None:

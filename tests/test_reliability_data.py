@@ -224,7 +224,10 @@ def test_train_and_eval_default_to_the_same_data_set(tmp_path, capsys) -> None:
     torch.save(deit.create_model(PICO, num_classes=10).state_dict(), weights)
     assert main(["eval", str(weights), "--model", PICO]) == 2  # no recorded set: imagenet
     err = capsys.readouterr().err
-    assert Config().data_set == "imagenet" and "deit eval: error: imagenet: give root=" in err
+    assert (
+        Config().data_set == "imagenet"
+        and "deit eval: error: The imagenet data set needs its folder: pass --data-path" in err
+    )
     # a deit train checkpoint: the data set it records
     ck = tmp_path / "ck.pth"
     sd = deit.create_model(PICO, num_classes=10).state_dict()

@@ -565,11 +565,11 @@ def _checks(c: Config) -> list[str | None]:
         rng("mixup_prob", 0, 1),
         rng("mixup_switch_prob", 0, 1),
         None
-        if c.mixup_mode == "batch"
-        or c.batch_size % 2 == 0
+        if c.batch_size % 2 == 0
+        or c.mixup_prob == 0
         or not (c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax)
-        else f"'batch_size' is {c.batch_size} but mixup_mode '{c.mixup_mode}' needs an even "
-        "batch; use an even batch size or mixup_mode 'batch'.",
+        else f"'batch_size' is {c.batch_size} but Mixup/CutMix needs an even batch (timm mixes "
+        "each image with the batch reversed); use an even batch size or --mixup 0 --cutmix 0.",
         rng("distillation_alpha", 0, 1),
         positive("distillation_tau"),
         None

@@ -505,7 +505,10 @@ def _cifar(name: str, root: str | os.PathLike | None, split: str, **kw: Any) -> 
         "(the python version of the official archive, extracted)"
     )
     if root is None:
-        raise FileNotFoundError(f"{name}: give root=; expected layout {layout}.")
+        raise FileNotFoundError(
+            f"The {name} data set needs its folder: pass --data-path (root= in Python) "
+            f"laid out as {layout}."
+        )
     base = Path(root)
     if (base / spec["folder"]).is_dir():
         base = base / spec["folder"]
@@ -701,7 +704,10 @@ def _folder(name: str, root: str | os.PathLike | None, split: str, **kw: Any) ->
         "(ImageNet-style; one sub-folder per class)"
     )
     if root is None:
-        raise FileNotFoundError(f"{name}: give root=; expected layout {layout}.")
+        raise FileNotFoundError(
+            f"The {name} data set needs its folder: pass --data-path (root= in Python) "
+            f"laid out as {layout}."
+        )
     sub = _split_dir(split)
     candidates = [Path(root) / sub] + ([Path(root) / "test"] if sub == "val" else [])
     path = next((p for p in candidates if p.is_dir()), None)
@@ -863,7 +869,7 @@ def build_dataset(
     if key in ("inat18", "inat19"):
         if root is None:
             raise FileNotFoundError(
-                f"{key}: give root=; expected <root>/train20{key[-2:]}.json, "
+                f"The {key} data set needs its folder: pass --data-path (root= in Python) with <root>/train20{key[-2:]}.json, "
                 f"<root>/val20{key[-2:]}.json and <root>/categories.json."
             )
         return INatDataset(root, year=2000 + int(key[-2:]), split=split, **kw)
