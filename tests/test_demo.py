@@ -86,6 +86,29 @@ def test_summary_gain_and_interval_by_hand(results):
     assert summarize(runs) == results["summary"]
 
 
+def test_teacher_labels_computed_once_per_seed_and_read_by_the_students(demo_dir, results):
+    passes = results["teacher_labels"]
+    assert [(p["seed"], p["train_images"], p["students"]) for p in passes] == [
+        (0, 200, 3),
+        (1, 200, 3),
+    ]
+    for p in passes:  # three students read what one teacher pass computed
+        assert p["teacher_seconds"] > 0
+        assert p["teacher_seconds_saved"] == pytest.approx(2 * p["teacher_seconds"], abs=0.011)
+    saved = sum(p["teacher_seconds_saved"] for p in passes)
+    assert results["teacher_seconds_saved"] == pytest.approx(saved, abs=0.011)
+    store = demo_dir / "n200" / "seed1" / "teacher_labels"
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["kind"] == "logits" and manifest["seed"] == 1 and manifest["epochs"] == 2
+    assert manifest["views_per_epoch"] == 192  # 12 batches of 16 from 200 digits
+    for key in ("hard", LEADING.key, PAPER_SOFT.key):
+        cfg = yaml.safe_load((demo_dir / "n200" / "seed1" / key / "config.yaml").read_text())
+        assert cfg["teacher_labels"] == str(store)
+    none = yaml.safe_load((demo_dir / "n200" / "seed1" / "none" / "config.yaml").read_text())
+    assert none["teacher_labels"] == ""
+    assert "of teacher forward avoided" in (demo_dir / "results.md").read_text()
+
+
 def test_results_md_says_design_machine_and_verdict(demo_dir, results):
     text = (demo_dir / "results.md").read_text()
     assert "seeds: 0, 1" in text and "machine:" in text and "image-steps" in text
@@ -156,5 +179,8 @@ def test_readme_commands_reproduce_the_demo_runs():
         args = build_parser().parse_args(["train", *argv])
         got = config_from_args(args).to_dict()
         want = Config.from_dict(expected[key]).to_dict()
-        differ = {k for k in want if got[k] != want[k]} - {"output_dir", "teacher_path", "device"}
+        # the demo's students read the seed's teacher-label store; the README's command runs
+        # the teacher online over the same views instead
+        skip = {"output_dir", "teacher_path", "device", "teacher_labels"}
+        differ = {k for k in want if got[k] != want[k]} - skip
         assert not differ, {k: (got[k], want[k]) for k in differ}

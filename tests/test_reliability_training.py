@@ -97,7 +97,7 @@ def test_batch_norm_model_at_batch_one_is_refused_before_training(tree, tmp_path
     argv += ["--input-size", "28", "--batch-size", "1", "--mixup", "0", "--cutmix", "0"]
     argv += ["--device", "cpu", "--num_workers", "0", "--output_dir", str(tmp_path / "bn")]
     assert main([*argv, "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the input-size note
     assert err == (
         "deit train: error: --batch-size 1 cannot train resnet10t: its BatchNorm layers need "
         "more than one image per training batch to normalise; use --batch-size 2 or more."

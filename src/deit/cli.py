@@ -1,6 +1,6 @@
 """`deit` command line: turns flags into calls of the library, nothing more.
 
-Subcommands: list-models, train, eval, demo, predict, analyze, benchmark, export. Heavy modules
+Subcommands: list-models, train, teacher-labels, eval, demo, predict, analyze, benchmark, export. Heavy modules
 are imported inside each handler so `deit --help` stays fast.
 """
 
@@ -63,7 +63,8 @@ class _Parser(argparse.ArgumentParser):
 
 # Each job module registers its own subcommand through `add_subcommand(sub)` so this file does
 # not grow with their flags; modules missing in this build are skipped.
-_JOB_MODULES = ("training", "evaluate", "demo", "predict", "analysis", "benchmark", "export")
+_JOB_MODULES = ("training", "teacher_labels", "evaluate", "demo", "predict", "analysis")
+_JOB_MODULES += ("benchmark", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

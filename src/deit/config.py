@@ -197,6 +197,12 @@ class Config:
     channels_last_teacher: bool = _f(
         False, "Run the teacher in channels-last memory format.", group="distillation"
     )
+    teacher_labels: str = _f(
+        "",
+        "Stored teacher labels of this run's views (`deit teacher-labels`); the teacher is not "
+        "run ('' = run it).",
+        group="distillation",
+    )
     # --- data
     data_set: str = _f("imagenet", "Data set name (see deit.data.list_datasets).", group="data")
     data_path: str = _f(
@@ -576,6 +582,10 @@ def _checks(c: Config) -> list[str | None]:
         if c.distillation_type == "none" or c.teacher_model or c.teacher_path
         else "'teacher_model' is empty but distillation is on; name a teacher or set "
         "distillation_type 'none'.",
+        None
+        if not c.teacher_labels or c.distillation_type != "none"
+        else "'teacher_labels' is set but distillation_type is 'none'; choose 'hard' or "
+        "'soft', or drop teacher_labels.",
         atleast("batch_size", 1, "; use a positive batch size per process"),
         atleast("num_workers", 0),
         None

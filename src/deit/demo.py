@@ -12,6 +12,10 @@ label on the students' training views. ``deit demo --curve`` repeats the study o
 
 Every run goes through :func:`deit.training.run` (what ``deit train`` calls, with
 ``--train-subset N --eval-unused --eval-interval 0``); runs are spread over worker processes.
+The distilled students of one seed see the same views (same data order and recipe), so the
+teacher's outputs on them are computed once per seed (:func:`deit.teacher_labels.compute_teacher_labels`,
+full fp16 logits) and every distilled student reads them (``--teacher-labels``); the report
+says how many seconds of teacher forward that avoided.
 """
 
 from __future__ import annotations
@@ -236,7 +240,13 @@ class _Job:
     seed: int
     run_dir: Path
     cfg: dict[str, Any] = field(default_factory=dict)
-    needs: Path | None = None  # the teacher checkpoint this job waits for
+    needs: Path | None = None  # what this job waits for: the teacher checkpoint or label store
+    labels: Path | None = None  # a label-pass job: the store it writes
+
+    @property
+    def produces(self) -> Path:
+        """What the job leaves for the jobs that need it."""
+        return self.labels / "manifest.json" if self.labels else self.run_dir / "checkpoint.pth"
 
 
 def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
@@ -275,9 +285,20 @@ def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
         distillation_tau=v.tau,
         kl_reduction=v.kl_reduction,
         teacher_model=s.teacher,
-        teacher_path=str(job.needs) if job.needs is not None else "",
+        teacher_path=str(_teacher_ckpt(job.run_dir)) if v.variant != "none" else "",
+        teacher_labels=str(_store(job.run_dir)) if v.variant != "none" else "",
     )
     return cfg
+
+
+def _teacher_ckpt(run_dir: Path) -> Path:
+    """The teacher checkpoint of the seed of the run in ``run_dir``."""
+    return run_dir.parent / "teacher" / "checkpoint.pth"
+
+
+def _store(run_dir: Path) -> Path:
+    """The teacher-label store shared by the distilled students of the seed of ``run_dir``."""
+    return run_dir.parent / "teacher_labels"
 
 
 def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
@@ -285,11 +306,18 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
     for n in s.train_images:
         for seed in s.seeds:
             base = out / f"n{n}" / f"seed{seed}"
-            teacher_ckpt = base / "teacher" / "checkpoint.pth"
-            for v in (TEACHER, *s.variants):
-                needs = teacher_ckpt if v.variant not in ("teacher", "none") else None
-                job = _Job(v, n, seed, base / v.key, needs=needs)
+            jobs.append(_Job(TEACHER, n, seed, base / TEACHER.key))
+            jobs[-1].cfg = _config(s, jobs[-1])
+            distilled = [v for v in s.variants if v.variant not in ("teacher", "none")]
+            if distilled:  # one label pass per seed, over the views all its students share
+                job = _Job(distilled[0], n, seed, base / distilled[0].key)
+                job.labels = _store(job.run_dir)
+                job.cfg, job.needs = _config(s, job), _teacher_ckpt(job.run_dir)
+                jobs.append(job)
+            for v in s.variants:
+                job = _Job(v, n, seed, base / v.key)
                 job.cfg = _config(s, job)
+                job.needs = _store(job.run_dir) / "manifest.json" if v in distilled else None
                 jobs.append(job)
     return jobs
 
@@ -323,20 +351,33 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _label_pass(cfg: dict[str, Any], store: str) -> dict[str, Any]:
+    """The teacher's full logits on every view of a seed's students, in a worker process."""
+    from .teacher_labels import compute_teacher_labels
+
+    start = time.time()
+    m = compute_teacher_labels(Config.from_dict(cfg), store, top_k=10**6, progress=False)
+    return {"teacher_seconds": m["teacher_seconds"], "seconds": time.time() - start}
+
+
 def _processes(s: DemoSettings, jobs: int) -> tuple[int, int]:
     cores = os.cpu_count() or 1
     procs = max(1, min(s.processes or cores, jobs))
     return procs, max(1, cores // procs)
 
 
-def _execute(s: DemoSettings, jobs: list[_Job], say: Any) -> list[dict[str, Any]]:
-    """Run every job, a teacher before the students that need it, on worker processes."""
+def _execute(
+    s: DemoSettings, jobs: list[_Job], say: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run every job on worker processes, a teacher before its label pass and the label pass
+    before the students that read it. Returns the runs' and the label passes' records."""
     procs, threads = _processes(s, len(jobs))
     say(f"{len(jobs)} runs on {procs} process(es) x {threads} thread(s)")
     pending = list(enumerate(jobs))
     running: dict[Future, tuple[int, _Job]] = {}
     done: set[Path] = set()
     records: list[tuple[int, dict[str, Any]]] = []
+    passes: list[dict[str, Any]] = []
     ctx = get_context("spawn")  # a fresh interpreter per worker: no state from the caller
     with ProcessPoolExecutor(
         procs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
@@ -346,18 +387,39 @@ def _execute(s: DemoSettings, jobs: list[_Job], say: Any) -> list[dict[str, Any]
                 if len(running) >= procs:
                     break
                 pending.remove(item)
-                running[pool.submit(_train, item[1].cfg)] = item
+                job = item[1]
+                args = (_label_pass, job.cfg, str(job.labels)) if job.labels else (_train, job.cfg)
+                running[pool.submit(*args)] = item
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 i, job = running.pop(fut)
+                done.add(job.produces)
+                if job.labels:
+                    passes.append(_label_record(job, fut.result(), jobs))
+                    say(f"N={job.n} seed {job.seed} teacher labels ({passes[-1]['seconds']} s)")
+                    continue
                 rec = _record(job, fut.result())  # a run's error is raised here
                 records.append((i, rec))
-                done.add(job.run_dir / "checkpoint.pth")
                 say(
                     f"N={job.n} seed {job.seed} {job.variant.label}: top-1 {rec['top1']:.2f}% "
                     f"({rec['seconds']:.0f} s)"
                 )
-    return [rec for _, rec in sorted(records, key=lambda x: x[0])]
+    return [rec for _, rec in sorted(records, key=lambda x: x[0])], passes
+
+
+def _label_record(job: _Job, stats: dict[str, Any], jobs: list[_Job]) -> dict[str, Any]:
+    """A label pass's record: its seconds, how many students read the store, and the seconds
+    of teacher forward avoided, estimated as (students - 1) x the pass's teacher seconds (each
+    student would have run the teacher over the same views, at its own smaller batch)."""
+    students = sum(1 for j in jobs if j.needs == job.produces)
+    return {
+        "seed": job.seed,
+        "train_images": job.n,
+        "students": students,
+        "teacher_seconds": _r(stats["teacher_seconds"]),
+        "seconds": _r(stats["seconds"]),
+        "teacher_seconds_saved": _r((students - 1) * stats["teacher_seconds"]),
+    }
 
 
 def _record(job: _Job, stats: dict[str, Any]) -> dict[str, Any]:
@@ -426,6 +488,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{s['teacher_batch_size']}; students {s['student']} / {s['distilled_student']}: "
         f"{s['student_images']:,} image-steps, batch {s['batch_size']}",
         f"- machine: {results['machine']}; {results['seconds']:.0f} s",
+        *_labels_line(results),
         "",
         "| model | N | seeds | top-1 mean (%) | 95 % CI | gain vs none | 95 % CI of gain | "
         "teacher ≠ label on training views (%) |",
@@ -451,6 +514,20 @@ def markdown(results: dict[str, Any]) -> str:
             f"{cells[1]} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _labels_line(results: dict[str, Any]) -> list[str]:
+    """The results.md line on the teacher-label stores (none for older results)."""
+    passes = results.get("teacher_labels") or []
+    if not passes:
+        return []
+    spent = sum(p["teacher_seconds"] for p in passes)
+    return [
+        f"- teacher labels: computed once per seed ({len(passes)} passes, {spent:.1f} s of "
+        f"teacher forward) and read by the {passes[0]['students']} distilled students of each "
+        f"seed: about {results['teacher_seconds_saved']:.1f} s of teacher forward avoided "
+        "((students - 1) x each pass's teacher seconds)"
+    ]
 
 
 _COLORS = {"teacher": "#777777", "none": "#1f77b4", "hard": "#2ca02c"}
@@ -591,7 +668,10 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     folder: ``config.yaml``, ``log.txt``, and ``checkpoint.pth`` for the kept runs),
     ``results.json`` (``runs``: one record per run with ``variant`` (plus ``alpha``/``tau``
     for soft), ``seed``, ``train_images``, ``test_images``, ``top1`` in %; ``summary`` as
-    :func:`summarize`), ``results.md`` and ``top1.png`` (one size) or ``data_efficiency.png``.
+    :func:`summarize`; ``teacher_labels``: one record per label pass with its
+    ``teacher_seconds``, ``students`` and ``teacher_seconds_saved``, and their sum
+    ``teacher_seconds_saved``), ``results.md`` and ``top1.png`` (one size) or
+    ``data_efficiency.png``; each seed's label store in ``n<N>/seed<S>/teacher_labels/``.
 
     Raises:
         ValueError: an empty seed or size list, or a size the training split cannot hold.
@@ -606,7 +686,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         if s.progress:
             print(f"[demo {time.time() - start:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    runs = _execute(s, _jobs(s, out), say)
+    runs, passes = _execute(s, _jobs(s, out), say)
     _prune(s, runs)
     results: dict[str, Any] = {
         "settings": {**asdict(s), "variants": [v.record() for v in s.variants]},
@@ -614,6 +694,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "seconds": round(time.time() - start, 1),
         "runs": runs,
         "summary": summarize(runs),
+        "teacher_labels": passes,
+        "teacher_seconds_saved": _r(sum(p["teacher_seconds_saved"] for p in passes)),
     }
     figure = curve_figure if len(s.train_images) > 1 else top1_figure
     path = out / ("data_efficiency.png" if len(s.train_images) > 1 else "top1.png")

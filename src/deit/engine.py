@@ -67,6 +67,8 @@ class StepOptions:
         sched_per_step: update the learning rate every step.
         model_ema: timm ``ModelEmaV3`` updated after each step, or ``None``.
         log_interval: refresh the progress bar's loss / lr / images-per-second every N steps.
+        teacher_labels: stored teacher outputs (a :class:`deit.teacher_labels.TeacherLabelStore`,
+            ``batch(epoch, index, device)``) handed to the loss instead of running a teacher.
     """
 
     precision: Precision | None = None
@@ -77,6 +79,7 @@ class StepOptions:
     sched_per_step: bool = True
     model_ema: Any = None
     log_interval: int = 10
+    teacher_labels: Any = None
 
 
 def _backward_and_step(
@@ -118,7 +121,9 @@ def _train_step(
     with opts.precision.autocast():
         outputs = model(samples)
         if hasattr(criterion, "compute"):
-            terms = tuple(criterion.compute(samples, outputs, targets))
+            stored = opts.teacher_labels
+            t_out = stored.batch(*where[:2], samples.device) if stored is not None else None
+            terms = tuple(criterion.compute(samples, outputs, targets, teacher_outputs=t_out))
         else:
             loss = criterion(samples, outputs, targets)
             terms = (loss, loss.detach(), None, None)

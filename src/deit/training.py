@@ -62,7 +62,9 @@ __all__ = [
     "DistEnv",
     "RunState",
     "add_subcommand",
+    "build_run_teacher",
     "init_distributed",
+    "label_pass_state",
     "run",
     "wrap_ddp",
 ]
@@ -375,6 +377,7 @@ class RunState:
     train_model: Any = None  # compiled and/or DDP-wrapped for training
     eval_model: Any = None  # compiled, not DDP-wrapped: evaluation needs no collectives
     teacher: Any = None
+    teacher_labels: Any = None  # a deit.teacher_labels.TeacherLabelStore (--teacher-labels)
     criterion: Any = None
     n_parameters: int = 0
     # optimisation (build_optimisation)
@@ -405,7 +408,7 @@ def _start(cfg: Config) -> RunState:
     cfg.validate()
     env, device = init_distributed(cfg.device)
     out = _check_output_dir(cfg) if env.is_main else None
-    if cfg.distillation_type != "none" and not cfg.teacher_path:
+    if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
         raise ValueError(
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
             "--teacher-path with its weights (train one with `deit train --model resnet18 ...`)."
@@ -485,17 +488,10 @@ def build_model_and_teacher(state: RunState) -> None:
     # was built (scikit-learn's data sets draw from `random`) must not change the run
     seed_everything(cfg.seed)
     state.model = _build_model(cfg, state.num_classes).to(device)
-    if cfg.distillation_type != "none":
-        state.teacher = build_teacher(
-            cfg.teacher_model or None,
-            cfg.teacher_path,
-            num_classes=state.num_classes,
-            img_size=cfg.input_size,
-            student_mean=state.mean,
-            student_std=state.std,
-            channels_last=cfg.channels_last_teacher,
-            device=device,
-        )
+    if cfg.distillation_type != "none" and cfg.teacher_labels:
+        _open_teacher_labels(state)  # the teacher is not built
+    elif cfg.distillation_type != "none":
+        state.teacher = build_run_teacher(state)
     check_student(state.model, cfg.distillation_type, state.teacher)
     state.n_parameters = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
     state.criterion = DistillationLoss(
@@ -510,6 +506,45 @@ def build_model_and_teacher(state: RunState) -> None:
     state.train_model = state.eval_model
     if state.env.distributed:
         state.train_model = wrap_ddp(state.eval_model, device, cfg.distillation_type)
+
+
+def build_run_teacher(state: RunState) -> Any:
+    """The run's frozen teacher (:func:`deit.distillation.build_teacher` with the run's
+    teacher fields, class count, resolution and normalisation), on the run's device. Built
+    under a forked CPU RNG: the student's dropout / drop-path stream is the same whether the
+    teacher is built or its labels are read from a store."""
+    cfg = state.cfg
+    with torch.random.fork_rng(devices=[]):
+        return build_teacher(
+            cfg.teacher_model or None,
+            cfg.teacher_path,
+            num_classes=state.num_classes,
+            img_size=cfg.input_size,
+            student_mean=state.mean,
+            student_std=state.std,
+            channels_last=cfg.channels_last_teacher,
+            device=state.device,
+        )
+
+
+def _open_teacher_labels(state: RunState) -> None:
+    """``--teacher-labels DIR``: open the store and refuse it unless it matches the run."""
+    from .teacher_labels import TeacherLabelStore
+
+    store = TeacherLabelStore(state.cfg.teacher_labels)
+    train_images = len(state.loader_train.dataset)
+    store.check_run(state.cfg, state.num_classes, train_images, state.env.world_size)
+    state.teacher_labels = store
+
+
+def label_pass_state(cfg: Config) -> RunState:
+    """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
+    nothing written: what :func:`deit.teacher_labels.compute_teacher_labels` iterates."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
+    build_data(state)
+    return state
 
 
 def build_optimisation(state: RunState) -> None:
@@ -723,6 +758,7 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: Any) -> dict[str
         sched_per_step=cfg.sched_per_step,
         model_ema=state.ema,
         log_interval=cfg.log_interval,
+        teacher_labels=state.teacher_labels,
     )
     total = len(state.loader_train) - state.skip_batches
     bar = _progress(total, f"epoch {epoch + 1}/{cfg.epochs}", show)

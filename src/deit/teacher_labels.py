@@ -1,0 +1,393 @@
+"""Teacher labels computed once, reused by many students (`deit teacher-labels`).
+
+With deterministic training views (:mod:`deit.data.transforms`: each view a pure function of
+``(seed, epoch, position)``, each batch's Mixup/CutMix of ``(seed, epoch, batch index)``), the
+teacher's answer on every view of every epoch of a run is fixed before training starts. As in
+Shen & Xing, "A Fast Knowledge Distillation Framework for Visual Recognition" (ECCV 2022), which
+stores per-crop teacher outputs, :func:`compute_teacher_labels` runs the teacher once over all
+of them (large batches, no gradients) and stores:
+
+- ``top1.npy``: ``(epochs, views_per_epoch)`` top-1 classes (uint8 up to 256 classes, else
+  int16 / int32) — what hard distillation (paper eq. 3) needs;
+- with ``top_k`` < class count: ``topk_probs.npy`` (fp16) and ``topk_classes.npy``
+  ``(epochs, views_per_epoch, k)``, the teacher's k most likely classes (softmax at τ 1);
+- with ``top_k`` >= class count: ``logits.npy`` ``(epochs, views_per_epoch, C)`` fp16;
+- ``manifest.json``: what produced them (teacher, checkpoint SHA-256, data set, subset, the
+  recipe fields that shape the views, world size, format version), written last.
+
+Plain ``.npy`` files (read memory-mapped with ``allow_pickle=False``); no pickle anywhere.
+``deit train --teacher-labels DIR`` (:class:`TeacherLabelStore`) then trains without building
+the teacher and refuses, in one sentence, a store whose manifest does not match the run. The
+student-side fields (model, α, τ, hard/soft, learning rate, ...) are not in the manifest, so one
+store serves every student of the same views. Single-process runs only (DDP is refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+
+__all__ = [
+    "FORMAT_VERSION",
+    "VIEW_FIELDS",
+    "TeacherLabelStore",
+    "compute_teacher_labels",
+    "file_sha256",
+    "label_dtype",
+    "run_manifest",
+    "store_size_bytes",
+    "add_subcommand",
+]
+
+#: Version of the store's layout; a store of another version is refused.
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: Config fields that decide which views the teacher sees (and so its labels).
+VIEW_FIELDS = (
+    "data_set",
+    "inat_category",
+    "train_subset",
+    "input_size",
+    "aa",
+    "color_jitter",
+    "reprob",
+    "remode",
+    "recount",
+    "train_interpolation",
+    "hflip",
+    "crop_padding",
+    "mixup",
+    "cutmix",
+    "cutmix_minmax",
+    "mixup_prob",
+    "mixup_switch_prob",
+    "mixup_mode",
+    "repeated_aug",
+    "num_repeats",
+    "batch_size",
+    "epochs",
+    "seed",
+)
+_NPY_HEADER = 128  # bytes of a .npy header for these shapes (format 1.0, padded to 64)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """The smallest integer type holding class indices below ``num_classes``: uint8 up to 256
+    classes, int16 up to 32,768, else int32."""
+    if num_classes <= 256:
+        return np.dtype(np.uint8)
+    return np.dtype(np.int16 if num_classes <= 32768 else np.int32)
+
+
+def store_size_bytes(views_per_epoch: int, epochs: int, num_classes: int, top_k: int = 0) -> int:
+    """Bytes on disk of a store's arrays (without the small manifest): top-1 classes, plus
+    ``top_k`` fp16 probabilities and classes per view, or fp16 logits when ``top_k`` reaches
+    ``num_classes``. E.g. hard labels of 4,000 views x 100 epochs, 10 classes: 400,128 bytes."""
+    views = views_per_epoch * epochs
+    width = label_dtype(num_classes).itemsize
+    size = _NPY_HEADER + views * width
+    if top_k >= num_classes:
+        size += _NPY_HEADER + views * num_classes * 2
+    elif top_k > 0:
+        size += 2 * _NPY_HEADER + views * top_k * (2 + width)
+    return size
+
+
+def run_manifest(cfg: Config, num_classes: int, train_images: int, world_size: int = 1) -> dict:
+    """The fields of a run that a store must match: :data:`VIEW_FIELDS`, the class and image
+    counts, the world size, the format version and, when the run names a teacher checkpoint
+    (``cfg.teacher_path``), the teacher's name and the checkpoint's SHA-256."""
+    fields: dict[str, Any] = {"format_version": FORMAT_VERSION}
+    fields.update({k: getattr(cfg, k) for k in VIEW_FIELDS})
+    fields.update(num_classes=num_classes, train_images=train_images, world_size=world_size)
+    if cfg.teacher_path:
+        fields.update(teacher_model=cfg.teacher_model, teacher_sha256=file_sha256(cfg.teacher_path))
+    return fields
+
+
+def _first_difference(stored: dict[str, Any], run: dict[str, Any]) -> str | None:
+    for key, value in run.items():
+        if stored.get(key) != value:
+            return key
+    return None
+
+
+class TeacherLabelStore:
+    """A store written by :func:`compute_teacher_labels`, read memory-mapped.
+
+    :meth:`batch` gives the teacher's answer for batch ``index`` of ``epoch`` in the form
+    :meth:`deit.distillation.DistillationLoss.compute` takes as ``teacher_outputs``.
+
+    Raises:
+        ValueError: no manifest (not a store, or an interrupted pass), another format version.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise ValueError(
+                f"{str(self.path)!r} holds no teacher-label store ({MANIFEST} is missing); "
+                "write one with `deit teacher-labels --config RUN.yaml --output DIR`."
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"The teacher-label store {str(self.path)!r} has format version "
+                f"{self.manifest.get('format_version')}, this deit reads {FORMAT_VERSION}; "
+                "recompute it with `deit teacher-labels`."
+            )
+        self.kind = self.manifest["kind"]
+        self.batch_size = int(self.manifest["batch_size"])
+        self.arrays = {
+            name: np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            for name in self.manifest["arrays"]
+        }
+
+    def check_run(self, cfg: Config, num_classes: int, train_images: int, world_size: int) -> None:
+        """Refuse a run whose views, data or teacher differ from those the store was made for,
+        or a soft-distillation run on a top-1 store.
+
+        Raises:
+            ValueError: one sentence naming the first differing field and the fix.
+        """
+        where = f"The teacher-label store {str(self.path)!r}"
+        if world_size > 1:
+            raise ValueError(
+                f"Stored teacher labels serve single-process runs only (this run has "
+                f"{world_size} processes); train in one process or drop --teacher-labels."
+            )
+        run = run_manifest(cfg, num_classes, train_images, world_size)
+        key = _first_difference(self.manifest, run)
+        if key is not None:
+            raise ValueError(
+                f"{where} was made for {key} {self.manifest.get(key)!r} but this run has "
+                f"{run[key]!r}; recompute it with `deit teacher-labels --config <this run's "
+                f"config.yaml> --output DIR` or set {key} back."
+            )
+        if cfg.distillation_type == "soft" and self.kind == "top1":
+            raise ValueError(
+                f"{where} holds top-1 classes only, which drive hard distillation; recompute "
+                "it with --top-k K (the class count for full logits) for soft distillation."
+            )
+
+    def batch(self, epoch: int, index: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The teacher's answer for batch ``index`` of ``epoch``: ``(B,)`` int64 top-1 classes
+        for a top-1 store, else ``(B, num_classes)`` float32 logits — the stored fp16 logits, or
+        from top-k probabilities ``log p`` on the k classes and the remaining mass spread evenly
+        over the others (softmax of these logits at τ 1 gives those probabilities back)."""
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        if self.kind == "logits":
+            return torch.from_numpy(np.array(self.arrays["logits"][epoch, rows])).float().to(device)
+        if self.kind == "top1":
+            return torch.from_numpy(np.array(self.arrays["top1"][epoch, rows])).long().to(device)
+        probs = torch.from_numpy(np.array(self.arrays["topk_probs"][epoch, rows])).float()
+        classes = torch.from_numpy(np.array(self.arrays["topk_classes"][epoch, rows])).long()
+        c = int(self.manifest["num_classes"])
+        rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(1e-8) / max(c - probs.shape[1], 1)
+        logits = rest.log().expand(-1, c).clone()
+        logits.scatter_(1, classes, probs.clamp_min(1e-8).log())
+        return logits.to(device)
+
+
+# ----------------------------------------------------------------------------- the label pass
+class _Writer:
+    """The store's arrays, written in place (``numpy.lib.format.open_memmap``)."""
+
+    def __init__(self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int) -> None:
+        fmt = np.lib.format
+        dt = label_dtype(num_classes)
+        self.arrays = {"top1": fmt.open_memmap(out / "top1.npy", "w+", dt, shape)}
+        if top_k >= num_classes:
+            self.kind = "logits"
+            self.arrays["logits"] = fmt.open_memmap(
+                out / "logits.npy", "w+", np.float16, (*shape, num_classes)
+            )
+        elif top_k > 0:
+            self.kind = "topk"
+            self.arrays["topk_probs"] = fmt.open_memmap(
+                out / "topk_probs.npy", "w+", np.float16, (*shape, top_k)
+            )
+            self.arrays["topk_classes"] = fmt.open_memmap(
+                out / "topk_classes.npy", "w+", dt, (*shape, top_k)
+            )
+        else:
+            self.kind = "top1"
+        self.top_k = top_k
+
+    def write(self, epoch: int, start: int, logits: torch.Tensor) -> None:
+        """Store ``(n, C)`` logits for views ``start .. start + n`` of ``epoch``."""
+        logits = logits.float().cpu()
+        rows = slice(start, start + logits.shape[0])
+        self.arrays["top1"][epoch, rows] = logits.argmax(1).numpy()
+        if self.kind == "logits":
+            self.arrays["logits"][epoch, rows] = logits.half().numpy()
+        elif self.kind == "topk":
+            p, c = logits.softmax(1).topk(self.top_k, dim=1)
+            self.arrays["topk_probs"][epoch, rows] = p.half().numpy()
+            self.arrays["topk_classes"][epoch, rows] = c.numpy()
+
+    def close(self) -> None:
+        for a in self.arrays.values():
+            a.flush()
+
+
+def _teacher_pass(state: Any, teacher: Any, writer: _Writer, chunk: int, epoch: int) -> float:
+    """One epoch's views through the teacher, ``chunk`` training batches per forward (each
+    batch mixed with its own key first, as in training). Returns the teacher's seconds."""
+    from .data.transforms import SeededMixup
+
+    state.sampler_train.set_epoch(epoch)
+    pending: list[torch.Tensor] = []
+    start, seconds = 0, 0.0
+
+    def flush() -> float:
+        nonlocal start, pending
+        if not pending:
+            return 0.0
+        t0 = time.perf_counter()
+        with torch.inference_mode(), state.precision.autocast():
+            logits = teacher(torch.cat(pending).to(state.device))
+        writer.write(epoch, start, logits)
+        start += sum(p.shape[0] for p in pending)
+        pending = []
+        return time.perf_counter() - t0
+
+    for i, (x, y) in enumerate(state.loader_train):
+        if isinstance(state.mixup_fn, SeededMixup):  # what deit.training builds
+            x, _ = state.mixup_fn(x, y, key=(epoch, i))
+        pending.append(x)
+        if len(pending) >= chunk:
+            seconds += flush()
+    return seconds + flush()
+
+
+def compute_teacher_labels(
+    cfg: Config,
+    output: str | Path,
+    *,
+    top_k: int = 0,
+    teacher_batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the teacher of ``cfg`` once over every training view of every epoch of the run that
+    ``cfg`` describes and store its answers in ``output`` (see the module docstring).
+
+    The views are those :func:`deit.training.run` trains on (same data, transforms, sampler,
+    Mixup/CutMix, seed): the training loader is built by :func:`deit.training.build_data`. The
+    teacher runs in inference mode under the run's autocast (``cfg.amp``), on
+    ``teacher_batch_size`` images per forward (rounded to whole training batches).
+
+    Args:
+        cfg: the students' run configuration (teacher fields included).
+        output: folder of the store (created; an older store there is replaced).
+        top_k: 0 stores top-1 classes only (hard distillation); ``k`` < class count also the
+            top-k probabilities; ``k`` >= class count the full logits (soft distillation).
+        teacher_batch_size: images per teacher forward.
+        progress: print one line per epoch on stderr.
+
+    Returns:
+        The manifest (also written to ``output/manifest.json``), with ``teacher_seconds``
+        (seconds of teacher forward) and ``seconds`` (the whole pass).
+
+    Raises:
+        ValueError: a distributed launch, ``top_k < 0``, no teacher, or what building the data
+            and teacher raise (bad paths, class counts).
+    """
+    from . import training
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "`deit teacher-labels` runs in one process; launch it without torchrun/srun."
+        )
+    if top_k < 0 or teacher_batch_size < 1:
+        raise ValueError(
+            f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
+        )
+    t_start = time.perf_counter()
+    state = training.label_pass_state(cfg)
+    teacher = training.build_run_teacher(state)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    views = len(state.loader_train) * cfg.batch_size
+    writer = _Writer(out, (cfg.epochs, views), state.num_classes, top_k)
+    chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
+    seconds = 0.0
+    for epoch in range(cfg.epochs):
+        seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
+        if progress:
+            print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
+    writer.close()
+    manifest = run_manifest(cfg, state.num_classes, len(state.loader_train.dataset))
+    manifest.update(
+        kind=writer.kind,
+        arrays=list(writer.arrays),
+        top_k=top_k,
+        views_per_epoch=views,
+        teacher=teacher.model_name,
+        teacher_precision=state.precision.name,
+        teacher_seconds=seconds,
+        seconds=time.perf_counter() - t_start,
+    )
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- CLI
+def _labels_cmd(args: argparse.Namespace) -> int:
+    from .config import config_from_args
+
+    cfg = config_from_args(args)
+    m = compute_teacher_labels(
+        cfg, args.output, top_k=args.top_k, teacher_batch_size=args.teacher_batch_size
+    )
+    print(
+        f"{m['epochs']} epochs x {m['views_per_epoch']} views of teacher {m['teacher']} in "
+        f"{m['teacher_seconds']:.1f} s of teacher forward; store in {args.output}"
+    )
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    """Register ``deit teacher-labels`` (every training flag, plus ``--output``, ``--top-k``,
+    ``--teacher-batch-size``)."""
+    from .config import add_config_args
+
+    p = sub.add_parser(
+        "teacher-labels",
+        help="run the teacher once over every training view of a run and store its labels",
+        description="Compute a teacher-label store for `deit train --teacher-labels DIR`.",
+    )
+    p.add_argument("--output", required=True, metavar="DIR", help="folder of the store")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also store the top-K probabilities (fp16); K >= classes: full fp16 logits",
+    )
+    p.add_argument("--teacher-batch-size", type=int, default=256, help="images per teacher forward")
+    add_config_args(p)
+    p.set_defaults(func=_labels_cmd)
