@@ -210,3 +210,17 @@ def test_warmup_longer_than_the_run_gets_a_note(tree, capsys):
     assert "note: the warm-up (1 epochs) is not shorter than the run (1 epochs)" in (
         capsys.readouterr().err
     )
+
+
+def test_readme_reliability_table_names_real_tests():
+    """Every test the README's reliability table cites exists."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    table = readme.split("## Reliability", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"`(test_\w+)`", table))
+    defined = set()
+    for f in (root / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", f.read_text(), re.M))
+    assert len(names) >= 20 and names <= defined, sorted(names - defined)
