@@ -84,7 +84,8 @@ def test_unreadable_image_one_line_in_train_eval_predict_analyze(tree, tmp_path,
     err = _one_line_error(
         capsys,
         ["train", "--model", PICO, "--data-set", "folder", "--data-path", str(root)]
-        + ["--epochs", "1", "--batch-size", "7", "--num_workers", "2", "--no-progress"]
+        + ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "7", "--num_workers", "2"]
+        + ["--no-progress"]
         + ["--no-repeated-aug", "--mixup", "0", "--cutmix", "0"],  # one batch: all 7 files
         bad,
     )

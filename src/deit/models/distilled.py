@@ -67,7 +67,10 @@ class DistilledVisionTransformer(VisionTransformer):
         self.head_choice = head
 
     def _prefix_tokens(self, batch: int) -> torch.Tensor:
-        return torch.cat((self.cls_token, self.dist_token), dim=1).expand(batch, -1, -1)
+        # each token expanded on its own (as timm does): concatenating the two parameters first
+        # makes their gradients views of one (1, 2, D) tensor, whose strides DDP's buckets reject
+        tokens = (self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1))
+        return torch.cat(tokens, dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits from tokens ``(B, N', D)`` (tokens 0 and 1 are read: class and distillation)
