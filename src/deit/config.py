@@ -41,7 +41,7 @@ import yaml
 from .data.datasets import INAT_CATEGORIES
 from .distillation import DISTILLATION_TYPES, KL_REDUCTIONS
 from .engine import EVAL_HEADS
-from .precision import AMP
+from .precision import AMP, TEACHER_PRECISIONS
 
 __all__ = [
     "Config",
@@ -192,6 +192,13 @@ class Config:
     )
     channels_last_teacher: bool = _f(
         False, "Run the teacher in channels-last memory format.", group="distillation"
+    )
+    teacher_precision: str = _f(
+        "auto",
+        "Frozen teacher's fast path: auto = fastest native format whose targets match fp32's "
+        "on 64 training views (else fp32); fp32, bf16, fp16 (CUDA) or int8 (x86 CPU) force one.",
+        group="distillation",
+        choices=TEACHER_PRECISIONS,
     )
     # --- data
     data_set: str = _f("imagenet", "Data set name (see deit.data.list_datasets).", group="data")

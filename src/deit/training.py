@@ -41,6 +41,7 @@ from .data import (
 )
 from .distillation import DistillationLoss, build_teacher, check_student
 from .engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
+from .inference import draw_views, optimize_teacher
 from .models import (
     CheckpointError,
     RunCheckpoint,
@@ -436,6 +437,21 @@ def build_model_and_teacher(state: RunState) -> None:
             channels_last=cfg.channels_last_teacher,
             device=device,
         )
+        if cfg.teacher_precision != "fp32":  # calibrate on 32 views, check on 64 others
+            rng = _rng_state()  # drawing the views leaves the run's own draws as they were
+            views = draw_views(state.loader_train, 96, device, state.mixup_fn)
+            _set_rng_state(rng)
+            state.teacher, report = optimize_teacher(
+                state.teacher,
+                cfg.teacher_precision,
+                views[-64:],
+                calibration=views[:32],
+                distillation_type=cfg.distillation_type,
+                tau=cfg.distillation_tau,
+                compile=cfg.compile,
+            )
+            if state.env.is_main:
+                print(report.line(), file=sys.stderr)
     check_student(state.model, cfg.distillation_type, state.teacher)
     state.n_parameters = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
     state.criterion = DistillationLoss(
