@@ -228,3 +228,23 @@ def test_training_with_auto_equals_fp32_when_auto_is_exact(tmp_path, monkeypatch
     assert auto["final"] == fp32["final"]
     with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):  # before any step
         run(Config(**kw, teacher_precision="fp16"), progress=False)
+
+
+def test_benchmark_ratios_hand_computed():
+    """benchmarks/teacher_cost.py: amortised stored-label cost = (c) + B * (d) / L / n."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_cost.py"
+    spec = importlib.util.spec_from_file_location("teacher_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(batch_size=32, label_batch=128)
+    times = {"timm": [20.0], "a_fp32": [20.0], "b_fast": [10.0], "c_stored": [4.0],
+             "e_plain": [3.6], "d_labels": [48.0]}  # fmt: skip
+    got = dict(module.ratios(args, times))
+    assert got["(b) ours, fast teacher online / timm"] == [2.0]
+    assert got["(c)+(d)/1 stored, 1 student / timm"] == [20.0 / (4.0 + 12.0)]
+    assert got["(c)+(d)/3 stored, 3 students / timm"] == [20.0 / (4.0 + 4.0)]
+    assert got["(c) stored step vs (e): e_time / c_time"] == [0.9]
