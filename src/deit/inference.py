@@ -429,6 +429,36 @@ def _check(
     return checked
 
 
+def _choose(
+    teacher: Teacher,
+    tried: list[tuple[FastTeacher, TeacherReport]],
+    need_speed: bool,
+    max_distance: float,
+    n_views: int,
+) -> tuple[Teacher, TeacherReport]:
+    """The fastest path whose targets pass (and, for ``auto``, that beats fp32), else
+    ``teacher`` with a report saying why."""
+    passing = [(f, r) for f, r in tried if r.distance <= max_distance]
+    rejected = [r for _, r in tried if r.distance > max_distance]
+    why = "; ".join(
+        f"{r.path} rejected: {100 * r.agreement:.1f} % top-1 agreement, target distance "
+        f"{r.distance:.4f} > {max_distance}"
+        for r in rejected
+    )
+    if need_speed:
+        passing = [(f, r) for f, r in passing if r.speedup > 1.0]
+    if not passing:
+        note = why or "no fast path measured faster than fp32"
+        return teacher, TeacherReport(
+            "fp32",
+            n_views=n_views,
+            fell_back=bool(rejected),
+            note=f"kept the fp32 teacher: {note}",
+        )
+    fast, report = max(passing, key=lambda fr: fr[1].speedup)
+    return fast, TeacherReport(**{**report.__dict__, "note": why})
+
+
 def optimize_teacher(
     teacher: Teacher,
     precision: str = "auto",
@@ -495,25 +525,7 @@ def optimize_teacher(
         distillation_type,
         tau,
     )
-    passing = [(f, r) for f, r in tried if r.distance <= max_distance]
-    rejected = [r for _, r in tried if r.distance > max_distance]
-    why = "; ".join(
-        f"{r.path} rejected: {100 * r.agreement:.1f} % top-1 agreement, target distance "
-        f"{r.distance:.4f} > {max_distance}"
-        for r in rejected
-    )
-    if precision == "auto":
-        passing = [(f, r) for f, r in passing if r.speedup > 1.0]
-    if not passing:
-        note = why or "no fast path measured faster than fp32"
-        return teacher, TeacherReport(
-            "fp32",
-            n_views=len(sample),
-            fell_back=bool(rejected),
-            note=f"kept the fp32 teacher: {note}",
-        )
-    fast, report = max(passing, key=lambda fr: fr[1].speedup)
-    return fast, TeacherReport(**{**report.__dict__, "note": why})
+    return _choose(teacher, tried, precision == "auto", max_distance, len(sample))
 
 
 def draw_views(
