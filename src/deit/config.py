@@ -41,7 +41,7 @@ import yaml
 from .data.datasets import INAT_CATEGORIES
 from .distillation import DISTILLATION_TYPES, KL_REDUCTIONS
 from .engine import EVAL_HEADS
-from .precision import AMP
+from .precision import AMP, TEACHER_PRECISIONS
 
 __all__ = [
     "Config",
@@ -202,6 +202,13 @@ class Config:
         "Stored teacher labels of this run's views (`deit teacher-labels`); the teacher is not "
         "run ('' = run it).",
         group="distillation",
+    )
+    teacher_precision: str = _f(
+        "auto",
+        "Frozen teacher's fast path: auto = fastest native format whose targets match fp32's "
+        "on 64 training views (else fp32); fp32, bf16, fp16 (CUDA) or int8 (x86 CPU) force one.",
+        group="distillation",
+        choices=TEACHER_PRECISIONS,
     )
     # --- data
     data_set: str = _f("imagenet", "Data set name (see deit.data.list_datasets).", group="data")

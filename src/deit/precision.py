@@ -18,8 +18,10 @@ import torch
 __all__ = [
     "AMP",
     "Precision",
+    "TEACHER_PRECISIONS",
     "cpu_flags",
     "fast_bf16_available",
+    "fast_int8_available",
     "resolve_device",
     "resolve_precision",
 ]
@@ -27,6 +29,10 @@ __all__ = [
 
 #: Values of ``--amp``: ``auto`` picks per device (see :func:`resolve_precision`).
 AMP = ("auto", "fp32", "bf16", "fp16")
+#: Values of ``--teacher-precision`` (the frozen teacher's number format, see
+#: :func:`deit.inference.optimize_teacher`): ``auto`` picks the hardware's native reduced format
+#: when its targets match fp32's.
+TEACHER_PRECISIONS = ("fp32", "auto", "bf16", "fp16", "int8")
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,14 +48,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def fast_int8_available() -> bool:
+    """Whether this CPU has int8 dot-product instructions (``/proc/cpuinfo`` flags
+    ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``), where PyTorch's x86 int8 kernels run natively;
+    without them int8 is emulated with 16-bit multiplies and rarely beats fp32."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 autocast is a speed-up on ``device`` rather than a slow emulation.
 
     CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``/proc/cpuinfo`` flags ``amx_bf16``
     (AMX tiles) or ``avx512_bf16`` (bf16 dot products); without either, oneDNN emulates bf16 and
     matmuls run many times slower than fp32. ``DEIT_FAST_BF16=0`` or ``=1`` overrides the CPU
-    answer. Measured on this project's 2-core AMD EPYC (``avx512_bf16``, no AMX): a bf16
-    ``torch.mm`` ran 2.2x the fp32 rate.
+    answer. This project's 2-core AMD EPYC (Zen 3) has AVX2 only, where bf16 is emulated and a
+    teacher forward runs many times slower than in fp32: the answer there is ``False``.
     """
     dev = torch.device(device)
     if dev.type == "cuda":

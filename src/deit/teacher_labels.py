@@ -348,6 +348,7 @@ def compute_teacher_labels(
         views_per_epoch=views,
         teacher=teacher.model_name,
         teacher_precision=state.precision.name,
+        teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
         teacher_seconds=seconds,
         seconds=time.perf_counter() - t_start,
     )

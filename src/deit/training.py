@@ -45,6 +45,7 @@ from .data.inputs import resolve_inputs
 from .data.transforms import PositionSampler, SeededViews
 from .distillation import DistillationLoss, build_teacher, check_student
 from .engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
+from .inference import draw_views, optimize_teacher
 from .models import (
     CheckpointError,
     RunCheckpoint,
@@ -510,12 +511,14 @@ def build_model_and_teacher(state: RunState) -> None:
 
 def build_run_teacher(state: RunState) -> Any:
     """The run's frozen teacher (:func:`deit.distillation.build_teacher` with the run's
-    teacher fields, class count, resolution and normalisation), on the run's device. Built
-    under a forked CPU RNG: the student's dropout / drop-path stream is the same whether the
+    teacher fields, class count, resolution and normalisation), on the run's device, made fast
+    by :func:`deit.inference.optimize_teacher` as ``--teacher-precision`` says (checked against
+    fp32 on training views). Built under a forked CPU RNG and with the RNG states restored after
+    the views are drawn: the student's dropout / drop-path stream is the same whether the
     teacher is built or its labels are read from a store."""
     cfg = state.cfg
     with torch.random.fork_rng(devices=[]):
-        return build_teacher(
+        teacher = build_teacher(
             cfg.teacher_model or None,
             cfg.teacher_path,
             num_classes=state.num_classes,
@@ -525,6 +528,23 @@ def build_run_teacher(state: RunState) -> Any:
             channels_last=cfg.channels_last_teacher,
             device=state.device,
         )
+    if cfg.teacher_precision == "fp32":
+        return teacher
+    rng = _rng_state()  # drawing the views leaves the run's own draws as they were
+    views = draw_views(state.loader_train, 96, state.device, state.mixup_fn)
+    _set_rng_state(rng)
+    teacher, report = optimize_teacher(  # calibrate on 32 views, check on 64 others
+        teacher,
+        cfg.teacher_precision,
+        views[-64:],
+        calibration=views[:32],
+        distillation_type=cfg.distillation_type,
+        tau=cfg.distillation_tau,
+        compile=cfg.compile,
+    )
+    if state.env.is_main:
+        print(report.line(), file=sys.stderr)
+    return teacher
 
 
 def _open_teacher_labels(state: RunState) -> None:
