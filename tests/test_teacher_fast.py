@@ -251,7 +251,7 @@ def test_benchmark_ratios_hand_computed():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     args = argparse.Namespace(batch_size=32, label_batch=128)
-    times = {"timm": [20.0], "a_fp32": [20.0], "b_fast": [10.0], "c_stored": [4.0],
+    times = {"timm": [20.0], "a_fp32": [20.0], "b_fast": [10.0], "b_auto": [16.0], "c_stored": [4.0],
              "e_plain": [3.6], "d_labels": [48.0]}  # fmt: skip
     got = dict(module.ratios(args, times))
     assert got["(b) ours, fast teacher online / timm"] == [2.0]
