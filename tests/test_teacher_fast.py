@@ -149,12 +149,14 @@ def test_target_distance_hand_computed():
 
 
 def test_candidates_per_device_and_cpu_flags(monkeypatch):
-    monkeypatch.setenv("DEIT_FAST_BF16", "0")  # AVX2 only, as this project's EPYC
-    monkeypatch.setattr(inf, "fast_int8_available", lambda: False)
+    import deit.precision as prec
+
+    monkeypatch.setenv("DEIT_FAST_BF16", "0")
+    monkeypatch.setattr(prec, "cpu_flags", lambda: frozenset({"sse4_2", "avx"}))  # no AVX2
     assert teacher_candidates("auto", "cpu") == []
-    assert teacher_candidates("int8", "cpu") == ["int8"]  # asked for: emulated but allowed
+    assert teacher_candidates("int8", "cpu") == ["int8"]  # asked for: allowed
     assert teacher_candidates("fp32", "cpu") == []
-    monkeypatch.setattr(inf, "fast_int8_available", lambda: True)  # VNNI
+    monkeypatch.setattr(prec, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))  # this EPYC
     assert teacher_candidates("auto", "cpu") == ["int8"]
     monkeypatch.setenv("DEIT_FAST_BF16", "1")  # AMX or AVX-512 BF16
     assert teacher_candidates("auto", "cpu") == ["bf16", "int8"]

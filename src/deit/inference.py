@@ -176,7 +176,7 @@ def teacher_candidates(precision: str, device: torch.device | str) -> list[str]:
 
     ``fp32``: none. ``auto``: on CUDA bf16 where supported, else fp16; on a CPU bf16 where
     :func:`deit.precision.fast_bf16_available` (AMX or AVX-512 BF16) and int8 where
-    :func:`deit.precision.fast_int8_available` (VNNI / AMX-INT8) and PyTorch has its x86
+    :func:`deit.precision.fast_int8_available` (AVX2, VNNI, AMX-INT8) and PyTorch has its x86
     quantised engine; elsewhere none. Decided by the hardware, never by a timing, so that a
     run's teacher path depends on its configuration and machine only. ``bf16``, ``fp16``,
     ``int8``: that one.
