@@ -187,6 +187,14 @@ def test_non_square_file_into_transposed_model_is_resampled(tmp_path):
     assert torch.equal(dst.pos_embed, before)
     load_checkpoint(dst, tmp_path / "bare.pth", source_img_size=(28, 56))
     assert torch.equal(dst.pos_embed.detach(), expected)
+    # deit train's route: --finetune-img-size 28 56
+    from deit.config import Config
+    from deit.training import _load_finetune
+
+    cli = _wide((56, 28))
+    cfg = Config(model=PLAIN, finetune=str(tmp_path / "bare.pth"), finetune_img_size=[28, 56])
+    _load_finetune(cli, cfg)
+    assert torch.equal(cli.pos_embed.detach(), expected)
     # into a model of the file's own shape: loaded unchanged
     same = _wide((28, 56))
     load_checkpoint(same, tmp_path / "w.pth")

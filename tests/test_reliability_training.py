@@ -61,14 +61,21 @@ def _lines(out) -> list[dict]:
     return [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
 
 
-def test_same_seed_same_run_whatever_ran_before(tree):
+def test_same_seed_same_run_whatever_ran_before(tree, monkeypatch):
     """Case 3: the result depends on the configuration only, not on what the process drew from
-    Python's, numpy's or torch's global generators before (a lazy import did that)."""
+    Python's, numpy's or torch's global generators, before the run or while its data was built
+    (a lazy import of scikit-learn's data sets did that, once per process)."""
     cfg = _cfg(tree, None, epochs=1)
-    first = run(cfg, progress=False)["history"][0]["train_loss"]
-    random.random(), np.random.rand(3), torch.rand(5)  # what an import may consume
-    second = run(cfg, progress=False)["history"][0]["train_loss"]
-    assert first == second
+    clean = run(cfg, progress=False)["history"][0]["train_loss"]
+    real = training.build_dataset
+
+    def drawing_build_dataset(*args, **kw):  # what a first import may consume, after seeding
+        random.random(), np.random.rand(3), torch.rand(5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(training, "build_dataset", drawing_build_dataset)
+    random.random(), np.random.rand(3), torch.rand(5)  # and before the run
+    assert run(cfg, progress=False)["history"][0]["train_loss"] == clean
 
 
 def test_resume_with_changed_settings_is_refused_or_rebuilt(tree, tmp_path):
@@ -83,6 +90,8 @@ def test_resume_with_changed_settings_is_refused_or_rebuilt(tree, tmp_path):
     assert json.loads((out / "log.txt").read_text())["epoch"] == 0  # nothing was lost
     with pytest.raises(CheckpointError, match=r"data_set 'folder' -> 'digits'.*--finetune"):
         run(changed.replace(data_set="digits", data_path="", input_size=28), progress=False)
+    evaluated = run(changed.replace(eval=True), progress=False)  # evaluation trains nothing
+    assert evaluated["status"] == "evaluated"
     resumed = run(changed.replace(new_schedule=True), progress=False)
     fresh = run(_cfg(tree, tmp_path / "fresh", epochs=3, batch_size=16), progress=False)
     assert [h["train_lr"] for h in resumed["history"][1:]] == [
@@ -118,11 +127,13 @@ def test_non_finite_loss_says_which_checkpoint_is_kept(tree, tmp_path, monkeypat
         return train_epoch
 
     monkeypatch.setattr(training, "_train_epoch", nan_in_epoch(1))
-    kept = f"The run stopped; {tmp_path / 'a' / LAST} is kept."
+    kept = f"at epoch 1; the run stopped and {tmp_path / 'a' / LAST} is kept."
     with pytest.raises(NonFiniteLossError, match=re.escape(kept)):
         run(_cfg(tree, tmp_path / "a"), progress=False)
     monkeypatch.setattr(training, "_train_epoch", nan_in_epoch(0))
-    with pytest.raises(NonFiniteLossError, match="The run stopped; no checkpoint was written."):
+    with pytest.raises(
+        NonFiniteLossError, match="at epoch 0; the run stopped and no checkpoint was written."
+    ):
         run(_cfg(tree, tmp_path / "b"), progress=False)
 
 
@@ -143,6 +154,11 @@ def test_rerun_into_a_finished_run_is_refused(tree, tmp_path, capsys):
         "log.txt); continue it with --auto-resume, or pass --overwrite to replace it, or choose "
         "another --output_dir."
     )
+    assert ((out / LAST).read_bytes(), (out / "log.txt").read_text()) == before
+    other = tmp_path / "other"  # a resume from another run must not write over this one
+    run(_cfg(tree, other, epochs=1), progress=False)
+    assert main([*argv, "--resume", str(other / LAST)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
     assert ((out / LAST).read_bytes(), (out / "log.txt").read_text()) == before
     assert main([*argv, "--overwrite"]) == 0
     assert [x["epoch"] for x in _lines(out)] == [0]
@@ -207,7 +223,7 @@ def test_command_line_errors_are_one_line(capsys):
 
 def test_warmup_longer_than_the_run_gets_a_note(tree, capsys):
     run(_cfg(tree, None, epochs=1, warmup_epochs=1), max_epochs_this_run=0, progress=False)
-    assert "note: the warm-up (1 epochs) is not shorter than the run (1 epochs)" in (
+    assert "note: the warm-up (1 of 1 epochs) is not shorter than the run" in (
         capsys.readouterr().err
     )
 

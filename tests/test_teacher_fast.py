@@ -165,9 +165,10 @@ def test_candidates_per_device_and_cpu_flags(monkeypatch):
     assert teacher_candidates("auto", "cpu") == ["bf16"]
     assert teacher_candidates("auto", "mps") == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))  # A100
     assert teacher_candidates("auto", "cuda") == ["bf16"]
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 0))  # V100: bf16
+    # only emulated, though torch.cuda.is_bf16_supported() says True
     assert teacher_candidates("auto", "cuda") == ["fp16"]
     assert teacher_candidates("fp16", "cuda") == ["fp16"]
 
@@ -234,7 +235,8 @@ def test_training_with_auto_equals_fp32_when_auto_is_exact(tmp_path, monkeypatch
     fp32 = run(Config(**kw, teacher_precision="fp32"), progress=False)
     assert "teacher:" not in capsys.readouterr().err
     auto = run(Config(**kw, teacher_precision="auto"), progress=False)
-    line = "teacher: fp32+bn-fold+channels-last, 100.0 % top-1 agreement with fp32 on 16"
+    # 16 training views: 4 to calibrate int8 (rejected or not buildable here), 12 to check
+    line = "teacher: fp32+bn-fold+channels-last, 100.0 % top-1 agreement with fp32 on 12"
     assert line in capsys.readouterr().err
     assert auto["history"][0]["train_loss"] == fp32["history"][0]["train_loss"]
     assert auto["final"] == fp32["final"]
@@ -260,3 +262,26 @@ def test_benchmark_ratios_hand_computed():
     assert got["(c)+(d)/1 stored, 1 student / timm"] == [20.0 / (4.0 + 12.0)]
     assert got["(c)+(d)/3 stored, 3 students / timm"] == [20.0 / (4.0 + 4.0)]
     assert got["(c) stored step vs (e): e_time / c_time"] == [0.9]
+
+
+def test_a_path_that_cannot_be_built_is_skipped_by_auto_and_named_when_asked(
+    teacher, views, monkeypatch
+):
+    """A teacher torch.fx cannot trace: auto goes on to the next path and says why; asking for
+    that path explicitly is one sentence."""
+
+    def untraceable(model, calibration):
+        raise RuntimeError("symbolically traced variables cannot be used as inputs to control flow")
+
+    monkeypatch.setattr(inf, "_int8", untraceable)
+    monkeypatch.setattr(inf, "fast_int8_available", lambda: True)
+    monkeypatch.setenv("DEIT_FAST_BF16", "0")
+    fast, report = optimize_teacher(teacher, "auto", views[32:], calibration=views[:32])
+    assert fast.name == "fp32+bn-fold+channels-last"
+    assert report.note == "int8 not buildable (RuntimeError)"
+    with pytest.raises(ValueError) as e:
+        optimize_teacher(teacher, "int8", views[32:], calibration=views[:32])
+    assert str(e.value) == (
+        "teacher_precision 'int8' cannot be built for this teacher (RuntimeError: symbolically "
+        "traced variables cannot be used as inputs to control flow); use 'auto' or 'fp32'."
+    )

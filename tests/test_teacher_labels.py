@@ -141,9 +141,16 @@ def test_top_k_probabilities_come_back_as_logits(teacher_ckpt, tmp_path) -> None
     assert torch.allclose(back[mask].view(8, 7), rest[:, None].expand(8, 7), atol=1e-6)
 
 
+def _resolved(cfg):
+    """``cfg`` as a run holds it: the model's input size and normalisation filled in."""
+    from deit.training import label_pass_state
+
+    return label_pass_state(cfg).cfg
+
+
 def test_store_refuses_a_run_it_was_not_made_for(teacher_ckpt, store, tmp_path) -> None:
     labels = TeacherLabelStore(store)
-    ok = _cfg(teacher_ckpt, teacher_labels=str(store))
+    ok = _resolved(_cfg(teacher_ckpt, teacher_labels=str(store)))
     labels.check_run(ok, 10, 48, 1)
     with pytest.raises(ValueError, match=r"made for batch_size 8 but this run has 16; "):
         labels.check_run(ok.replace(batch_size=16), 10, 48, 1)
@@ -170,7 +177,7 @@ def test_top1_store_refuses_soft_distillation_and_cli_writes_one(teacher_ckpt, t
     assert labels.kind == "top1" and list(labels.arrays) == ["top1"]
     assert (out / "top1.npy").stat().st_size == store_size_bytes(48, 1, 10)
     assert labels.batch(0, 1).dtype == torch.int64 and labels.batch(0, 1).shape == (8,)
-    soft = cfg.replace(distillation_type="soft", teacher_labels=str(out))
+    soft = _resolved(cfg.replace(distillation_type="soft", teacher_labels=str(out)))
     with pytest.raises(ValueError, match="top-1 classes only"):
         labels.check_run(soft, 10, 48, 1)
 

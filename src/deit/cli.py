@@ -1,6 +1,7 @@
 """`deit` command line: turns flags into calls of the library, nothing more.
 
-Subcommands: list-models, train, teacher-labels, eval, demo, predict, analyze, benchmark, export. Heavy modules
+Subcommands: list-models, train, teacher-labels, eval, demo, predict, analyze, benchmark,
+export. Heavy modules
 are imported inside each handler so `deit --help` stays fast.
 """
 
@@ -92,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deit` console script; returns the process exit code.
 
     Errors users can fix (bad paths, configs, checkpoints: ``ValueError`` and ``OSError``
-    subclasses such as :class:`deit.models.CheckpointError`; a missing optional extra) are printed as one line on stderr
+    subclasses such as :class:`deit.models.CheckpointError`; a missing optional extra) are
+    printed as one line on stderr
     with exit code 2 instead of a traceback; set ``DEIT_DEBUG=1`` to see the traceback.
     """
     # libgomp (torch's OpenMP runtime) spin-waits at every parallel region by default; on a CPU

@@ -105,6 +105,13 @@ class Config:
     drop: float = _f(0.0, "Dropout rate.", group="model", metavar="PCT")
     drop_path: float = _f(0.1, "Stochastic depth rate.", group="model", metavar="PCT")
     finetune: str = _f("", "Checkpoint to fine-tune from ('' = none).", group="model")
+    finetune_img_size: list[int] | None = _f(
+        None,
+        "Image size (H W, pixels) the --finetune weights were trained at, for files that do "
+        "not record it and whose position grid is ambiguous (None = recorded or square).",
+        group="model",
+        metavar="PX",
+    )
     # --- optimiser
     opt: str = _f("adamw", "Optimiser (timm name).", group="optimizer")
     opt_eps: float | None = _f(
@@ -195,7 +202,10 @@ class Config:
         choices=KL_REDUCTIONS,
     )
     channels_last_teacher: bool = _f(
-        False, "Run the teacher in channels-last memory format.", group="distillation"
+        False,
+        "Run the fp32 teacher in channels-last memory format (the fast paths of "
+        "--teacher-precision always are).",
+        group="distillation",
     )
     teacher_labels: str = _f(
         "",
@@ -537,22 +547,11 @@ def _checks(c: Config) -> list[str | None]:
         atleast("weight_decay", 0, "; use 0 to turn weight decay off"),
         positive("opt_eps"),
         rng("momentum", 0, 1),
-        None
-        if c.opt_betas is None or (len(c.opt_betas) == 2 and all(0 <= b < 1 for b in c.opt_betas))
-        else f"'opt_betas' is {c.opt_betas} but must be two values in [0, 1), e.g. 0.9 0.999.",
         positive("clip_grad"),
         atleast("epochs", 1, "; train for at least one epoch"),
         atleast("warmup_epochs", 0),
         atleast("train_subset", 0, "; use 0 to train on every image"),
-        None
-        if c.train_subset or not c.eval_unused
-        else "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
-        "give --train-subset N or drop --eval-unused.",
         atleast("eval_interval", 0, "; use 0 to evaluate after the last epoch only"),
-        None
-        if not (c.overwrite and (c.resume or c.auto_resume))
-        else "'overwrite' replaces the run in output_dir but 'resume'/'auto_resume' continues "
-        "it; keep one of them.",
         atleast("crop_padding", 0),
         atleast("cooldown_epochs", 0),
         atleast("patience_epochs", 0),
@@ -561,10 +560,6 @@ def _checks(c: Config) -> list[str | None]:
         rng("drop", 0, 1, hi_open=True),
         rng("drop_path", 0, 1, hi_open=True),
         atleast("input_size", 1, " pixel; give the image side in pixels"),
-        None
-        if all(v is None or (len(v) == 3 and min(v) >= 0) for v in (c.mean, c.std))
-        and (c.std is None or min(c.std) > 0)
-        else f"'mean'/'std' are {c.mean}/{c.std} but need 3 values each (std above 0).",
         rng("smoothing", 0, 1, hi_open=True),
         atleast("color_jitter", 0),
         rng("hflip", 0, 1),
@@ -577,35 +572,62 @@ def _checks(c: Config) -> list[str | None]:
         pair("cutmix_minmax", 0, 1),
         rng("mixup_prob", 0, 1),
         rng("mixup_switch_prob", 0, 1),
+        rng("distillation_alpha", 0, 1),
+        positive("distillation_tau"),
+        atleast("batch_size", 1, "; use a positive batch size per process"),
+        atleast("num_workers", 0),
+        rng("model_ema_decay", 0, 1, lo_open=True, hi_open=True),
+        atleast("log_interval", 1),
+        None if c.model else "'model' is empty; name a model, e.g. deit_tiny_patch16_224.",
+    ]
+    errors += [oneof(f.name, f.metadata["choices"]) for f in _fields_with("choices")]
+    errors += _combinations(c)
+    errors += _check_data_set(c)
+    errors.append(_check_opt(c.opt))
+    return errors
+
+
+def _combinations(c: Config) -> list[str | None]:
+    """Checks of values that are only wrong together (or of list fields)."""
+    return [
+        None
+        if c.opt_betas is None or (len(c.opt_betas) == 2 and all(0 <= b < 1 for b in c.opt_betas))
+        else f"'opt_betas' is {c.opt_betas} but must be two values in [0, 1), e.g. 0.9 0.999.",
+        None
+        if c.train_subset or not c.eval_unused
+        else "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
+        "give --train-subset N or drop --eval-unused.",
+        None
+        if not (c.overwrite and (c.resume or c.auto_resume))
+        else "'overwrite' replaces the run in output_dir but 'resume'/'auto_resume' continues "
+        "it; keep one of them.",
+        None
+        if c.finetune_img_size is None
+        or (len(c.finetune_img_size) in (1, 2) and min(c.finetune_img_size) > 0)
+        else f"'finetune_img_size' is {c.finetune_img_size} but must be one or two positive "
+        "sizes in pixels (H W).",
+        None
+        if all(v is None or (len(v) == 3 and min(v) >= 0) for v in (c.mean, c.std))
+        and (c.std is None or min(c.std) > 0)
+        else f"'mean'/'std' are {c.mean}/{c.std} but need 3 values each (std above 0).",
         None
         if c.batch_size % 2 == 0
         or c.mixup_prob == 0
         or not (c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax)
         else f"'batch_size' is {c.batch_size} but Mixup/CutMix needs an even batch (timm mixes "
         "each image with the batch reversed); use an even batch size or --mixup 0 --cutmix 0.",
-        rng("distillation_alpha", 0, 1),
-        positive("distillation_tau"),
         None
-        if c.distillation_type == "none" or c.teacher_model or c.teacher_path
-        else "'teacher_model' is empty but distillation is on; name a teacher or set "
-        "distillation_type 'none'.",
+        if c.distillation_type == "none" or c.teacher_model or c.teacher_path or c.teacher_labels
+        else "'teacher_model' is empty but distillation is on; name a teacher (or a store of "
+        "its labels, teacher_labels) or set distillation_type 'none'.",
         None
         if not c.teacher_labels or c.distillation_type != "none"
         else "'teacher_labels' is set but distillation_type is 'none'; choose 'hard' or "
         "'soft', or drop teacher_labels.",
-        atleast("batch_size", 1, "; use a positive batch size per process"),
-        atleast("num_workers", 0),
         None
         if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)
         else f"'device' is {c.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.",
-        rng("model_ema_decay", 0, 1, lo_open=True, hi_open=True),
-        atleast("log_interval", 1),
-        None if c.model else "'model' is empty; name a model, e.g. deit_tiny_patch16_224.",
     ]
-    errors += [oneof(f.name, f.metadata["choices"]) for f in _fields_with("choices")]
-    errors += _check_data_set(c)
-    errors.append(_check_opt(c.opt))
-    return errors
 
 
 def _fields_with(meta_key: str) -> list[dataclasses.Field]:

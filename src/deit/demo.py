@@ -13,7 +13,8 @@ label on the students' training views. ``deit demo --curve`` repeats the study o
 Every run goes through :func:`deit.training.run` (what ``deit train`` calls, with
 ``--train-subset N --eval-unused --eval-interval 0``); runs are spread over worker processes.
 The distilled students of one seed see the same views (same data order and recipe), so the
-teacher's outputs on them are computed once per seed (:func:`deit.teacher_labels.compute_teacher_labels`,
+teacher's outputs on them are computed once per seed
+(:func:`deit.teacher_labels.compute_teacher_labels`,
 full fp16 logits) and every distilled student reads them (``--teacher-labels``); the report
 says how many seconds of teacher forward that avoided.
 """

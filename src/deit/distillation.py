@@ -218,13 +218,16 @@ class Teacher(nn.Module):
         """Teacher logits ``(B, num_classes)`` for student-normalised images ``(B, C, H, W)``,
         without gradients."""
         with torch.no_grad():
-            x = self.normalize_input(x)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = self.model(x)
-            if isinstance(out, tuple | list):
-                out = (out[0] + out[1]) / 2
-        return out
+            return self._logits(x, self.model)
+
+    def _logits(self, x: torch.Tensor, run: Callable[[torch.Tensor], Any]) -> torch.Tensor:
+        """``run`` on ``x`` in the teacher's normalisation and memory format; a pair of heads
+        averaged (late fusion)."""
+        x = self.normalize_input(x)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = run(x)
+        return (out[0] + out[1]) / 2 if isinstance(out, tuple | list) else out
 
     def extra_repr(self) -> str:
         conv = "none" if self.scale is None else "affine"

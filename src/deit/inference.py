@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -275,13 +276,7 @@ class FastTeacher(Teacher):
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), cast:
-            x = self.normalize_input(x)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = self._run(x)
-            if isinstance(out, tuple | list):
-                out = (out[0] + out[1]) / 2
-            out = out.float()
+            out = self._logits(x, self._run).float()
         return out.clone()  # outside inference mode: an ordinary tensor
 
     def extra_repr(self) -> str:
@@ -320,14 +315,36 @@ def _int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    engine = _int8_engine()
-    torch.backends.quantized.engine = engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mapping = get_default_qconfig_mapping(engine)
-        prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (calibration[:1],))
-        _calibrate(prepared, calibration)
-        return convert_fx(prepared)
+    engine, before = _int8_engine(), torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine  # global in PyTorch: restored below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mapping = get_default_qconfig_mapping(engine)
+            prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (calibration[:1],))
+            _calibrate(prepared, calibration)
+            quantised = convert_fx(prepared)
+    finally:
+        torch.backends.quantized.engine = before
+    return _WithEngine(quantised, engine)
+
+
+class _WithEngine(nn.Module):
+    """A quantised model run with its quantised engine selected (PyTorch keeps the engine in a
+    global; it is set for the call and restored after)."""
+
+    def __init__(self, model: nn.Module, engine: str) -> None:
+        super().__init__()
+        self.model, self.engine = model, engine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantised model's output for ``x``."""
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+        try:
+            return self.model(x)
+        finally:
+            torch.backends.quantized.engine = before
 
 
 def _build(teacher: Teacher, precision: str, calibration: torch.Tensor | None, compile: bool):
@@ -446,7 +463,7 @@ def _choose(
 ) -> tuple[Teacher, TeacherReport]:
     """The first path in ``tried`` (in order of preference) whose targets pass, else
     ``teacher`` with a report saying why."""
-    rejected = [r for _, r in tried if r.distance > max_distance]
+    rejected = [r for _, r in tried if not r.distance <= max_distance]  # NaN: rejected
     why = "; ".join(
         f"{r.path} rejected: {100 * r.agreement:.1f} % top-1 agreement, target distance "
         f"{r.distance:.4f} > {max_distance}"
@@ -454,7 +471,7 @@ def _choose(
     )
     passing = [(f, r) for f, r in tried if r.distance <= max_distance]
     if not passing:
-        note = f"kept the fp32 teacher: {why}"
+        note = f"kept the fp32 teacher: {why}" if why else "kept the fp32 teacher"
         return teacher, TeacherReport("fp32", n_views=n_views, fell_back=True, note=note)
     fast, report = passing[0]
     return fast, TeacherReport(**{**report.__dict__, "note": why})
@@ -523,15 +540,56 @@ def optimize_teacher(
             return fast, TeacherReport(fast.name, note="not checked: no sample views")
         fast = _build(teacher, "fp32", None, compile)
         return fast, TeacherReport(fast.name, note="fp32 numerics: no sample views to check")
-    tried = _check(
-        teacher,
-        {f.name: f for f in (_build(teacher, p, calibration, compile) for p in paths)},
-        sample,
-        distillation_type,
-        tau,
-        timed,
-    )
-    return _choose(teacher, tried, max_distance, len(sample))
+    fasts, failed = _build_paths(teacher, paths, calibration, compile, precision != "auto")
+    tried = _check(teacher, fasts, sample, distillation_type, tau, timed) if fasts else []
+    fast, report = _choose(teacher, _agreed_across_processes(tried), max_distance, len(sample))
+    note = "; ".join([*failed, report.note] if report.note else failed)
+    return fast, dataclasses.replace(report, note=note)
+
+
+def _build_paths(
+    teacher: Teacher,
+    paths: list[str],
+    calibration: torch.Tensor | None,
+    compile: bool,
+    strict: bool,
+) -> tuple[dict[str, FastTeacher], list[str]]:
+    """The fast teachers of ``paths`` by name, and a note for each that could not be built (a
+    model torch.fx cannot trace, for instance), skipped unless ``strict``.
+
+    Raises:
+        ValueError: with ``strict``, a path that cannot be built (one sentence).
+    """
+    fasts, failed = {}, []
+    for path in paths:
+        try:
+            fast = _build(teacher, path, calibration, compile)
+        except Exception as e:
+            if strict:
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise ValueError(
+                    f"teacher_precision {path!r} cannot be built for this teacher "
+                    f"({type(e).__name__}: {first}); use 'auto' or 'fp32'."
+                ) from e
+            failed.append(f"{path} not buildable ({type(e).__name__})")
+            continue
+        fasts[fast.name] = fast
+    return fasts, failed
+
+
+def _agreed_across_processes(
+    tried: list[tuple[FastTeacher, TeacherReport]],
+) -> list[tuple[FastTeacher, TeacherReport]]:
+    """Under ``torch.distributed``, each path's worst distance over the processes (each checked
+    its own views), so that every process keeps the same teacher path."""
+    import torch.distributed as dist
+
+    if not (tried and dist.is_available() and dist.is_initialized()):
+        return tried
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    worst = torch.tensor([r.distance for _, r in tried], dtype=torch.float64, device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return [(f, dataclasses.replace(r, distance=float(d))) for (f, r), d in zip(tried, worst)]
 
 
 def draw_views(

@@ -59,15 +59,17 @@ def fast_int8_available() -> bool:
 def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 autocast is a speed-up on ``device`` rather than a slow emulation.
 
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the ``/proc/cpuinfo`` flags ``amx_bf16``
+    CUDA: compute capability 8.0 or newer (``torch.cuda.is_bf16_supported()`` also counts the
+    emulation of older GPUs such as the V100 and T4, which is slow). CPU: the ``/proc/cpuinfo``
+    flags ``amx_bf16``
     (AMX tiles) or ``avx512_bf16`` (bf16 dot products); without either, oneDNN emulates bf16 and
     matmuls run many times slower than fp32. ``DEIT_FAST_BF16=0`` or ``=1`` overrides the CPU
     answer. This project's 2-core AMD EPYC (Zen 3) has AVX2 only, where bf16 is emulated and a
     teacher forward runs many times slower than in fp32: the answer there is ``False``.
     """
     dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type == "cuda":  # native bf16 from Ampere (8.0) on; older GPUs emulate it
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (8, 0)
     if dev.type != "cpu":
         return False
     override = os.environ.get("DEIT_FAST_BF16")

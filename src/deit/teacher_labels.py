@@ -79,6 +79,9 @@ VIEW_FIELDS = (
     "batch_size",
     "epochs",
     "seed",
+    "skip_corrupt",
+    "mean",
+    "std",
 )
 _NPY_HEADER = 128  # bytes of a .npy header for these shapes (format 1.0, padded to 64)
 
@@ -116,13 +119,15 @@ def store_size_bytes(views_per_epoch: int, epochs: int, num_classes: int, top_k:
 
 def run_manifest(cfg: Config, num_classes: int, train_images: int, world_size: int = 1) -> dict:
     """The fields of a run that a store must match: :data:`VIEW_FIELDS`, the class and image
-    counts, the world size, the format version and, when the run names a teacher checkpoint
-    (``cfg.teacher_path``), the teacher's name and the checkpoint's SHA-256."""
+    counts, the world size, the format version, the teacher's name when the run names one and
+    the SHA-256 of its checkpoint when the run names one (``cfg.teacher_path``)."""
     fields: dict[str, Any] = {"format_version": FORMAT_VERSION}
     fields.update({k: getattr(cfg, k) for k in VIEW_FIELDS})
     fields.update(num_classes=num_classes, train_images=train_images, world_size=world_size)
+    if cfg.teacher_model:
+        fields["teacher_model"] = cfg.teacher_model
     if cfg.teacher_path:
-        fields.update(teacher_model=cfg.teacher_model, teacher_sha256=file_sha256(cfg.teacher_path))
+        fields["teacher_sha256"] = file_sha256(cfg.teacher_path)
     return fields
 
 
@@ -325,8 +330,14 @@ def compute_teacher_labels(
         raise ValueError(
             f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
         )
+    if not cfg.teacher_path:
+        raise ValueError(
+            "`deit teacher-labels` needs the trained teacher's weights: pass --teacher-path "
+            "(and --teacher-model when the file does not record it)."
+        )
     t_start = time.perf_counter()
     state = training.label_pass_state(cfg)
+    cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
     teacher = training.build_run_teacher(state)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,7 +358,8 @@ def compute_teacher_labels(
         top_k=top_k,
         views_per_epoch=views,
         teacher=teacher.model_name,
-        teacher_precision=state.precision.name,
+        teacher_model=cfg.teacher_model or teacher.model_name,
+        amp=state.precision.name,
         teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
         teacher_seconds=seconds,
         seconds=time.perf_counter() - t_start,

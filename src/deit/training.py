@@ -14,6 +14,7 @@ gloo on CPU, NCCL on CUDA; DistributedDataParallel wraps the student only; only 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,7 +241,10 @@ def _check_output_dir(cfg: Config) -> Path | None:
             "writable folder); pass --output_dir with a writable folder."
         )
     found = [name for name in (LAST, "log.txt") if (out / name).exists()]
-    if found and not (cfg.overwrite or cfg.resume or cfg.auto_resume or cfg.eval):
+    continues = (cfg.auto_resume and (out / LAST).is_file()) or (
+        cfg.resume and Path(cfg.resume).resolve() == (out / LAST).resolve()
+    )  # this folder's own run; a resume from elsewhere must not write over another run
+    if found and not (cfg.overwrite or continues or cfg.eval):
         raise ValueError(
             f"The output folder {cfg.output_dir!r} already holds a run ({', '.join(found)}); "
             "continue it with --auto-resume, or pass --overwrite to replace it, or choose "
@@ -288,6 +293,9 @@ def _load_finetune(model: nn.Module, cfg: Config) -> list[str]:
     """
     weights = read_weights(cfg.finetune)
     weights.meta.pop("class_names", None)  # the new data set's classes, not the old ones
+    if cfg.finetune_img_size:  # the size the file does not record (its grid is ambiguous)
+        size = cfg.finetune_img_size
+        weights.meta["image_size"] = (size[0], size[-1])
     notes = fit_weights(model, weights, finetune=True)
     recorded = weights.run.model_name if weights.run else None
     if recorded and recorded != cfg.model:
@@ -405,19 +413,22 @@ class RunState:
 
 
 def _start(cfg: Config) -> RunState:
-    """Validate, join the process group, check the output folder, seed, pick the precision."""
-    cfg.validate()
+    """Validate, join the process group, check the output folder, seed, pick the precision.
+    The run works on a copy of ``cfg`` (:func:`build_data` fills in the model's defaults)."""
+    cfg = dataclasses.replace(cfg.validate())
     env, device = init_distributed(cfg.device)
-    out = _check_output_dir(cfg) if env.is_main else None
+    checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+    out = checked if env.is_main else None
     if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
         raise ValueError(
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
-            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`)."
+            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
+            "or --teacher-labels with a store of its labels."
         )
     if env.is_main and not cfg.eval and cfg.warmup_epochs >= cfg.epochs:
         print(
-            f"note: the warm-up ({cfg.warmup_epochs} epochs) is not shorter than the run "
-            f"({cfg.epochs} epochs), so the learning rate never reaches --lr; lower "
+            f"note: the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
+            "than the run, so the learning rate never reaches --lr; lower "
             "--warmup-epochs.",
             file=sys.stderr,
         )
@@ -528,16 +539,18 @@ def build_run_teacher(state: RunState) -> Any:
             channels_last=cfg.channels_last_teacher,
             device=state.device,
         )
-    if cfg.teacher_precision == "fp32":
-        return teacher
+    if cfg.teacher_precision == "fp32" or len(state.loader_train) == 0:  # (the latter: refused
+        return teacher  # with its own message in build_optimisation)
     rng = _rng_state()  # drawing the views leaves the run's own draws as they were
-    views = draw_views(state.loader_train, 96, state.device, state.mixup_fn)
+    # 256 views to check: 99.5 % agreement then allows one disagreement (on 64 it allowed none)
+    views = draw_views(state.loader_train, 32 + 256, state.device, state.mixup_fn)
     _set_rng_state(rng)
-    teacher, report = optimize_teacher(  # calibrate on 32 views, check on 64 others
+    calibrate = min(32, len(views) // 4)  # disjoint from the views checked
+    teacher, report = optimize_teacher(
         teacher,
         cfg.teacher_precision,
-        views[-64:],
-        calibration=views[:32],
+        views[calibrate:],
+        calibration=views[:calibrate],
         distillation_type=cfg.distillation_type,
         tau=cfg.distillation_tau,
         compile=cfg.compile,
@@ -560,7 +573,7 @@ def _open_teacher_labels(state: RunState) -> None:
 def label_pass_state(cfg: Config) -> RunState:
     """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
     nothing written: what :func:`deit.teacher_labels.compute_teacher_labels` iterates."""
-    cfg.validate()
+    cfg = dataclasses.replace(cfg.validate())  # build_data fills in the model's defaults
     device = resolve_device(cfg.device)
     state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
     build_data(state)
@@ -614,11 +627,22 @@ RESUME_SCHEDULE = (
 RESUME_DATA = ("data_set", "train_subset", "input_size", "opt", "distillation_type")
 
 
-def _resume_differences(cfg: Config, ck: RunCheckpoint, world_size: int) -> list[str]:
-    """``"name: checkpoint -> now"`` for each run-shaping setting that differs."""
+# Settings that change how a run is carried out, not what it computes.
+RESUME_FREE = (
+    "output_dir", "resume", "auto_resume", "overwrite", "new_schedule", "eval", "num_workers",
+    "pin_mem", "device", "dist_eval", "eval_interval", "log_interval", "data_path",
+    "teacher_path", "teacher_labels", "compile",
+)  # fmt: skip
+
+
+def _resume_differences(
+    cfg: Config, ck: RunCheckpoint, world_size: int, keys: Sequence[str] | None = None
+) -> list[str]:
+    """``"name checkpoint -> now"`` for each setting of ``keys`` (default: the run-shaping
+    ones) that differs from the checkpoint's."""
     saved = {**ck.config, "world_size": ck.world_size}
     now = {**cfg.to_dict(), "world_size": world_size}
-    keys = [*RESUME_DATA, *RESUME_SCHEDULE, "world_size"]
+    keys = keys if keys is not None else [*RESUME_DATA, *RESUME_SCHEDULE, "world_size"]
     return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys if k in saved and saved[k] != now[k]]
 
 
@@ -631,6 +655,15 @@ def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
         CheckpointError: a data / model setting differs, or a schedule setting without
             ``--new-schedule``.
     """
+    shaping = {*RESUME_DATA, *RESUME_SCHEDULE, *RESUME_FREE}
+    others = [k for k in state.cfg.field_names() if k not in shaping]
+    recipe = _resume_differences(state.cfg, ck, state.env.world_size, others)
+    if recipe and state.env.is_main:  # e.g. a stronger augmentation from here on: allowed
+        print(
+            f"note: resumed with other settings than the checkpoint's ({'; '.join(recipe)}); "
+            "config.yaml records the new ones.",
+            file=sys.stderr,
+        )
     changed = _resume_differences(state.cfg, ck, state.env.world_size)
     if not changed:
         return False
@@ -646,7 +679,9 @@ def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
             f"--resume {path!r} was trained with other settings ({'; '.join(changed)}); {fix}."
         )
     if state.env.is_main:
-        print(f"note: new schedule from epoch {ck.epoch}: {'; '.join(changed)}.", file=sys.stderr)
+        print(
+            f"note: new schedule from epoch {ck.epoch + 1}: {'; '.join(changed)}.", file=sys.stderr
+        )
     return True
 
 
@@ -673,7 +708,7 @@ def resume(state: RunState) -> None:
         raise CheckpointError(
             f"--resume {path!r} holds a {ck.model_name} but --model is {cfg.model}."
         )
-    rebuilt = _check_resume(state, ck, path)
+    rebuilt = False if cfg.eval else _check_resume(state, ck, path)  # evaluating trains nothing
     state.model.load_state_dict(ck.model)
     state.optimizer.load_state_dict(ck.optimizer)
     saved_scheduler = None if rebuilt else ck.scheduler
@@ -698,7 +733,8 @@ def resume(state: RunState) -> None:
         else:
             state.scheduler.step(state.start_epoch)
     if env.is_main:
-        print(f"Resumed from {path}: epoch {ck.epoch}, step {ck.step}.", file=sys.stderr)
+        where = f"in epoch {ck.epoch + 1}" if ck.batches_done else f"after epoch {ck.epoch}"
+        print(f"Resumed from {path} {where}, update {ck.step}.", file=sys.stderr)
 
 
 def _state_dict(part: Any) -> dict[str, Any] | None:
@@ -780,7 +816,7 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: Any) -> dict[str
         log_interval=cfg.log_interval,
         teacher_labels=state.teacher_labels,
     )
-    total = len(state.loader_train) - state.skip_batches
+    total = len(state.loader_train)  # the sampler starts after the batches already trained
     bar = _progress(total, f"epoch {epoch + 1}/{cfg.epochs}", show)
     try:
         stats = train_one_epoch(
@@ -852,7 +888,7 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
             if last is not None and last.is_file()
             else "no checkpoint was written"
         )
-        raise NonFiniteLossError(f"{e} The run stopped; {kept}.") from None
+        raise NonFiniteLossError(f"{str(e).rstrip('.')}; the run stopped and {kept}.") from None
     finally:
         stop.restore()
 
@@ -1003,7 +1039,8 @@ def _train_cmd(args: argparse.Namespace) -> int:
     try:
         result = run(cfg, progress=not args.no_progress)
     except NonFiniteLossError as e:
-        print(f"deit train: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank stops at the same step
+            print(f"deit train: error: {e}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():

@@ -869,7 +869,8 @@ def build_dataset(
     if key in ("inat18", "inat19"):
         if root is None:
             raise FileNotFoundError(
-                f"The {key} data set needs its folder: pass --data-path (root= in Python) with <root>/train20{key[-2:]}.json, "
+                f"The {key} data set needs its folder: pass --data-path (root= in Python) "
+                f"with <root>/train20{key[-2:]}.json, "
                 f"<root>/val20{key[-2:]}.json and <root>/categories.json."
             )
         return INatDataset(root, year=2000 + int(key[-2:]), split=split, **kw)

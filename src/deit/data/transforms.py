@@ -235,7 +235,8 @@ def build_mixup(
             function of ``(seed, stream, epoch, batch index)`` (``stream``: the process rank).
 
     Returns:
-        ``Mixup`` (:class:`SeededMixup` with ``seed``) or ``None`` when ``mixup <= 0``, ``cutmix <= 0`` and no ``cutmix_minmax``,
+        ``Mixup`` (:class:`SeededMixup` with ``seed``) or ``None`` when ``mixup <= 0``,
+        ``cutmix <= 0`` and no ``cutmix_minmax``,
         or ``prob == 0``.
     """
     active = mixup > 0 or cutmix > 0 or cutmix_minmax is not None
@@ -432,7 +433,8 @@ class PositionSampler(Sampler):
             self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)  # type: ignore[arg-type]
+        """Keys the next pass yields (those from ``start`` on)."""
+        return max(len(self.sampler) - self.start, 0)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         world = getattr(self.sampler, "num_replicas", 1)

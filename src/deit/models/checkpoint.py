@@ -629,8 +629,8 @@ def _source_grid(
         if grid[0] * grid[1] != n:
             raise CheckpointError(
                 f"{source!r} records image size {size[0]}x{size[1]} (a {grid[0]}x{grid[1]} "
-                f"patch grid) but its pos_embed has {n} patch rows; pass source_img_size=(H, W) "
-                "with the size it was trained at."
+                f"patch grid) but its pos_embed has {n} patch rows; pass the size it was "
+                "trained at (--finetune-img-size H W, or source_img_size=(H, W) in Python)."
             )
         return grid
     side = int(round(n**0.5))
@@ -640,9 +640,9 @@ def _source_grid(
     if n == gh * gw or side * side != n:
         raise CheckpointError(
             f"{source!r} does not record its image size and its {n} position rows fit several "
-            f"patch grids (the model's is {gh}x{gw}); pass source_img_size=(H, W), the size it "
-            "was trained at, to deit.load_checkpoint, or re-save it with deit.save_weights from "
-            "a model of that size, which records it."
+            f"patch grids (the model's is {gh}x{gw}); pass the size it was trained at "
+            "(--finetune-img-size H W, or source_img_size=(H, W) in Python), or re-save it with "
+            "deit.save_weights from a model of that size, which records it."
         )
     return side, side
 
