@@ -523,11 +523,20 @@ def _labels_line(results: dict[str, Any]) -> list[str]:
     if not passes:
         return []
     spent = sum(p["teacher_seconds"] for p in passes)
+    wall = sum(p.get("seconds", 0.0) for p in passes)
+    saved = results["teacher_seconds_saved"]
+    verdict = (
+        "; with a teacher this small, re-creating every view for the passes costs more than "
+        "the teacher time it saves (the store pays off with a large teacher: "
+        "benchmarks/README.md)"
+        if wall > saved
+        else ""
+    )
     return [
         f"- teacher labels: computed once per seed ({len(passes)} passes, {spent:.1f} s of "
-        f"teacher forward) and read by the {passes[0]['students']} distilled students of each "
-        f"seed: about {results['teacher_seconds_saved']:.1f} s of teacher forward avoided "
-        "((students - 1) x each pass's teacher seconds)"
+        f"teacher forward, {wall:.0f} s in all) and read by the {passes[0]['students']} "
+        f"distilled students of each seed: about {saved:.1f} s of teacher forward avoided "
+        f"((students - 1) x each pass's teacher seconds){verdict}"
     ]
 
 
