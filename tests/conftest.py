@@ -35,3 +35,19 @@ def image_tree(tmp_path: Path) -> Path:
         tmp_path / "imgs",
         {"train": {"cat": 3, "dog": 2, "fish": 4}, "val": {"cat": 1, "dog": 1, "fish": 2}},
     )
+
+
+def tiny_hf_kwargs(prefix: str = "class") -> dict:
+    """Keyword arguments of a tiny transformers ViT/DeiT config (32 px, 8-px patches, D 64,
+    2 blocks, 2 heads, 5 labels named ``<prefix><i>``) for parity tests."""
+    return dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        num_labels=5,
+        id2label={i: f"{prefix}{i}" for i in range(5)},
+        label2id={f"{prefix}{i}": i for i in range(5)},
+    )

@@ -12,6 +12,7 @@ from PIL import Image
 from timm.layers import resample_abs_pos_embed
 
 import deit
+from conftest import tiny_hf_kwargs
 from deit.models import CheckpointError, load_checkpoint, resample_pos_embed, save_weights
 
 
@@ -206,17 +207,7 @@ def test_pretrained_uses_hub_cache(tmp_path, monkeypatch):
 
 def test_huggingface_conversion_parity(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.DeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
-        num_labels=5,
-        id2label={i: f"class{i}" for i in range(5)},
-        label2id={f"class{i}": i for i in range(5)},
-    )
+    cfg = transformers.DeiTConfig(**tiny_hf_kwargs("class"))
     torch.manual_seed(0)
     hf = transformers.DeiTForImageClassificationWithTeacher(cfg).eval()
     hf.save_pretrained(tmp_path / "hf")

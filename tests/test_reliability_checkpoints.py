@@ -12,6 +12,7 @@ import timm
 import torch
 
 import deit
+from conftest import tiny_hf_kwargs
 from deit.config import Config
 from deit.distillation import build_teacher
 from deit.models import (
@@ -103,17 +104,7 @@ def test_finetune_distilled_into_plain_from_every_file_kind(kind, tmp_path):
 
 def test_hf_vit_folder_matches_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
-        num_labels=5,
-        id2label={i: f"c{i}" for i in range(5)},
-        label2id={f"c{i}": i for i in range(5)},
-    )
+    cfg = transformers.ViTConfig(**tiny_hf_kwargs("c"))
     torch.manual_seed(0)
     hf = transformers.ViTForImageClassification(cfg).eval()
     hf.save_pretrained(tmp_path / "vit")
