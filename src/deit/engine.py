@@ -131,7 +131,7 @@ def _train_step(
     if not torch.isfinite(loss):  # one sync per step; the official code checks too
         epoch, i, num_updates = where
         raise NonFiniteLossError(
-            f"The training loss is {loss.item()} at epoch {epoch}, step {i} (update "
+            f"The training loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1} (update "
             f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data."
         )
     _backward_and_step(loss, model, optimizer, opts)
