@@ -18,7 +18,7 @@ import torch.distributed as dist
 from timm.utils import unwrap_model
 from torch import nn
 
-from .data.transforms import SeededMixup
+from .data.transforms import mix_batch
 from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
 
 __all__ = [
@@ -114,10 +114,7 @@ def _train_step(
     distillation, teacher_disagreement)``; a criterion without ``compute`` (any callable taking
     ``(images, outputs, targets)``) gives its value as total and base."""
     samples, targets = batch
-    if isinstance(opts.mixup_fn, SeededMixup):  # λ and box a function of (epoch, batch index)
-        samples, targets = opts.mixup_fn(samples, targets, key=where[:2])
-    elif opts.mixup_fn is not None:
-        samples, targets = opts.mixup_fn(samples, targets)
+    samples, targets = mix_batch(opts.mixup_fn, samples, targets, where[:2])
     with opts.precision.autocast():
         outputs = model(samples)
         if hasattr(criterion, "compute"):

@@ -261,7 +261,7 @@ class _Writer:
 def _teacher_pass(state: Any, teacher: Any, writer: _Writer, chunk: int, epoch: int) -> float:
     """One epoch's views through the teacher, ``chunk`` training batches per forward (each
     batch mixed with its own key first, as in training). Returns the teacher's seconds."""
-    from .data.transforms import SeededMixup
+    from .data.transforms import mix_batch
 
     state.sampler_train.set_epoch(epoch)
     pending: list[torch.Tensor] = []
@@ -280,8 +280,7 @@ def _teacher_pass(state: Any, teacher: Any, writer: _Writer, chunk: int, epoch: 
         return time.perf_counter() - t0
 
     for i, (x, y) in enumerate(state.loader_train):
-        if isinstance(state.mixup_fn, SeededMixup):  # what deit.training builds
-            x, _ = state.mixup_fn(x, y, key=(epoch, i))
+        x, _ = mix_batch(state.mixup_fn, x, y, (epoch, i))  # as the training step mixes it
         pending.append(x)
         if len(pending) >= chunk:
             seconds += flush()

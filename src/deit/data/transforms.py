@@ -52,6 +52,7 @@ __all__ = [
     "PositionSampler",
     "SeededMixup",
     "SeededViews",
+    "mix_batch",
     "seeded_rng",
     "view_seed",
 ]
@@ -464,3 +465,16 @@ class SeededMixup(Mixup):
             return super().__call__(x, target)
         with seeded_rng(view_seed(self.seed, key[0], key[1], _MIX, self.stream)):
             return super().__call__(x, target)
+
+
+def mix_batch(
+    mixup_fn: Mixup | None, x: torch.Tensor, target: torch.Tensor, key: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``key = (epoch, batch index)`` as training mixes it: a :class:`SeededMixup` keyed
+    by it, any other timm ``Mixup`` as timm draws, ``None`` unchanged. One place, so that the
+    training step and the teacher-label pass see the same views."""
+    if mixup_fn is None:
+        return x, target
+    if isinstance(mixup_fn, SeededMixup):
+        return mixup_fn(x, target, key=key)
+    return mixup_fn(x, target)
