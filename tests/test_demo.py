@@ -59,7 +59,7 @@ def test_quick_demo_records_every_run(results):
     quick = DemoSettings.quick()
     assert len(runs) == len(quick.seeds) * (1 + len(quick.variants))
     for r in runs:
-        assert r["train_images"] == 200 and r["test_images"] == 4800  # 1,000 + 3,800 unused
+        assert r["train_images"] == 200 and r["test_images"] == 3800  # 1,000 + 2,800 unused
         assert 0.0 <= r["top1"] <= 100.0 and r["top1"] == round(r["top1"], 2)
     soft = [r for r in runs if r["variant"] == "soft"]
     assert {(r["alpha"], r["tau"]) for r in soft} == {(0.9, 4.0), (0.1, 3.0)}
@@ -112,7 +112,14 @@ def test_teacher_labels_computed_once_per_seed_and_read_by_the_students(demo_dir
 def test_results_md_says_design_machine_and_verdict(demo_dir, results):
     text = (demo_dir / "results.md").read_text()
     assert "seeds: 0, 1" in text and "machine:" in text and "image-steps" in text
-    assert "4800 images" in text
+    assert "3800 images" in text
+    # the scikit-learn baselines on the same held-out digits, beside the transformers
+    baselines = {b["variant"]: b for b in results["baselines"]}
+    assert set(baselines) == {"logistic_regression", "knn", "svm"}
+    assert all(b["test_images"] == 3800 and 0 < b["top1"] <= 100 for b in baselines.values())
+    assert f"| RBF-SVM (pixels) | 200 | — | {baselines['svm']['top1']:.2f} |" in text
+    # each run's held-out top-1 along its schedule ends at its final top-1
+    assert all(r["curve"][-1][2] == r["top1"] for r in results["runs"])
     assert text.count("vs no distillation") == 3  # one sentence per distilled variant
     assert "97.89999" not in text and "999999" not in json.dumps(results)
 

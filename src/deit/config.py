@@ -248,6 +248,13 @@ class Config:
         "With --train-subset, also evaluate on the training images the subset leaves out.",
         group="data",
     )
+    val_images: int = _f(
+        0,
+        "With --train-subset, hold out the first K training images the subset leaves out as "
+        "validation: the run evaluates on them alone (for choosing settings), or with "
+        "--eval-unused they are kept out of the evaluated images (0 = none).",
+        group="data",
+    )
     batch_size: int = _f(64, "Batch size per process.", group="data")
     num_workers: int = _f(
         10, "Data-loading workers per process.", group="data", flags=["--num-workers"]
@@ -551,6 +558,7 @@ def _checks(c: Config) -> list[str | None]:
         atleast("epochs", 1, "; train for at least one epoch"),
         atleast("warmup_epochs", 0),
         atleast("train_subset", 0, "; use 0 to train on every image"),
+        atleast("val_images", 0, "; use 0 to hold out no validation images"),
         atleast("eval_interval", 0, "; use 0 to evaluate after the last epoch only"),
         atleast("crop_padding", 0),
         atleast("cooldown_epochs", 0),
@@ -597,6 +605,10 @@ def _combinations(c: Config) -> list[str | None]:
         if c.train_subset or not c.eval_unused
         else "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
         "give --train-subset N or drop --eval-unused.",
+        None
+        if c.train_subset or not c.val_images
+        else "'val_images' is set but 'train_subset' is 0, so no training image is left out "
+        "to validate on; give --train-subset N or drop --val-images.",
         None
         if not (c.overwrite and (c.resume or c.auto_resume))
         else "'overwrite' replaces the run in output_dir but 'resume'/'auto_resume' continues "

@@ -42,6 +42,7 @@ from .data import (
     build_sampler,
     build_transform_from_config,
     dataset_info,
+    subset_split,
 )
 from .data.inputs import resolve_inputs
 from .data.transforms import PositionSampler, SeededViews
@@ -307,20 +308,27 @@ def _load_finetune(model: nn.Module, cfg: Config) -> list[str]:
 
 def _subset(cfg: Config, train_set: Any, val_set: Any, val_tf: Any) -> tuple[Any, Any]:
     """``--train-subset N``: the first N images of a fixed permutation of the training split
-    (independent of ``--seed``, so runs with several seeds see the same images, and a smaller
-    N's images are part of every larger N's). With ``--eval-unused`` the images left out join
-    the validation set (seen through the evaluation transform)."""
-    if not cfg.train_subset or cfg.train_subset >= len(train_set):
+    (:func:`deit.data.subset_split`: the same for every seed). ``--val-images K`` holds out the
+    next K images of that permutation as validation: the run evaluates on them alone, or with
+    ``--eval-unused`` on the validation split plus the images after them (seen through the
+    evaluation transform), so settings chosen on the K images are never scored on them.
+
+    Raises:
+        ValueError: N + K exceeds the training split.
+    """
+    n, k = cfg.train_subset, cfg.val_images
+    if not n or (n >= len(train_set) and not k):
         return train_set, val_set
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0)).tolist()
-    subset = torch.utils.data.Subset(train_set, order[: cfg.train_subset])
-    if cfg.eval_unused:
+    train, val, rest = subset_split(len(train_set), n, k)
+    subset = torch.utils.data.Subset(train_set, train)
+    if cfg.eval_unused or k:
         root = cfg.data_path or None
         unused = build_dataset(
             cfg.data_set, root, "train", transform=val_tf, **_dataset_kwargs(cfg)
         )
-        rest = torch.utils.data.Subset(unused, sorted(order[cfg.train_subset :]))
-        val_set = torch.utils.data.ConcatDataset([val_set, rest])
+        if not cfg.eval_unused:
+            return subset, torch.utils.data.Subset(unused, val)
+        val_set = torch.utils.data.ConcatDataset([val_set, torch.utils.data.Subset(unused, rest)])
     return subset, val_set
 
 

@@ -6,6 +6,7 @@ from .datasets import (
     dataset_info,
     list_datasets,
     safe_unpickle,
+    subset_split,
 )
 from .transforms import (
     build_mixup,
@@ -21,6 +22,7 @@ __all__ = [
     "dataset_info",
     "list_datasets",
     "safe_unpickle",
+    "subset_split",
     "build_transform",
     "build_transform_from_config",
     "build_mixup",

