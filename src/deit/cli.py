@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from ._optional import MissingExtraError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "package_version"]
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -68,6 +68,19 @@ _JOB_MODULES = ("training", "teacher_labels", "evaluate", "demo", "predict", "an
 _JOB_MODULES += ("benchmark", "export")
 
 
+def package_version() -> str:
+    """The installed distribution's version (package metadata), else ``deit.__version__`` for
+    a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deit")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the `deit` command with every available subcommand."""
     import importlib
@@ -76,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deit",
         description="DeiT: data-efficient image transformers and distillation through attention.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_list_models(sub)
     for mod in _JOB_MODULES:
