@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from deit.benchmark import benchmark_model
 from deit.cli import build_parser, main
 
 ROOT = Path(__file__).parents[1]
+PICO = "deit_pico_patch7_28"
 
 
 def _subcommands() -> list[str]:
@@ -39,3 +41,17 @@ def test_every_help_screen_prints_and_version_comes_from_metadata(capsys):
         main(["--version"])
     version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)[1]
     assert e.value.code == 0 and capsys.readouterr().out == f"deit {version}\n"
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_benchmark_batch_size_below_one_is_one_sentence(size, capsys):
+    assert main(["benchmark", "--models", PICO, "--batch-size", str(size), "--no-plot"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # refused before anything is measured
+    assert captured.err == (
+        f"deit benchmark: error: 'batch_size' is {size} but must be at least 1; pass a positive "
+        "batch size, or leave it out for the default (the largest power of two that fits on "
+        "CUDA, 32 on CPU).\n"
+    )
+    with pytest.raises(ValueError, match=f"'batch_size' is {size} but must be at least 1"):
+        benchmark_model(PICO, batch_size=size, device="cpu")
