@@ -5,13 +5,21 @@ panel titles, ``export --output`` onto a folder, ``--num_workers`` spellings).""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
+import deit
+import deit.evaluate
+import deit.predict
+from conftest import write_image_tree
 from deit.benchmark import benchmark_model
 from deit.cli import build_parser, main
+from deit.models import CheckpointError, RunCheckpoint
 
 ROOT = Path(__file__).parents[1]
 PICO = "deit_pico_patch7_28"
@@ -55,3 +63,80 @@ def test_benchmark_batch_size_below_one_is_one_sentence(size, capsys):
     )
     with pytest.raises(ValueError, match=f"'batch_size' is {size} but must be at least 1"):
         benchmark_model(PICO, batch_size=size, device="cpu")
+
+
+# ------------------------------------------------------------------ 5: non-finite weights, JSON
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """4 classes x 3 training and 2 validation images, 28x28."""
+    root = tmp_path_factory.mktemp("tree")
+    counts = {"train": dict.fromkeys("abcd", 3), "val": dict.fromkeys("abcd", 2)}
+    return write_image_tree(root, counts, size=(28, 28))
+
+
+def _pico_state_dict(num_classes: int = 4) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return deit.create_model(PICO, num_classes=num_classes).state_dict()
+
+
+def test_non_finite_weights_are_refused_naming_the_first_tensor(tree, tmp_path, capsys):
+    sd = _pico_state_dict()
+    qkv = "blocks.0.attn.qkv.weight"  # (384, 128): 49,152 values
+    sd[qkv][0, :2] = float("nan")
+    sd["blocks.3.mlp.fc1.bias"][5] = float("inf")  # later in the state dict: not the one named
+    run = tmp_path / "nan.pth"
+    RunCheckpoint(sd, PICO, num_classes=4, img_size=28, in_chans=3).save(run)
+    sentence = (
+        f"{str(run)!r} holds non-finite weights: tensor {qkv!r} has 2 NaN of its 49,152 "
+        "values; use a checkpoint saved before the values diverged, or copy or download the "
+        "file again."
+    )
+    for argv in (
+        ["eval", str(run), "--data-set", "folder", "--data-path", str(tree), "--json"],
+        ["predict", str(run), str(tree / "val" / "a"), "--json"],
+    ):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"deit {argv[0]}: error: {sentence}\n"
+    # any file kind; NaN and inf in one tensor
+    sd[qkv][0, :2] = torch.tensor([float("nan"), float("-inf")])
+    st = tmp_path / "w.safetensors"
+    deit.save_weights(sd, st)
+    with pytest.raises(CheckpointError) as e:
+        deit.load_model(st, PICO)
+    assert f"tensor {qkv!r} has 1 NaN and 1 infinite of its 49,152 values" in str(e.value)
+    assert str(e.value).startswith(f"{str(st)!r} holds non-finite weights")
+
+
+def test_json_outputs_are_strict_and_rounded(tree, tmp_path, monkeypatch, capsys):
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    stats = {"loss": math.inf, "acc1": 2 / 3 * 100, "acc1_dist": 70.89999999999999, "n": 3.0}
+    stats |= {"mean": [0.485, float("nan")], "notes": []}
+    monkeypatch.setattr(deit.evaluate, "evaluate_checkpoint", lambda *a, **k: dict(stats))
+    assert main(["eval", "any.pth", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert strict(out) == {
+        "loss": None,
+        "acc1": 66.6667,
+        "acc1_dist": 70.9,
+        "n": 3.0,
+        "mean": [0.485, None],
+        "notes": [],
+    }
+    monkeypatch.undo()
+    # predict --json: the probabilities of predict(), to 6 significant digits
+    ckpt = tmp_path / "ok.pth"
+    RunCheckpoint(
+        _pico_state_dict(), PICO, 4, 28, 3, class_names=list("abcd"), mean=[0.5] * 3, std=[0.5] * 3
+    ).save(ckpt)
+    images = tree / "val" / "b"
+    assert main(["predict", str(ckpt), str(images), "--json", "--topk", "2"]) == 0
+    lines = [strict(x) for x in capsys.readouterr().out.splitlines()]
+    expected = deit.predict.predict(ckpt, images, topk=2)
+    assert [x["path"] for x in lines] == [p.path for p in expected] and len(lines) == 2
+    for got, want in zip(lines, expected, strict=True):
+        assert [t["prob"] for t in got["topk"]] == [float(f"{p:.6g}") for p in want.probs]

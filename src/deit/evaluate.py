@@ -8,7 +8,6 @@ Builds the model with :func:`deit.models.load_model` (any checkpoint format), th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ._json import dumps
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode
@@ -197,7 +197,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     )
     for note in stats["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    print(json.dumps(stats) if args.json else format_metrics(stats))
+    print(dumps(stats) if args.json else format_metrics(stats))
     return 0
 
 

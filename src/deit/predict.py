@@ -13,7 +13,6 @@ The helpers :func:`resolve_model`, :func:`find_images`, :func:`load_image` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._json import dumps
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, DistilledVisionTransformer, ModelInfo, load_model
 
@@ -480,7 +480,7 @@ def _run(args: argparse.Namespace) -> int:
     _print_notes(caught, "predict")
     if args.json:
         for p in preds:
-            print(json.dumps(p.to_dict()))
+            print(dumps(p.to_dict()))
     else:
         print(format_table(preds))
     return 0
