@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import deit
 import deit.evaluate
@@ -110,7 +112,18 @@ def test_non_finite_weights_are_refused_naming_the_first_tensor(tree, tmp_path, 
     assert str(e.value).startswith(f"{str(st)!r} holds non-finite weights")
 
 
-def test_json_outputs_are_strict_and_rounded(tree, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A pico run checkpoint of 4 classes a-d with its normalisation (no notes when loaded)."""
+    path = tmp_path_factory.mktemp("ckpt") / "ok.pth"
+    sd = _pico_state_dict()
+    RunCheckpoint(sd, PICO, 4, 28, 3, class_names=list("abcd"), mean=[0.5] * 3, std=[0.5] * 3).save(
+        path
+    )
+    return path
+
+
+def test_json_outputs_are_strict_and_rounded(tree, ckpt, monkeypatch, capsys):
     def strict(text: str):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
 
@@ -129,10 +142,6 @@ def test_json_outputs_are_strict_and_rounded(tree, tmp_path, monkeypatch, capsys
     }
     monkeypatch.undo()
     # predict --json: the probabilities of predict(), to 6 significant digits
-    ckpt = tmp_path / "ok.pth"
-    RunCheckpoint(
-        _pico_state_dict(), PICO, 4, 28, 3, class_names=list("abcd"), mean=[0.5] * 3, std=[0.5] * 3
-    ).save(ckpt)
     images = tree / "val" / "b"
     assert main(["predict", str(ckpt), str(images), "--json", "--topk", "2"]) == 0
     lines = [strict(x) for x in capsys.readouterr().out.splitlines()]
@@ -140,3 +149,28 @@ def test_json_outputs_are_strict_and_rounded(tree, tmp_path, monkeypatch, capsys
     assert [x["path"] for x in lines] == [p.path for p in expected] and len(lines) == 2
     for got, want in zip(lines, expected, strict=True):
         assert [t["prob"] for t in got["topk"]] == [float(f"{p:.6g}") for p in want.probs]
+
+
+# ------------------------------------------------------------------ 8: smaller things
+
+
+def test_predict_shows_progress_on_a_terminal_and_sorts_naturally(
+    ckpt, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "imgs"
+    names = [f"{i}.png" for i in range(12)] + ["d9/0.png", "d10/0.png"]
+    for name in reversed(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (28, 28), (20 * len(name), 0, 0)).save(folder / name)
+    argv = ["predict", str(ckpt), str(folder), "--topk", "1", "--batch-size", "5"]
+    assert main(argv) == 0  # stderr is no terminal: no bar
+    captured = capsys.readouterr()
+    rows = [line.split()[0] for line in captured.out.splitlines()[2:]]
+    assert rows == [str(folder / n) for n in names]  # 0, 1, 2, ..., 10, 11; d9 before d10
+    assert captured.err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("\rpredict:   0%|") and "| 0/14 [" in err
+    assert main([*argv, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
