@@ -174,3 +174,29 @@ def test_predict_shows_progress_on_a_terminal_and_sorts_naturally(
     assert err.startswith("\rpredict:   0%|") and "| 0/14 [" in err
     assert main([*argv, "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_finetune_to_another_class_count_prints_one_line_notes(tree, tmp_path, capsys):
+    ten = tmp_path / "ten.pth"
+    deit.save_weights(_pico_state_dict(num_classes=10), ten)
+    argv = ["train", "--model", PICO, "--data-set", "folder", "--data-path", str(tree)]
+    argv += ["--finetune", str(ten), "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4"]
+    argv += ["--num_workers", "0", "--no-progress", "--output_dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        "note: Dropped head.weight (10, 128): the model's class count differs (finetune).",
+        "note: Dropped head.bias (10,): the model's class count differs (finetune).",
+    ]
+    assert len(err) == 3 and err[2].startswith("epoch 1/1: loss ")  # no source line
+    # deit eval: a loader's note, also among the notes eval prints, is printed once
+    plain = tmp_path / "plain.pth"
+    deit.save_weights(_pico_state_dict(), plain)
+    argv = ["eval", str(plain), "--model", PICO.replace("pico", "pico_distilled")]
+    assert main([*argv, "--data-set", "folder", "--data-path", str(tree)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "note: The checkpoint is not distilled: dist_token, its position embedding and "
+        "head_dist were initialised from the class token's."
+    )
+    assert len(err) == len(set(err)) == 3 and all(line.startswith("note: ") for line in err)

@@ -8,7 +8,6 @@ Builds the model with :func:`deit.models.load_model` (any checkpoint format), th
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._json import dumps
+from .cli import print_note
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode
@@ -195,8 +195,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         mean=args.mean,
         std=args.std,
     )
-    for note in stats["notes"]:
-        print(f"note: {note}", file=sys.stderr)
+    for note in stats["notes"]:  # those the loader warned about are printed already
+        print_note(note)
     print(dumps(stats) if args.json else format_metrics(stats))
     return 0
 
