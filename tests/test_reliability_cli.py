@@ -200,3 +200,20 @@ def test_finetune_to_another_class_count_prints_one_line_notes(tree, tmp_path, c
         "head_dist were initialised from the class token's."
     )
     assert len(err) == len(set(err)) == 3 and all(line.startswith("note: ") for line in err)
+
+
+def test_attention_figure_panel_titles_do_not_overlap():
+    pytest.importorskip("matplotlib")
+    from deit.analysis import TOKEN_NAMES, attention_figure
+
+    g = torch.rand(4, 4)
+    maps = {t: {"last": g, "rollout": g / 2} for t in TOKEN_NAMES}  # a distilled model's
+    fig = attention_figure(torch.rand(3, 28, 28), maps, title="0.png", num_heads=3)
+    fig.canvas.draw()  # constrained layout places the titles
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes[:5]]
+    page = fig.bbox
+    for i, box in enumerate(boxes):
+        assert page.x0 <= box.x0 and box.x1 <= page.x1, (i, box, page)  # inside the figure
+        for j, other in enumerate(boxes[i + 1 :], i + 1):
+            assert box.x1 <= other.x0, (i, j, box, other)  # left to right, apart
