@@ -217,3 +217,16 @@ def test_attention_figure_panel_titles_do_not_overlap():
         assert page.x0 <= box.x0 and box.x1 <= page.x1, (i, box, page)  # inside the figure
         for j, other in enumerate(boxes[i + 1 :], i + 1):
             assert box.x1 <= other.x0, (i, j, box, other)  # left to right, apart
+
+
+def test_export_onto_a_folder_is_one_sentence(ckpt, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    argv = ["export", str(ckpt), "--format", "torchscript", "--output", str(folder)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"deit export: error: The output {str(folder)!r} is a folder; name the file to write, "
+        f"e.g. {str(folder / 'ok.pt')!r}.\n"
+    )
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]  # nothing written or lost
