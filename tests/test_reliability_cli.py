@@ -230,3 +230,21 @@ def test_export_onto_a_folder_is_one_sentence(ckpt, tmp_path, capsys):
         f"e.g. {str(folder / 'ok.pt')!r}.\n"
     )
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]  # nothing written or lost
+
+
+def test_num_workers_takes_both_spellings_in_every_command():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    spellings = {
+        name: {o for a in sub._actions if a.dest == "num_workers" for o in a.option_strings}
+        for name, sub in commands.items()
+    }
+    taking = {name: s for name, s in spellings.items() if s}
+    assert taking == dict.fromkeys(
+        ["train", "teacher-labels", "eval"], {"--num_workers", "--num-workers"}
+    )
+    needed = {"teacher-labels": ["--output", "x"], "eval": ["ckpt.pth"]}
+    for name in taking:
+        for flag in ("--num_workers", "--num-workers"):
+            args = parser.parse_args([name, *needed.get(name, []), flag, "3"])
+            assert args.num_workers == 3, (name, flag)

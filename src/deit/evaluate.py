@@ -222,7 +222,13 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--num_workers",
+        "--num-workers",
+        type=int,
+        default=0,
+        help="data-loading workers (default 0); spelt as in deit train, either way",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval_cmd)
