@@ -123,12 +123,12 @@ def _notes_as_lines() -> Iterator[None]:
     fine-tuning to another class count) with :func:`print_note`, like the commands' other
     notes, instead of Python's warning with its source line. Other warnings keep Python's
     format."""
-    package = str(Path(__file__).parent)
+    package = str(Path(__file__).parent) + os.sep
     _shown_notes.clear()
     with warnings.catch_warnings():
         original = warnings.showwarning
 
-        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        def show(message, category, filename, lineno, file=None, line=None):
             if issubclass(category, UserWarning) and str(filename).startswith(package):
                 print_note(str(message))
             else:

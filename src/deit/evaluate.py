@@ -227,7 +227,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
         "--num-workers",
         type=int,
         default=0,
-        help="data-loading workers (default 0); spelt as in deit train, either way",
+        help="data-loading workers (default 0)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
