@@ -216,11 +216,11 @@ def test_attention_figure_has_titles_and_colour_bars():
     fig = attention_figure(torch.rand(3, 28, 28), maps, title="x.png", num_heads=2)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == [
-        "input (model's crop)",
-        "class token: last layer (mean of 2 heads), 7x7 patches",
-        "class token: attention rollout, 7x7 patches",
-        "distillation token: last layer (mean of 2 heads), 7x7 patches",
-        "distillation token: attention rollout, 7x7 patches",
+        "input\n(model's crop)",
+        "class token\nlast layer, mean of 2 heads\n7x7 patches",
+        "class token\nattention rollout\n7x7 patches",
+        "distillation token\nlast layer, mean of 2 heads\n7x7 patches",
+        "distillation token\nattention rollout\n7x7 patches",
     ]
     assert len(fig.axes) == 5 + 4  # four colour bars
     # the patch grid is drawn as flat cells on the image's own pixel edges
@@ -312,8 +312,8 @@ def test_plain_model_maps_have_class_token_only():
         torch.rand(3, 28, 28), {k: {n: v[0] for n, v in m.items()} for k, m in maps.items()}
     )
     assert [ax.get_title() for ax in fig.axes[1:3]] == [
-        "class token: last layer (mean over heads), 7x7 patches",
-        "class token: attention rollout, 7x7 patches",
+        "class token\nlast layer, mean over heads\n7x7 patches",
+        "class token\nattention rollout\n7x7 patches",
     ]
 
 

@@ -377,15 +377,16 @@ def attention_figure(
     cmap = "gray" if img.ndim == 2 else None
     extent = (0, w, h, 0)  # image and patch grid share pixel edges: no half-pixel shift
     axes[0].imshow(img, cmap=cmap, vmin=0, vmax=1, extent=extent)
-    axes[0].set_title("input (model's crop)")
+    axes[0].set_title("input\n(model's crop)", fontsize=9)
     heads = f"mean of {num_heads} heads" if num_heads else "mean over heads"
     for ax, (tok, kind) in zip(axes[1:], panels, strict=True):
         m = maps[tok][kind].detach().float().cpu().numpy()
         ax.imshow(img, cmap=cmap, vmin=0, vmax=1, extent=extent)
         # one flat cell per patch: the model attends to patches, not to smoothed pixels
         im = ax.imshow(m, cmap="jet", alpha=0.5, extent=extent, interpolation="nearest")
-        what = f"last layer ({heads})" if kind == "last" else "attention rollout"
-        ax.set_title(f"{tok}: {what}, {m.shape[0]}x{m.shape[1]} patches", fontsize=9)
+        # three short lines: one line of all this overlapped the next panel's title
+        what = f"last layer, {heads}" if kind == "last" else "attention rollout"
+        ax.set_title(f"{tok}\n{what}\n{m.shape[0]}x{m.shape[1]} patches", fontsize=9)
         cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cbar.set_label("attention weight", fontsize=8)
     for ax in axes:

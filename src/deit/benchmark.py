@@ -372,6 +372,16 @@ def _largest_cuda_batch(
     return best
 
 
+def _check_batch_size(batch_size: int | None) -> None:
+    """Refuse a batch size below 1 in one sentence (``None`` picks the default)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(
+            f"'batch_size' is {batch_size} but must be at least 1; pass a positive batch size, "
+            "or leave it out for the default (the largest power of two that fits on CUDA, 32 "
+            "on CPU)."
+        )
+
+
 def benchmark_model(
     model: str | nn.Module,
     batch_size: int | None = None,
@@ -412,10 +422,11 @@ def benchmark_model(
         :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: unknown model name, precision or device.
+        ValueError: unknown model name, precision or device, a batch size below 1.
     """
     from .models import build_classifier
 
+    _check_batch_size(batch_size)
     dev = resolve_device(device)
     precision = default_precision(dev) if precision == "auto" else _check_precision(precision)
     if isinstance(model, str):
@@ -513,10 +524,12 @@ def run_benchmark(
         One :class:`BenchmarkResult` per model, in order.
 
     Raises:
-        ValueError: an unknown model name (before anything is measured), device or precision.
+        ValueError: an unknown model name, device or precision, or a batch size below 1 (before
+            anything is measured).
     """
     from .models import get_model_spec, list_models
 
+    _check_batch_size(kwargs.get("batch_size"))
     dev = resolve_device(device)
     precision = default_precision(dev) if precision == "auto" else _check_precision(precision)
     models = list(models or OFFICIAL_MODELS)

@@ -8,15 +8,18 @@ are imported inside each handler so `deit --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from ._optional import MissingExtraError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "package_version", "print_note"]
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -68,6 +71,19 @@ _JOB_MODULES = ("training", "teacher_labels", "evaluate", "demo", "predict", "an
 _JOB_MODULES += ("benchmark", "export")
 
 
+def package_version() -> str:
+    """The installed distribution's version (package metadata), else ``deit.__version__`` for
+    a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deit")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the `deit` command with every available subcommand."""
     import importlib
@@ -76,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deit",
         description="DeiT: data-efficient image transformers and distillation through attention.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_list_models(sub)
     for mod in _JOB_MODULES:
@@ -87,6 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.add_subcommand(sub)
     return parser
+
+
+#: The notes printed during this command (each is printed once).
+_shown_notes: set[str] = set()
+
+
+def print_note(message: str) -> None:
+    """Print ``note: <message>`` on stderr unless this command has printed it already."""
+    if message not in _shown_notes:
+        _shown_notes.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _notes_as_lines() -> Iterator[None]:
+    """Print deit's own user warnings (a loader's adaptations, e.g. a head dropped when
+    fine-tuning to another class count) with :func:`print_note`, like the commands' other
+    notes, instead of Python's warning with its source line. Other warnings keep Python's
+    format."""
+    package = str(Path(__file__).parent) + os.sep
+    _shown_notes.clear()
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning) and str(filename).startswith(package):
+                print_note(str(message))
+            else:
+                original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _notes_as_lines():
+            return int(args.func(args) or 0)
     except (ValueError, OSError, MissingExtraError) as e:
         if os.environ.get("DEIT_DEBUG"):
             raise
@@ -125,5 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m deit.cli: run deit.cli's main, whose notes eval shares
+    from deit.cli import main as cli_main
+
+    sys.exit(cli_main())

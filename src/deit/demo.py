@@ -765,7 +765,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``deit demo``."""
     p = sub.add_parser(
         "demo",
-        help="a CNN teacher and DeiT students on real MNIST digits: distillation gain, 95 % CI",
+        help="a CNN teacher and DeiT students on real MNIST digits: distillation gain, 95 %% CI",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,8 +8,6 @@ Builds the model with :func:`deit.models.load_model` (any checkpoint format), th
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ._json import dumps
+from .cli import print_note
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode
@@ -195,9 +195,9 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         mean=args.mean,
         std=args.std,
     )
-    for note in stats["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    print(json.dumps(stats) if args.json else format_metrics(stats))
+    for note in stats["notes"]:  # those the loader warned about are printed already
+        print_note(note)
+    print(dumps(stats) if args.json else format_metrics(stats))
     return 0
 
 
@@ -222,7 +222,13 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--num_workers",
+        "--num-workers",
+        type=int,
+        default=0,
+        help="data-loading workers (default 0)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval_cmd)

@@ -205,13 +205,14 @@ def export_model(
         :class:`ExportResult` with the maximum absolute difference.
 
     Raises:
-        ValueError: unknown format/head/exporter, or an input size that is not given and
-            cannot be told (a weights file without metadata and no ``model_name`` /
-            ``input_size``).
+        ValueError: unknown format/head/exporter, an ``output`` that is a folder, or an input
+            size that is not given and cannot be told (a weights file without metadata and no
+            ``model_name`` / ``input_size``).
         ExportError: the exporter failed, or the parity check did (the file is removed).
         deit.models.CheckpointError: the checkpoint cannot be read.
     """
     _check_options(format, exporter, head)
+    _check_output(Path(output), checkpoint_or_model, format)
     if isinstance(checkpoint_or_model, nn.Module):
         model = checkpoint_or_model  # its size comes from input_size, info or the model itself
     elif isinstance(checkpoint_or_model, tuple):
@@ -249,6 +250,17 @@ def _check_options(format: str, exporter: str, head: str) -> None:
     if format == "onnx":
         for module in ("onnx", "onnxscript", "onnxruntime"):
             require(module, "onnx", "deit export --format onnx")
+
+
+def _check_output(path: Path, source: ModelLike, format: str) -> None:
+    """Refuse an output path that is a folder, before anything is loaded, in one sentence."""
+    if not path.is_dir():
+        return
+    stem = Path(source).stem if isinstance(source, (str, os.PathLike)) else "model"
+    example = path / f"{stem}{'.onnx' if format == 'onnx' else '.pt'}"
+    raise ValueError(
+        f"The output {str(path)!r} is a folder; name the file to write, e.g. {str(example)!r}."
+    )
 
 
 def _load(checkpoint: str | os.PathLike, model_name: str | None) -> tuple[nn.Module, ModelInfo]:

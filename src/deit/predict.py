@@ -13,8 +13,8 @@ The helpers :func:`resolve_model`, :func:`find_images`, :func:`load_image` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._json import dumps
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, DistilledVisionTransformer, ModelInfo, load_model
 
@@ -38,6 +39,7 @@ __all__ = [
     "resolve_model",
     "info_from_model",
     "find_images",
+    "natural_key",
     "load_image",
     "eval_transform",
     "format_table",
@@ -218,11 +220,12 @@ def _set_head(model: nn.Module, head: str) -> str | None:
 def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Image files named by ``paths``: files as given, folders searched recursively.
 
-    In folders, files whose name ends with one of :data:`IMAGE_EXTENSIONS` are taken (sorted);
+    In folders, files whose name ends with one of :data:`IMAGE_EXTENSIONS` are taken, in
+    natural order (:func:`natural_key`: ``2.png`` before ``10.png``);
     a file named directly is always taken (it is checked when loaded).
 
     Returns:
-        The files in the order given, folder contents sorted; no duplicates.
+        The files in the order given, folder contents in natural order; no duplicates.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -240,9 +243,11 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 raise PermissionError(f"Folder {str(p)!r} cannot be read; check its permissions.")
             found = []
             for root, dirs, files in os.walk(p, onerror=_raise_walk_error):
-                dirs.sort()
+                dirs.sort(key=natural_key)
                 found += [
-                    Path(root) / f for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
+                    Path(root) / f
+                    for f in sorted(files, key=natural_key)
+                    if f.lower().endswith(IMAGE_EXTENSIONS)
                 ]
             new = [f for f in found if f not in seen]
         elif p.is_file():
@@ -258,6 +263,15 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
             "files or folders that contain some."
         )
     return out
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key of a file name in natural order: digit runs compare as numbers (``2.png``
+    before ``10.png``), the rest as text (case-sensitive, as ``sorted``)."""
+    return [(0, int(part), part) if part.isdigit() else (1, part) for part in _DIGITS.split(name)]
+
+
+_DIGITS = re.compile(r"(\d+)")
 
 
 def _raise_walk_error(e: OSError) -> None:
@@ -363,6 +377,7 @@ def predict(
     model_name: str | None = None,
     device: str | torch.device = "cpu",
     info: ModelInfo | None = None,
+    progress: bool = False,
 ) -> list[Prediction]:
     """Top-k classes of image files (or folders of them, searched recursively) or PIL images.
 
@@ -383,6 +398,7 @@ def predict(
         model_name: architecture of a weights file without metadata (``--model``).
         device: where to run.
         info: metadata of a module passed directly (default: :func:`info_from_model`).
+        progress: show a tqdm progress bar of the images on stderr.
 
     Returns:
         One :class:`Prediction` per image: PIL images in the order given, then files in
@@ -402,20 +418,14 @@ def predict(
 
     from .data.images import to_display_mode
 
-    if isinstance(paths, (str, os.PathLike, Image.Image)):
-        paths = [paths]
-    paths = list(paths)
-    given = [p for p in paths if isinstance(p, Image.Image)]
-    named = [p for p in paths if not isinstance(p, Image.Image)]
-    entries: list[tuple[str, Any]] = [(f"<image {i}>", im) for i, im in enumerate(given)]
-    if named or not given:
-        entries += [(str(f), f) for f in find_images(named)]
+    entries = _entries(paths)
     model, info = resolve_model(checkpoint_or_model, model_name, device, info)
     transform = eval_transform(info)
     names = info.class_names
     previous = _set_head(model, head)
     fast = optimize_for_inference(model)  # same logits (within 1e-5), fewer FLOPs
     results: list[Prediction] = []
+    bar = _progress_bar(len(entries), progress)
     try:
         mode = "RGB" if info.in_chans == 3 else "L"
         for chunk in _batches(entries, batch_size):
@@ -430,10 +440,38 @@ def predict(
             for (name, _), p, i in zip(chunk, probs.tolist(), idx.tolist(), strict=True):
                 labels = [names[j] if j < len(names) else str(j) for j in i]
                 results.append(Prediction(name, i, labels, p))
+            bar.update(len(chunk))
     finally:
+        bar.close()
         if previous is not None:
             model.set_head(previous)
     return results
+
+
+def _entries(paths: Any) -> list[tuple[str, Any]]:
+    """``(name, PIL image or file)`` of :func:`predict`'s ``paths``: PIL images first (named
+    ``<image i>``), then the files of :func:`find_images`."""
+    from PIL import Image
+
+    if isinstance(paths, (str, os.PathLike, Image.Image)):
+        paths = [paths]
+    paths = list(paths)
+    given = [p for p in paths if isinstance(p, Image.Image)]
+    named = [p for p in paths if not isinstance(p, Image.Image)]
+    entries: list[tuple[str, Any]] = [(f"<image {i}>", im) for i, im in enumerate(given)]
+    if named or not given:
+        entries += [(str(f), f) for f in find_images(named)]
+    return entries
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    """A tqdm bar of ``total`` images on stderr, gone when done (as ``deit train``'s); a
+    silent one unless ``show``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc="predict", unit="image", leave=False, file=sys.stderr, disable=not show
+    )
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -476,11 +514,12 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             model_name=args.model,
             device=args.device,
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
     _print_notes(caught, "predict")
     if args.json:
         for p in preds:
-            print(json.dumps(p.to_dict()))
+            print(dumps(p.to_dict()))
     else:
         print(format_table(preds))
     return 0
@@ -507,4 +546,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="architecture of a weights file without metadata")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (shown on a terminal)"
+    )
     p.set_defaults(func=_run)

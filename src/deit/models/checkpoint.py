@@ -41,6 +41,7 @@ __all__ = [
     "load_model",
     "fit_weights",
     "read_weights",
+    "refuse_non_finite",
     "Weights",
     "mismatch",
     "guess_architecture",
@@ -390,6 +391,7 @@ def _read_hf_folder(path: Path) -> Weights:
     raw = _read_safetensors(found) if found.suffix == ".safetensors" else None
     if raw is None:
         raw = _unwrap(safe_torch_load(found), found)
+    refuse_non_finite(raw, str(found))  # the file's own key names
     meta: dict[str, Any] = {
         "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
         "image_size": _image_size(config.get("image_size", 224)),
@@ -403,6 +405,27 @@ def _read_hf_folder(path: Path) -> Weights:
             "The Hugging Face pooler (pooler.dense) has no DeiT counterpart and was left out."
         )
     return Weights(convert_hf_deit(raw), str(path), meta=meta, notes=notes)
+
+
+def refuse_non_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and its first tensor (state-dict order)
+    with a NaN or infinite value; weights like that make every output NaN.
+
+    Raises:
+        CheckpointError: one sentence with the file, the tensor key and its NaN/inf counts.
+    """
+    for key, value in sd.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        if bool(torch.isfinite(value).all()):
+            continue
+        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+        counts = " and ".join(f"{n:,} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise CheckpointError(
+            f"{source!r} holds non-finite weights: tensor {key!r} has {counts} of its "
+            f"{value.numel():,} values; use a checkpoint saved before the values diverged, "
+            "or copy or download the file again."
+        )
 
 
 def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
@@ -422,11 +445,19 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
         :class:`Weights`.
 
     Raises:
-        CheckpointError: missing, unreadable or unsafe file, or no state dict inside.
+        CheckpointError: missing, unreadable or unsafe file, no state dict inside, or a NaN or
+            infinite value in a tensor (the first such tensor is named).
     """
     path = Path(path)
     if path.is_dir():
         return _read_hf_folder(path)
+    weights = _read_file(path, use_ema)
+    refuse_non_finite(weights.state_dict, weights.source)
+    return weights
+
+
+def _read_file(path: Path, use_ema: bool) -> Weights:
+    """:func:`read_weights` of a file (not a folder)."""
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
     if path.suffix == ".safetensors":
