@@ -29,7 +29,18 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from deit.demo import LEADING, NONE, TEACHER, DemoSettings, Variant, _config, _init_worker, _Job
+from deit.demo import (
+    HARD,
+    LEADING,
+    NONE,
+    PAPER_SOFT,
+    TEACHER,
+    DemoSettings,
+    Variant,
+    _config,
+    _init_worker,
+    _Job,
+)
 from deit.demo import _train as demo_train
 
 #: Named settings: ``deit train`` overrides of the demo's student configuration.
@@ -44,7 +55,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "nano_p7_lr2x": {"model": "deit_nano_patch7_28", "lr": 6.4e-2},
     "nano_p7_b32": {"model": "deit_nano_patch7_28", "batch_size": 32, "lr": 3.2e-2},
 }
-VARIANTS = {"none": NONE, "leading": LEADING}
+VARIANTS = {
+    "none": NONE,
+    "leading": LEADING,
+    "hard": HARD,
+    "paper_soft": PAPER_SOFT,
+    "soft_t2": Variant("soft", alpha=0.9, tau=2.0, kl_reduction="batchmean"),
+    "soft_t1": Variant("soft", alpha=0.9, tau=1.0, kl_reduction="batchmean"),
+}
 
 
 def _student(
