@@ -3,12 +3,16 @@ match, damaged teacher-label stores, bad configuration files; each with its expe
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+import deit
 from deit.cli import main
 from deit.config import Config
+from deit.teacher_labels import TeacherLabelStore, compute_teacher_labels
 
 PICO = "deit_pico_patch7_28"
 
@@ -26,6 +30,76 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+# ------------------------------------------------------------ 4. damaged teacher-label stores
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
+    """A real top-1 store: 48 digits at 28 px, batch 8, 1 epoch (48 views, uint8 labels)."""
+    torch.manual_seed(3)
+    teacher = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    cnn = deit.build_classifier("test_resnet", 10)
+    torch.save({"model": cnn.state_dict(), "model_name": "test_resnet", "num_classes": 10}, teacher)
+    cfg = Config(
+        model="deit_pico_distilled_patch7_28",
+        input_size=28,
+        data_set="digits",
+        train_subset=48,
+        batch_size=8,
+        epochs=1,
+        warmup_epochs=0,
+        num_workers=0,
+        model_ema=False,
+        repeated_aug=False,
+        pin_mem=False,
+        device="cpu",
+        distillation_type="hard",
+        teacher_model="test_resnet",
+        teacher_path=str(teacher),
+        teacher_precision="fp32",
+    )
+    out = tmp_path_factory.mktemp("store") / "labels"
+    compute_teacher_labels(cfg, out, progress=False)
+    return out, cfg
+
+
+def test_damaged_teacher_label_store_is_one_sentence(store, tmp_path, capsys):
+    """Case 4: a top1.npy cut inside its header, cut inside its data, empty; a manifest.json cut
+    short: one sentence naming the file, what is wrong and the command that recomputes it."""
+    good, cfg = store
+    assert (good / "top1.npy").stat().st_size == 128 + 48  # header + 1 epoch x 48 uint8 labels
+    fix = (
+        "recompute the store with `deit teacher-labels --config <the run's config.yaml> "
+        "--output {}`."
+    )
+    lines = (good / "manifest.json").read_text().splitlines(keepends=True)
+    cases = [
+        ("top1.npy", (good / "top1.npy").read_bytes()[:100], "is cut short inside its .npy "
+         "header (100 bytes)"),
+        ("top1.npy", (good / "top1.npy").read_bytes()[:150], "is cut short (150 of 176 bytes)"),
+        ("top1.npy", b"", "is empty (0 bytes)"),
+        ("manifest.json", "".join(lines[:3]).encode(), "is not valid JSON (Expecting property "
+         "name enclosed in double quotes at line 4, column 1; cut short?)"),
+    ]  # fmt: skip
+    for i, (name, data, what) in enumerate(cases):
+        bad = shutil.copytree(good, tmp_path / f"s{i}")
+        (bad / name).write_bytes(data)
+        kind = "manifest" if name == "manifest.json" else "file"
+        expected = f"The teacher-label {kind} {bad / name} {what}; {fix.format(bad)}"
+        with pytest.raises(ValueError) as e:
+            TeacherLabelStore(bad)
+        assert str(e.value) == expected
+    argv = ["train", "--model", cfg.model, "--data-set", "digits", "--train-subset", "48"]
+    argv += ["--input-size", "28", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0"]
+    argv += ["--device", "cpu"]
+    argv += ["--num_workers", "0", "--no-repeated-aug", "--distillation-type", "hard"]
+    argv += ["--teacher-labels", str(tmp_path / "s1"), "--no-progress"]
+    assert _error(capsys, argv) == (  # deit train stops before training, in one line
+        f"deit train: error: The teacher-label file {tmp_path / 's1' / 'top1.npy'} is cut short "
+        f"(150 of 176 bytes); {fix.format(tmp_path / 's1')}"
+    )
 
 
 # ------------------------------------------------------------ 6. configuration files
