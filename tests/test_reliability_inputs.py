@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import deit
+from conftest import write_image_tree
 from deit.cli import main
 from deit.config import Config
 from deit.teacher_labels import TeacherLabelStore, compute_teacher_labels
+from deit.training import label_pass_state
 
 PICO = "deit_pico_patch7_28"
 
@@ -30,6 +32,50 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+# ------------------------------------------------------------ 3. classes that do not match
+
+
+def test_folder_classes_that_do_not_match_are_refused_before_training(tmp_path, capsys):
+    """Case 3: val/ with a class train/ lacks, val/ with 'z' where train/ has 'c', and a single
+    class: one sentence before training, naming the classes; no output folder is left."""
+    root = tmp_path / "extra"
+    write_image_tree(root, {"train": dict.fromkeys("abc", 4), "val": dict.fromkeys("abcd", 1)})
+    err = _error(capsys, _train_argv(root, tmp_path / "o1"))
+    assert err == (
+        f"deit train: error: The validation data {root / 'val'} has class 'd' that the "
+        f"training data {root / 'train'} lacks; a model trained there cannot predict it, so "
+        "give validation only classes the training data has."
+    )
+    root = tmp_path / "renamed"
+    write_image_tree(root, {"train": dict.fromkeys("abc", 4), "val": dict.fromkeys("abz", 1)})
+    err = _error(capsys, _train_argv(root, tmp_path / "o2"))
+    assert err == (
+        f"deit train: error: The validation data {root / 'val'} has class 'z' that the "
+        f"training data {root / 'train'} lacks (it has class 'c' instead); a model trained "
+        "there cannot predict it, so give validation only classes the training data has."
+    )
+    root = tmp_path / "one"
+    write_image_tree(root, {"train": {"a": 4}, "val": {"a": 2}})
+    err = _error(capsys, _train_argv(root, tmp_path / "o3"))
+    assert err == (
+        f"deit train: error: The training data {root / 'train'} has 1 class ('a'), so there "
+        "is nothing to tell apart; give it a sub-folder per class, at least two."
+    )
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_validation_with_fewer_classes_is_labelled_by_trains_names(tmp_path):
+    """Case 3: val/ holding a and c of train's a, b, c is legitimate; its labels are train's
+    indices (a 0, c 2), not its own sub-folder order (a 0, c 1)."""
+    root = tmp_path / "sub"
+    write_image_tree(root, {"train": dict.fromkeys("abc", 4), "val": {"a": 1, "c": 2}})
+    cfg = Config(model=PICO, input_size=28, data_set="folder", data_path=str(root), device="cpu")
+    state = label_pass_state(cfg.replace(batch_size=4, num_workers=0, repeated_aug=False))
+    val = state.loader_val.dataset
+    assert val.targets == [0, 2, 2] and val.classes == ["a", "b", "c"]
+    assert torch.cat([y for _, y in state.loader_val]).tolist() == [0, 2, 2]  # what eval sees
 
 
 # ------------------------------------------------------------ 4. damaged teacher-label stores

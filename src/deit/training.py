@@ -43,6 +43,7 @@ from .data import (
     build_transform_from_config,
     dataset_info,
 )
+from .data.datasets import align_classes
 from .data.inputs import resolve_inputs
 from .data.transforms import PositionSampler, SeededViews
 from .distillation import DistillationLoss, build_teacher, check_student
@@ -469,6 +470,7 @@ def build_data(state: RunState) -> None:
     root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
     train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf, **kw)
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
+    align_classes(train_set, val_set)  # before anything trains: val indexed by train's names
     state.class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
     state.train_images = len(train_set)  # unreadable files skipped (--skip-corrupt)
