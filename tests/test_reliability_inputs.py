@@ -3,7 +3,14 @@ match, damaged teacher-label stores, bad configuration files; each with its expe
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +18,12 @@ import torch
 
 import deit
 from conftest import write_image_tree
+from deit._runlock import LOCK_NAME
 from deit.cli import main
 from deit.config import Config
+from deit.models import RunCheckpoint
 from deit.teacher_labels import TeacherLabelStore, compute_teacher_labels
-from deit.training import label_pass_state
+from deit.training import LAST, label_pass_state
 
 PICO = "deit_pico_patch7_28"
 
@@ -32,6 +41,96 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+# ------------------------------------------------------------ 2. two runs into one folder
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 classes x 8 training and 2 validation images, 28x28."""
+    counts = {"train": dict.fromkeys("ab", 8), "val": dict.fromkeys("ab", 2)}
+    return write_image_tree(tmp_path_factory.mktemp("tree"), counts, size=(28, 28))
+
+
+def _start(tree: Path, out: Path, seed: int) -> subprocess.Popen:
+    """A real `deit train` process, stopped (SIGSTOP) once it holds the folder's lock."""
+    cmd = [sys.executable, "-m", "deit.cli", *_train_argv(tree, out, "--seed", str(seed))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    lock, end = out / LOCK_NAME, time.time() + 120
+    while not (lock.is_file() and lock.read_text()):  # the owner is written once locked
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < end, "the run never took the lock"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_second_run_into_a_running_runs_folder_is_refused(tree, tmp_path):
+    """Case 2: two real processes, seeds 0 and 1, one --output_dir. The second is refused in one
+    sentence naming the first (pid, host, start) and changes nothing; the first finishes alone:
+    config.yaml, checkpoint and log say seed 0, one log line, one TensorBoard event file."""
+    out = tmp_path / "run"
+    first = _start(tree, out, seed=0)
+    try:
+        owner = json.loads((out / LOCK_NAME).read_text())
+        assert (owner["pid"], owner["host"]) == (first.pid, socket.gethostname())
+        before = _files(out)
+        cmd = [sys.executable, "-m", "deit.cli", *_train_argv(tree, out, "--seed", "1")]
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"deit train: error: The output folder {str(out)!r} is in use by another run (pid "
+            f"{first.pid} on host {socket.gethostname()}, started {owner['started']}); wait for "
+            "it to end, or choose another --output_dir."
+        )
+        assert _files(out) == before  # nothing of the first run changed
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert Config.from_yaml(out / "config.yaml").seed == 0
+    assert RunCheckpoint.load(out / LAST).config["seed"] == 0
+    assert [json.loads(x)["epoch"] for x in (out / "log.txt").read_text().splitlines()] == [0]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert not (out / LOCK_NAME).exists()  # released at the end
+
+
+def test_lock_of_a_killed_run_is_taken_over_with_a_note(tree, tmp_path, capsys):
+    """Case 2: a run killed (SIGKILL) while it holds the lock leaves the lock file naming it;
+    --auto-resume takes the lock over with a note naming the dead run and trains."""
+    out = tmp_path / "run"
+    killed = _start(tree, out, seed=0)
+    owner = json.loads((out / LOCK_NAME).read_text())
+    killed.kill()
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    assert json.loads((out / LOCK_NAME).read_text()) == owner  # left behind
+    assert main(_train_argv(tree, out, "--auto-resume")) == 0
+    assert (
+        f"note: the output folder {str(out)!r} was locked by pid {killed.pid} on host "
+        f"{socket.gethostname()}, started {owner['started']}, which ended without releasing it "
+        "(killed or crashed); the lock is taken over."
+    ) in capsys.readouterr().err
+    assert RunCheckpoint.load(out / LAST).epoch == 1
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_run_in_the_same_process_is_refused_and_a_failed_run_leaves_no_folder(tree, tmp_path):
+    """Case 2, in one process: a lock held by this process refuses a second acquisition; a run
+    that fails before training removes the folder it created for its lock."""
+    from deit._runlock import OutputFolderBusyError, OutputLock
+
+    lock = OutputLock.acquire(tmp_path / "a" / "b")
+    with pytest.raises(OutputFolderBusyError, match=rf"\(pid {os.getpid()}: this process\)"):
+        OutputLock.acquire(tmp_path / "a" / "b")
+    lock.release(remove_created=True)
+    assert not (tmp_path / "a").exists()  # both folders it created, empty, are gone
+    assert main(_train_argv(tree, tmp_path / "x", "--finetune", str(tmp_path / "none"))) == 2
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------ 3. classes that do not match
