@@ -53,6 +53,7 @@ __all__ = [
     "add_config_args",
     "config_from_args",
     "load_yaml_dict",
+    "check_config_file",
     "RETIRED",
     "save_run_config",
     "write_preset_yaml",
@@ -358,9 +359,13 @@ class Config:
 
         Raises:
             FileNotFoundError: no such file.
-            ConfigError: not a mapping, unknown key, wrong type, impossible value.
+            ConfigError: see :func:`load_yaml_dict`; an unknown key, wrong type or impossible
+                value (each naming the file and the key, :func:`check_config_file`).
         """
-        return cls.from_dict(load_yaml_dict(path), validate=validate)
+        data = load_yaml_dict(path)
+        if validate:
+            check_config_file(data, path)
+        return cls.from_dict(data, validate=validate)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (type-checked and validated like :meth:`from_dict`)."""
@@ -545,6 +550,12 @@ class _Checker:
 
 
 def _checks(c: Config) -> list[str | None]:
+    """Every check of :meth:`Config.validate`: each value alone, then the combinations."""
+    return [*_value_checks(c), *_combinations(c), *_check_data_set(c)]
+
+
+def _value_checks(c: Config) -> list[str | None]:
+    """Checks of one value each (so a value is judged alone, whatever the others are)."""
     k = _Checker(c)
     rng, atleast, positive, oneof, pair = k.rng, k.atleast, k.positive, k.oneof, k.pair
     errors = [
@@ -589,8 +600,7 @@ def _checks(c: Config) -> list[str | None]:
         None if c.model else "'model' is empty; name a model, e.g. deit_tiny_patch16_224.",
     ]
     errors += [oneof(f.name, f.metadata["choices"]) for f in _fields_with("choices")]
-    errors += _combinations(c)
-    errors += _check_data_set(c)
+    errors.append(_check_data_set_name(c.data_set))
     errors.append(_check_opt(c.opt))
     return errors
 
@@ -646,14 +656,24 @@ def _fields_with(meta_key: str) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(Config) if meta_key in f.metadata]
 
 
+def _check_data_set_name(name: str) -> str | None:
+    from .data.datasets import _canonical
+
+    try:
+        _canonical(name)
+    except ValueError as e:
+        return f"'data_set': {e}"
+    return None
+
+
 def _check_data_set(c: Config) -> list[str | None]:
-    """The data set name, and the options only some data sets take."""
+    """The options only some data sets take (an unknown name: :func:`_check_data_set_name`)."""
     from .data.datasets import _canonical
 
     try:
         key = _canonical(c.data_set)
-    except ValueError as e:
-        return [f"'data_set': {e}"]
+    except ValueError:
+        return []
     errors: list[str | None] = []
     if c.skip_corrupt and key not in ("folder", "imagenet", "inat18", "inat19"):
         errors.append(
@@ -679,25 +699,105 @@ def _check_opt(name: str) -> str | None:
 # -------------------------------------------------------------------- YAML
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping setting one key twice (PyYAML keeps the last
+    value without a word)."""
+
+    source = ""  # the file named in the error
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(
+                    f"{self.source} sets {key!r} twice (lines {lines[key]} and {line}), so one "
+                    "value would be lost; keep one of them."
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(path: Path, e: yaml.YAMLError) -> ConfigError:
+    """One sentence for a YAML syntax error: what and where (PyYAML's own text spans lines)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return ConfigError(f"{path} is not valid YAML ({what}{where}); fix the file there.")
+
+
 def load_yaml_dict(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (``{}`` for an empty file) with ``yaml.safe_load``.
+    """Read a YAML mapping (``{}`` for an empty file) with ``yaml.safe_load`` semantics.
 
     Raises:
         FileNotFoundError: no such file.
-        ConfigError: the file is not valid YAML or not a mapping.
+        ConfigError: a folder, an unreadable or non-text (binary) file, invalid YAML, a key set
+            twice, or not a mapping; one sentence naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "config.yaml"
+        hint = f" such as {inside}" if inside.is_file() else ""
+        raise ConfigError(f"The config file {path} is a folder; pass the YAML file itself{hint}.")
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
+        raise FileNotFoundError(f"The config file {path} does not exist; check its path.")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"The config file {path} is not text (byte {e.start} is 0x{e.object[e.start]:02x}, "
+            "not UTF-8); pass a YAML file of config keys."
+        ) from None
+    except OSError as e:
+        raise ConfigError(
+            f"The config file {path} cannot be read ({e.strerror}); check its permissions."
+        ) from None
+    loader = _UniqueKeyLoader(text)
+    loader.source = str(path)
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        raise _yaml_problem(path, e) from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys to values.")
     return data
+
+
+def check_config_file(data: dict[str, Any], path: str | Path) -> None:
+    """Check every key and value of a configuration file on its own: unknown keys, types and
+    the one-value checks of :meth:`Config.validate` (ranges, choices), even for keys a flag
+    will override (a wrong value in a file must not pass because a flag hid it). Checks that
+    involve several keys are left to :meth:`Config.validate` of the merged configuration.
+
+    Args:
+        data: the file's mapping (:func:`load_yaml_dict`).
+        path: the file, named in the message.
+
+    Raises:
+        ConfigError: one sentence per problem, each naming the file and the key.
+    """
+    hints = _hints()
+    data = {k: v for k, v in data.items() if k not in RETIRED}
+    unknown = [k for k in data if k not in hints]
+    problems = [str(_unknown_key_error(unknown))] if unknown else []
+    typed = {}
+    for key in (k for k in data if k in hints):
+        try:
+            typed[key] = _coerce(key, data[key], hints[key])
+        except ConfigError as e:
+            problems.append(str(e))
+    # the defaults pass every check, so each remaining problem is one of the file's values
+    problems += [e for e in _value_checks(Config(**typed)) if e]
+    if problems:
+        raise ConfigError(" ".join(f"In {path}, {p[0].lower()}{p[1:]}" for p in problems))
 
 
 def save_run_config(cfg: Config, output_dir: str | Path) -> Path:
@@ -926,7 +1026,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     are not config fields (e.g. a sub-command) are ignored.
 
     Raises:
-        ConfigError: unknown preset, bad YAML key/type, impossible value.
+        ConfigError: unknown preset; a YAML file that is a folder, not text or not YAML, sets
+            a key twice, or holds an unknown key or a bad value (every key is checked, also
+            those a flag overrides; each problem names the file and the key); an impossible
+            value or combination of the merged configuration.
         FileNotFoundError: the YAML file does not exist.
     """
     ns = vars(args)
@@ -934,7 +1037,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if ns.get("preset"):
         merged.update(preset_overrides(ns["preset"]))
     if ns.get("config"):
-        merged.update(load_yaml_dict(ns["config"]))
+        from_file = load_yaml_dict(ns["config"])
+        check_config_file(from_file, ns["config"])  # also the values flags override
+        merged.update(from_file)
     fields = set(Config.field_names())
     merged.update({k: v for k, v in ns.items() if k in fields})
     for name, why in RETIRED.items():

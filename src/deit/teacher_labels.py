@@ -138,6 +138,73 @@ def _first_difference(stored: dict[str, Any], run: dict[str, Any]) -> str | None
     return None
 
 
+_MANIFEST_KEYS = ("kind", "batch_size", "arrays", "epochs", "views_per_epoch")
+
+
+def _read_manifest(path: Path, fix: str) -> dict[str, Any]:
+    """The store's manifest, or one sentence naming the file, what is wrong and ``fix``.
+
+    Raises:
+        ValueError: not UTF-8 JSON (e.g. cut short), not an object, or an entry missing.
+    """
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except json.JSONDecodeError as e:
+        what = f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; cut short?)"
+        raise ValueError(f"The teacher-label manifest {path} {what}; {fix}.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"The teacher-label manifest {path} is not text; {fix}.") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"The teacher-label manifest {path} is not a JSON object; {fix}.")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing and manifest.get("format_version") == FORMAT_VERSION:
+        raise ValueError(
+            f"The teacher-label manifest {path} lacks the entry {missing[0]!r}; {fix}."
+        )
+    return manifest
+
+
+def _open_array(path: Path, rows: tuple[int, int], fix: str) -> np.ndarray:
+    """``path`` memory-mapped (never unpickled), checked against the manifest's ``(epochs,
+    views_per_epoch)`` leading shape before it is mapped.
+
+    Raises:
+        ValueError: one sentence naming the file, what is wrong with it (missing, empty, an
+            unreadable header, cut short, another shape) and ``fix``.
+    """
+    fmt = np.lib.format
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"The teacher-label file {path} {what}; {fix}.")
+
+    if not path.is_file():
+        raise damaged("is missing")
+    size = path.stat().st_size
+    if size == 0:
+        raise damaged("is empty (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except (ValueError, EOFError, OSError) as e:
+        cut = isinstance(e, EOFError) or str(e).startswith("EOF")
+        what = "is cut short inside its .npy header" if cut else "is not a .npy array file"
+        raise damaged(f"{what} ({size} bytes)") from None
+    if dtype.hasobject:
+        raise damaged("holds Python objects, which are never unpickled")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    if size < expected:
+        raise damaged(f"is cut short ({size} of {expected} bytes)")
+    if tuple(shape[:2]) != rows:
+        raise damaged(
+            f"holds an array of shape {tuple(shape)}, not the {rows} (epochs, views per epoch) "
+            "its manifest gives"
+        )
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 class TeacherLabelStore:
     """A store written by :func:`compute_teacher_labels`, read memory-mapped.
 
@@ -145,7 +212,9 @@ class TeacherLabelStore:
     :meth:`deit.distillation.DistillationLoss.compute` takes as ``teacher_outputs``.
 
     Raises:
-        ValueError: no manifest (not a store, or an interrupted pass), another format version.
+        ValueError: no manifest (not a store, or an interrupted pass), another format version,
+            a damaged manifest or array file (missing, empty, cut short, another shape): one
+            sentence naming the file and the ``deit teacher-labels`` command that rewrites it.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -156,7 +225,7 @@ class TeacherLabelStore:
                 f"{str(self.path)!r} holds no teacher-label store ({MANIFEST} is missing); "
                 "write one with `deit teacher-labels --config RUN.yaml --output DIR`."
             )
-        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        self.manifest: dict[str, Any] = _read_manifest(manifest, self._recompute)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"The teacher-label store {str(self.path)!r} has format version "
@@ -165,10 +234,19 @@ class TeacherLabelStore:
             )
         self.kind = self.manifest["kind"]
         self.batch_size = int(self.manifest["batch_size"])
+        rows = (int(self.manifest["epochs"]), int(self.manifest["views_per_epoch"]))
         self.arrays = {
-            name: np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            name: _open_array(self.path / f"{name}.npy", rows, self._recompute)
             for name in self.manifest["arrays"]
         }
+
+    @property
+    def _recompute(self) -> str:
+        """The fix of a damaged store: the command that writes it again."""
+        return (
+            "recompute the store with `deit teacher-labels --config <the run's config.yaml> "
+            f"--output {self.path}`"
+        )
 
     def check_run(self, cfg: Config, num_classes: int, train_images: int, world_size: int) -> None:
         """Refuse a run whose views, data or teacher differ from those the store was made for,

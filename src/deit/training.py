@@ -4,7 +4,8 @@
 optimiser, schedule and EMA from the library's builders, checks every input before the first
 step, then alternates :func:`deit.engine.train_one_epoch` and :func:`deit.engine.evaluate`,
 writing ``checkpoint.pth`` (last) and ``best_checkpoint.pth`` atomically, ``log.txt`` (one JSON
-line per epoch, the official keys), TensorBoard scalars and ``config.yaml``.
+line per epoch, the official keys), TensorBoard scalars and ``config.yaml``. While it trains, the
+output folder is locked (:mod:`deit._runlock`): a second run into it is refused.
 
 Distributed training uses PyTorch's own stack: launch with ``torchrun`` (env:// rendezvous,
 single or multi-node) or under SLURM (``srun``; ``MASTER_ADDR``/``MASTER_PORT`` must be set);
@@ -35,6 +36,7 @@ from timm.utils import unwrap_model
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._runlock import OutputLock
 from .config import Config, add_config_args, config_from_args, save_run_config
 from .data import (
     build_dataset,
@@ -44,6 +46,7 @@ from .data import (
     dataset_info,
     subset_split,
 )
+from .data.datasets import align_classes
 from .data.inputs import resolve_inputs
 from .data.transforms import PositionSampler, SeededViews
 from .distillation import DistillationLoss, build_teacher, check_student
@@ -220,13 +223,11 @@ def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> 
 RUN_FILES = (LAST, BEST, "log.txt", "config.yaml")  # what a run writes; --overwrite removes them
 
 
-def _check_output_dir(cfg: Config) -> Path | None:
-    """The run's output folder, checked but not created (a run that fails before training
-    leaves nothing behind; :func:`_open_output` creates it).
+def _check_output_path(cfg: Config) -> Path | None:
+    """The output folder's path, or ``None``; nothing is created.
 
     Raises:
-        ValueError: the path is a file or cannot be created/written; it holds another run and
-            neither ``--resume``/``--auto-resume`` nor ``--overwrite`` says what to do with it.
+        ValueError: the path is a file or cannot be created/written.
     """
     if not cfg.output_dir:
         return None
@@ -241,6 +242,20 @@ def _check_output_dir(cfg: Config) -> Path | None:
             f"The output folder {cfg.output_dir!r} cannot be written ({existing} is not a "
             "writable folder); pass --output_dir with a writable folder."
         )
+    return out
+
+
+def _check_output_dir(cfg: Config) -> Path | None:
+    """The run's output folder, checked (:func:`_check_output_path`) but not created by this
+    function (:func:`_lock_output` creates it for its lock, :func:`_open_output` writes).
+
+    Raises:
+        ValueError: the path is a file or cannot be created/written; it holds another run and
+            neither ``--resume``/``--auto-resume`` nor ``--overwrite`` says what to do with it.
+    """
+    out = _check_output_path(cfg)
+    if out is None:
+        return None
     found = [name for name in (LAST, "log.txt") if (out / name).exists()]
     continues = (cfg.auto_resume and (out / LAST).is_file()) or (
         cfg.resume and Path(cfg.resume).resolve() == (out / LAST).resolve()
@@ -252,6 +267,36 @@ def _check_output_dir(cfg: Config) -> Path | None:
             "another --output_dir."
         )
     return out
+
+
+def _lock_output(cfg: Config, env: DistEnv) -> OutputLock | None:
+    """Lock the output folder for this run (rank 0 only; a training run, not ``--eval``), so
+    that a second run into it is refused naming this one; every rank learns the outcome and
+    stops with the same sentence. The folder is created for its lock file.
+
+    Raises:
+        ValueError: the folder is a file, not writable, or another live run holds its lock
+            (:class:`deit._runlock.OutputFolderBusyError`, naming its pid and host).
+    """
+    if not cfg.output_dir or cfg.eval:
+        return None
+    lock, error = None, None
+    if env.is_main:
+        try:
+            _check_output_path(cfg)
+            lock = OutputLock.acquire(cfg.output_dir)
+        except (ValueError, OSError) as e:
+            error = e
+    if env.distributed:  # the other ranks would otherwise wait for rank 0 forever
+        box = [str(error) if error else ""]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] and error is None:
+            error = ValueError(box[0])
+    if error is not None:
+        raise error
+    if lock is not None and lock.note:
+        print(f"note: {lock.note}", file=sys.stderr)
+    return lock
 
 
 def _open_output(state: RunState) -> None:
@@ -413,6 +458,7 @@ class RunState:
     status: str = "completed"
     stop_signal: int = 0  # the signal number when status is 'stopped'
     writer: Any = None
+    lock: OutputLock | None = None  # of the output folder, held by rank 0 while training
 
     @property
     def num_classes(self) -> int:
@@ -425,14 +471,15 @@ def _start(cfg: Config) -> RunState:
     The run works on a copy of ``cfg`` (:func:`build_data` fills in the model's defaults)."""
     cfg = dataclasses.replace(cfg.validate())
     env, device = init_distributed(cfg.device)
-    checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+    lock = _lock_output(cfg, env)
+    try:
+        checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+        _check_teacher_given(cfg)
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_created=True)
+        raise
     out = checked if env.is_main else None
-    if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
-        raise ValueError(
-            f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
-            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
-            "or --teacher-labels with a store of its labels."
-        )
     if env.is_main and not cfg.eval and cfg.warmup_epochs >= cfg.epochs:
         print(
             f"note: the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
@@ -441,7 +488,18 @@ def _start(cfg: Config) -> RunState:
             file=sys.stderr,
         )
     seed_everything(cfg.seed + env.rank)
-    return RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
+    state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
+    state.lock = lock
+    return state
+
+
+def _check_teacher_given(cfg: Config) -> None:
+    if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
+        raise ValueError(
+            f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
+            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
+            "or --teacher-labels with a store of its labels."
+        )
 
 
 def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
@@ -477,6 +535,7 @@ def build_data(state: RunState) -> None:
     root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
     train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf, **kw)
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
+    align_classes(train_set, val_set)  # before anything trains: val indexed by train's names
     state.class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
     state.train_images = len(train_set)  # unreadable files skipped (--skip-corrupt)
@@ -970,26 +1029,31 @@ def run(
 
     Raises:
         ValueError / FileNotFoundError / CheckpointError: bad configuration, data path, teacher
-            path, fine-tuning checkpoint or output folder — all raised before the first step.
+            path, fine-tuning checkpoint or output folder — all raised before the first step;
+            an output folder another live run holds (its lock names its pid and host).
         NonFiniteLossError: the loss became NaN/inf; the last checkpoint is kept.
     """
     state = _start(cfg)
-    build_data(state)
-    build_model_and_teacher(state)
-    build_optimisation(state)
-    resume(state)
-    if cfg.eval:
-        state.final = _evaluate(state, state.eval_model, state.teacher)
-        state.status = "evaluated"
-        if state.env.is_main:
-            print(json.dumps({f"test_{k}": v for k, v in state.final.items()}))
-    else:
-        _open_output(state)
-        try:
-            fit(state, max_epochs_this_run, progress)
-        finally:
-            if state.writer is not None:
-                state.writer.close()
+    try:
+        build_data(state)
+        build_model_and_teacher(state)
+        build_optimisation(state)
+        resume(state)
+        if cfg.eval:
+            state.final = _evaluate(state, state.eval_model, state.teacher)
+            state.status = "evaluated"
+            if state.env.is_main:
+                print(json.dumps({f"test_{k}": v for k, v in state.final.items()}))
+        else:
+            _open_output(state)
+            try:
+                fit(state, max_epochs_this_run, progress)
+            finally:
+                if state.writer is not None:
+                    state.writer.close()
+    finally:  # a folder created for the lock and still empty (the run failed before it
+        if state.lock is not None:  # wrote anything) is removed
+            state.lock.release(remove_created=True)
     return {
         "history": state.history,
         "best_acc1": state.best_acc1,

@@ -1,0 +1,152 @@
+"""One run per output folder: a lock file ``<output_dir>/.deit-run.lock``.
+
+The lock is a POSIX record lock (``fcntl.lockf``) on that file, which also holds the owner's
+pid, host and start time (JSON) so that a refused run can name it. The operating system drops
+the lock when its process ends, however it ends, so a killed run never leaves it stuck: the file
+then still names the dead owner, and the next run takes the lock over with a note. Record locks
+belong to a process, not to the children it forks (data-loader workers), and work on NFS.
+A process holds a folder's lock once: a second run in the same process is refused too.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+__all__ = ["LOCK_NAME", "OutputFolderBusyError", "OutputLock"]
+
+LOCK_NAME = ".deit-run.lock"
+_HELD: set[str] = set()  # lock files this process holds (record locks do not exclude it)
+
+
+class OutputFolderBusyError(ValueError):
+    """Another live run holds the output folder's lock (the message names its pid and host)."""
+
+
+def _owner(fd: int) -> dict:
+    """The owner written in the lock file (``{}`` when empty or unreadable)."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _who(owner: dict) -> str:
+    if not owner:
+        return "its owner is starting"
+    return f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}"
+
+
+def _new_dirs(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    for p in (folder, *folder.absolute().parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+class OutputLock:
+    """The lock of one output folder, held by this process until :meth:`release`.
+
+    Use :meth:`acquire`; ``note`` is the sentence about a stale lock taken over ('' if none).
+    """
+
+    def __init__(self, path: Path, fd: int, created: list[Path], note: str) -> None:
+        self.path, self.fd, self.created, self.note = path, fd, created, note
+        self.key = str(path.resolve())  # in _HELD while held
+
+    @classmethod
+    def acquire(cls, folder: str | Path) -> OutputLock:
+        """Create ``folder`` if needed and lock it for this process.
+
+        Raises:
+            OutputFolderBusyError: another live process (or a run of this one) holds the lock;
+                the sentence names its pid, host and start time and the fixes.
+            OSError: the folder or lock file cannot be created.
+        """
+        folder = Path(folder)
+        created = _new_dirs(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, previous = cls._lock(folder / LOCK_NAME, str(folder))
+        except BaseException:
+            _remove_dirs(created)
+            raise
+        note = ""
+        if previous.get("unlocked"):
+            note = (
+                f"the file system of {str(folder)!r} does not support file locks "
+                f"({previous['unlocked']}); a second run into it would not be refused."
+            )
+        elif previous:
+            note = (
+                f"the output folder {str(folder)!r} was locked by {_who(previous)}, which ended "
+                "without releasing it (killed or crashed); the lock is taken over."
+            )
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        return cls(folder / LOCK_NAME, fd, created, note)
+
+    @staticmethod
+    def _lock(path: Path, shown: str) -> tuple[int, dict]:
+        """Open and lock ``path``; returns the descriptor and the owner it names (a dead
+        one's), or ``{"unlocked": reason}`` on a file system without locks. A file replaced
+        meanwhile (its owner released it) is locked anew."""
+        import fcntl
+
+        busy = f"The output folder {shown!r} is in use by another run ({{}}); wait for it to end, "
+        busy += "or choose another --output_dir."
+        key = str(path.resolve())
+        if key in _HELD:
+            raise OutputFolderBusyError(busy.format(f"pid {os.getpid()}: this process"))
+        for _ in range(20):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                owner = _owner(fd)
+                os.close(fd)
+                if e.errno in (errno.EACCES, errno.EAGAIN):
+                    raise OutputFolderBusyError(busy.format(_who(owner))) from None
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise
+                _HELD.add(key)
+                return os.open(path, os.O_RDWR), {"unlocked": e.strerror}
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                _HELD.add(key)
+                return fd, _owner(fd)
+            os.close(fd)  # the owner removed it on release: lock the new file
+        raise OSError(f"the lock file {path} keeps changing; try again")
+
+    def release(self, remove_created: bool = False) -> None:
+        """Remove the lock file and unlock. With ``remove_created`` the folders :meth:`acquire`
+        created are removed again when empty (a run that failed before writing anything)."""
+        if self.fd < 0:
+            return
+        self.path.unlink(missing_ok=True)  # still locked: nobody can take the old file
+        _HELD.discard(self.key)
+        os.close(self.fd)
+        self.fd = -1
+        if remove_created:
+            _remove_dirs(self.created)
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    for d in dirs:  # innermost first; stop at the first one holding something
+        try:
+            d.rmdir()
+        except OSError:
+            return
