@@ -15,7 +15,7 @@ from deit.cli import main
 ONNX_SENTENCE = "deit export --format onnx needs the onnx extra: pip install 'deit[onnx]'."
 
 
-def test_import_deit_changes_no_environment_and_the_command_sets_omp_policy():
+def test_import_deit_changes_no_environment_and_the_command_sets_omp_policy(tmp_path):
     code = (
         "import os, sys\n"
         "before = dict(os.environ)\n"
@@ -27,6 +27,9 @@ def test_import_deit_changes_no_environment_and_the_command_sets_omp_policy():
         "assert dict(os.environ) == before\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    # torch's own import of torch._dynamo (through timm) records its cache folder in the
+    # environment when none is set: give it one, so the check sees only what deit does
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path.resolve() / "inductor")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     code = (
         "import os, sys\n"
