@@ -46,6 +46,7 @@ from deit.demo import _train as demo_train
 #: Named settings: ``deit train`` overrides of the demo's student configuration.
 SETTINGS: dict[str, dict[str, Any]] = {
     "demo": {},
+    "pico_p7": {"model": "deit_pico_patch7_28"},
     "nano_p7": {"model": "deit_nano_patch7_28"},
     "nano_p4": {"model": "deit_nano_patch4_28"},
     "pico_p4": {"model": "deit_pico_patch4_28"},
@@ -74,8 +75,6 @@ def _student(
     if v.variant != "none" and "model" in over:
         over["model"] = over["model"].replace("_patch", "_distilled_patch")
     cfg.update(over)
-    cfg["epochs"] = s.epochs(a.budget, a.n)
-    cfg["warmup_epochs"] = max(1, round(0.1 * cfg["epochs"]) // 2)
     cfg["eval_interval"] = max(1, cfg["epochs"] // a.points)
     cfg.update(eval_unused=False, val_images=a.val_images, teacher_labels="")
     if v.variant != "none":
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(a.out).parent
     out.mkdir(parents=True, exist_ok=True)
-    s = DemoSettings(output_dir=str(out))
+    s = DemoSettings(output_dir=str(out), student_images=a.budget)
     teachers = [
         (_teacher(s, out, seed, a), {"setting": "teacher", "variant": "teacher", "seed": seed})
         for seed in a.seeds
