@@ -181,13 +181,14 @@ def figure(path: Path, out: Path) -> None:
 
     rows, _ = _curves(path)
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
-    for (setting, variant, _budget), curve in sorted(rows.items()):
+    for (setting, variant, budget), curve in sorted(rows.items()):
         if setting == "teacher":
             continue
         xs = sorted(curve)
         ys = [statistics.fmean(curve[x]) for x in xs]
         style = "-" if variant == "leading" else "--"
-        ax.plot([x / 1000 for x in xs], ys, style, marker="o", ms=3, label=f"{setting} {variant}")
+        label = f"{setting} {variant}, {budget // 1000}k-image-step schedule"
+        ax.plot([x / 1000 for x in xs], ys, style, marker="o", ms=3, label=label)
     ax.set_xlabel("image-steps (thousands)")
     ax.set_ylabel("validation top-1 (%), mean over tuning seeds")
     ax.grid(alpha=0.3)
