@@ -228,6 +228,8 @@ def test_training_with_auto_equals_fp32_when_auto_is_exact(tmp_path, monkeypatch
     torch.save({"model": cnn.state_dict(), "model_name": "test_resnet", "num_classes": 2},
                tmp_path / "t.pth")  # fmt: skip
     monkeypatch.setattr(inf, "_int8_engine", lambda: None)
+    # a CPU with AVX-512 BF16 or AMX would try bf16 first: this test is about the fp32 path
+    monkeypatch.setattr(inf, "fast_bf16_available", lambda device: False)
     kw = dict(model="deit_pico_distilled_patch7_28", input_size=28, data_set="folder",
               data_path=str(data), batch_size=8, epochs=1, warmup_epochs=0, num_workers=0,
               model_ema=False, pin_mem=False, device="cpu", distillation_type="hard",
