@@ -1,0 +1,135 @@
+"""Command-line flags for every :class:`Config` field, and the run's configuration from them.
+
+Flags use the official DeiT spellings (``--drop-path``, ``--data-set``, ``--output_dir``);
+precedence, lowest first: field defaults < ``--preset NAME`` < ``--config FILE.yaml`` < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from .presets import list_presets, preset_overrides
+from .schema import RETIRED, Config, check_config_file, field_kind
+from .yamlfile import load_yaml_dict
+
+__all__ = ["add_config_args", "config_from_args"]
+
+# Official spellings with underscores, accepted besides the dashed ones.
+_UNDERSCORE_FLAGS = {"output_dir", "num_workers"}
+
+
+def _flag(name: str) -> str:
+    """The main option string of a field (``--drop-path``; ``--output_dir`` as official)."""
+    return f"--{name}" if name in _UNDERSCORE_FLAGS else f"--{name.replace('_', '-')}"
+
+
+def _none_or(tp: type) -> Any:
+    """An argparse ``type`` reading ``none``/``null``/empty as ``None``, else ``tp(text)``."""
+
+    def parse(s: str) -> Any:
+        """``None`` for none/null/empty text, else the text as ``tp``."""
+        if s.lower() in ("none", "null", ""):
+            return None
+        return tp(s)
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def _add_field(group: Any, f: dataclasses.Field, default: Any) -> None:
+    """Add the flag of one field to ``group`` (the spellings, type, choices and help)."""
+    meta = f.metadata
+    flags = [_flag(f.name), *meta.get("flags", [])]
+    kw: dict[str, Any] = dict(
+        dest=f.name, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {default!r})"
+    )
+    if "metavar" in meta:
+        kw["metavar"] = meta["metavar"]
+    tp, several, optional = field_kind(f)
+    if tp is bool:
+        group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+        return
+    if several:
+        kw.update(nargs="+", type=tp)
+    elif optional:
+        kw["type"] = _none_or(tp)
+    else:
+        kw["type"] = tp
+        if "choices" in meta:
+            kw["choices"] = list(meta["choices"])
+    group.add_argument(*flags, **kw)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add a flag for every :class:`Config` field, plus ``--preset`` and ``--config``.
+
+    Flags use the official DeiT spellings (``--drop-path``, ``--data-set``, ``--output_dir``
+    — dashed forms such as ``--output-dir`` are accepted too); booleans come as ``--x`` /
+    ``--no-x``; list fields take several values (``--opt-betas 0.9 0.999``); optional numbers
+    accept ``none``. Every flag defaults to ``argparse.SUPPRESS`` so that
+    :func:`config_from_args` can tell what was typed.
+
+    Returns:
+        The parser.
+    """
+    parser.add_argument(
+        "--preset", default=argparse.SUPPRESS, choices=list_presets(), help="Named preset."
+    )
+    parser.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="FILE.yaml",
+        help="YAML file of config keys (over the preset, under flags).",
+    )
+    groups: dict[str, Any] = {}
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        name = f.metadata.get("group", "run")
+        if name not in groups:
+            groups[name] = parser.add_argument_group(name)
+        _add_field(groups[name], f, getattr(defaults, f.name))
+    retired = parser.add_argument_group("official flags not used by deit")
+    for name, why in RETIRED.items():
+        flags = [f"--{name}", f"--{name.replace('_', '-')}"] if "_" in name else [f"--{name}"]
+        kind = {"action": "store_true"} if name == "resplit" else {"metavar": "VALUE"}
+        retired.add_argument(
+            *flags,
+            dest=f"retired_{name}",
+            default=argparse.SUPPRESS,
+            help=f"Not used: {why}.",
+            **kind,
+        )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the run's :class:`Config` from parsed arguments.
+
+    Order: defaults < ``args.preset`` < ``args.config`` (YAML) < flags present in ``args``
+    (with :func:`add_config_args`, only typed flags are present). Attributes of ``args`` that
+    are not config fields (e.g. a sub-command) are ignored.
+
+    Raises:
+        ConfigError: unknown preset; a YAML file that is a folder, not text or not YAML, sets
+            a key twice, or holds an unknown key or a bad value (every key is checked, also
+            those a flag overrides; each problem names the file and the key); an impossible
+            value or combination of the merged configuration.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    ns = vars(args)
+    merged: dict[str, Any] = {}
+    if ns.get("preset"):
+        merged.update(preset_overrides(ns["preset"]))
+    if ns.get("config"):
+        from_file = load_yaml_dict(ns["config"])
+        check_config_file(from_file, ns["config"])  # also the values flags override
+        merged.update(from_file)
+    flags = {k: v for k, v in ns.items() if k in Config.field_names()}
+    merged.update(flags)
+    for name, why in RETIRED.items():
+        if f"retired_{name}" in ns:
+            print(f"deit: note: --{name} is not used: {why}.", file=sys.stderr)
+    return Config.from_dict(merged)
