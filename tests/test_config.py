@@ -271,3 +271,18 @@ def test_eval_unused_needs_a_training_subset():
     with pytest.raises(ConfigError, match=r"'eval_unused' is on but 'train_subset' is 0"):
         Config(eval_unused=True).validate()
     Config(eval_unused=True, train_subset=100).validate()
+
+
+def test_merged_problems_name_the_flag_or_file_that_set_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        config_from_args(_parser().parse_args(["--distillation-alpha", "2"]))
+    assert str(e.value) == (
+        "With --distillation-alpha, 'distillation_alpha' is 2.0 but must lie in [0, 1]; set it "
+        "inside that range."
+    )
+    p = tmp_path / "c.yaml"
+    p.write_text("eval_unused: true\n")
+    with pytest.raises(ConfigError, match=rf"^In {re.escape(str(p))}, 'eval_unused' is on but"):
+        config_from_args(_parser().parse_args(["--config", str(p)]))
+    with pytest.raises(ConfigError, match=r"^With --batch-size, 'batch_size' is 7 but Mixup"):
+        config_from_args(_parser().parse_args(["--preset", "small", "--batch-size", "7"]))

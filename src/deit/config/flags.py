@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from typing import Any
 
+from .errors import ConfigError
 from .presets import list_presets, preset_overrides
 from .schema import RETIRED, Config, check_config_file, field_kind
 from .yamlfile import load_yaml_dict
@@ -116,20 +118,36 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ConfigError: unknown preset; a YAML file that is a folder, not text or not YAML, sets
             a key twice, or holds an unknown key or a bad value (every key is checked, also
             those a flag overrides; each problem names the file and the key); an impossible
-            value or combination of the merged configuration.
+            value or combination of the merged configuration (each problem names the file or
+            the flag that set its key).
         FileNotFoundError: the YAML file does not exist.
     """
     ns = vars(args)
     merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # key -> where its value came from, for the messages
     if ns.get("preset"):
         merged.update(preset_overrides(ns["preset"]))
     if ns.get("config"):
         from_file = load_yaml_dict(ns["config"])
         check_config_file(from_file, ns["config"])  # also the values flags override
         merged.update(from_file)
+        origin.update(dict.fromkeys(from_file, f"In {ns['config']}"))
     flags = {k: v for k, v in ns.items() if k in Config.field_names()}
     merged.update(flags)
+    origin.update({k: f"With {_flag(k)}" for k in flags})
     for name, why in RETIRED.items():
         if f"retired_{name}" in ns:
             print(f"deit: note: --{name} is not used: {why}.", file=sys.stderr)
-    return Config.from_dict(merged)
+    try:
+        return Config.from_dict(merged)
+    except ConfigError as e:
+        raise ConfigError(*(_from_where(p, origin) for p in e.problems)) from None
+
+
+def _from_where(problem: str, origin: dict[str, str]) -> str:
+    """``problem`` (a sentence starting with its key, ``'lr' is ...``) after the file or flag
+    that set the key (``With --lr, 'lr' is ...``); unchanged for a default or a preset's value."""
+    key = re.match(r"'(\w+)'", problem)
+    if key is None or key[1] not in origin:
+        return problem
+    return f"{origin[key[1]]}, {problem[0].lower()}{problem[1:]}"
