@@ -13,7 +13,7 @@ from timm.layers import resample_abs_pos_embed
 
 import deit
 from conftest import tiny_hf_kwargs
-from deit.models import CheckpointError, load_checkpoint, resample_pos_embed, save_weights
+from deit.checkpoints import CheckpointError, load_checkpoint, resample_pos_embed, save_weights
 
 
 def _pico(distilled=True, **kw):
@@ -279,7 +279,7 @@ def test_load_model_needs_name_and_falls_back_to_indices(tmp_path):
 
 
 def test_load_model_refuses_another_architecture_than_recorded(tmp_path):
-    from deit.models import load_model
+    from deit.checkpoints import load_model
 
     model = deit.create_model("deit_pico_distilled_patch7_28", num_classes=10)
     run = {"model": model.state_dict(), "model_name": "deit_pico_distilled_patch7_28"}
@@ -291,7 +291,7 @@ def test_load_model_refuses_another_architecture_than_recorded(tmp_path):
 
 
 def test_run_checkpoint_round_trip_versions_and_old_files(tmp_path):
-    from deit.models import RUN_CHECKPOINT_VERSION, RunCheckpoint
+    from deit.checkpoints import RUN_CHECKPOINT_VERSION, RunCheckpoint
 
     src = _pico()
     ck = RunCheckpoint(src.state_dict(), "deit_pico_distilled_patch4_28", num_classes=10, epoch=3)
@@ -317,7 +317,7 @@ def test_run_checkpoint_round_trip_versions_and_old_files(tmp_path):
 
 
 def test_read_weights_strips_ddp_prefix_and_takes_ema(tmp_path):
-    from deit.models import read_weights
+    from deit.checkpoints import read_weights
 
     src = _pico()
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "ddp.pth")
