@@ -25,8 +25,8 @@ from deit.analysis import (
     similarity_figure,
     token_similarity,
 )
+from deit.checkpoints import ModelInfo
 from deit.cli import main
-from deit.models import ModelInfo
 from deit.predict import eval_transform, load_image
 
 DIST, PLAIN = "deit_pico_distilled_patch4_28", "deit_pico_patch4_28"

@@ -13,7 +13,7 @@ from timm.layers import resample_abs_pos_embed
 
 import deit
 from conftest import tiny_hf_kwargs
-from deit.models import CheckpointError, load_checkpoint, resample_pos_embed, save_weights
+from deit.checkpoints import CheckpointError, load_checkpoint, resample_pos_embed, save_weights
 
 
 def _pico(distilled=True, **kw):
@@ -279,7 +279,7 @@ def test_load_model_needs_name_and_falls_back_to_indices(tmp_path):
 
 
 def test_load_model_refuses_another_architecture_than_recorded(tmp_path):
-    from deit.models import load_model
+    from deit.checkpoints import load_model
 
     model = deit.create_model("deit_pico_distilled_patch7_28", num_classes=10)
     run = {"model": model.state_dict(), "model_name": "deit_pico_distilled_patch7_28"}
@@ -291,7 +291,7 @@ def test_load_model_refuses_another_architecture_than_recorded(tmp_path):
 
 
 def test_run_checkpoint_round_trip_versions_and_old_files(tmp_path):
-    from deit.models import RUN_CHECKPOINT_VERSION, RunCheckpoint
+    from deit.checkpoints import RUN_CHECKPOINT_VERSION, RunCheckpoint
 
     src = _pico()
     ck = RunCheckpoint(src.state_dict(), "deit_pico_distilled_patch4_28", num_classes=10, epoch=3)
@@ -317,7 +317,7 @@ def test_run_checkpoint_round_trip_versions_and_old_files(tmp_path):
 
 
 def test_read_weights_strips_ddp_prefix_and_takes_ema(tmp_path):
-    from deit.models import read_weights
+    from deit.checkpoints import read_weights
 
     src = _pico()
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "ddp.pth")
@@ -332,3 +332,58 @@ def test_read_weights_strips_ddp_prefix_and_takes_ema(tmp_path):
     assert read_weights(tmp_path / "noema.pth", use_ema=True).notes == [
         "No EMA weights in the checkpoint: the model weights are used."
     ]
+
+
+def _deit_imports(path, module):
+    """The ``deit`` modules that ``module`` (file ``path``) imports, at the top or inside a
+    function, with the packages each import runs (``deit.models`` for ``deit.models.x``)."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            names = [stem, *(f"{stem}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            found |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+    # a module's own packages are already being imported when it runs: not an edge
+    own = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+    return {m for m in found if m.startswith("deit.") and m not in own and m != module}
+
+
+def test_models_and_checkpoints_import_no_circle():
+    from pathlib import Path
+
+    root = Path(deit.__file__).parent
+    graph = {}
+    for pkg in ("models", "checkpoints"):
+        for path in sorted((root / pkg).glob("*.py")):
+            stem = "" if path.name == "__init__.py" else f".{path.stem}"
+            module = f"deit.{pkg}{stem}"
+            graph[module] = _deit_imports(path, module)
+    # the layer rule: the models know nothing of checkpoint files
+    assert [
+        m for m in graph if m.startswith("deit.models") and "deit.checkpoints" in graph[m]
+    ] == []
+    done, path = set(), []
+
+    def visit(m):
+        assert m not in path, f"import circle: {' -> '.join([*path[path.index(m) :], m])}"
+        if m in done or m not in graph:
+            return
+        path.append(m)
+        for n in sorted(graph[m]):
+            visit(n)
+        path.pop()
+        done.add(m)
+
+    for m in graph:
+        visit(m)

@@ -13,6 +13,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.task import TokenDistillationTask
 from torch import nn
 
+from deit.checkpoints import CheckpointError, create_model
 from deit.distillation import (
     DistillationLoss,
     LossOutput,
@@ -20,7 +21,6 @@ from deit.distillation import (
     build_teacher,
     check_student,
 )
-from deit.models import CheckpointError, create_model
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ import torch
 
 import deit
 import deit.export as export_mod
+from deit.checkpoints import ModelInfo, save_weights
 from deit.cli import main
 from deit.export import ExportError, export_model
-from deit.models import ModelInfo, save_weights
 
 NAME = "deit_pico_distilled_patch4_28"
 

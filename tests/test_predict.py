@@ -13,8 +13,8 @@ from torchvision import transforms
 
 import deit
 from deit import predict as predict_mod
+from deit.checkpoints import CheckpointError, save_weights
 from deit.cli import main
-from deit.models import CheckpointError, save_weights
 from deit.predict import NotAnImageError, find_images, predict
 
 NAME = "deit_pico_distilled_patch4_28"

@@ -13,9 +13,7 @@ import torch
 
 import deit
 from conftest import tiny_hf_kwargs
-from deit.config import Config
-from deit.distillation import build_teacher
-from deit.models import (
+from deit.checkpoints import (
     CheckpointError,
     RunCheckpoint,
     load_checkpoint,
@@ -23,6 +21,8 @@ from deit.models import (
     resample_pos_embed,
     save_weights,
 )
+from deit.config import Config
+from deit.distillation import build_teacher
 from deit.training import _load_finetune
 
 PLAIN, DISTILLED = "deit_pico_patch7_28", "deit_pico_distilled_patch7_28"

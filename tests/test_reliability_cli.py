@@ -20,8 +20,8 @@ import deit.evaluate
 import deit.predict
 from conftest import write_image_tree
 from deit.benchmark import benchmark_model
+from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import build_parser, main
-from deit.models import CheckpointError, RunCheckpoint
 
 ROOT = Path(__file__).parents[1]
 PICO = "deit_pico_patch7_28"

@@ -18,13 +18,13 @@ from torchvision import transforms
 
 import deit
 from conftest import write_image_tree
+from deit.checkpoints import RunCheckpoint
 from deit.cli import main
 from deit.config import Config
 from deit.data.datasets import DIGITS_MEAN, DIGITS_STD, CorruptImageError, build_dataset
 from deit.data.images import load_rgb, to_display_mode
 from deit.data.inputs import model_input_defaults, resolve_inputs
 from deit.evaluate import evaluate_checkpoint
-from deit.models import RunCheckpoint
 from deit.predict import load_image
 
 PICO = "deit_pico_patch7_28"

@@ -19,9 +19,9 @@ import torch
 import deit
 from conftest import write_image_tree
 from deit._runlock import LOCK_NAME
+from deit.checkpoints import RunCheckpoint
 from deit.cli import main
 from deit.config import Config
-from deit.models import RunCheckpoint
 from deit.teacher_labels import TeacherLabelStore, compute_teacher_labels
 from deit.training import LAST, label_pass_state
 

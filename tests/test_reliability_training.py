@@ -17,10 +17,10 @@ import torch
 
 import deit.training as training
 from conftest import write_image_tree
+from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import main
 from deit.config import Config
 from deit.engine import NonFiniteLossError
-from deit.models import CheckpointError, RunCheckpoint
 from deit.training import LAST, run
 
 MODEL = "deit_pico_patch7_28"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import deit
+from deit.checkpoints import safe_torch_load
 from deit.cli import main
 from deit.config import Config
 from deit.data.transforms import SeededMixup
-from deit.models import safe_torch_load
 from deit.teacher_labels import (
     TeacherLabelStore,
     compute_teacher_labels,

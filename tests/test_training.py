@@ -17,11 +17,11 @@ from torch import nn
 
 import deit
 from conftest import write_image_tree
+from deit.checkpoints import safe_torch_load
 from deit.cli import main
 from deit.config import Config
 from deit.distillation import DistillationLoss
 from deit.engine import StepOptions, evaluate, resolve_precision, train_one_epoch
-from deit.models import safe_torch_load
 from deit.training import LAST, run, wrap_ddp
 
 STUDENT = "deit_pico_distilled_patch7_28"
@@ -307,7 +307,7 @@ def test_precision_choice():
 
 
 def test_finetune_cnn_drops_only_the_classifier(tmp_path):
-    from deit.models import CheckpointError
+    from deit.checkpoints import CheckpointError
     from deit.training import _load_finetune
 
     torch.manual_seed(0)
@@ -404,8 +404,7 @@ def test_run_steps_and_loaders_are_short_functions():
     files += [str(p.relative_to(src)) for p in (src / "config").glob("*.py")]
     files += [
         "evaluate.py",
-        "models/checkpoint.py",
-        "models/run_checkpoint.py",
+        *(f"checkpoints/{p.name}" for p in sorted((src / "checkpoints").glob("*.py"))),
         "data/transforms.py",
     ]
     long = []

@@ -25,15 +25,15 @@ _EXPORTS = {
     "build_teacher": "distillation",
     "check_student": "distillation",
     "optimize_for_inference": "inference",
-    "CheckpointError": "models",
+    "CheckpointError": "checkpoints",
+    "create_model": "checkpoints",
+    "load_checkpoint": "checkpoints",
+    "load_model": "checkpoints",
+    "save_weights": "checkpoints",
     "DistilledVisionTransformer": "models",
     "VisionTransformer": "models",
     "build_classifier": "models",
-    "create_model": "models",
     "list_models": "models",
-    "load_checkpoint": "models",
-    "load_model": "models",
-    "save_weights": "models",
 }
 
 __all__ = list(_EXPORTS)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._optional import require
-from .models import DistilledVisionTransformer, ModelInfo, VisionTransformer
+from .checkpoints import ModelInfo
+from .models import DistilledVisionTransformer, VisionTransformer
 from .predict import (
     ModelLike,
     _print_notes,

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from timm.utils import unwrap_model
 from torch import nn
 
-from .models.checkpoint import CheckpointError, Weights, fit_weights, read_weights
+from .checkpoints import CheckpointError, Weights, fit_weights, read_weights
 from .models.distilled import DistilledVisionTransformer
 from .models.registry import IMAGENET_MEAN, IMAGENET_STD, build_classifier
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._json import dumps
+from .checkpoints import ModelInfo, load_model
 from .cli import print_note
 from .config import Config
 from .data import build_dataset, dataset_info
@@ -23,7 +24,6 @@ from .data.images import to_display_mode
 from .distillation import build_teacher
 from .engine import evaluate
 from .inference import optimize_for_inference
-from .models import ModelInfo, load_model
 from .precision import resolve_precision
 from .predict import eval_transform
 

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from ._json import dumps
+from .checkpoints import ModelInfo, load_model
 from .inference import optimize_for_inference
-from .models import HEAD_CHOICES, DistilledVisionTransformer, ModelInfo, load_model
+from .models import HEAD_CHOICES, DistilledVisionTransformer
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ._runlock import OutputLock
+from .checkpoints import CheckpointError, RunCheckpoint, fit_weights, read_weights
 from .config import Config, add_config_args, config_from_args, save_run_config
 from .data import (
     build_dataset,
@@ -52,14 +53,7 @@ from .data.transforms import PositionSampler, SeededViews
 from .distillation import DistillationLoss, build_teacher, check_student
 from .engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
 from .inference import draw_views, optimize_teacher
-from .models import (
-    CheckpointError,
-    RunCheckpoint,
-    build_classifier,
-    fit_weights,
-    is_deit_model,
-    read_weights,
-)
+from .models import build_classifier, is_deit_model
 from .optim import build_ema, build_optimizer, build_scheduler
 from .precision import Precision, resolve_device, resolve_precision
 

@@ -67,7 +67,7 @@ def model_input_defaults(name: str) -> InputDefaults:
 
 def _recorded_normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The mean/std a ``deit train`` checkpoint records, or ``None`` (other file kinds)."""
-    from ..models import read_weights
+    from ..checkpoints import read_weights
 
     run = read_weights(path).run
     if run is None or not run.mean or not run.std:

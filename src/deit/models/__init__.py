@@ -1,68 +1,37 @@
-"""DeiT models: backbone, distilled variant, registry and checkpoint formats."""
+"""DeiT models: the backbone, the distilled variant and the registry of named configurations.
 
-from .checkpoint import (
-    CheckpointError,
-    LoadReport,
-    ModelInfo,
-    Weights,
-    atomic_save,
-    convert_hf_deit,
-    fit_weights,
-    load_checkpoint,
-    load_model,
-    load_state_dict_into,
-    read_state_dict,
-    read_weights,
-    resample_pos_embed,
-    safe_torch_load,
-    save_weights,
-)
+Weights files (reading, adapting, ``create_model`` with weights) live one layer up, in
+:mod:`deit.checkpoints`; nothing here imports it.
+"""
+
 from .distilled import HEAD_CHOICES, DistilledVisionTransformer
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelSpec,
     build_classifier,
-    create_model,
+    build_model,
     get_model_spec,
     is_deit_model,
     list_models,
 )
-from .run_checkpoint import RUN_CHECKPOINT_VERSION, RunCheckpoint
 from .vision_transformer import Attention, Block, DropPath, Mlp, PatchEmbed, VisionTransformer
 
 __all__ = [
-    "RUN_CHECKPOINT_VERSION",
-    "RunCheckpoint",
-    "Weights",
-    "fit_weights",
-    "read_weights",
     "Attention",
     "Block",
-    "CheckpointError",
     "DistilledVisionTransformer",
     "DropPath",
     "HEAD_CHOICES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "LoadReport",
-    "ModelInfo",
     "Mlp",
     "ModelSpec",
     "PatchEmbed",
     "VisionTransformer",
-    "atomic_save",
     "build_classifier",
-    "convert_hf_deit",
-    "create_model",
+    "build_model",
     "get_model_spec",
     "is_deit_model",
     "list_models",
-    "load_checkpoint",
-    "load_model",
-    "load_state_dict_into",
-    "read_state_dict",
-    "resample_pos_embed",
-    "safe_torch_load",
-    "save_weights",
 ]

@@ -1,4 +1,4 @@
-"""Named DeiT configurations, :func:`create_model` and :func:`list_models` (timm-style API).
+"""Named DeiT configurations, :func:`build_model` and :func:`list_models` (timm-style API).
 
 The eight official configurations of the paper (Table 1) keep their official names; the
 small-image configurations follow the same pattern (``deit_{size}[_distilled]_patch{p}_{img}``)
@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,7 +19,7 @@ from .vision_transformer import VisionTransformer
 
 __all__ = [
     "ModelSpec",
-    "create_model",
+    "build_model",
     "list_models",
     "get_model_spec",
     "is_deit_model",
@@ -153,10 +152,8 @@ def get_model_spec(name: str) -> ModelSpec:
         ) from None
 
 
-def create_model(
+def build_model(
     name: str,
-    pretrained: bool = False,
-    checkpoint_path: str | Path | None = None,
     num_classes: int = 1000,
     img_size: int | tuple[int, int] | None = None,
     in_chans: int = 3,
@@ -164,16 +161,13 @@ def create_model(
     drop_path_rate: float = 0.0,
     **kwargs: Any,
 ) -> VisionTransformer:
-    """Build a registered DeiT model, optionally with weights (timm's ``create_model`` contract).
+    """Build a registered DeiT model with fresh weights (no file is read).
+
+    :func:`deit.checkpoints.create_model` calls it, then loads official or local weights; the
+    registry stays below the checkpoint layer and never imports it.
 
     Args:
         name: a name from :func:`list_models`.
-        pretrained: load the official weights through torch.hub's cache (hash-checked).
-        checkpoint_path: a local weights file or Hugging Face folder to load instead (official
-            ``.pth`` with ``model``, plain/timm state dict, ``.safetensors``, or a
-            transformers ``save_pretrained`` folder). Position embeddings are interpolated to
-            ``img_size``; heads of another class count are an error (use
-            :func:`deit.models.checkpoint.load_checkpoint` with ``finetune=True`` to drop them).
         num_classes: classes of the head(s).
         img_size: input size; defaults to the configuration's.
         in_chans: input channels.
@@ -182,11 +176,11 @@ def create_model(
         **kwargs: any other :class:`VisionTransformer` argument (e.g. ``depth``).
 
     Returns:
-        :class:`VisionTransformer` or :class:`DistilledVisionTransformer`.
+        :class:`VisionTransformer` or :class:`DistilledVisionTransformer`, with ``default_cfg``
+        recording the architecture name, normalisation, crop ratio and input size.
 
     Raises:
         ValueError: unknown name or impossible argument.
-        deit.models.checkpoint.CheckpointError: weights that cannot be read or do not fit.
     """
     spec = get_model_spec(name)
     args = {**spec.kwargs, **kwargs}
@@ -208,13 +202,6 @@ def create_model(
         "input_size": (in_chans, *model.img_size),
         "num_classes": num_classes,
     }
-    if pretrained or checkpoint_path is not None:
-        from .checkpoint import load_checkpoint, load_pretrained
-
-        if checkpoint_path is not None:
-            load_checkpoint(model, checkpoint_path)
-        else:
-            load_pretrained(model, spec)
     return model
 
 
@@ -228,7 +215,7 @@ def build_classifier(
 ) -> nn.Module:
     """Build any classifier by name: a DeiT configuration, a timm model or a torchvision model.
 
-    DeiT names go to :func:`create_model`; ``torchvision:<name>`` (or ``tv:<name>``) to
+    DeiT names go to :func:`build_model`; ``torchvision:<name>`` (or ``tv:<name>``) to
     ``torchvision.models.get_model``; anything else to ``timm.create_model``. Used for teachers and
     for ``deit train`` of a CNN. No weights are downloaded.
 
@@ -236,7 +223,7 @@ def build_classifier(
         ValueError: when no library knows ``name``.
     """
     if is_deit_model(name):
-        return create_model(
+        return build_model(
             name,
             num_classes=num_classes,
             in_chans=in_chans,

@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError
+from .safe_load import safe_torch_load
+from .write import atomic_save
+
 __all__ = ["RUN_CHECKPOINT_VERSION", "RunCheckpoint", "is_run_checkpoint"]
 
 #: Version written by this code. 0: files without a ``version`` key (same fields).
@@ -93,11 +97,9 @@ class RunCheckpoint:
         """Read a loaded run checkpoint (any version); keys it does not know are ignored.
 
         Raises:
-            deit.models.CheckpointError: ``obj`` is not a run checkpoint (no ``model`` state
+            deit.checkpoints.CheckpointError: ``obj`` is not a run checkpoint (no ``model`` state
                 dict and ``model_name``), or it was written by a newer version of deit.
         """
-        from .checkpoint import CheckpointError
-
         if not is_run_checkpoint(obj):
             raise CheckpointError(
                 f"{source!r} is not a training checkpoint of `deit train` (no 'model' and "
@@ -118,11 +120,9 @@ class RunCheckpoint:
         """Read ``path`` with ``torch.load(weights_only=True)`` (see :meth:`from_dict`).
 
         Raises:
-            deit.models.CheckpointError: missing, unreadable or unsafe file; not a run
+            deit.checkpoints.CheckpointError: missing, unreadable or unsafe file; not a run
                 checkpoint; a newer version.
         """
-        from .checkpoint import safe_torch_load
-
         return cls.from_dict(safe_torch_load(path), str(path))
 
     def save(self, path: str | Path) -> None:
@@ -131,7 +131,5 @@ class RunCheckpoint:
         Raises:
             OSError: the folder cannot be written.
         """
-        from .checkpoint import atomic_save
-
         self.version = RUN_CHECKPOINT_VERSION
         atomic_save(self.to_dict(), path)

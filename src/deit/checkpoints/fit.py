@@ -1,0 +1,196 @@
+"""Loading a state dict into a model, or saying in one sentence why it does not fit:
+:func:`load_state_dict_into` (DeiT/ViT, adapted first), :func:`fit_weights` (any model) and
+:func:`mismatch` (the counts and examples of a misfit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.vision_transformer import VisionTransformer
+from .adapt import _HEAD_KEYS, LoadReport, _adapt
+from .errors import CheckpointError
+from .guess import guess_architecture
+from .read import Weights
+
+__all__ = ["fit_weights", "load_state_dict_into", "mismatch"]
+
+
+def _examples(groups: list[list[str]], limit: int = 3) -> list[list[str]]:
+    """Up to ``limit`` examples in all, taken in turn from each group (so every kind shows)."""
+    shown: list[list[str]] = [[] for _ in groups]
+    for i in range(limit):
+        for group, out in zip(groups, shown):
+            if i < len(group) and sum(map(len, shown)) < limit:
+                out.append(group[i])
+    return shown
+
+
+def mismatch(
+    own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], ignore_missing: tuple = ()
+) -> tuple[list[str], bool]:
+    """Describe how ``sd`` fails to fit a model's state dict ``own``.
+
+    Each kind of problem is counted; three examples are given in all (shapes as
+    ``key: checkpoint (..) vs model (..)``).
+
+    Returns:
+        ``(parts, only_heads)``: phrases for wrong shapes, missing and unexpected keys (empty
+        when ``sd`` fits), and whether the only problem is the classifier heads (another shape,
+        or absent from ``sd``).
+    """
+    wrong = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    missing = sorted(k for k in set(own) - set(sd) if k not in ignore_missing)
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong]
+    shown = _examples([shapes, missing, unexpected])
+    kinds = [
+        (wrong, "shape mismatch in {n} tensors", shown[0]),
+        (missing, "{n} missing keys", shown[1]),
+        (unexpected, "{n} unexpected keys", shown[2]),
+    ]
+    parts = [
+        text.format(n=len(keys)) + (f" (e.g. {'; '.join(ex)})" if ex else "")
+        for keys, text, ex in kinds
+        if keys
+    ]
+    only_heads = all(k in _HEAD_KEYS for k in [*wrong, *missing]) and not unexpected
+    return parts, bool(parts) and only_heads
+
+
+def _model_name(model: nn.Module) -> str:
+    """The name a model was built from (DeiT registry / timm ``architecture``), else its class."""
+    cfg = getattr(model, "default_cfg", None) or getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def _misfit(
+    source: str,
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    ignore: tuple,
+    meta: dict[str, Any],
+    flag: str,
+    original: dict[str, torch.Tensor] | None = None,
+) -> CheckpointError | None:
+    """One sentence on why ``sd`` does not fit ``model`` (``None`` when it fits): counts and
+    examples (:func:`mismatch`), the architecture the file holds (recorded ``model_name``, else
+    :func:`guess_architecture` of ``original``, the file's keys before any adaptation) and the
+    fix, naming ``flag`` (``--model``, ``--teacher-model``)."""
+    parts, only_heads = mismatch(model.state_dict(), sd, ignore)
+    if not parts:
+        return None
+    target, recorded = _model_name(model), meta.get("model_name")
+    name, family = (recorded, None) if recorded else guess_architecture(original or sd)
+    how = " (recorded in the file)," if recorded else ", judging by its keys,"
+    verb = "holds" if recorded else "looks like"
+    who = "Teacher checkpoint " if "teacher" in flag else ""
+    if only_heads:
+        fix = (
+            "only the classifier heads differ (another class count, or none in the file): pass "
+            "finetune=True (--finetune) to start them fresh"
+        )
+    elif name and name != target:
+        fix = f"it {verb} a {name}{how} not the {target} asked for: pass {flag} {name}"
+    elif name:
+        fix = (
+            f"it {verb} a {name} built with other arguments (input channels, class count or "
+            "image size): build the model as the file was trained"
+        )
+    elif family:
+        fix = f"it looks like {family}{how} not a {target}: pass the {flag} it was trained as"
+    else:
+        fix = f"pass the {flag} the file was trained as (not {target})"
+    return CheckpointError(f"{who}{source!r} does not fit this model: {', '.join(parts)}; {fix}.")
+
+
+def load_state_dict_into(
+    model: VisionTransformer,
+    sd: dict[str, torch.Tensor],
+    finetune: bool = False,
+    meta: dict[str, Any] | None = None,
+    source: str = "state dict",
+    flag: str = "--model",
+) -> LoadReport:
+    """Adapt a DeiT/timm-named state dict to ``model`` and load it (see :func:`~deit.checkpoints.load_checkpoint`).
+
+    Args:
+        meta: :attr:`Weights.meta` (recorded ``model_name``, ``image_size``, ``class_names``,
+            ``layer_norm_eps``).
+        source: the file, for messages.
+        flag: the option that names the architecture, for messages (``--model``,
+            ``--teacher-model``).
+
+    Raises:
+        CheckpointError: an ambiguous position grid, or tensors that do not fit; one sentence
+            naming ``source``, the counts, the architecture the file holds and the fix.
+    """
+    meta = meta or {}
+    report = LoadReport()
+    adapted = sd
+    if "pos_embed" in sd and "cls_token" in sd:  # else not a ViT: _misfit says what it holds
+        adapted = _adapt(sd, model, finetune, report, meta, source)
+    error = _misfit(source, model, adapted, _HEAD_KEYS if finetune else (), meta, flag, sd)
+    if error is not None:
+        raise error
+    model.load_state_dict(adapted, strict=not finetune)
+    eps = meta.get("layer_norm_eps")
+    if eps is not None:
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.eps = eps
+        report.add(f"LayerNorm eps set to {eps} as in the Hugging Face config.")
+    if meta.get("class_names"):
+        model.class_names = list(meta["class_names"])
+    return report
+
+
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """State-dict keys of a CNN's classifier: timm's ``pretrained_cfg['classifier']`` (e.g.
+    ``fc`` or LeViT's two heads), else the last ``Linear`` (torchvision's ``fc``/``classifier.N``)."""
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if not heads:
+        heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    return tuple(f"{n}.{p}" for n in heads for p in ("weight", "bias"))
+
+
+def fit_weights(
+    model: nn.Module, weights: Weights, finetune: bool = False, flag: str = "--model"
+) -> list[str]:
+    """Load ``weights`` into ``model``; the one fitting step behind every load in deit.
+
+    A DeiT/ViT goes through :func:`load_state_dict_into` (prefix tokens and position grid
+    adapted, paper section 6 for the resolution change; heads of another class count dropped
+    with ``finetune``). Any other model (a CNN teacher or baseline) loads strictly; with
+    ``finetune`` its classifier layers alone are left fresh when their class count differs.
+
+    Args:
+        flag: the option naming the architecture, for the message of a misfit (``--model``,
+            ``--teacher-model``).
+
+    Returns:
+        Sentences describing every adaptation made.
+
+    Raises:
+        CheckpointError: tensors that do not fit; one sentence with the file, the counts of
+            mismatched/missing/unexpected keys and three examples, the architecture the file
+            holds (recorded, or judged by its keys) and ``flag`` with the name to pass.
+    """
+    if isinstance(model, VisionTransformer):
+        report = load_state_dict_into(
+            model, weights.state_dict, finetune, weights.meta, weights.source, flag
+        )
+        return report.notes
+    sd, own = weights.state_dict, model.state_dict()
+    heads = _classifier_names(model) if finetune else ()
+    kept = {
+        k: v for k, v in sd.items() if not (k in heads and k in own and v.shape != own[k].shape)
+    }
+    error = _misfit(weights.source, model, kept, heads, weights.meta, flag, sd)
+    if error is not None:
+        raise error
+    model.load_state_dict(kept, strict=not finetune)
+    return []

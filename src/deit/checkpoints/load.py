@@ -1,0 +1,219 @@
+"""Turning a weights file into a model: :func:`load_checkpoint` (into a built model),
+:func:`load_pretrained` (the official weights through torch.hub's cache) and :func:`load_model`
+(the architecture too, with a :class:`ModelInfo` for the jobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    build_classifier,
+    get_model_spec,
+    is_deit_model,
+)
+from ..models.vision_transformer import VisionTransformer
+from .adapt import LoadReport
+from .errors import CheckpointError
+from .fit import fit_weights, load_state_dict_into
+from .read import Weights, _image_size, read_weights
+from .run_checkpoint import RunCheckpoint
+
+__all__ = ["ModelInfo", "load_checkpoint", "load_model", "load_pretrained"]
+
+
+def load_checkpoint(
+    model: VisionTransformer,
+    path: str | Path,
+    finetune: bool = False,
+    source_img_size: int | tuple[int, int] | None = None,
+) -> LoadReport:
+    """Load weights from ``path`` (any format of :func:`~deit.checkpoints.read_weights`) into ``model``.
+
+    Position embeddings are resampled from the file's patch grid to the model's (the grid comes
+    from the image size the file records, else a square); a non-distilled checkpoint fills a
+    distilled model's ``dist_token``/``head_dist`` from the class token/head, a distilled one
+    loses them (each said in a note). With ``finetune=True`` heads whose class count differs
+    are left at their fresh initialisation (the official ``--finetune``); otherwise a mismatch
+    is an error.
+
+    Args:
+        model: the DeiT/ViT to fill.
+        path: any file or folder :func:`read_weights` reads.
+        finetune: drop heads of another class count instead of refusing them.
+        source_img_size: the image size (pixels, side or ``(H, W)``) the weights were trained
+            at, for a file that does not record it and whose grid is ambiguous (a non-square
+            model); overrides a recorded size.
+
+    Returns:
+        :class:`LoadReport` listing every adaptation (each also issued as a warning).
+
+    Raises:
+        CheckpointError: unreadable file, an ambiguous position grid, or tensors that do not
+            fit (one sentence: counts, examples, the architecture the file holds, the fix).
+    """
+    weights = read_weights(path)
+    if source_img_size is not None:
+        weights.meta["image_size"] = _image_size(source_img_size)
+    report = load_state_dict_into(model, weights.state_dict, finetune, weights.meta, str(path))
+    for note in weights.notes:  # what reading the file chose (e.g. a pooler left out)
+        report.add(note)
+    return report
+
+
+def load_pretrained(model: VisionTransformer, spec: ModelSpec) -> LoadReport:
+    """Load the official weights of ``spec`` through torch.hub's cache, checking the file hash.
+
+    Raises:
+        CheckpointError: no official weights exist, or the download failed (no network); the
+            message says how to pass a local file instead.
+    """
+    if spec.url is None:
+        raise CheckpointError(
+            f"{spec.name} has no official pretrained weights; pass checkpoint_path=... instead."
+        )
+    fname = spec.url.rsplit("/", 1)[1]
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    try:
+        torch.hub.load_state_dict_from_url(
+            spec.url, map_location="cpu", check_hash=True, weights_only=True, progress=False
+        )
+    except Exception as e:  # URLError, socket errors, hash mismatch: all one sentence
+        raise CheckpointError(
+            f"Could not fetch the official weights for {spec.name} from {spec.url} "
+            f"({type(e).__name__}: {str(e)[:120]}); download {fname} where a network is "
+            f"available and pass it with checkpoint_path=... (CLI: --checkpoint PATH) or place it "
+            f"in {hub_dir}."
+        ) from None
+    return load_checkpoint(model, hub_dir / fname)
+
+
+@dataclass
+class ModelInfo:
+    """What a job needs to know about a loaded model besides its weights.
+
+    Attributes:
+        model_name: registered DeiT name, timm name, or ``torchvision:<name>``.
+        num_classes: classes of the head(s).
+        img_size: input ``(H, W)`` in pixels.
+        in_chans: input channels.
+        class_names: one name per class index (indices as strings when unknown).
+        mean, std: input normalisation per channel.
+        crop_pct: evaluation centre-crop ratio.
+        notes: sentences about what was assumed or adapted while loading.
+        data_set: the data set a ``deit train`` checkpoint was trained on, else ``None``.
+    """
+
+    model_name: str
+    num_classes: int
+    img_size: tuple[int, int]
+    in_chans: int = 3
+    class_names: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+    notes: list[str] = field(default_factory=list)
+    data_set: str | None = None
+
+
+def _recorded_name(weights: Weights, model_name: str | None) -> str:
+    recorded = weights.run.model_name if weights.run else None
+    if model_name and recorded and model_name != recorded:
+        raise CheckpointError(
+            f"{weights.source!r} holds a {recorded} but the model asked for is {model_name}; "
+            "leave out the model name (the checkpoint records its architecture) or pass "
+            f"{recorded}."
+        )
+    name = model_name or recorded
+    if name is None:
+        raise CheckpointError(
+            f"{weights.source!r} does not record its architecture; pass the model name "
+            "(--model NAME, e.g. deit_tiny_distilled_patch16_224)."
+        )
+    return name
+
+
+def _class_names(names: list[str] | None, num_classes: int, notes: list[str]) -> list[str]:
+    if names:
+        return list(names)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        imagenet = ImageNetInfo()
+        return [imagenet.index_to_description(i) for i in range(1000)]
+    notes.append("The checkpoint has no class names: class indices are used instead.")
+    return [str(i) for i in range(num_classes)]
+
+
+def load_model(
+    path: str | Path,
+    model_name: str | None = None,
+    use_ema: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild a model from any supported file, ready for inference (eval mode).
+
+    :func:`read_weights`, then :func:`deit.models.build_classifier`, then :func:`fit_weights`.
+    A checkpoint written by ``deit train`` records its architecture (``model_name``,
+    ``num_classes``, ``img_size``, ``in_chans``), class names and normalisation; any other
+    weights file (official DeiT, timm, safetensors, Hugging Face folder) needs ``model_name``,
+    and its class count is read from the head.
+
+    Args:
+        path: checkpoint file or Hugging Face folder.
+        model_name: architecture, required for files that do not record it; for a file that
+            records one it must be the same.
+        use_ema: load the EMA weights (``model_ema``) of a training checkpoint when present.
+        device: where to put the model.
+
+    Returns:
+        ``(model, info)``.
+
+    Raises:
+        CheckpointError: unreadable file, unknown architecture, a ``model_name`` other than
+            the recorded one, or weights that do not fit.
+    """
+    weights = read_weights(path, use_ema=use_ema)
+    name = _recorded_name(weights, model_name)
+    run = weights.run or RunCheckpoint(weights.state_dict, name)
+    sd = weights.state_dict
+    head = sd.get("head.weight", sd.get("fc.weight"))
+    num_classes = int(run.num_classes or (head.shape[0] if head is not None else 1000))
+    proj = sd.get("patch_embed.proj.weight")
+    in_chans = int(run.in_chans or (proj.shape[1] if proj is not None else 3))
+    if is_deit_model(name):
+        spec = get_model_spec(name)
+        size = run.img_size or weights.meta.get("image_size") or spec.img_size
+        model = build_classifier(name, num_classes, in_chans=in_chans, img_size=size)
+        mean, std, crop = spec.mean, spec.std, spec.crop_pct
+    else:
+        model = build_classifier(name, num_classes, in_chans=in_chans)
+        mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, 0.875
+        size = run.img_size or 224
+    notes = weights.notes + fit_weights(model, weights)
+    size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    names = weights.meta.get("class_names") or getattr(model, "class_names", None)
+    if not (run.mean and run.std):
+        notes.append(
+            f"The file records no input normalisation: the {name} defaults are used (mean "
+            f"{tuple(mean)}, std {tuple(std)}); set others if it was trained with others."
+        )
+    info = ModelInfo(
+        model_name=name,
+        num_classes=num_classes,
+        img_size=size,
+        in_chans=in_chans,
+        class_names=_class_names(names, num_classes, notes),
+        mean=tuple(run.mean or mean),
+        std=tuple(run.std or std),
+        crop_pct=float(run.crop_pct or crop),
+        notes=notes,
+        data_set=run.data_set,
+    )
+    return model.to(device).eval(), info
