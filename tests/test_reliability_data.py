@@ -20,8 +20,10 @@ import deit
 from conftest import write_image_tree
 from deit.cli import main
 from deit.config import Config
-from deit.data.datasets import DIGITS_MEAN, DIGITS_STD, CorruptImageError, build_dataset
+from deit.data.datasets import build_dataset
+from deit.data.files import CorruptImageError
 from deit.data.images import load_rgb, to_display_mode
+from deit.data.info import DIGITS_MEAN, DIGITS_STD
 from deit.data.inputs import model_input_defaults, resolve_inputs
 from deit.evaluate import evaluate_checkpoint
 from deit.models import RunCheckpoint

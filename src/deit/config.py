@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from .data.datasets import INAT_CATEGORIES
+from .data.inat import INAT_CATEGORIES
 from .distillation import DISTILLATION_TYPES, KL_REDUCTIONS
 from .engine import EVAL_HEADS
 from .precision import AMP, TEACHER_PRECISIONS
@@ -657,7 +657,7 @@ def _fields_with(meta_key: str) -> list[dataclasses.Field]:
 
 
 def _check_data_set_name(name: str) -> str | None:
-    from .data.datasets import _canonical
+    from .data.info import _canonical
 
     try:
         _canonical(name)
@@ -668,7 +668,7 @@ def _check_data_set_name(name: str) -> str | None:
 
 def _check_data_set(c: Config) -> list[str | None]:
     """The options only some data sets take (an unknown name: :func:`_check_data_set_name`)."""
-    from .data.datasets import _canonical
+    from .data.info import _canonical
 
     try:
         key = _canonical(c.data_set)
