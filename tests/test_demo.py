@@ -22,13 +22,12 @@ from deit.demo import (
     PAPER_SOFT,
     TEACHER,
     DemoSettings,
-    _config,
-    _Job,
     curve_figure,
     paired_interval,
     summarize,
     top1_figure,
 )
+from deit.demo.study import _config, _Job
 from deit.evaluate import evaluate_checkpoint
 from deit.predict import predict
 
