@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._json import dumps
-from .cli import print_note
+from ._notes import print_note
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode

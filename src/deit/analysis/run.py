@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._notes import _print_notes
 from ..models import ModelInfo, VisionTransformer
 from ..predict import (
     ModelLike,
-    _print_notes,
     eval_transform,
     find_images,
     load_image,
