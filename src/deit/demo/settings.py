@@ -66,8 +66,8 @@ HARD = Variant("hard")
 #: The paper's soft setting (Table 3: no gain on ImageNet either).
 PAPER_SOFT = Variant("soft", alpha=0.1, tau=3.0)
 #: The setting the demo leads with: the soft setting that gained most while the demo was tuned
-#: on mnist5k (README: not yet beyond seed noise). The per-sample KL gives the teacher term the
-#: weight the official B*C division takes away.
+#: on mnist5k (docs/demo.md: not yet beyond seed noise). The per-sample KL gives the teacher
+#: term the weight the official B*C division takes away.
 LEADING = Variant("soft", alpha=0.9, tau=4.0, kl_reduction="batchmean")
 
 
@@ -94,7 +94,7 @@ class DemoSettings:
     student_warmup: float = 0.05  # warm-up share of the students' epochs (the teacher: 0.1)
     teacher_batch_size: int = 64
     teacher_lr: float = 8e-3  # x 64/512 -> 1e-3 applied
-    # batch 16: twice the updates of batch 32 for the same image-steps (tuning run: README)
+    # batch 16: twice the updates of batch 32 for the same image-steps (docs/demo_history.md)
     batch_size: int = 16
     lr: float = 3.2e-2  # x 16/512 -> 1e-3 applied
     # unused training digits held out for choosing settings (benchmarks/demo_curves.py),
