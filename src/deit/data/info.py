@@ -10,8 +10,6 @@ __all__ = [
     "DatasetInfo",
     "dataset_info",
     "list_datasets",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "MNIST5K_MEAN",
     "MNIST5K_STD",
     "DIGITS_MEAN",
