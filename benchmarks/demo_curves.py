@@ -37,11 +37,9 @@ from deit.demo import (
     TEACHER,
     DemoSettings,
     Variant,
-    _config,
-    _init_worker,
-    _Job,
 )
-from deit.demo import _train as demo_train
+from deit.demo.study import _config, _init_worker, _Job
+from deit.demo.study import _train as demo_train
 
 #: Named settings: ``deit train`` overrides of the demo's student configuration.
 SETTINGS: dict[str, dict[str, Any]] = {

@@ -69,7 +69,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def digits(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` mnist5k digits (a fixed random draw), 3 channels, resized to ``size`` px and ImageNet-normalised, and
     their labels (real images: the teacher sees shapes and flat backgrounds, not noise)."""
-    from deit.data.datasets import _mnist5k_arrays
+    from deit.data.digits import _mnist5k_arrays
 
     images, labels = _mnist5k_arrays()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:n].numpy()

@@ -16,6 +16,7 @@ import torch
 import deit
 from deit import benchmark as bm
 from deit.cli import main
+from deit.precision import fast_bf16_available
 
 TINY = "deit_pico_patch4_28"
 TINY_DISTILLED = "deit_pico_distilled_patch4_28"
@@ -68,13 +69,13 @@ def test_precision_rules_follow_cpu_flags(monkeypatch):
                 flags = set(line.split(":", 1)[1].split())
                 break
     fast = bool({"amx_bf16", "avx512_bf16"} & flags)  # without them bf16 is emulated: slow
-    assert bm.fast_bf16_available("cpu") is fast
+    assert fast_bf16_available("cpu") is fast
     assert bm.default_precision("cpu") == ("bf16" if fast else "fp32")
     assert bm.default_precision(torch.device("cpu")) in ("fp32", "bf16")
     monkeypatch.setenv("DEIT_FAST_BF16", "0")
-    assert not bm.fast_bf16_available("cpu") and bm.default_precision("cpu") == "fp32"
+    assert not fast_bf16_available("cpu") and bm.default_precision("cpu") == "fp32"
     monkeypatch.setenv("DEIT_FAST_BF16", "1")
-    assert bm.fast_bf16_available("cpu") and bm.default_precision("cpu") == "bf16"
+    assert fast_bf16_available("cpu") and bm.default_precision("cpu") == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
         bm.precision_context("cpu", "fp8")
 

@@ -13,20 +13,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deit.data.datasets import (
+from deit.data.datasets import build_dataset
+from deit.data.digits import _mean_std
+from deit.data.files import CorruptImageError
+from deit.data.info import (
     DIGITS_MEAN,
     DIGITS_STD,
     MNIST5K_MEAN,
     MNIST5K_STD,
-    CorruptImageError,
-    UnsafePickleError,
-    _mean_std,
-    build_dataset,
     dataset_info,
     list_datasets,
-    safe_unpickle,
-    stratified_split,
 )
+from deit.data.splits import stratified_split
+from deit.data.unpickle import UnsafePickleError, safe_unpickle
 
 # ------------------------------------------------------------------ image folders
 

@@ -22,13 +22,12 @@ from deit.demo import (
     PAPER_SOFT,
     TEACHER,
     DemoSettings,
-    _config,
-    _Job,
     curve_figure,
     paired_interval,
     summarize,
     top1_figure,
 )
+from deit.demo.study import _config, _Job
 from deit.evaluate import evaluate_checkpoint
 from deit.predict import predict
 
@@ -167,8 +166,8 @@ def test_demo_checkpoint_in_eval_and_predict(demo_dir, capsys):
 
 
 def _readme_commands() -> list[list[str]]:
-    """The `deit train` commands of the README's block that reproduces the demo's runs."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    """The `deit train` commands of the block that reproduces the demo's runs (docs/demo.md)."""
+    text = (Path(__file__).parents[1] / "docs" / "demo.md").read_text()
     block = text.split("<!-- demo-runs -->")[1].split("```bash")[1].split("```")[0]
     lines = block.replace("\\\n", " ").splitlines()
     return [shlex.split(x.split("#")[0])[2:] for x in lines if x.startswith("deit train")]
@@ -186,7 +185,7 @@ def test_readme_commands_reproduce_the_demo_runs():
         args = build_parser().parse_args(["train", *argv])
         got = config_from_args(args).to_dict()
         want = Config.from_dict(expected[key]).to_dict()
-        # the demo's students read the seed's teacher-label store; the README's command runs
+        # the demo's students read the seed's teacher-label store; the documented command runs
         # the teacher online over the same views instead
         skip = {"output_dir", "teacher_path", "device", "teacher_labels"}
         differ = {k for k in want if got[k] != want[k]} - skip

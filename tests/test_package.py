@@ -52,7 +52,8 @@ def test_require_names_the_extra_in_one_sentence(monkeypatch):
 
 
 def test_export_and_analysis_without_their_extras(monkeypatch, tmp_path, capsys):
-    from deit import analysis, benchmark
+    from deit import benchmark
+    from deit.analysis import figures
 
     model = deit.create_model("deit_pico_patch4_28", num_classes=10)
     monkeypatch.setitem(sys.modules, "onnx", None)
@@ -69,7 +70,7 @@ def test_export_and_analysis_without_their_extras(monkeypatch, tmp_path, capsys)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(MissingExtraError, match=r"deit analyze needs the analysis extra"):
-        analysis._figure(2, 2)
+        figures._figure(2, 2)
     with pytest.raises(MissingExtraError, match=r"--no-plot"):
         benchmark.plot_throughput_accuracy([], tmp_path / "fig.png")
 

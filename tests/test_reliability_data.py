@@ -21,8 +21,10 @@ from conftest import write_image_tree
 from deit.checkpoints import RunCheckpoint
 from deit.cli import main
 from deit.config import Config
-from deit.data.datasets import DIGITS_MEAN, DIGITS_STD, CorruptImageError, build_dataset
+from deit.data.datasets import build_dataset
+from deit.data.files import CorruptImageError
 from deit.data.images import load_rgb, to_display_mode
+from deit.data.info import DIGITS_MEAN, DIGITS_STD
 from deit.data.inputs import model_input_defaults, resolve_inputs
 from deit.evaluate import evaluate_checkpoint
 from deit.predict import load_image

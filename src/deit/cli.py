@@ -8,18 +8,16 @@ are imported inside each handler so `deit --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from ._notes import _notes_as_lines
 from ._optional import MissingExtraError
 
-__all__ = ["main", "build_parser", "package_version", "print_note"]
+__all__ = ["main", "build_parser", "package_version"]
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -106,38 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The notes printed during this command (each is printed once).
-_shown_notes: set[str] = set()
-
-
-def print_note(message: str) -> None:
-    """Print ``note: <message>`` on stderr unless this command has printed it already."""
-    if message not in _shown_notes:
-        _shown_notes.add(message)
-        print(f"note: {message}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _notes_as_lines() -> Iterator[None]:
-    """Print deit's own user warnings (a loader's adaptations, e.g. a head dropped when
-    fine-tuning to another class count) with :func:`print_note`, like the commands' other
-    notes, instead of Python's warning with its source line. Other warnings keep Python's
-    format."""
-    package = str(Path(__file__).parent) + os.sep
-    _shown_notes.clear()
-    with warnings.catch_warnings():
-        original = warnings.showwarning
-
-        def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, UserWarning) and str(filename).startswith(package):
-                print_note(str(message))
-            else:
-                original(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = show
-        yield
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deit` console script; returns the process exit code.
 
@@ -175,7 +141,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # python -m deit.cli: run deit.cli's main, whose notes eval shares
-    from deit.cli import main as cli_main
-
-    sys.exit(cli_main())
+if __name__ == "__main__":  # python -m deit.cli (torchrun)
+    sys.exit(main())

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._json import dumps
+from ._notes import print_note
 from .checkpoints import ModelInfo, load_model
-from .cli import print_note
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode

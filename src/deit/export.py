@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._notes import _print_notes
 from ._optional import require
 from .checkpoints import CheckpointError, ModelInfo
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES
-from .predict import ModelLike, _print_notes, _set_head, info_from_model, resolve_model
+from .predict import ModelLike, _set_head, info_from_model, resolve_model
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "InferenceWrapper", "export_model"]
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ._json import dumps
+from ._notes import _print_notes
 from .checkpoints import ModelInfo, load_model
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, DistilledVisionTransformer
@@ -493,15 +494,6 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def _print_notes(caught: list[warnings.WarningMessage], command: str) -> None:
-    seen = set()
-    for w in caught:
-        msg = str(w.message)
-        if msg not in seen and issubclass(w.category, UserWarning):
-            seen.add(msg)
-            print(f"deit {command}: note: {msg}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:

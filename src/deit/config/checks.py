@@ -176,7 +176,7 @@ def _combinations(c: Config) -> list[str | None]:
 
 
 def _check_data_set_name(name: str) -> str | None:
-    from ..data.datasets import _canonical
+    from ..data.info import _canonical
 
     try:
         _canonical(name)
@@ -187,7 +187,7 @@ def _check_data_set_name(name: str) -> str | None:
 
 def _check_data_set(c: Config) -> list[str | None]:
     """The options only some data sets take (an unknown name: :func:`_check_data_set_name`)."""
-    from ..data.datasets import _canonical
+    from ..data.info import _canonical
 
     try:
         key = _canonical(c.data_set)

@@ -27,7 +27,7 @@ from pydantic import (
     ValidationError,
 )
 
-from ..data.datasets import INAT_CATEGORIES
+from ..data.inat import INAT_CATEGORIES
 from ..distillation import DISTILLATION_TYPES, KL_REDUCTIONS
 from ..engine import EVAL_HEADS
 from ..precision import AMP, TEACHER_PRECISIONS

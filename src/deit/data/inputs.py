@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
-from .datasets import DatasetInfo
+from .info import DatasetInfo
 
 __all__ = ["InputDefaults", "ResolvedInputs", "model_input_defaults", "resolve_inputs"]
 

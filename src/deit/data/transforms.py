@@ -39,7 +39,7 @@ from torch.utils.data import (
 )
 from torchvision import transforms
 
-from .datasets import IMAGENET_MEAN, IMAGENET_STD
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "SMALL_INPUT_MAX",

@@ -1,0 +1,56 @@
+"""Notes to the user on stderr, one line each: what the commands print besides their results.
+
+Below the jobs and the command line, so that a job prints a note without importing
+:mod:`deit.cli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["print_note"]
+
+#: The notes printed during this command (each is printed once).
+_shown_notes: set[str] = set()
+
+
+def print_note(message: str) -> None:
+    """Print ``note: <message>`` on stderr unless this command has printed it already."""
+    if message not in _shown_notes:
+        _shown_notes.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _notes_as_lines() -> Iterator[None]:
+    """Print deit's own user warnings (a loader's adaptations, e.g. a head dropped when
+    fine-tuning to another class count) with :func:`print_note`, like the commands' other
+    notes, instead of Python's warning with its source line. Other warnings keep Python's
+    format."""
+    package = str(Path(__file__).parent) + os.sep
+    _shown_notes.clear()
+    with warnings.catch_warnings():
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning) and str(filename).startswith(package):
+                print_note(str(message))
+            else:
+                original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+def _print_notes(caught: list[warnings.WarningMessage], command: str) -> None:
+    seen = set()
+    for w in caught:
+        msg = str(w.message)
+        if msg not in seen and issubclass(w.category, UserWarning):
+            seen.add(msg)
+            print(f"deit {command}: note: {msg}", file=sys.stderr)

@@ -1,0 +1,45 @@
+"""What a trained DeiT attends to, and how its two tokens relate: ``deit analyze``.
+
+- Attention maps of the class token and, for a distilled model, of the distillation token: the
+  last layer's attention (mean over heads) and the attention rollout over all layers (Abnar &
+  Zuidema 2020, "Quantifying Attention Flow in Transformers": per layer, average the heads, add
+  the identity for the residual connection, renormalise the rows, multiply through the layers).
+- Cosine similarity between the class and distillation tokens at every layer's output, and
+  between the weights of their two heads (paper section 4, "Distillation token": 0.06 between
+  the learned tokens before the first block, 0.93 after the last, 0.1 between the heads).
+- How often the two heads agree on the images, and with a teacher when one is given.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects on the Agg canvas (no pyplot, no
+global backend change) and saved as PNG; the numbers go to ``summary.json``.
+
+Shapes: images ``(B, C, H, W)``, tokens ``(B, N, D)`` with ``N = prefix + patches``, attention
+``(B, heads, N, N)`` (row = query token, column = key token).
+"""
+
+from .attention import TOKEN_NAMES, attention_maps, attention_rollout, collect_attention
+from .figures import attention_figure, similarity_figure
+from .run import add_subcommand, analyze, format_summary
+from .similarity import (
+    PAPER_HEAD_SIMILARITY,
+    PAPER_TOKEN_SIMILARITY,
+    head_agreement,
+    head_weight_similarity,
+    token_similarity,
+)
+
+__all__ = [
+    "PAPER_TOKEN_SIMILARITY",
+    "PAPER_HEAD_SIMILARITY",
+    "TOKEN_NAMES",
+    "collect_attention",
+    "attention_rollout",
+    "attention_maps",
+    "token_similarity",
+    "head_weight_similarity",
+    "head_agreement",
+    "attention_figure",
+    "similarity_figure",
+    "analyze",
+    "format_summary",
+    "add_subcommand",
+]

@@ -1,0 +1,97 @@
+"""Names, static facts and splits of the data sets :func:`deit.data.build_dataset` knows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "DatasetInfo",
+    "dataset_info",
+    "list_datasets",
+    "MNIST5K_MEAN",
+    "MNIST5K_STD",
+    "DIGITS_MEAN",
+    "DIGITS_STD",
+]
+
+# Per-channel mean / std of the *train* split in [0, 1] units (grey images copied to 3
+# channels, so the three values are equal); tests recompute them from the data.
+MNIST5K_MEAN = (0.13114,) * 3
+MNIST5K_STD = (0.30835,) * 3
+DIGITS_MEAN = (0.30582,) * 3
+DIGITS_STD = (0.37640,) * 3
+
+_SPLITS = {"train": "train", "val": "val", "test": "val"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a data set.
+
+    Attributes:
+        name: canonical data set name (see :func:`list_datasets`).
+        num_classes: number of classes; ``None`` where it depends on the files (``folder``).
+            The ``.info`` of a built data set always holds the actual count.
+        mean, std: per-channel normalisation in [0, 1] units (RGB order). ImageNet's for the
+            photographic sets (as the official code uses for ImageNet, CIFAR and iNat, since
+            those are fine-tuned from ImageNet weights); computed on the train split for
+            ``mnist5k`` and ``digits``.
+        image_size: native side in pixels, or ``None`` where images vary in size.
+        in_chans: channels of the images yielded (always 3: grey images are copied to RGB).
+    """
+
+    name: str
+    num_classes: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int | None
+    in_chans: int = 3
+
+
+_INFO = {
+    "folder": DatasetInfo("folder", None, IMAGENET_MEAN, IMAGENET_STD, None),
+    "imagenet": DatasetInfo("imagenet", 1000, IMAGENET_MEAN, IMAGENET_STD, None),
+    "cifar10": DatasetInfo("cifar10", 10, IMAGENET_MEAN, IMAGENET_STD, 32),
+    "cifar100": DatasetInfo("cifar100", 100, IMAGENET_MEAN, IMAGENET_STD, 32),
+    "inat18": DatasetInfo("inat18", 8142, IMAGENET_MEAN, IMAGENET_STD, None),
+    "inat19": DatasetInfo("inat19", 1010, IMAGENET_MEAN, IMAGENET_STD, None),
+    "mnist5k": DatasetInfo("mnist5k", 10, MNIST5K_MEAN, MNIST5K_STD, 28),
+    "digits": DatasetInfo("digits", 10, DIGITS_MEAN, DIGITS_STD, 8),
+}
+_ALIASES = {"imnet": "imagenet", "cifar": "cifar100", "inat": "inat18"}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`deit.data.build_dataset` (canonical spellings, without aliases)."""
+    return list(_INFO)
+
+
+def _canonical(name: str) -> str:
+    key = str(name).lower()
+    key = _ALIASES.get(key, key)
+    if key not in _INFO:
+        raise ValueError(
+            f"Unknown data set {name!r}; known data sets: {', '.join(list_datasets())} "
+            f"(aliases: IMNET, CIFAR, INAT, INAT19)."
+        )
+    return key
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Static :class:`DatasetInfo` of a data set name (aliases accepted).
+
+    ``num_classes`` is the count of the full data set at its default settings (iNat: species
+    level); a built data set's ``.info`` holds the count of the files actually read.
+
+    Raises:
+        ValueError: unknown name; the message lists the known names.
+    """
+    return _INFO[_canonical(name)]
+
+
+def _split_dir(split: str) -> str:
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of 'train', 'val' or 'test' (got {split!r}).")
+    return _SPLITS[split]
