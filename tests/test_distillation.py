@@ -1,4 +1,5 @@
-"""Tests of deit.distillation: the DeiT losses (paper section 4) and frozen teachers."""
+"""Tests of deit.distillation (the DeiT losses, paper section 4) and deit.teacher's frozen
+teachers."""
 
 from __future__ import annotations
 
@@ -13,14 +14,9 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.task import TokenDistillationTask
 from torch import nn
 
-from deit.distillation import (
-    DistillationLoss,
-    LossOutput,
-    Teacher,
-    build_teacher,
-    check_student,
-)
+from deit.distillation import DistillationLoss, LossOutput, check_student
 from deit.models import CheckpointError, create_model
+from deit.teacher import Teacher, build_teacher
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
 
 # Each job module registers its own subcommand through `add_subcommand(sub)` so this file does
 # not grow with their flags; modules missing in this build are skipped.
-_JOB_MODULES = ("training", "teacher_labels", "evaluate", "demo", "predict", "analysis")
+_JOB_MODULES = ("train", "label_pass", "evaluate", "demo", "predict", "analysis")
 _JOB_MODULES += ("benchmark", "export")
 
 

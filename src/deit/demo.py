@@ -10,11 +10,11 @@ mean top-1 and each distilled student's gain over the plain one with a 95 % conf
 label on the students' training views. ``deit demo --curve`` repeats the study over several
 ``N``: the data-efficiency curve.
 
-Every run goes through :func:`deit.training.run` (what ``deit train`` calls, with
+Every run goes through :func:`deit.train.run` (what ``deit train`` calls, with
 ``--train-subset N --eval-unused --eval-interval 0``); runs are spread over worker processes.
 The distilled students of one seed see the same views (same data order and recipe), so the
 teacher's outputs on them are computed once per seed
-(:func:`deit.teacher_labels.compute_teacher_labels`,
+(:func:`deit.label_pass.compute_teacher_labels`,
 full fp16 logits) and every distilled student reads them (``--teacher-labels``); the report
 says how many seconds of teacher forward that avoided.
 """
@@ -345,7 +345,7 @@ def _init_worker(threads: int) -> None:
 
 def _train(cfg: dict[str, Any]) -> dict[str, Any]:
     """One run in a worker process; returns what the study records of it."""
-    from .training import run
+    from .train import run
 
     start = time.time()
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
@@ -375,7 +375,7 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _label_pass(cfg: dict[str, Any], store: str) -> dict[str, Any]:
     """The teacher's full logits on every view of a seed's students, in a worker process."""
-    from .teacher_labels import compute_teacher_labels
+    from .label_pass import compute_teacher_labels
 
     start = time.time()
     m = compute_teacher_labels(Config.from_dict(cfg), store, top_k=10**6, progress=False)

@@ -20,12 +20,12 @@ from .cli import print_note
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode
-from .distillation import build_teacher
 from .engine import evaluate
 from .inference import optimize_for_inference
 from .models import ModelInfo, load_model
 from .precision import resolve_precision
 from .predict import eval_transform
+from .teacher.build import build_teacher
 
 __all__ = ["evaluate_checkpoint", "add_subcommand"]
 
@@ -58,7 +58,7 @@ def evaluate_checkpoint(
         data_path, split: what :func:`deit.data.build_dataset` takes.
         model_name: architecture for weights files that do not record it.
         teacher_model, teacher_path: an optional teacher (see
-            :func:`deit.distillation.build_teacher`); adds ``teacher_acc1/5`` and ``agreement``.
+            :func:`deit.teacher.build_teacher`); adds ``teacher_acc1/5`` and ``agreement``.
         use_ema: evaluate the EMA weights of a training checkpoint.
         mean, std: input normalisation per channel ([0, 1] units) instead of the checkpoint's
             (recorded by ``deit train``; the architecture's defaults for other files).
