@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """What the frozen teacher costs a hard-distillation training step, and how much of it the fast
-teacher (:func:`deit.inference.optimize_teacher`) and stored teacher labels win back.
+teacher (:func:`deit.teacher.optimize_teacher`) and stored teacher labels win back.
 
 Step = forward, backward and AdamW of the student at one batch (default DeiT-Ti⚗ with
 RegNetY-16GF, random weights, batch 32, 224 px). Timed in the same rounds, alternating order
@@ -39,8 +39,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import deit  # noqa: E402
 from compare_timm import _quartiles, alternate  # noqa: E402  (sets OMP_WAIT_POLICY first)
-from deit.distillation import DistillationLoss, Teacher  # noqa: E402
-from deit.inference import optimize_teacher  # noqa: E402
+from deit.distillation import DistillationLoss  # noqa: E402
+from deit.teacher import Teacher, optimize_teacher  # noqa: E402
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ import torch
 from deit.baselines import digit_arrays, fit_baselines
 from deit.config import Config, ConfigError
 from deit.data import build_dataset, subset_split
-from deit.training import _subset
+from deit.train.data import _subset
 
 
 def test_subset_split_cuts_one_fixed_permutation():

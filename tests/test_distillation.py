@@ -1,4 +1,5 @@
-"""Tests of deit.distillation: the DeiT losses (paper section 4) and frozen teachers."""
+"""Tests of deit.distillation (the DeiT losses, paper section 4) and deit.teacher's frozen
+teachers."""
 
 from __future__ import annotations
 
@@ -14,13 +15,8 @@ from timm.task import TokenDistillationTask
 from torch import nn
 
 from deit.checkpoints import CheckpointError, create_model
-from deit.distillation import (
-    DistillationLoss,
-    LossOutput,
-    Teacher,
-    build_teacher,
-    check_student,
-)
+from deit.distillation import DistillationLoss, LossOutput, check_student
+from deit.teacher import Teacher, build_teacher
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ from deit.checkpoints import (
     save_weights,
 )
 from deit.config import Config
-from deit.distillation import build_teacher
-from deit.training import _load_finetune
+from deit.teacher import build_teacher
+from deit.train.model import _load_finetune
 
 PLAIN, DISTILLED = "deit_pico_patch7_28", "deit_pico_distilled_patch7_28"
 # deit_pico_*_patch7_28 in transformers' terms (D 128, 6 blocks, 2 heads, MLP 512)
@@ -180,7 +180,7 @@ def test_non_square_file_into_transposed_model_is_resampled(tmp_path):
     assert torch.equal(dst.pos_embed.detach(), expected)
     # deit train's route: --finetune-img-size 28 56
     from deit.config import Config
-    from deit.training import _load_finetune
+    from deit.train.model import _load_finetune
 
     cli = _wide((56, 28))
     cfg = Config(model=PLAIN, finetune=str(tmp_path / "bare.pth"), finetune_img_size=[28, 56])

@@ -18,12 +18,13 @@ import torch
 
 import deit
 from conftest import write_image_tree
-from deit._runlock import LOCK_NAME
 from deit.checkpoints import RunCheckpoint
 from deit.cli import main
 from deit.config import Config
-from deit.teacher_labels import TeacherLabelStore, compute_teacher_labels
-from deit.training import LAST, label_pass_state
+from deit.label_pass import compute_teacher_labels
+from deit.teacher import TeacherLabelStore
+from deit.train import LAST, label_pass_state
+from deit.train.lock import LOCK_NAME
 
 PICO = "deit_pico_patch7_28"
 
@@ -122,7 +123,7 @@ def test_lock_of_a_killed_run_is_taken_over_with_a_note(tree, tmp_path, capsys):
 def test_run_in_the_same_process_is_refused_and_a_failed_run_leaves_no_folder(tree, tmp_path):
     """Case 2, in one process: a lock held by this process refuses a second acquisition; a run
     that fails before training removes the folder it created for its lock."""
-    from deit._runlock import OutputFolderBusyError, OutputLock
+    from deit.train.lock import OutputFolderBusyError, OutputLock
 
     lock = OutputLock.acquire(tmp_path / "a" / "b")
     with pytest.raises(OutputFolderBusyError, match=rf"\(pid {os.getpid()}: this process\)"):

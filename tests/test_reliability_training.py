@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-import deit.training as training
+import deit.train.data as train_data
+import deit.train.loop as train_loop
 from conftest import write_image_tree
 from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import main
 from deit.config import Config
 from deit.engine import NonFiniteLossError
-from deit.training import LAST, run
+from deit.train import LAST, run
 
 MODEL = "deit_pico_patch7_28"
 
@@ -67,13 +68,13 @@ def test_same_seed_same_run_whatever_ran_before(tree, monkeypatch):
     (a lazy import of scikit-learn's data sets did that, once per process)."""
     cfg = _cfg(tree, None, epochs=1)
     clean = run(cfg, progress=False)["history"][0]["train_loss"]
-    real = training.build_dataset
+    real = train_data.build_dataset
 
     def drawing_build_dataset(*args, **kw):  # what a first import may consume, after seeding
         random.random(), np.random.rand(3), torch.rand(5)
         return real(*args, **kw)
 
-    monkeypatch.setattr(training, "build_dataset", drawing_build_dataset)
+    monkeypatch.setattr(train_data, "build_dataset", drawing_build_dataset)
     random.random(), np.random.rand(3), torch.rand(5)  # and before the run
     assert run(cfg, progress=False)["history"][0]["train_loss"] == clean
 
@@ -116,7 +117,7 @@ def test_batch_norm_model_at_batch_one_is_refused_before_training(tree, tmp_path
 
 def test_non_finite_loss_says_which_checkpoint_is_kept(tree, tmp_path, monkeypatch):
     """Case 8: the NaN stop names the kept checkpoint, or says none was written."""
-    real = training._train_epoch
+    real = train_loop._train_epoch
 
     def nan_in_epoch(bad_epoch):
         def train_epoch(state, epoch, show, stop):
@@ -126,11 +127,11 @@ def test_non_finite_loss_says_which_checkpoint_is_kept(tree, tmp_path, monkeypat
 
         return train_epoch
 
-    monkeypatch.setattr(training, "_train_epoch", nan_in_epoch(1))
+    monkeypatch.setattr(train_loop, "_train_epoch", nan_in_epoch(1))
     kept = f"at epoch 1; the run stopped and {tmp_path / 'a' / LAST} is kept."
     with pytest.raises(NonFiniteLossError, match=re.escape(kept)):
         run(_cfg(tree, tmp_path / "a"), progress=False)
-    monkeypatch.setattr(training, "_train_epoch", nan_in_epoch(0))
+    monkeypatch.setattr(train_loop, "_train_epoch", nan_in_epoch(0))
     with pytest.raises(
         NonFiniteLossError, match="at epoch 0; the run stopped and no checkpoint was written."
     ):
@@ -182,13 +183,13 @@ def test_stop_by_signal_exit_status_and_whole_epoch_log_line(tree, tmp_path, mon
         calls["n"] += 1
         return calls["n"] == 3
 
-    class Flag(training._StopFlag):
+    class Flag(train_loop._StopFlag):
         def __call__(self) -> bool:
             if stop_after_three():
                 self.raised, self.signum = True, signal.SIGTERM
             return self.raised
 
-    monkeypatch.setattr(training, "_StopFlag", Flag)
+    monkeypatch.setattr(train_loop, "_StopFlag", Flag)
     cfg = _cfg(tree, out, epochs=1, batch_size=4, aa="rand-m9-mstd0.5-inc1")  # 8 steps
     result = run(cfg, progress=False)
     assert (result["status"], result["stop_signal"]) == ("stopped", 15)

@@ -1,4 +1,4 @@
-"""The fast frozen teacher (deit.inference.optimize_teacher): parity of each path with fp32, the
+"""The fast frozen teacher (deit.teacher.optimize_teacher): parity of each path with fp32, the
 fallback, the choice per device and CPU flags, the one-sentence errors, and a training run."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import timm
 import torch
 from torch import nn
 
-import deit.inference as inf
+import deit.teacher.fast as inf
 from conftest import write_image_tree
 from deit.config import Config, ConfigError
-from deit.distillation import DistillationLoss, Teacher
-from deit.inference import (
+from deit.distillation import DistillationLoss
+from deit.teacher import Teacher
+from deit.teacher.fast import (
     FastTeacher,
     TeacherReport,
     draw_views,
@@ -23,7 +24,7 @@ from deit.inference import (
     target_distance,
     teacher_candidates,
 )
-from deit.training import run
+from deit.train import run
 
 
 @pytest.fixture(scope="module")

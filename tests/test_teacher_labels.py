@@ -15,14 +15,15 @@ from deit.checkpoints import safe_torch_load
 from deit.cli import main
 from deit.config import Config
 from deit.data.transforms import SeededMixup
-from deit.teacher_labels import (
+from deit.label_pass import compute_teacher_labels
+from deit.teacher import (
     TeacherLabelStore,
-    compute_teacher_labels,
+    build_run_teacher,
     file_sha256,
     label_dtype,
     store_size_bytes,
 )
-from deit.training import LAST, build_run_teacher, label_pass_state, run
+from deit.train import LAST, label_pass_state, run
 
 STUDENT = "deit_pico_distilled_patch7_28"
 
@@ -80,7 +81,10 @@ def test_stored_labels_equal_the_online_teachers_batch_by_batch(teacher_ckpt, st
     assert labels.kind == "logits" and labels.arrays["top1"].dtype == np.uint8
     assert labels.arrays["top1"].shape == (2, 48)  # 2 epochs x 6 batches of 8
     state = label_pass_state(_cfg(teacher_ckpt))
-    teacher = build_run_teacher(state)
+    teacher = build_run_teacher(
+        state.cfg, state.device, state.num_classes, state.mean, state.std, state.loader_train,
+        state.mixup_fn,
+    )  # fmt: skip
     assert isinstance(state.mixup_fn, SeededMixup)
     checked = 0
     for epoch in range(2):  # the online path: one training batch at a time, as in the loop
@@ -143,7 +147,7 @@ def test_top_k_probabilities_come_back_as_logits(teacher_ckpt, tmp_path) -> None
 
 def _resolved(cfg):
     """``cfg`` as a run holds it: the model's input size and normalisation filled in."""
-    from deit.training import label_pass_state
+    from deit.train import label_pass_state
 
     return label_pass_state(cfg).cfg
 

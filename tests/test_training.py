@@ -22,7 +22,7 @@ from deit.cli import main
 from deit.config import Config
 from deit.distillation import DistillationLoss
 from deit.engine import StepOptions, evaluate, resolve_precision, train_one_epoch
-from deit.training import LAST, run, wrap_ddp
+from deit.train import LAST, run, wrap_ddp
 
 STUDENT = "deit_pico_distilled_patch7_28"
 BIN = Path(sys.executable).parent
@@ -308,7 +308,7 @@ def test_precision_choice():
 
 def test_finetune_cnn_drops_only_the_classifier(tmp_path):
     from deit.checkpoints import CheckpointError
-    from deit.training import _load_finetune
+    from deit.train.model import _load_finetune
 
     torch.manual_seed(0)
     src = deit.build_classifier("resnet10t", 7)
@@ -368,7 +368,8 @@ def test_eval_head_picks_the_reported_head():
 
 
 def test_dist_eval_shares_cover_the_set_once():
-    from deit.training import DistEnv, _eval_share
+    from deit.train import DistEnv
+    from deit.train.data import _eval_share
 
     data = list(range(11))
     shares = [list(_eval_share(data, DistEnv(r, 3, r, True), True)) for r in range(3)]
@@ -400,8 +401,9 @@ def test_run_steps_and_loaders_are_short_functions():
     import ast
 
     src = Path(deit.__file__).parent
-    files = ["training.py", "engine.py", "distillation.py", "precision.py"]
+    files = ["engine.py", "distillation.py", "precision.py", "label_pass.py"]
     files += [str(p.relative_to(src)) for p in (src / "config").glob("*.py")]
+    files += [str(p.relative_to(src)) for d in ("train", "teacher") for p in (src / d).glob("*.py")]
     files += [
         "evaluate.py",
         *(f"checkpoints/{p.name}" for p in sorted((src / "checkpoints").glob("*.py"))),

@@ -65,7 +65,7 @@ class _Parser(argparse.ArgumentParser):
 
 # Each job module registers its own subcommand through `add_subcommand(sub)` so this file does
 # not grow with their flags; modules missing in this build are skipped.
-_JOB_MODULES = ("training", "teacher_labels", "evaluate", "demo", "predict", "analysis")
+_JOB_MODULES = ("train", "label_pass", "evaluate", "demo", "predict", "analysis")
 _JOB_MODULES += ("benchmark", "export")
 
 
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deit` console script; returns the process exit code.
 
     Errors users can fix (bad paths, configs, checkpoints: ``ValueError`` and ``OSError``
-    subclasses such as :class:`deit.models.CheckpointError`; a missing optional extra) are
+    subclasses such as :class:`deit.checkpoints.CheckpointError`; a missing optional extra) are
     printed as one line on stderr
     with exit code 2 instead of a traceback; set ``DEIT_DEBUG=1`` to see the traceback.
     """

@@ -1,6 +1,6 @@
 """`deit eval`: top-1/top-5 and loss of a checkpoint on a data set, per head, with a teacher.
 
-Builds the model with :func:`deit.models.load_model` (any checkpoint format), the data set with
+Builds the model with :func:`deit.checkpoints.load_model` (any checkpoint format), the data set with
 :func:`deit.data.build_dataset` and the checkpoint's own evaluation transform, then runs
 :func:`deit.engine.evaluate`.
 """
@@ -21,11 +21,11 @@ from .checkpoints import ModelInfo, load_model
 from .config import Config
 from .data import build_dataset, dataset_info
 from .data.images import to_display_mode
-from .distillation import build_teacher
 from .engine import evaluate
 from .inference import optimize_for_inference
 from .precision import resolve_precision
 from .predict import eval_transform
+from .teacher.build import build_teacher
 
 __all__ = ["evaluate_checkpoint", "add_subcommand"]
 
@@ -52,13 +52,13 @@ def evaluate_checkpoint(
     1-channel model sees greyscale images).
 
     Args:
-        checkpoint: any file :func:`deit.models.load_model` reads.
+        checkpoint: any file :func:`deit.checkpoints.load_model` reads.
         data_set: what :func:`deit.data.build_dataset` takes; default: the data set a
             ``deit train`` checkpoint records, else ``deit train``'s default (``imagenet``).
         data_path, split: what :func:`deit.data.build_dataset` takes.
         model_name: architecture for weights files that do not record it.
         teacher_model, teacher_path: an optional teacher (see
-            :func:`deit.distillation.build_teacher`); adds ``teacher_acc1/5`` and ``agreement``.
+            :func:`deit.teacher.build_teacher`); adds ``teacher_acc1/5`` and ``agreement``.
         use_ema: evaluate the EMA weights of a training checkpoint.
         mean, std: input normalisation per channel ([0, 1] units) instead of the checkpoint's
             (recorded by ``deit train``; the architecture's defaults for other files).

@@ -211,7 +211,7 @@ def export_model(
             size that is not given and cannot be told (a weights file without metadata and no
             ``model_name`` / ``input_size``).
         ExportError: the exporter failed, or the parity check did (the file is removed).
-        deit.models.CheckpointError: the checkpoint cannot be read.
+        deit.checkpoints.CheckpointError: the checkpoint cannot be read.
     """
     _check_options(format, exporter, head)
     _check_output(Path(output), checkpoint_or_model, format)

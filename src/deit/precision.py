@@ -30,7 +30,7 @@ __all__ = [
 #: Values of ``--amp``: ``auto`` picks per device (see :func:`resolve_precision`).
 AMP = ("auto", "fp32", "bf16", "fp16")
 #: Values of ``--teacher-precision`` (the frozen teacher's number format, see
-#: :func:`deit.inference.optimize_teacher`): ``auto`` picks the hardware's native reduced format
+#: :func:`deit.teacher.optimize_teacher`): ``auto`` picks the hardware's native reduced format
 #: when its targets match fp32's.
 TEACHER_PRECISIONS = ("fp32", "auto", "bf16", "fp16", "int8")
 

@@ -181,7 +181,7 @@ def resolve_model(
             instead") once as a :class:`UserWarning`.
 
     Raises:
-        deit.models.CheckpointError: unreadable or unfitting checkpoint, unknown architecture.
+        deit.checkpoints.CheckpointError: unreadable or unfitting checkpoint, unknown architecture.
         ValueError: a module whose input size cannot be told.
     """
     if isinstance(checkpoint_or_model, tuple):
@@ -411,7 +411,7 @@ def predict(
     Raises:
         FileNotFoundError / PermissionError / ValueError: see :func:`find_images`.
         NotAnImageError: a file that is not an image (named in the message).
-        deit.models.CheckpointError: the checkpoint cannot be read.
+        deit.checkpoints.CheckpointError: the checkpoint cannot be read.
         ValueError: ``topk < 1``, a bad ``head``, or ``"dist"`` for a model without that head.
     """
     if topk < 1:

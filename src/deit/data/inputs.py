@@ -90,7 +90,7 @@ def resolve_inputs(cfg: Any, data: DatasetInfo) -> ResolvedInputs:
     - A value given that differs from that default adds a note naming both.
 
     Raises:
-        deit.models.CheckpointError: ``finetune`` names an unreadable file (read for its
+        deit.checkpoints.CheckpointError: ``finetune`` names an unreadable file (read for its
             recorded normalisation).
     """
     own = model_input_defaults(cfg.model)

@@ -10,11 +10,11 @@ mean top-1 and each distilled student's gain over the plain one with a 95 % conf
 label on the students' training views. ``deit demo --curve`` repeats the study over several
 ``N``: the data-efficiency curve.
 
-Every run goes through :func:`deit.training.run` (what ``deit train`` calls, with
+Every run goes through :func:`deit.train.run` (what ``deit train`` calls, with
 ``--train-subset N --eval-unused --eval-interval 0``); runs are spread over worker processes.
 The distilled students of one seed see the same views (same data order and recipe), so the
 teacher's outputs on them are computed once per seed
-(:func:`deit.teacher_labels.compute_teacher_labels`,
+(:func:`deit.label_pass.compute_teacher_labels`,
 full fp16 logits) and every distilled student reads them (``--teacher-labels``); the report
 says how many seconds of teacher forward that avoided.
 """

@@ -124,7 +124,7 @@ def _init_worker(threads: int) -> None:
 
 def _train(cfg: dict[str, Any]) -> dict[str, Any]:
     """One run in a worker process; returns what the study records of it."""
-    from ..training import run
+    from ..train import run
 
     start = time.time()
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _label_pass(cfg: dict[str, Any], store: str) -> dict[str, Any]:
     """The teacher's full logits on every view of a seed's students, in a worker process."""
-    from ..teacher_labels import compute_teacher_labels
+    from ..label_pass import compute_teacher_labels
 
     start = time.time()
     m = compute_teacher_labels(Config.from_dict(cfg), store, top_k=10**6, progress=False)

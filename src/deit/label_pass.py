@@ -1,0 +1,186 @@
+"""The teacher-label pass, `deit teacher-labels`: the teacher once over every view of a run.
+
+A job above both the run (:mod:`deit.train`, whose data step builds the views) and the teacher
+(:mod:`deit.teacher`: the run's teacher and the store's layout), as :mod:`deit.demo` is, so that
+neither imports the other back. :func:`compute_teacher_labels` writes a
+:class:`deit.teacher.TeacherLabelStore` that ``deit train --teacher-labels DIR`` reads; the
+store's format is described in :mod:`deit.teacher.store`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, add_config_args, config_from_args
+from .data.transforms import mix_batch
+from .teacher.for_run import build_run_teacher
+from .teacher.frozen import Teacher
+from .teacher.store import MANIFEST, StoreWriter, run_manifest
+from .train.data import label_pass_state
+from .train.state import RunState
+
+__all__ = ["add_subcommand", "compute_teacher_labels"]
+
+
+def _teacher_pass(
+    state: RunState, teacher: Teacher, writer: StoreWriter, chunk: int, epoch: int
+) -> float:
+    """One epoch's views through the teacher, ``chunk`` training batches per forward (each
+    batch mixed with its own key first, as in training). Returns the teacher's seconds."""
+    state.sampler_train.set_epoch(epoch)
+    pending: list[torch.Tensor] = []
+    start, seconds = 0, 0.0
+
+    def flush() -> float:
+        nonlocal start, pending
+        if not pending:
+            return 0.0
+        t0 = time.perf_counter()
+        with torch.inference_mode(), state.precision.autocast():
+            logits = teacher(torch.cat(pending).to(state.device))
+        writer.write(epoch, start, logits)
+        start += sum(p.shape[0] for p in pending)
+        pending = []
+        return time.perf_counter() - t0
+
+    for i, (x, y) in enumerate(state.loader_train):
+        x, _ = mix_batch(state.mixup_fn, x, y, (epoch, i))  # as the training step mixes it
+        pending.append(x)
+        if len(pending) >= chunk:
+            seconds += flush()
+    return seconds + flush()
+
+
+def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
+    """Refuse, in one sentence, a distributed launch, a bad ``top_k`` or batch size, or a
+    configuration without the teacher's weights."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "`deit teacher-labels` runs in one process; launch it without torchrun/srun."
+        )
+    if top_k < 0 or teacher_batch_size < 1:
+        raise ValueError(
+            f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
+        )
+    if not cfg.teacher_path:
+        raise ValueError(
+            "`deit teacher-labels` needs the trained teacher's weights: pass --teacher-path "
+            "(and --teacher-model when the file does not record it)."
+        )
+
+
+def compute_teacher_labels(
+    cfg: Config,
+    output: str | Path,
+    *,
+    top_k: int = 0,
+    teacher_batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the teacher of ``cfg`` once over every training view of every epoch of the run that
+    ``cfg`` describes and store its answers in ``output`` (see the module docstring).
+
+    The views are those :func:`deit.train.run` trains on (same data, transforms, sampler,
+    Mixup/CutMix, seed): the training loader is built by :func:`deit.train.build_data`. The
+    teacher runs in inference mode under the run's autocast (``cfg.amp``), on
+    ``teacher_batch_size`` images per forward (rounded to whole training batches).
+
+    Args:
+        cfg: the students' run configuration (teacher fields included).
+        output: folder of the store (created; an older store there is replaced).
+        top_k: 0 stores top-1 classes only (hard distillation); ``k`` < class count also the
+            top-k probabilities; ``k`` >= class count the full logits (soft distillation).
+        teacher_batch_size: images per teacher forward.
+        progress: print one line per epoch on stderr.
+
+    Returns:
+        The manifest (also written to ``output/manifest.json``), with ``teacher_seconds``
+        (seconds of teacher forward) and ``seconds`` (the whole pass).
+
+    Raises:
+        ValueError: a distributed launch, ``top_k < 0``, no teacher, or what building the data
+            and teacher raise (bad paths, class counts).
+    """
+    _check_pass(cfg, top_k, teacher_batch_size)
+    t_start = time.perf_counter()
+    state = label_pass_state(cfg)
+    cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
+    teacher = build_run_teacher(
+        cfg,
+        state.device,
+        state.num_classes,
+        state.mean,
+        state.std,
+        state.loader_train,
+        state.mixup_fn,
+    )
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    views = len(state.loader_train) * cfg.batch_size
+    writer = StoreWriter(out, (cfg.epochs, views), state.num_classes, top_k)
+    chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
+    seconds = 0.0
+    for epoch in range(cfg.epochs):
+        seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
+        if progress:
+            print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
+    writer.close()
+    manifest = run_manifest(cfg, state.num_classes, len(state.loader_train.dataset))
+    manifest.update(
+        kind=writer.kind,
+        arrays=list(writer.arrays),
+        top_k=top_k,
+        views_per_epoch=views,
+        teacher=teacher.model_name,
+        teacher_model=cfg.teacher_model or teacher.model_name,
+        amp=state.precision.name,
+        teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
+        teacher_seconds=seconds,
+        seconds=time.perf_counter() - t_start,
+    )
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- CLI
+def _labels_cmd(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    m = compute_teacher_labels(
+        cfg, args.output, top_k=args.top_k, teacher_batch_size=args.teacher_batch_size
+    )
+    print(
+        f"{m['epochs']} epochs x {m['views_per_epoch']} views of teacher {m['teacher']} in "
+        f"{m['teacher_seconds']:.1f} s of teacher forward; store in {args.output}"
+    )
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    """Register ``deit teacher-labels`` (every training flag, plus ``--output``, ``--top-k``,
+    ``--teacher-batch-size``)."""
+    p = sub.add_parser(
+        "teacher-labels",
+        help="run the teacher once over every training view of a run and store its labels",
+        description="Compute a teacher-label store for `deit train --teacher-labels DIR`.",
+    )
+    p.add_argument("--output", required=True, metavar="DIR", help="folder of the store")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also store the top-K probabilities (fp16); K >= classes: full fp16 logits",
+    )
+    p.add_argument("--teacher-batch-size", type=int, default=256, help="images per teacher forward")
+    add_config_args(p)
+    p.set_defaults(func=_labels_cmd)

@@ -1,0 +1,201 @@
+"""Saving a run and resuming it exactly: :func:`save` writes a
+:class:`deit.checkpoints.RunCheckpoint` (weights, optimiser, schedule, scaler, EMA, position in the
+run, history and every process's RNG states); :func:`resume` reads one back, refusing settings
+that would make the continued run differ from an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from .._rng import rng_state, set_rng_state
+from ..checkpoints import CheckpointError, RunCheckpoint
+from ..config import Config
+from .state import LAST, RunState
+
+__all__ = ["RESUME_DATA", "RESUME_FREE", "RESUME_SCHEDULE", "resume", "save"]
+
+
+def _resume_path(cfg: Config) -> str:
+    if cfg.resume:
+        return cfg.resume
+    candidate = Path(cfg.output_dir) / LAST if cfg.output_dir else None
+    if cfg.auto_resume and candidate is not None and candidate.is_file():
+        return str(candidate)
+    return ""
+
+
+# Settings a checkpoint's run was shaped by. SCHEDULE ones may change on resume with
+# --new-schedule (the schedule is rebuilt from the same epoch); DATA ones never (start a new run
+# with --finetune instead).
+RESUME_SCHEDULE = (
+    "lr", "unscale_lr", "sched", "sched_per_step", "warmup_lr", "warmup_epochs", "min_lr",
+    "decay_epochs", "decay_rate", "cooldown_epochs", "patience_epochs", "lr_noise",
+    "lr_noise_pct", "lr_noise_std", "epochs", "batch_size", "seed", "repeated_aug",
+    "num_repeats",
+)  # fmt: skip
+RESUME_DATA = ("data_set", "train_subset", "input_size", "opt", "distillation_type")
+
+
+# Settings that change how a run is carried out, not what it computes.
+RESUME_FREE = (
+    "output_dir", "resume", "auto_resume", "overwrite", "new_schedule", "eval", "num_workers",
+    "pin_mem", "device", "dist_eval", "eval_interval", "log_interval", "data_path",
+    "teacher_path", "teacher_labels", "compile",
+)  # fmt: skip
+
+
+def _resume_differences(
+    cfg: Config, ck: RunCheckpoint, world_size: int, keys: Sequence[str] | None = None
+) -> list[str]:
+    """``"name checkpoint -> now"`` for each setting of ``keys`` (default: the run-shaping
+    ones) that differs from the checkpoint's."""
+    saved = {**ck.config, "world_size": ck.world_size}
+    now = {**cfg.to_dict(), "world_size": world_size}
+    keys = keys if keys is not None else [*RESUME_DATA, *RESUME_SCHEDULE, "world_size"]
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys if k in saved and saved[k] != now[k]]
+
+
+def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
+    """Refuse a resume whose run-shaping settings differ from the checkpoint's, unless only
+    schedule settings differ and ``--new-schedule`` accepts them. Returns whether the schedule
+    is rebuilt (settings accepted).
+
+    Raises:
+        CheckpointError: a data / model setting differs, or a schedule setting without
+            ``--new-schedule``.
+    """
+    shaping = {*RESUME_DATA, *RESUME_SCHEDULE, *RESUME_FREE}
+    others = [k for k in state.cfg.field_names() if k not in shaping]
+    recipe = _resume_differences(state.cfg, ck, state.env.world_size, others)
+    if recipe and state.env.is_main:  # e.g. a stronger augmentation from here on: allowed
+        print(
+            f"note: resumed with other settings than the checkpoint's ({'; '.join(recipe)}); "
+            "config.yaml records the new ones.",
+            file=sys.stderr,
+        )
+    changed = _resume_differences(state.cfg, ck, state.env.world_size)
+    if not changed:
+        return False
+    data = [c for c in changed if c.split(" ")[0] in RESUME_DATA]
+    if data or not state.cfg.new_schedule:
+        fix = (
+            "start a new run with --finetune to reuse its weights"
+            if data
+            else "resume with the checkpoint's settings, or pass --new-schedule to rebuild the "
+            "schedule with the new ones from the same epoch"
+        )
+        raise CheckpointError(
+            f"--resume {path!r} was trained with other settings ({'; '.join(changed)}); {fix}."
+        )
+    if state.env.is_main:
+        print(
+            f"note: new schedule from epoch {ck.epoch + 1}: {'; '.join(changed)}.", file=sys.stderr
+        )
+    return True
+
+
+def resume(state: RunState) -> None:
+    """Continue from ``--resume`` (or ``<output_dir>/checkpoint.pth`` with ``--auto-resume``):
+    weights, optimiser, schedule, scaler, EMA, position in the run, history and every RNG, so
+    that the continued run equals an uninterrupted one.
+
+    Raises:
+        CheckpointError: not a ``deit train`` checkpoint, one of another model, or one whose
+            run-shaping settings differ (:func:`_check_resume`).
+    """
+    cfg, env = state.cfg, state.env
+    path = _resume_path(cfg)
+    if not path:
+        return
+    ck = RunCheckpoint.load(path)
+    if ck.optimizer is None:
+        raise CheckpointError(
+            f"--resume {path!r} is not a training checkpoint of `deit train` (no optimizer "
+            "state); use --finetune to start from weights."
+        )
+    if ck.model_name != cfg.model:
+        raise CheckpointError(
+            f"--resume {path!r} holds a {ck.model_name} but --model is {cfg.model}."
+        )
+    rebuilt = False if cfg.eval else _check_resume(state, ck, path)  # evaluating trains nothing
+    state.model.load_state_dict(ck.model)
+    state.optimizer.load_state_dict(ck.optimizer)
+    saved_scheduler = None if rebuilt else ck.scheduler
+    for part, saved in ((state.scheduler, saved_scheduler), (state.scaler, ck.scaler)):
+        if part is not None and saved:
+            part.load_state_dict(saved)
+    if state.ema is not None and ck.model_ema is not None:
+        state.ema.module.load_state_dict(ck.model_ema)
+    state.start_epoch, state.num_updates, state.skip_batches = ck.epoch, ck.step, ck.batches_done
+    state.partial_stats = ck.epoch_stats if ck.batches_done else None
+    state.best_acc1, state.history = ck.best_acc1, list(ck.history)
+    if rebuilt:  # the new schedule starts at the epoch boundary, counted in its own steps
+        if ck.batches_done and env.is_main:
+            print(f"note: epoch {ck.epoch + 1} restarts from its beginning.", file=sys.stderr)
+        state.num_updates, state.skip_batches = ck.epoch * len(state.loader_train), 0
+        state.partial_stats = None
+    elif ck.rng and env.world_size == ck.world_size:
+        set_rng_state(ck.rng[env.rank] if isinstance(ck.rng, list) else ck.rng)
+    if state.scheduler is not None:
+        if cfg.sched_per_step:
+            state.scheduler.step_update(state.num_updates)
+        else:
+            state.scheduler.step(state.start_epoch)
+    if env.is_main:
+        where = f"in epoch {ck.epoch + 1}" if ck.batches_done else f"after epoch {ck.epoch}"
+        print(f"Resumed from {path} {where}, update {ck.step}.", file=sys.stderr)
+
+
+def _state_dict(part: Any) -> dict[str, Any] | None:
+    return part.state_dict() if part is not None else None
+
+
+def save(
+    state: RunState,
+    epoch: int,
+    batches_done: int,
+    name: str,
+    epoch_stats: dict[str, float] | None = None,
+) -> None:
+    """Write a :class:`deit.checkpoints.RunCheckpoint` to ``<output_dir>/<name>`` (rank 0 only,
+    atomically). Every rank must call it: each one's RNG state is gathered."""
+    rng: Any = rng_state()
+    if state.env.distributed:  # each rank's RNG, so every process resumes exactly
+        gathered: list[Any] = [None] * state.env.world_size
+        dist.all_gather_object(gathered, rng)
+        rng = gathered
+    if state.out is None:
+        return
+    cfg = state.cfg
+    RunCheckpoint(
+        model=state.model.state_dict(),
+        model_name=cfg.model,
+        num_classes=state.num_classes,
+        img_size=cfg.input_size,
+        in_chans=3,
+        class_names=state.class_names,
+        mean=list(state.mean),
+        std=list(state.std),
+        crop_pct=cfg.eval_crop_ratio,
+        data_set=cfg.data_set,
+        config=cfg.to_dict(),
+        optimizer=state.optimizer.state_dict(),
+        scheduler=_state_dict(state.scheduler),
+        scaler=_state_dict(state.scaler),
+        model_ema=_state_dict(state.ema.module if state.ema is not None else None),
+        epoch=epoch,
+        step=state.num_updates,
+        batches_done=batches_done,
+        epoch_stats=epoch_stats,
+        best_acc1=state.best_acc1,
+        history=state.history,
+        rng=rng,
+        world_size=state.env.world_size,
+        n_parameters=state.n_parameters,
+    ).save(state.out / name)

@@ -1,0 +1,43 @@
+"""``deit train``: flags to a :class:`deit.config.Config`, then :func:`deit.train.run`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch.distributed as dist
+
+from ..config import add_config_args, config_from_args
+from ..engine import NonFiniteLossError
+from .runner import run
+
+__all__ = ["add_subcommand"]
+
+
+def _train_cmd(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        result = run(cfg, progress=not args.no_progress)
+    except NonFiniteLossError as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank stops at the same step
+            print(f"deit train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    # the shell's convention for a process ended by a signal (130 SIGINT, 143 SIGTERM): a
+    # script can tell a stopped run from a finished one
+    return 128 + result["stop_signal"] if result["status"] == "stopped" else 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    """Register ``deit train`` (every :class:`~deit.config.Config` field as a flag)."""
+    p = sub.add_parser(
+        "train",
+        help="train a DeiT student (optionally distilled) or a CNN teacher",
+        description="Train with the data-efficient recipe; flags follow the official DeiT code.",
+    )
+    add_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_train_cmd)

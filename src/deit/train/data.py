@@ -1,0 +1,147 @@
+"""The run's data step: data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the
+recipe, each training view a pure function of ``(seed, epoch, position)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .._rng import seed_worker
+from ..config import Config
+from ..data import (
+    build_dataset,
+    build_mixup_from_config,
+    build_sampler,
+    build_transform_from_config,
+    dataset_info,
+    subset_split,
+)
+from ..data.datasets import align_classes
+from ..data.inputs import resolve_inputs
+from ..data.transforms import PositionSampler, SeededViews
+from ..precision import resolve_device, resolve_precision
+from .distributed import DistEnv
+from .state import RunState
+
+__all__ = ["build_data", "label_pass_state"]
+
+
+def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
+    """``skip_corrupt`` and the iNaturalist ``category``, for the data sets that take them
+    (:meth:`deit.config.Config.validate` refuses them elsewhere)."""
+    kw: dict[str, Any] = {}
+    if cfg.skip_corrupt:
+        kw["skip_corrupt"] = True
+    if cfg.inat_category != "name":
+        kw["category"] = cfg.inat_category
+    return kw
+
+
+def _eval_share(val_set: Dataset, env: DistEnv, split: bool) -> Dataset:
+    """With ``--dist-eval`` each process evaluates every ``world_size``-th image from its rank
+    on: the shares cover the set once (no padding duplicates, unlike DistributedSampler), and
+    :func:`deit.engine.evaluate` sums the counts."""
+    if not (split and env.distributed):
+        return val_set
+    return torch.utils.data.Subset(val_set, range(env.rank, len(val_set), env.world_size))
+
+
+def _subset(
+    cfg: Config, train_set: Dataset, val_set: Dataset, val_tf: Callable
+) -> tuple[Dataset, Dataset]:
+    """``--train-subset N``: the first N images of a fixed permutation of the training split
+    (:func:`deit.data.subset_split`: the same for every seed). ``--val-images K`` holds out the
+    next K images of that permutation as validation: the run evaluates on them alone, or with
+    ``--eval-unused`` on the validation split plus the images after them (seen through the
+    evaluation transform), so settings chosen on the K images are never scored on them.
+
+    Raises:
+        ValueError: N + K exceeds the training split.
+    """
+    n, k = cfg.train_subset, cfg.val_images
+    if not n or (n >= len(train_set) and not k):
+        return train_set, val_set
+    train, val, rest = subset_split(len(train_set), n, k)
+    subset = torch.utils.data.Subset(train_set, train)
+    if cfg.eval_unused or k:
+        root = cfg.data_path or None
+        unused = build_dataset(
+            cfg.data_set, root, "train", transform=val_tf, **_dataset_kwargs(cfg)
+        )
+        if not cfg.eval_unused:
+            return subset, torch.utils.data.Subset(unused, val)
+        val_set = torch.utils.data.ConcatDataset([val_set, torch.utils.data.Subset(unused, rest)])
+    return subset, val_set
+
+
+def _loader(
+    dataset: Dataset, sampler: Sampler, cfg: Config, device: torch.device, train: bool
+) -> DataLoader:
+    """Training loader (``batch_size``, last partial batch dropped) or evaluation loader
+    (1.5 x ``batch_size``, as the official code). Its own generator (seeded by ``cfg.seed``)
+    seeds the workers, so iterating it draws nothing from torch's global RNG (the model's)."""
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size if train else int(1.5 * cfg.batch_size),
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=cfg.pin_mem and device.type == "cuda",
+        drop_last=train,
+        worker_init_fn=seed_worker if workers else None,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def build_data(state: RunState) -> None:
+    """Data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the recipe."""
+    cfg, env = state.cfg, state.env
+    inputs = resolve_inputs(cfg, dataset_info(cfg.data_set))  # None: the model's own
+    cfg.input_size, cfg.mean, cfg.std = inputs.input_size, list(inputs.mean), list(inputs.std)
+    state.mean, state.std = inputs.mean, inputs.std
+    for note in inputs.notes if env.is_main else ():
+        print(f"note: {note}", file=sys.stderr)
+    train_tf = build_transform_from_config(cfg, True, mean=state.mean, std=state.std)
+    val_tf = build_transform_from_config(cfg, False, mean=state.mean, std=state.std)
+    root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
+    train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf, **kw)
+    val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
+    align_classes(train_set, val_set)  # before anything trains: val indexed by train's names
+    state.class_names = list(train_set.classes)
+    train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
+    state.train_images = len(train_set)  # unreadable files skipped (--skip-corrupt)
+    sampler = build_sampler(
+        train_set,
+        True,
+        repeated_aug=cfg.repeated_aug,
+        num_repeats=cfg.num_repeats,
+        distributed=True,  # a seeded DistributedSampler also in one process: set_epoch is exact
+        num_replicas=env.world_size,
+        rank=env.rank,
+        seed=cfg.seed,
+    )
+    # every view a pure function of (seed, epoch, position): see deit.data.transforms
+    state.sampler_train = PositionSampler(sampler)
+    train_set = SeededViews(train_set, cfg.seed)
+    val_set = _eval_share(val_set, env, cfg.dist_eval)
+    state.loader_train = _loader(train_set, state.sampler_train, cfg, state.device, train=True)
+    sampler_val = build_sampler(val_set, False)
+    state.loader_val = _loader(val_set, sampler_val, cfg, state.device, train=False)
+    state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
+
+
+def label_pass_state(cfg: Config) -> RunState:
+    """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
+    nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates."""
+    cfg = dataclasses.replace(cfg.validate())  # build_data fills in the model's defaults
+    device = resolve_device(cfg.device)
+    state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
+    build_data(state)
+    return state

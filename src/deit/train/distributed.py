@@ -1,0 +1,123 @@
+"""Where a run's process stands and how it stops: the process group (torchrun or SLURM),
+DistributedDataParallel around the student, and SIGTERM/SIGINT as a clean stop.
+
+Distributed training uses PyTorch's own stack: launch with ``torchrun`` (env:// rendezvous,
+single or multi-node) or under SLURM (``srun``; ``MASTER_ADDR``/``MASTER_PORT`` must be set);
+gloo on CPU, NCCL on CUDA; DistributedDataParallel wraps the student only; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.utils import unwrap_model
+from torch import nn
+
+from ..precision import resolve_device
+
+__all__ = ["DistEnv", "init_distributed", "wrap_ddp"]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its
+    node, and whether a process group is up."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and prints."""
+        return self.rank == 0
+
+
+def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
+    """Join the process group described by torchrun's or SLURM's environment variables.
+
+    torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
+    under SLURM ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID`` are used (with
+    ``MASTER_ADDR``/``MASTER_PORT`` exported by the job script). Backend: NCCL on CUDA, gloo
+    otherwise.
+
+    Returns:
+        ``(env, device)``; a single process when neither launcher is present.
+
+    Raises:
+        ValueError: SLURM variables without ``MASTER_ADDR``/``MASTER_PORT``; a CUDA device asked
+            where none exists.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", 0))
+        if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+            raise ValueError(
+                "Running under SLURM with several tasks but MASTER_ADDR/MASTER_PORT are not set; "
+                "export them in the job script (e.g. the first host of $SLURM_JOB_NODELIST)."
+            )
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    else:
+        rank, world, local = 0, 1, 0
+    device = resolve_device(device_pref, local)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, init_method="env://")
+    return DistEnv(rank, world, local, world > 1), device
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> nn.Module:
+    """Wrap the student (only) in DistributedDataParallel.
+
+    A distilled model trained without distillation never uses ``head_dist``; DDP must then be
+    told to look for unused parameters, or their buckets are never all-reduced.
+    """
+    unused = distillation_type == "none" and hasattr(unwrap_model(model), "head_dist")
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=unused,
+    )
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT (what a cluster scheduler sends before pre-emption)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.raised = False
+        self.signum = 0  # the signal that stopped the run (for the exit status 128 + signum)
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        if not dist.is_initialized():
+            return self.raised
+        flag = torch.tensor([float(self.raised)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        return bool(flag.item())

@@ -1,0 +1,183 @@
+"""The epoch loop: :func:`deit.engine.train_one_epoch` then :func:`deit.engine.evaluate` when
+due, logs and checkpoints; a SIGTERM/SIGINT stops it after the current step with a mid-epoch
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+from torch import nn
+
+from ..engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
+from ..teacher.frozen import Teacher
+from .checkpointing import save
+from .distributed import _StopFlag
+from .output import _train_log, _write_log
+from .state import BEST, LAST, RunState
+
+__all__ = ["fit"]
+
+
+def _evaluate(
+    state: RunState, model: nn.Module, teacher: Teacher | None = None
+) -> dict[str, float]:
+    return evaluate(
+        model,
+        state.loader_val,
+        state.device,
+        teacher=teacher,
+        precision=state.precision,
+        head=state.cfg.eval_head,
+        sum_across_processes=state.cfg.dist_eval,
+    )
+
+
+def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> dict[str, float]:
+    """One epoch of :func:`deit.engine.train_one_epoch` with the run's settings."""
+    cfg = state.cfg
+    # resuming mid-epoch, the sampler starts after the batches already trained
+    state.sampler_train.set_epoch(epoch, state.skip_batches * cfg.batch_size)
+    if state.scheduler is not None and not cfg.sched_per_step:
+        state.scheduler.step(epoch)
+    options = StepOptions(
+        precision=state.precision,
+        mixup_fn=state.mixup_fn,
+        scaler=state.scaler,
+        clip_grad=cfg.clip_grad,
+        scheduler=state.scheduler,
+        sched_per_step=cfg.sched_per_step,
+        model_ema=state.ema,
+        log_interval=cfg.log_interval,
+        teacher_labels=state.teacher_labels,
+    )
+    total = len(state.loader_train)  # the sampler starts after the batches already trained
+    bar = _progress(total, f"epoch {epoch + 1}/{cfg.epochs}", show)
+    try:
+        stats = train_one_epoch(
+            state.train_model,
+            state.criterion,
+            state.loader_train,
+            state.optimizer,
+            state.device,
+            epoch,
+            options,
+            num_updates=state.num_updates,
+            first_batch=state.skip_batches,
+            progress=bar,
+            should_stop=stop,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    state.num_updates = int(stats["num_updates"])
+    return stats
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: float) -> None:
+    """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
+    cfg = state.cfg
+    log = _train_log(train_stats, epoch, state.n_parameters, t0)
+    log["train_images"] = state.train_images
+    due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
+    new_best = False
+    if due or epoch + 1 == cfg.epochs:
+        state.final = _evaluate(state, state.eval_model)
+        log.update({f"test_{k}": v for k, v in state.final.items()})
+        if state.ema is not None:
+            log["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+        new_best = state.final["acc1"] > state.best_acc1
+        state.best_acc1 = max(state.best_acc1, state.final["acc1"])
+        log["best_acc1"] = state.best_acc1
+    state.history.append(log)
+    save(state, epoch + 1, 0, LAST)
+    if new_best:
+        save(state, epoch + 1, 0, BEST)
+    if state.env.is_main:
+        _write_log(state.out, state.writer, log)
+        acc = ""
+        if "test_acc1" in log:
+            acc = f"test acc1 {log['test_acc1']:.2f}% (best {state.best_acc1:.2f}%), "
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats['loss']:.4f}, {acc}"
+            f"{train_stats['images_per_s']:.1f} img/s",
+            file=sys.stderr,
+        )
+
+
+def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool = True) -> None:
+    """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT stops
+    it after the current step with a mid-epoch checkpoint (``status`` 'stopped')."""
+    cfg = state.cfg
+    last_epoch = cfg.epochs
+    if max_epochs_this_run is not None:
+        last_epoch = min(cfg.epochs, state.start_epoch + max_epochs_this_run)
+    stop = _StopFlag(state.device)
+    stop.install()
+    try:
+        _epochs(state, last_epoch, progress, stop)
+    except NonFiniteLossError as e:
+        last = state.out / LAST if state.out is not None else None
+        kept = (
+            f"{last} is kept"
+            if last is not None and last.is_file()
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(f"{str(e).rstrip('.')}; the run stopped and {kept}.") from None
+    finally:
+        stop.restore()
+
+
+_MEAN_STATS = ("loss", "loss_base", "loss_distillation", "teacher_disagreement")
+
+
+def _merge_stats(before: dict[str, float] | None, after: dict[str, float]) -> dict[str, float]:
+    """One epoch's statistics from the part trained before a stop and the part after it:
+    step-weighted means, summed steps, images/s over both parts' time, the last lr."""
+    if not before:
+        return after
+    n0, n1 = before["steps"], after["steps"]
+    merged = dict(after, steps=n0 + n1)
+    for key in _MEAN_STATS:
+        merged[key] = (before[key] * n0 + after[key] * n1) / max(n0 + n1, 1.0)
+    seconds = n0 / max(before["images_per_s"], 1e-9) + n1 / max(after["images_per_s"], 1e-9)
+    merged["images_per_s"] = (n0 + n1) / max(seconds, 1e-9)  # equal batches: images ~ steps
+    return merged
+
+
+def _epochs(state: RunState, last_epoch: int, progress: bool, stop: _StopFlag) -> None:
+    """Epochs ``state.start_epoch`` to ``last_epoch - 1`` (counted from 1 in messages, from 0
+    in ``log.txt`` as the official code does); a stop signal saves mid-epoch."""
+    cfg, env = state.cfg, state.env
+    show = progress and env.is_main
+    for epoch in range(state.start_epoch, last_epoch):
+        t0 = time.time()
+        part = _train_epoch(state, epoch, show, stop)
+        stats = _merge_stats(state.partial_stats, part)
+        state.partial_stats = None
+        if not stats["completed"]:
+            done = state.skip_batches + int(part["steps"])
+            save(state, epoch, done, LAST, epoch_stats=stats)
+            state.status, state.stop_signal = "stopped", stop.signum or signal.SIGTERM
+            if env.is_main:
+                print(
+                    f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
+                    f"{state.num_updates}; checkpoint written, continue with --auto-resume.",
+                    file=sys.stderr,
+                )
+            return
+        state.skip_batches = 0
+        _end_epoch(state, epoch, stats, t0)
+    if last_epoch < cfg.epochs:
+        state.status = "paused"

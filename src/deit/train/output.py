@@ -1,0 +1,157 @@
+"""A run's output folder: its checks, its lock (:mod:`deit.train.lock`), ``config.yaml``,
+``log.txt`` (one JSON line per epoch, the official keys) and TensorBoard scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch.distributed as dist
+
+from ..config import Config, save_run_config
+from .distributed import DistEnv
+from .lock import OutputLock
+from .state import BEST, LAST, RunState
+
+if TYPE_CHECKING:  # the tensorboard extra is optional
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["RUN_FILES"]
+
+RUN_FILES = (LAST, BEST, "log.txt", "config.yaml")  # what a run writes; --overwrite removes them
+
+
+def _check_output_path(cfg: Config) -> Path | None:
+    """The output folder's path, or ``None``; nothing is created.
+
+    Raises:
+        ValueError: the path is a file or cannot be created/written.
+    """
+    if not cfg.output_dir:
+        return None
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"The output folder {cfg.output_dir!r} is a file; pass --output_dir with a folder."
+        )
+    existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"The output folder {cfg.output_dir!r} cannot be written ({existing} is not a "
+            "writable folder); pass --output_dir with a writable folder."
+        )
+    return out
+
+
+def _check_output_dir(cfg: Config) -> Path | None:
+    """The run's output folder, checked (:func:`_check_output_path`) but not created by this
+    function (:func:`_lock_output` creates it for its lock, :func:`_open_output` writes).
+
+    Raises:
+        ValueError: the path is a file or cannot be created/written; it holds another run and
+            neither ``--resume``/``--auto-resume`` nor ``--overwrite`` says what to do with it.
+    """
+    out = _check_output_path(cfg)
+    if out is None:
+        return None
+    found = [name for name in (LAST, "log.txt") if (out / name).exists()]
+    continues = (cfg.auto_resume and (out / LAST).is_file()) or (
+        cfg.resume and Path(cfg.resume).resolve() == (out / LAST).resolve()
+    )  # this folder's own run; a resume from elsewhere must not write over another run
+    if found and not (cfg.overwrite or continues or cfg.eval):
+        raise ValueError(
+            f"The output folder {cfg.output_dir!r} already holds a run ({', '.join(found)}); "
+            "continue it with --auto-resume, or pass --overwrite to replace it, or choose "
+            "another --output_dir."
+        )
+    return out
+
+
+def _lock_output(cfg: Config, env: DistEnv) -> OutputLock | None:
+    """Lock the output folder for this run (rank 0 only; a training run, not ``--eval``), so
+    that a second run into it is refused naming this one; every rank learns the outcome and
+    stops with the same sentence. The folder is created for its lock file.
+
+    Raises:
+        ValueError: the folder is a file, not writable, or another live run holds its lock
+            (:class:`deit.train.lock.OutputFolderBusyError`, naming its pid and host).
+    """
+    if not cfg.output_dir or cfg.eval:
+        return None
+    lock, error = None, None
+    if env.is_main:
+        try:
+            _check_output_path(cfg)
+            lock = OutputLock.acquire(cfg.output_dir)
+        except (ValueError, OSError) as e:
+            error = e
+    if env.distributed:  # the other ranks would otherwise wait for rank 0 forever
+        box = [str(error) if error else ""]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] and error is None:
+            error = ValueError(box[0])
+    if error is not None:
+        raise error
+    if lock is not None and lock.note:
+        print(f"note: {lock.note}", file=sys.stderr)
+    return lock
+
+
+def _open_output(state: RunState) -> None:
+    """Create the output folder (rank 0), remove the replaced run's files with ``--overwrite``
+    (nothing else in the folder), write ``config.yaml``, open TensorBoard."""
+    if state.out is None:
+        return
+    state.out.mkdir(parents=True, exist_ok=True)
+    if state.cfg.overwrite and not (state.cfg.resume or state.cfg.auto_resume):
+        for name in RUN_FILES:
+            (state.out / name).unlink(missing_ok=True)
+        shutil.rmtree(state.out / "tensorboard", ignore_errors=True)
+    save_run_config(state.cfg, state.out)
+    state.writer = _tensorboard(state.out, state.env.is_main)
+
+
+def _train_log(
+    train_stats: dict[str, float], epoch: int, n_parameters: int, t0: float
+) -> dict[str, Any]:
+    """The training half of an epoch's ``log.txt`` line (official keys)."""
+    return {
+        **{f"train_{k}": v for k, v in train_stats.items() if k != "completed"},
+        "epoch": epoch,
+        "n_parameters": n_parameters,
+        "epoch_time_s": time.time() - t0,
+    }
+
+
+def _tensorboard(out: Path, say: bool) -> SummaryWriter | None:
+    """A TensorBoard writer for ``out/tensorboard``, or ``None`` (with a note) when the
+    ``tensorboard`` extra is not installed: log.txt holds the same scalars."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if say:
+            print(
+                "note: TensorBoard logging is off (log.txt has the same scalars); "
+                "pip install 'deit[tensorboard]' to turn it on.",
+                file=sys.stderr,
+            )
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _write_log(out: Path | None, writer: SummaryWriter | None, log: dict[str, Any]) -> None:
+    if out is None:
+        return
+    with open(out / "log.txt", "a") as f:
+        f.write(json.dumps(log) + "\n")
+    if writer is not None:
+        for k, v in log.items():
+            if k != "epoch" and isinstance(v, int | float):
+                writer.add_scalar(k.replace("_", "/", 1), v, log["epoch"])
+        writer.flush()

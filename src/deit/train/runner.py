@@ -1,0 +1,127 @@
+"""A whole training run (official ``main.py``'s role): :func:`run`.
+
+:func:`run` takes a :class:`deit.config.Config` and builds data, student, teacher, loss,
+optimiser, schedule and EMA from the library's builders, checks every input before the first
+step, then alternates :func:`deit.engine.train_one_epoch` and :func:`deit.engine.evaluate`,
+writing ``checkpoint.pth`` (last) and ``best_checkpoint.pth`` atomically, ``log.txt`` (one JSON
+line per epoch, the official keys), TensorBoard scalars and ``config.yaml``. While it trains, the
+output folder is locked (:mod:`deit.train.lock`): a second run into it is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from .._rng import seed_everything
+from ..config import Config
+from ..precision import resolve_precision
+from .checkpointing import resume
+from .data import build_data
+from .distributed import init_distributed
+from .loop import _evaluate, fit
+from .model import build_model_and_teacher
+from .optimisation import build_optimisation
+from .output import _check_output_dir, _lock_output, _open_output
+from .state import RunState
+
+__all__ = ["run"]
+
+
+def run(
+    cfg: Config,
+    *,
+    max_epochs_this_run: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says; see the module docstring.
+
+    The steps, over one :class:`RunState`: :func:`build_data`, :func:`build_model_and_teacher`,
+    :func:`build_optimisation`, :func:`resume`, :func:`fit` (which :func:`save` s).
+
+    Args:
+        cfg: the configuration (validated here).
+        max_epochs_this_run: stop after this many epochs of this invocation (the schedule still
+            spans ``cfg.epochs``; resume later with ``cfg.resume``/``auto_resume``).
+        progress: show progress bars (rank 0 only).
+
+    Returns:
+        ``history`` (one dict per epoch, the ``log.txt`` lines), ``best_acc1``, ``final``
+        (last evaluation), ``output_dir``, ``status`` ('completed', 'stopped' (signal),
+        'paused' (``max_epochs_this_run``) or 'evaluated' (``cfg.eval``)), ``stop_signal``
+        (the signal number when stopped, else 0), ``n_parameters``.
+
+    Raises:
+        ValueError / FileNotFoundError / CheckpointError: bad configuration, data path, teacher
+            path, fine-tuning checkpoint or output folder — all raised before the first step;
+            an output folder another live run holds (its lock names its pid and host).
+        NonFiniteLossError: the loss became NaN/inf; the last checkpoint is kept.
+    """
+    state = _start(cfg)
+    try:
+        build_data(state)
+        build_model_and_teacher(state)
+        build_optimisation(state)
+        resume(state)
+        if cfg.eval:
+            state.final = _evaluate(state, state.eval_model, state.teacher)
+            state.status = "evaluated"
+            if state.env.is_main:
+                print(json.dumps({f"test_{k}": v for k, v in state.final.items()}))
+        else:
+            _open_output(state)
+            try:
+                fit(state, max_epochs_this_run, progress)
+            finally:
+                if state.writer is not None:
+                    state.writer.close()
+    finally:  # a folder created for the lock and still empty (the run failed before it
+        if state.lock is not None:  # wrote anything) is removed
+            state.lock.release(remove_created=True)
+    return {
+        "history": state.history,
+        "best_acc1": state.best_acc1,
+        "final": state.final,
+        "output_dir": state.out,
+        "status": state.status,
+        "stop_signal": int(state.stop_signal),
+        "n_parameters": state.n_parameters,
+    }
+
+
+def _start(cfg: Config) -> RunState:
+    """Validate, join the process group, check the output folder, seed, pick the precision.
+    The run works on a copy of ``cfg`` (:func:`build_data` fills in the model's defaults)."""
+    cfg = dataclasses.replace(cfg.validate())
+    env, device = init_distributed(cfg.device)
+    lock = _lock_output(cfg, env)
+    try:
+        checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+        _check_teacher_given(cfg)
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_created=True)
+        raise
+    out = checked if env.is_main else None
+    if env.is_main and not cfg.eval and cfg.warmup_epochs >= cfg.epochs:
+        print(
+            f"note: the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
+            "than the run, so the learning rate never reaches --lr; lower "
+            "--warmup-epochs.",
+            file=sys.stderr,
+        )
+    seed_everything(cfg.seed + env.rank)
+    state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
+    state.lock = lock
+    return state
+
+
+def _check_teacher_given(cfg: Config) -> None:
+    if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
+        raise ValueError(
+            f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
+            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
+            "or --teacher-labels with a store of its labels."
+        )
