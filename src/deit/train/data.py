@@ -22,7 +22,7 @@ from ..data import (
     dataset_info,
     subset_split,
 )
-from ..data.datasets import align_classes
+from ..data.align import align_classes
 from ..data.inputs import resolve_inputs
 from ..data.transforms import PositionSampler, SeededViews
 from ..precision import resolve_device, resolve_precision
