@@ -30,10 +30,9 @@ its first two epochs both run at ``warmup_lr``.)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection
 from typing import Any
-
-import inspect
 
 import torch
 from timm.optim import create_optimizer_v2, get_optimizer_class
