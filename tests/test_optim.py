@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -14,6 +15,7 @@ from deit.optim import (
     build_optimizer,
     build_scheduler,
     effective_lr,
+    optimizer_impl,
     optimizer_param_names,
     scale_lr,
     weight_decay_param_names,
@@ -155,3 +157,36 @@ def test_ema_values() -> None:
     assert build_ema(model, None) is None and build_ema(model, 0.0) is None
     with pytest.raises(ValueError, match="decay"):
         build_ema(model, 1.5)
+
+
+def _five_steps(opt: str, loop_default: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    cfg = Config(opt=opt, lr=0.5, unscale_lr=True, opt_eps=1e-8)
+    if loop_default:  # torch's per-tensor loop, as timm builds it by default on CPU
+        optimizer = create_optimizer_v2(model, opt=opt, lr=0.5, weight_decay=0.05, eps=1e-8)
+    else:
+        optimizer = build_optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        model(torch.randn(4, 6, generator=gen)).square().mean().backward()
+        optimizer.step()
+    return optimizer, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_cpu_foreach_optimizer_is_bit_identical_to_the_default_loop(opt: str) -> None:
+    """build_optimizer picks torch's multi-tensor path on CPU; the weights after a few steps
+    are the per-tensor loop's, bit for bit (so runs, resumes and stored numbers are unchanged)."""
+    fast, ours = _five_steps(opt, loop_default=False)
+    default, theirs = _five_steps(opt, loop_default=True)
+    assert fast.param_groups[0]["foreach"] is True and not default.param_groups[0]["foreach"]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_optimizer_impl_by_device_and_class() -> None:
+    assert optimizer_impl("adamw", nn.Linear(2, 2)) == {"foreach": True}
+    assert optimizer_impl("lamb", nn.Linear(2, 2)) == {}  # timm's own: its default
+    assert optimizer_impl("no-such-optimizer", nn.Linear(2, 2)) == {}
+    assert optimizer_impl("adamw", nn.Identity()) == {}

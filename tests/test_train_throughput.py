@@ -1,0 +1,45 @@
+"""benchmarks/train_throughput.py: its ratios by hand and its --quick smoke run (all sides)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_throughput"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["train_throughput"]
+
+
+def test_ratios_and_quartiles_by_hand(bench) -> None:
+    res = bench.Result(bench.case_of("nano:16"))
+    res.rates = {"bare": [100.0, 200.0, 100.0], "deit": [90.0, 100.0, 80.0], "timm": [45.0] * 3}
+    assert res.ratio("bare") == [0.9, 0.5, 0.8]
+    assert bench._quartiles(res.ratio("bare")) == pytest.approx((0.65, 0.8, 0.85))
+    table = bench.report([res])
+    assert "| nano:16 | deit_nano_patch7_28 | 100.0 | 90.0 | 45.0 | 0.800 [0.650, 0.850] |" in table
+    assert bench.case_of("tiny:32").input_size == 224 and bench.case_of("tiny:32").timed == 1
+
+
+def test_quick_runs_every_side(bench, capsys) -> None:
+    """A few seconds: 48 digits, one round of bare / deit / timm, and the stored-label case."""
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the benchmark runs single-threaded
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| nano")]
+    assert [r.split(" | ")[0] for r in rows] == ["| nano:16", "| nano-dist:16"]
+    assert "–" not in rows[0] and rows[1].count("–") == 2  # no timm side for stored labels
