@@ -12,7 +12,7 @@ samples survive a machine shared with other jobs far better than absolute rates.
   (with stored teacher logits: the run's :class:`~deit.distillation.DistillationLoss`),
   backward, the optimiser ``deit train`` builds (:func:`deit.optim.build_optimizer`). No data,
   no mixing, no schedule.
-- **deit**: :func:`deit.training.run` (what ``deit train`` calls) with the demo's recipe: the
+- **deit**: :func:`deit.train.run` (what ``deit train`` calls) with the demo's recipe: the
   ``small`` preset, CutMix + Mixup on every batch, RandAugment m6, random erasing 0.1, no crop
   padding, ``--train-subset``, ``--num_workers 0``. It runs ``1 + timed`` epochs; the rate is
   that of the timed epochs as ``train_one_epoch`` measures them (from the loader's first batch
@@ -60,14 +60,16 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 # deit internals, in one block so that their paths are easy to update
-import deit.training as training_module  # noqa: E402  (--persistent patches its DataLoader)
+import deit.train.data as training_module  # noqa: E402  (--persistent patches its DataLoader)
+
+from deit.checkpoints import create_model  # noqa: E402
 from deit.config import Config, get_preset  # noqa: E402
 from deit.data import build_dataset, dataset_info, subset_split  # noqa: E402
 from deit.distillation import DistillationLoss  # noqa: E402
-from deit.models import build_classifier, create_model  # noqa: E402
+from deit.label_pass import compute_teacher_labels  # noqa: E402
+from deit.models import build_classifier  # noqa: E402
 from deit.optim import build_optimizer  # noqa: E402
-from deit.teacher_labels import compute_teacher_labels  # noqa: E402
-from deit.training import run  # noqa: E402
+from deit.train import run  # noqa: E402
 
 SIDES = ("bare", "deit", "timm")
 

@@ -107,6 +107,7 @@ def test_no_import_circle() -> None:
 
 def test_no_module_over_600_lines() -> None:
     sizes = {
-        name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in _modules().items()
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in _modules().items()
     }
     assert {n: s for n, s in sizes.items() if s > MAX_MODULE_LINES} == {}

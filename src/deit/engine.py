@@ -1,6 +1,6 @@
 """The hot loops: :func:`train_one_epoch` and :func:`evaluate` (official ``engine.py``'s role).
 
-Nothing here parses arguments or writes files; :mod:`deit.training` sets up a run and calls these.
+Nothing here parses arguments or writes files; :mod:`deit.train` sets up a run and calls these.
 Precision and device choice live in :mod:`deit.precision` (re-exported here).
 """
 
@@ -107,7 +107,7 @@ class StepOptions:
         sched_per_step: update the learning rate every step.
         model_ema: timm ``ModelEmaV3`` updated after each step, or ``None``.
         log_interval: refresh the progress bar's loss / lr / images-per-second every N steps.
-        teacher_labels: stored teacher outputs (a :class:`deit.teacher_labels.TeacherLabelStore`,
+        teacher_labels: stored teacher outputs (a :class:`deit.teacher.TeacherLabelStore`,
             ``batch(epoch, index, device)``) handed to the loss instead of running a teacher.
     """
 

@@ -11,7 +11,7 @@
   training view a pure function of ``(seed, epoch, position in the epoch's order)``, and
   :class:`SeededMixup` each batch's Mixup/CutMix of ``(seed, epoch, batch index)``, whatever the
   loader's worker count and without touching the global RNG streams the model draws from (so a
-  teacher's outputs can be computed once per view and stored, :mod:`deit.teacher_labels`).
+  teacher's outputs can be computed once per view and stored, :mod:`deit.teacher.store`).
 
 The ``*_from_config`` helpers read the same fields from a :class:`deit.config.Config` (or any
 object with those attribute names, e.g. the official argparse namespace).
