@@ -61,7 +61,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 # deit internals, in one block so that their paths are easy to update
 import deit.train.data as training_module  # noqa: E402  (--persistent patches its DataLoader)
-
 from deit.checkpoints import create_model  # noqa: E402
 from deit.config import Config, get_preset  # noqa: E402
 from deit.data import build_dataset, dataset_info, subset_split  # noqa: E402
