@@ -1,7 +1,7 @@
 """The package's layout rules (issue 21): no import circle, no oversized module.
 
-Imports are read from the source with :mod:`ast`, in-function (lazy) imports included, so a
-circle hidden behind a lazy import is found too.
+Imports are read from the source with :mod:`ast`, in-function (lazy) and ``TYPE_CHECKING``
+imports included, so a circle hidden behind either is found too.
 """
 
 from __future__ import annotations
@@ -28,19 +28,9 @@ def _modules() -> dict[str, Path]:
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The ``deit`` modules that ``name`` imports anywhere in its source."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    # imports only type checkers read (`if TYPE_CHECKING:`) never run, so they make no circle
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-        for stmt in node.body
-        for inner in ast.walk(stmt)
-    }
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    # type-checking-only imports count too: a reader still goes back and forth
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

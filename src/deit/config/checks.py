@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .schema import Config
+# ``Config`` (deit.config.schema) imports these checks, so its type is not imported back here:
+# each ``c`` below is a ``Config``.
+Config = Any
 
 __all__ = ["all_checks", "value_checks"]
 
