@@ -103,7 +103,11 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
             jobs.append(_Job(TEACHER, n, seed, base / TEACHER.key))
             jobs[-1].cfg = _config(s, jobs[-1])
             distilled = [v for v in s.variants if v.variant not in ("teacher", "none")]
-            if distilled:  # one label pass per seed, over the views all its students share
+            # one label pass per seed over the views its distilled students share pays only
+            # for several students: it re-creates every view (~4 times the tiny teacher's
+            # forward), so a single distilled student runs its teacher online
+            shared = len(distilled) > 1
+            if shared:
                 job = _Job(distilled[0], n, seed, base / distilled[0].key)
                 job.labels = _store(job.run_dir)
                 job.cfg, job.needs = _config(s, job), _teacher_ckpt(job.run_dir)
@@ -112,6 +116,8 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
                 job = _Job(v, n, seed, base / v.key)
                 job.cfg = _config(s, job)
                 job.needs = _store(job.run_dir) / "manifest.json" if v in distilled else None
+                if v in distilled and not shared:
+                    job.cfg["teacher_labels"], job.needs = "", _teacher_ckpt(job.run_dir)
                 jobs.append(job)
     return jobs
 
