@@ -85,7 +85,9 @@ def _loader(
 ) -> DataLoader:
     """Training loader (``batch_size``, last partial batch dropped) or evaluation loader
     (1.5 x ``batch_size``, as the official code). Its own generator (seeded by ``cfg.seed``)
-    seeds the workers, so iterating it draws nothing from torch's global RNG (the model's)."""
+    seeds the workers, so iterating it draws nothing from torch's global RNG (the model's).
+    Workers persist across epochs (as timm's loaders): each view is keyed by the sampler, which
+    runs in this process, so the views do not depend on the workers' lifetime."""
     workers = cfg.num_workers
     return DataLoader(
         dataset,
@@ -95,7 +97,7 @@ def _loader(
         pin_memory=cfg.pin_mem and device.type == "cuda",
         drop_last=train,
         worker_init_fn=seed_worker if workers else None,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
 
