@@ -310,3 +310,60 @@ def test_two_gloo_ranks_eval_counts_rank0_writes_teacher_frozen_lr_global(tmp_pa
     for r in (r0, r1):
         assert r["teacher"] and all(t == [False, False, False] for t in r["teacher"])
         assert r["world"] == [[2, pytest.approx(5e-4 * 4 * 2 / 512)]]  # lr x global batch / 512
+
+
+def _label_rank(rank: int, world: int, tmp: Path, teacher: str) -> None:
+    from deit.label_pass import compute_teacher_labels
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp / 'init'}", rank=rank, world_size=world
+    )
+    compute_teacher_labels(
+        _label_cfg(teacher), tmp / "split", top_k=10, teacher_batch_size=8, progress=False
+    )
+    dist.destroy_process_group()
+
+
+def _label_cfg(teacher: str) -> Config:
+    return _cfg(
+        epochs=2,
+        train_subset=40,
+        batch_size=4,
+        mixup=0.8,
+        cutmix=1.0,
+        distillation_type="hard",
+        teacher_model="test_resnet",
+        teacher_path=teacher,
+        teacher_precision="fp32",
+    )
+
+
+def test_label_pass_split_over_two_ranks_equals_one_process(tmp_path):
+    import numpy as np
+
+    from deit.label_pass import compute_teacher_labels
+
+    torch.manual_seed(3)
+    cnn = deit.build_classifier("test_resnet", 10)
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": cnn.state_dict(), "model_name": "test_resnet", "num_classes": 10}, teacher)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same kernels, bit-equal logits
+    try:
+        one = compute_teacher_labels(
+            _label_cfg(str(teacher)),
+            tmp_path / "one",
+            top_k=10,
+            teacher_batch_size=8,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_label_rank, args=(2, tmp_path, str(teacher)), nprocs=2, join=True)
+    split = json.loads((tmp_path / "split" / "manifest.json").read_text())
+    assert split["processes"] == 2 and split["views_per_epoch"] == one["views_per_epoch"] == 40
+    for name in ("top1.npy", "logits.npy"):
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "split" / name)
+        assert a.shape == b.shape and np.array_equal(a, b), name  # both ranks' rows: 5 chunks

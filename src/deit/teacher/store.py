@@ -288,7 +288,9 @@ class TeacherLabelStore:
         over the others (softmax of these logits at τ 1 gives those probabilities back)."""
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
         if self.kind == "logits":
-            return _to(torch.from_numpy(np.array(self.arrays["logits"][epoch, rows])).float(), device)
+            return _to(
+                torch.from_numpy(np.array(self.arrays["logits"][epoch, rows])).float(), device
+            )
         if self.kind == "top1":
             return _to(torch.from_numpy(np.array(self.arrays["top1"][epoch, rows])).long(), device)
         probs = torch.from_numpy(np.array(self.arrays["topk_probs"][epoch, rows])).float()
@@ -306,23 +308,26 @@ class StoreWriter:
     (``top_k`` >= ``num_classes``) or ``topk_probs.npy`` and ``topk_classes.npy``
     (0 < ``top_k`` < ``num_classes``), each ``shape = (epochs, views_per_epoch)`` first."""
 
-    def __init__(self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int) -> None:
-        fmt = np.lib.format
+    def __init__(
+        self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int, mode: str = "w+"
+    ) -> None:
+        """``mode`` ``"w+"`` creates the arrays; ``"r+"`` opens those another process created
+        (the other ranks of a split pass), to write their own rows."""
+
+        def array(name: str, dtype: Any, dims: tuple[int, ...]) -> np.ndarray:
+            if mode == "r+":
+                return np.load(out / name, mmap_mode="r+", allow_pickle=False)
+            return np.lib.format.open_memmap(out / name, "w+", dtype, dims)
+
         dt = label_dtype(num_classes)
-        self.arrays = {"top1": fmt.open_memmap(out / "top1.npy", "w+", dt, shape)}
+        self.arrays = {"top1": array("top1.npy", dt, shape)}
         if top_k >= num_classes:
             self.kind = "logits"
-            self.arrays["logits"] = fmt.open_memmap(
-                out / "logits.npy", "w+", np.float16, (*shape, num_classes)
-            )
+            self.arrays["logits"] = array("logits.npy", np.float16, (*shape, num_classes))
         elif top_k > 0:
             self.kind = "topk"
-            self.arrays["topk_probs"] = fmt.open_memmap(
-                out / "topk_probs.npy", "w+", np.float16, (*shape, top_k)
-            )
-            self.arrays["topk_classes"] = fmt.open_memmap(
-                out / "topk_classes.npy", "w+", dt, (*shape, top_k)
-            )
+            self.arrays["topk_probs"] = array("topk_probs.npy", np.float16, (*shape, top_k))
+            self.arrays["topk_classes"] = array("topk_classes.npy", dt, (*shape, top_k))
         else:
             self.kind = "top1"
         self.top_k = top_k

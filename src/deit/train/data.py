@@ -139,11 +139,12 @@ def build_data(state: RunState) -> None:
     state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
 
 
-def label_pass_state(cfg: Config) -> RunState:
+def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunState:
     """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
-    nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates."""
+    nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates (on
+    ``device``, default ``cfg.device`` resolved; each rank of a split pass gives its own)."""
     cfg = dataclasses.replace(cfg.validate())  # build_data fills in the model's defaults
-    device = resolve_device(cfg.device)
+    device = device if device is not None else resolve_device(cfg.device)
     state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
     build_data(state)
     return state
