@@ -26,7 +26,7 @@ from .teacher.for_run import build_run_teacher
 from .teacher.frozen import Teacher
 from .teacher.store import MANIFEST, StoreWriter, run_manifest
 from .train.data import label_pass_state
-from .train.distributed import init_distributed
+from .train.distributed import DistEnv, init_distributed
 from .train.state import RunState
 
 __all__ = ["add_subcommand", "compute_teacher_labels"]
@@ -64,6 +64,21 @@ def _teacher_pass(
         if len(pending) >= chunk:
             seconds += flush()
     return seconds + flush()
+
+
+def _open_writer(
+    env: DistEnv, out: Path, shape: tuple[int, int], num_classes: int, top_k: int
+) -> StoreWriter:
+    """Rank 0 creates the store's arrays (an older manifest removed); the other ranks open
+    them, once they exist, to write their own rows."""
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        writer = StoreWriter(out, shape, num_classes, top_k)
+    _barrier(env.distributed)
+    if not env.is_main:
+        writer = StoreWriter(out, shape, num_classes, top_k, mode="r+")
+    return writer
 
 
 def _barrier(distributed: bool) -> None:
@@ -150,13 +165,7 @@ def compute_teacher_labels(
     )
     out = Path(output)
     views = len(state.loader_train) * cfg.batch_size
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)
-        writer = StoreWriter(out, (cfg.epochs, views), state.num_classes, top_k)
-    _barrier(env.distributed)  # the arrays exist before the other ranks open them
-    if not env.is_main:
-        writer = StoreWriter(out, (cfg.epochs, views), state.num_classes, top_k, mode="r+")
+    writer = _open_writer(env, out, (cfg.epochs, views), state.num_classes, top_k)
     chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
     seconds = 0.0
     for epoch in range(cfg.epochs):
