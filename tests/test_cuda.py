@@ -240,7 +240,7 @@ def test_torchrun_nccl_two_processes(teacher_ckpt, tmp_path):
 
 
 def test_label_pass_and_stored_labels_on_cuda_equal_the_cpus(teacher_ckpt, tmp_path):
-    kw = dict(epochs=1, amp="fp32", model_ema=False)
+    kw = dict(epochs=1, amp="fp32", model_ema=False, teacher_precision="fp32")
     for device in ("cpu", "cuda"):
         cfg = _cfg(teacher_ckpt, device=device, pin_mem=False, **kw)
         compute_teacher_labels(cfg, tmp_path / device, top_k=10, progress=False)
