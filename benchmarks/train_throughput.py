@@ -33,11 +33,13 @@ Usage::
     python benchmarks/train_throughput.py --cases nano:16 --rounds 9
     python benchmarks/train_throughput.py --quick             # smoke test, a few seconds
     python benchmarks/train_throughput.py --quick --workers 0 1 2   # the loader-worker cases
+    python benchmarks/train_throughput.py --quick --workers 0 1 2 --prefetch 2 4  # and prefetch
     python benchmarks/train_throughput.py --cases small:128 --device cuda --amp bf16 \
         --workers 8 --jpeg 1024 --rounds 2                    # DeiT-S 224 on a GPU (gpu_check.sh)
 
 ``--workers 0 1 2`` runs every case once per worker count (deit's and timm's loaders keep their
-workers across epochs); ``--device cuda --amp bf16|fp16`` runs all three sides on the GPU under
+workers across epochs), ``--prefetch 2 4`` each case with workers once per ``prefetch_factor``
+(deit's loader patched: it has no flag for it); ``--device cuda --amp bf16|fp16`` runs all three sides on the GPU under
 autocast (fp16 through a ``GradScaler``) and prints each side's peak GPU memory; ``--jpeg N``
 trains from N synthetic 256-px JPEGs in an ImageFolder-like tree instead of the digits.
 
@@ -69,6 +71,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 # deit internals, in one block so that their paths are easy to update
+import deit.train.data as training_module  # noqa: E402  (--prefetch patches its DataLoader)
 from deit.checkpoints import create_model  # noqa: E402
 from deit.config import Config, get_preset  # noqa: E402
 from deit.data import build_dataset, dataset_info, subset_split  # noqa: E402
@@ -95,6 +98,7 @@ class Case:
     distilled: bool = False
     data_set: str = "mnist5k"
     workers: int = 0
+    prefetch: int = 0  # batches each worker loads ahead (DataLoader prefetch_factor); 0: torch's 2
     device: str = "cpu"
     amp: str = "fp32"
     data_path: str = ""  # an ImageFolder (--jpeg): data_set "folder"
@@ -168,10 +172,29 @@ def _teacher_store(case: Case, work: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the three sides
-def deit_side(cfg: Config) -> float:
+@contextlib.contextmanager
+def _prefetch(factor: int):
+    """Inside: the DataLoaders ``deit train`` builds (``deit.train.data``) load ``factor``
+    batches ahead per worker (``prefetch_factor``; deit has no flag for it); 0: unchanged."""
+    real = training_module.DataLoader
+
+    def loader(*args: object, **kw: object) -> torch.utils.data.DataLoader:
+        if factor and kw.get("num_workers"):
+            kw["prefetch_factor"] = factor
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    training_module.DataLoader = loader
+    try:
+        yield
+    finally:
+        training_module.DataLoader = real
+
+
+def deit_side(cfg: Config, prefetch: int = 0) -> float:
     """images/s of the timed epochs of a real ``training.run`` (its first epoch is the warm-up;
-    its loader's workers persist across epochs, as timm's do)."""
-    with contextlib.redirect_stderr(io.StringIO()):
+    its loader's workers persist across epochs, as timm's do; ``prefetch``: see
+    :func:`_prefetch`)."""
+    with contextlib.redirect_stderr(io.StringIO()), _prefetch(prefetch):
         history = run(cfg, progress=False)["history"]
     rates = [h["train_images_per_s"] for h in history[1:]]
     return len(rates) / sum(1.0 / r for r in rates)  # equal epochs: images / total seconds
@@ -280,6 +303,7 @@ def _timm_loader(case: Case, cfg: Config) -> torch.utils.data.DataLoader:
         drop_last=True,
         pin_memory=case.device != "cpu",
         persistent_workers=case.workers > 0,  # timm's train.py: the loader lives for the run
+        prefetch_factor=(case.prefetch or None) if case.workers else None,
     )
 
 
@@ -355,7 +379,7 @@ def measure(case: Case, rounds: int, work: Path, say: Callable[[str], None]) -> 
     bare = bare_side(case, cfg)
     sides: dict[str, Callable[[], float]] = {
         "bare": bare,
-        "deit": lambda: deit_side(cfg),
+        "deit": lambda: deit_side(cfg, case.prefetch),
         "timm": lambda: timm_side(case, cfg),
     }
     if case.distilled:
@@ -416,10 +440,12 @@ def _cases(args: argparse.Namespace, root: Path) -> list[Case]:
     if args.jpeg:
         quick.update(data_set="folder", data_path=str(write_jpeg_folder(root / "jpeg", args.jpeg)))
     cases = []
+    loaders = [(w, p) for w in args.workers for p in (args.prefetch if w else [0])]
     for spec in specs:
-        for w in args.workers:
+        for w, p in loaders:
             name = f"{spec} w{w}" if len(args.workers) > 1 or w else spec
-            base = {**asdict(case_of(spec)), **quick, "name": name, "workers": w}
+            name += f" p{p}" if p else ""
+            base = {**asdict(case_of(spec)), **quick, "name": name, "workers": w, "prefetch": p}
             cases.append(Case(**{**base, "device": args.device, "amp": args.amp}))
     return cases
 
@@ -434,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers", type=int, nargs="+", default=[0], help="loader worker processes (both loops; "
         "several values: one case each, e.g. 0 1 2); deit's and timm's workers persist"
+    )  # fmt: skip
+    ap.add_argument(
+        "--prefetch", type=int, nargs="+", default=[0], help="batches loaded ahead per worker "
+        "(prefetch_factor, both loops; several values: one case each with workers; 0: torch's 2)"
     )  # fmt: skip
     ap.add_argument("--device", default="cpu", help="cpu (one thread) or cuda")
     ap.add_argument("--amp", default="fp32", choices=("fp32", "bf16", "fp16"))
