@@ -51,7 +51,12 @@ AMPS = ("fp32", "bf16", "fp16")
 
 @pytest.fixture(autouse=True)
 def _deterministic():
-    """Deterministic kernels and no TF32 (CPU parity within fp32 round-off), restored after."""
+    """Deterministic kernels, the math attention kernel (the fused ones' backward may add in
+    any order) and no TF32 (CPU parity within fp32 round-off), restored after."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
     old = (
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
@@ -60,13 +65,17 @@ def _deterministic():
     )
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    (
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cuda.matmul.allow_tf32,
-    ) = old
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        (
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ) = old
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +166,12 @@ def _linear_step(clip: float, init_scale: float) -> tuple[nn.Linear, torch.optim
 def test_fp16_clips_the_unscaled_gradients():
     torch.manual_seed(0)
     before = [p.detach().clone() for p in nn.Linear(8, 4).cuda().parameters()]
-    model, _, scale = _linear_step(clip=0.5, init_scale=2.0**10)
-    assert scale == 2.0**10  # a finite step: the scale kept
-    # SGD lr 1: the update is the clipped gradient; clipped after unscale_ its norm is 0.5
-    # (clipped before it, 0.5 / 1024)
+    # scale 16: the scaled fp16 weight gradients stay near 7e3 (2**10 would overflow fp16's
+    # 65,504 at these gradients, about 440 per entry, and skip the step)
+    model, _, scale = _linear_step(clip=0.5, init_scale=2.0**4)
+    assert scale == 2.0**4  # a finite step: the scale kept
+    # SGD lr 1: the update is the clipped gradient (norm ~1e3 before clipping); clipped after
+    # unscale_ its norm is 0.5 (clipped before it, 0.5 / 16)
     delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert delta.norm().item() == pytest.approx(0.5, rel=1e-3)
 
@@ -305,6 +316,7 @@ def _epoch_syncs(amp: str, steps: int, monkeypatch) -> tuple[int, int]:
     run's loop (AdamW as built for runs, clipping, Mixup/CutMix, EMA, a teacher on the GPU)."""
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     torch.manual_seed(0)
     device = torch.device("cuda", 0)
@@ -340,8 +352,11 @@ def _epoch_syncs(amp: str, steps: int, monkeypatch) -> tuple[int, int]:
 
     monkeypatch.setattr(torch.Tensor, "item", counted)
     torch.cuda.set_sync_debug_mode("warn")
+    # the kernels a run uses (the fixture's deterministic ones are for the parity tests)
+    torch.use_deterministic_algorithms(False)
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     try:
-        with warnings.catch_warnings(record=True) as seen:
+        with warnings.catch_warnings(record=True) as seen, sdpa_kernel(backends):
             warnings.simplefilter("always")
             train_one_epoch(model, crit, batches, opt, device, 1, opts)
     finally:
@@ -358,3 +373,29 @@ def test_no_host_synchronisation_per_training_step(amp, monkeypatch):
     # the epoch's reads (the non-finite check, the sums) happen once, whatever its length;
     # fp16's GradScaler reads found_inf each step unless the optimiser is fused (it is on CUDA)
     assert few == many, f"{amp}: (item calls, syncs) grow with the steps: {few} -> {many}"
+
+
+def test_stored_labels_reach_the_gpu_without_a_synchronisation(tmp_path):
+    """The label store's batches go to the GPU through pinned memory without waiting: a copy
+    from pageable memory synchronised the stream once per training step."""
+    from deit.teacher.store import FORMAT_VERSION, MANIFEST, StoreWriter
+
+    writer = StoreWriter(tmp_path, (1, 32), 10, 0)
+    logits = torch.randn(32, 10)
+    writer.write(0, 0, logits)
+    writer.close()
+    manifest = dict(format_version=FORMAT_VERSION, kind="top1", batch_size=8, arrays=["top1"])
+    manifest.update(epochs=1, views_per_epoch=32, num_classes=10)
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    store = TeacherLabelStore(tmp_path)
+    store.batch(0, 0, "cuda")  # the pinned host allocator's first block
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            got = [store.batch(0, i, "cuda") for i in range(4)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not [w for w in seen if "synchroniz" in str(w.message)]
+    assert torch.equal(torch.cat(got).cpu(), logits.argmax(1))
