@@ -32,6 +32,16 @@ Usage::
     python benchmarks/train_throughput.py                     # the four cases, 5 rounds
     python benchmarks/train_throughput.py --cases nano:16 --rounds 9
     python benchmarks/train_throughput.py --quick             # smoke test, a few seconds
+    python benchmarks/train_throughput.py --quick --workers 0 1 2   # the loader-worker cases
+    python benchmarks/train_throughput.py --quick --workers 0 1 2 --prefetch 2 4  # and prefetch
+    python benchmarks/train_throughput.py --cases small:128 --device cuda --amp bf16 \
+        --workers 8 --jpeg 1024 --rounds 2                    # DeiT-S 224 on a GPU (gpu_check.sh)
+
+``--workers 0 1 2`` runs every case once per worker count (deit's and timm's loaders keep their
+workers across epochs), ``--prefetch 2 4`` each case with workers once per ``prefetch_factor``
+(deit's loader patched: it has no flag for it); ``--device cuda --amp bf16|fp16`` runs all three sides on the GPU under
+autocast (fp16 through a ``GradScaler``) and prints each side's peak GPU memory; ``--jpeg N``
+trains from N synthetic 256-px JPEGs in an ImageFolder-like tree instead of the digits.
 
 Figures, machine and date: ``benchmarks/README.md``.
 """
@@ -50,6 +60,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import timm.data
 import timm.loss
 import timm.optim
@@ -60,7 +71,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 # deit internals, in one block so that their paths are easy to update
-import deit.train.data as training_module  # noqa: E402  (--persistent patches its DataLoader)
+import deit.train.data as training_module  # noqa: E402  (--prefetch patches its DataLoader)
 from deit.checkpoints import create_model  # noqa: E402
 from deit.config import Config, get_preset  # noqa: E402
 from deit.data import build_dataset, dataset_info, subset_split  # noqa: E402
@@ -68,6 +79,7 @@ from deit.distillation import DistillationLoss  # noqa: E402
 from deit.label_pass import compute_teacher_labels  # noqa: E402
 from deit.models import build_classifier  # noqa: E402
 from deit.optim import build_optimizer  # noqa: E402
+from deit.precision import resolve_precision  # noqa: E402
 from deit.train import run  # noqa: E402
 
 SIDES = ("bare", "deit", "timm")
@@ -86,12 +98,16 @@ class Case:
     distilled: bool = False
     data_set: str = "mnist5k"
     workers: int = 0
+    prefetch: int = 0  # batches each worker loads ahead (DataLoader prefetch_factor); 0: torch's 2
+    device: str = "cpu"
+    amp: str = "fp32"
+    data_path: str = ""  # an ImageFolder (--jpeg): data_set "folder"
 
 
 def case_of(spec: str) -> Case:
     """``name:batch``: ``nano`` (the demo's student), ``nano-dist`` (its distilled twin, soft
     distillation from stored teacher logits), ``tiny`` / ``tiny-dist`` (DeiT-Ti(⚗) at 224 px,
-    few steps), ``pico`` (the earlier demo student the issue measured)."""
+    few steps), ``small`` (DeiT-S 224, few steps: the GPU case), ``pico`` (the earlier demo student the issue measured)."""
     name, _, batch = spec.partition(":")
     b = int(batch or 16)
     kinds = {
@@ -99,6 +115,7 @@ def case_of(spec: str) -> Case:
         "pico": Case(spec, "deit_pico_patch7_28", b),
         "nano-dist": Case(spec, "deit_nano_distilled_patch7_28", b, distilled=True),
         "tiny": Case(spec, "deit_tiny_patch16_224", b, 224, train_subset=3 * b, timed=1),
+        "small": Case(spec, "deit_small_patch16_224", b, 224, train_subset=3 * b, timed=1),
         "tiny-dist": Case(
             spec, "deit_tiny_distilled_patch16_224", b, 224, 3 * b, timed=1, distilled=True
         ),
@@ -125,7 +142,10 @@ def deit_config(case: Case, out: Path, store: Path | None = None) -> Config:
         mixup_prob=1.0,
         crop_padding=0,
         num_workers=case.workers,
-        device="cpu",
+        device=case.device,
+        amp=case.amp,
+        pin_mem=case.device != "cpu",
+        data_path=case.data_path,
         eval_interval=0,
         output_dir=str(out),
         overwrite=True,
@@ -152,23 +172,30 @@ def _teacher_store(case: Case, work: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the three sides
-def _persistent_loader(*args: object, **kw: object) -> torch.utils.data.DataLoader:
-    """``DataLoader`` with ``persistent_workers`` whenever it has workers (``--persistent``:
-    what ``training._loader`` would build with that setting; today it passes ``False``)."""
-    kw["persistent_workers"] = bool(kw.get("num_workers"))
-    return torch.utils.data.DataLoader(*args, **kw)  # type: ignore[arg-type]
+@contextlib.contextmanager
+def _prefetch(factor: int):
+    """Inside: the DataLoaders ``deit train`` builds (``deit.train.data``) load ``factor``
+    batches ahead per worker (``prefetch_factor``; deit has no flag for it); 0: unchanged."""
+    real = training_module.DataLoader
 
+    def loader(*args: object, **kw: object) -> torch.utils.data.DataLoader:
+        if factor and kw.get("num_workers"):
+            kw["prefetch_factor"] = factor
+        return real(*args, **kw)  # type: ignore[arg-type]
 
-def deit_side(cfg: Config, persistent: bool = False) -> float:
-    """images/s of the timed epochs of a real ``training.run`` (its first epoch is the warm-up)."""
-    loader = training_module.DataLoader
-    if persistent:
-        training_module.DataLoader = _persistent_loader
+    training_module.DataLoader = loader
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            history = run(cfg, progress=False)["history"]
+        yield
     finally:
-        training_module.DataLoader = loader
+        training_module.DataLoader = real
+
+
+def deit_side(cfg: Config, prefetch: int = 0) -> float:
+    """images/s of the timed epochs of a real ``training.run`` (its first epoch is the warm-up;
+    its loader's workers persist across epochs, as timm's do; ``prefetch``: see
+    :func:`_prefetch`)."""
+    with contextlib.redirect_stderr(io.StringIO()), _prefetch(prefetch):
+        history = run(cfg, progress=False)["history"]
     rates = [h["train_images_per_s"] for h in history[1:]]
     return len(rates) / sum(1.0 / r for r in rates)  # equal epochs: images / total seconds
 
@@ -176,36 +203,73 @@ def deit_side(cfg: Config, persistent: bool = False) -> float:
 def bare_side(case: Case, cfg: Config) -> Callable[[], float]:
     """A closure timing ``steps`` bare steps (one epoch's worth) on batches made beforehand."""
     torch.manual_seed(0)
+    device, precision = torch.device(case.device), resolve_precision(case.amp, case.device)
     model = create_model(case.model, num_classes=10, drop_path_rate=cfg.drop_path)
     if case.distilled:
         model.set_distilled_training(True)
-    model.train()
+    model.train().to(device)
     optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
     soft = timm.loss.SoftTargetCrossEntropy()
     criterion = DistillationLoss(soft, None, "soft", 0.9, 4.0, "batchmean")
     steps = case.train_subset // case.batch
-    x = torch.randn(steps, case.batch, 3, case.input_size, case.input_size)
-    y = torch.softmax(torch.randn(steps, case.batch, 10), -1)
-    t_logits = torch.randn(steps, case.batch, 10)
+    x = torch.randn(steps, case.batch, 3, case.input_size, case.input_size, device=device)
+    y = torch.softmax(torch.randn(steps, case.batch, 10, device=device), -1)
+    t_logits = torch.randn(steps, case.batch, 10, device=device)
 
     def step(i: int) -> None:
-        outputs = model(x[i])
-        if case.distilled:
-            loss = criterion.compute(x[i], outputs, y[i], teacher_outputs=t_logits[i])[0]
-        else:
-            loss = soft(outputs, y[i])
+        with precision.autocast():
+            outputs = model(x[i])
+            if case.distilled:
+                loss = criterion.compute(x[i], outputs, y[i], teacher_outputs=t_logits[i])[0]
+            else:
+                loss = soft(outputs, y[i])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _backward(loss, optimizer, scaler)
 
     def timed() -> float:
+        _sync(device)
         start = time.perf_counter()
         for i in range(steps):
             step(i)
+        _sync(device)
         return steps * case.batch / (time.perf_counter() - start)
 
     timed()  # warm-up
     return timed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: object) -> None:
+    """Backward and step, through ``scaler`` (a ``GradScaler``, fp16) when given."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()  # type: ignore[attr-defined]
+    scaler.step(optimizer)  # type: ignore[attr-defined]
+    scaler.update()  # type: ignore[attr-defined]
+
+
+def write_jpeg_folder(root: Path, images: int, side: int = 256, classes: int = 10) -> Path:
+    """An ImageFolder-like tree of synthetic JPEGs (``images`` in ``train``, 2 per class in
+    ``val``), ``side`` px, noise over a per-class colour: decoding and cropping cost as real
+    photographs do, roughly."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", images), ("val", 2 * classes)):
+        for i in range(n):
+            c = i % classes
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            noise = rng.integers(0, 64, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(noise + np.uint8(19 * c)).save(d / f"{i}.jpg", quality=90)
+    return root
 
 
 def _timm_loader(case: Case, cfg: Config) -> torch.utils.data.DataLoader:
@@ -228,7 +292,7 @@ def _timm_loader(case: Case, cfg: Config) -> torch.utils.data.DataLoader:
             T.Resize(case.input_size, interpolation=bicubic),
             T.RandomCrop(case.input_size, padding=cfg.crop_padding),
         ]
-    data = build_dataset(case.data_set, None, "train", transform=tf)
+    data = build_dataset(case.data_set, case.data_path or None, "train", transform=tf)
     train, _, _ = subset_split(len(data), case.train_subset, cfg.val_images)
     data = torch.utils.data.Subset(data, train)
     return torch.utils.data.DataLoader(
@@ -237,7 +301,9 @@ def _timm_loader(case: Case, cfg: Config) -> torch.utils.data.DataLoader:
         shuffle=True,
         num_workers=case.workers,
         drop_last=True,
+        pin_memory=case.device != "cpu",
         persistent_workers=case.workers > 0,  # timm's train.py: the loader lives for the run
+        prefetch_factor=(case.prefetch or None) if case.workers else None,
     )
 
 
@@ -245,8 +311,11 @@ def timm_side(case: Case, cfg: Config) -> float:
     """images/s of the timed epochs of a loop assembled from timm's parts (see the module
     docstring), after one warm-up epoch; set-up is not timed."""
     torch.manual_seed(0)
+    device, precision = torch.device(case.device), resolve_precision(case.amp, case.device)
     loader = _timm_loader(case, cfg)
     model = create_model(case.model, num_classes=10, drop_path_rate=cfg.drop_path).train()
+    model.to(device)
+    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
     mixup = timm.data.Mixup(
         mixup_alpha=cfg.mixup,
         cutmix_alpha=cfg.cutmix,
@@ -266,11 +335,12 @@ def timm_side(case: Case, cfg: Config) -> float:
     for epoch in range(1 + case.timed):
         start = time.perf_counter()
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x, y = mixup(x, y)
-            loss = loss_fn(model(x), y)
+            with precision.autocast():
+                loss = loss_fn(model(x), y)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            _backward(loss, optimizer, scaler)
             updates += 1
             scheduler.step_update(num_updates=updates)
             loss.item()  # timm's train.py updates its loss meter every step
@@ -287,6 +357,7 @@ class Result:
 
     case: Case
     rates: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
+    peak_mib: dict[str, float] = field(default_factory=dict)  # CUDA: each side's peak memory
 
     def ratio(self, side: str) -> list[float]:
         """deit / ``side`` per round."""
@@ -300,9 +371,7 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(xs), q[2]
 
 
-def measure(
-    case: Case, rounds: int, work: Path, say: Callable[[str], None], persistent: bool = False
-) -> Result:
+def measure(case: Case, rounds: int, work: Path, say: Callable[[str], None]) -> Result:
     """``rounds`` alternating rounds (A B C, C B A, ...) of the three sides of ``case``."""
     work.mkdir(parents=True, exist_ok=True)
     store = _teacher_store(case, work) if case.distilled else None
@@ -310,7 +379,7 @@ def measure(
     bare = bare_side(case, cfg)
     sides: dict[str, Callable[[], float]] = {
         "bare": bare,
-        "deit": lambda: deit_side(cfg, persistent),
+        "deit": lambda: deit_side(cfg, case.prefetch),
         "timm": lambda: timm_side(case, cfg),
     }
     if case.distilled:
@@ -319,7 +388,12 @@ def measure(
     for r in range(rounds):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         for side in order:
+            if case.device != "cpu":
+                torch.cuda.reset_peak_memory_stats(case.device)
             result.rates[side].append(sides[side]())
+            if case.device != "cpu":
+                peak = torch.cuda.max_memory_allocated(case.device) / 2**20
+                result.peak_mib[side] = max(result.peak_mib.get(side, 0.0), peak)
         line = ", ".join(f"{s} {result.rates[s][-1]:.1f}" for s in sides)
         say(f"  {case.name} round {r + 1}/{rounds}: {line} img/s")
     return result
@@ -345,7 +419,35 @@ def report(results: list[Result]) -> str:
         n = len(res.rates["deit"])
         lines.append(f"| {res.case.name} | {res.case.model} | {' | '.join(cells)} | "
                      f"{' | '.join(ratios)} | {n} |")  # fmt: skip
+    peaks = [r for r in results if r.peak_mib]
+    if peaks:
+        lines += ["", "GPU memory peaks (MiB): " + "; ".join(
+            f"{r.case.name}: " + ", ".join(f"{s} {v:.0f}" for s, v in r.peak_mib.items())
+            for r in peaks
+        )]  # fmt: skip
     return "\n".join(lines)
+
+
+def _cases(args: argparse.Namespace, root: Path) -> list[Case]:
+    """The cases of the flags: each of ``--cases`` (``--quick``: two on 48 8-px digits) with
+    each of ``--workers``, on ``--device`` with ``--amp``, from ``--jpeg`` synthetic JPEGs."""
+    specs, quick = args.cases, {}
+    if args.quick:
+        specs, quick = (
+            ["nano:16", "nano-dist:16"],
+            dict(train_subset=48, timed=1, data_set="digits"),
+        )
+    if args.jpeg:
+        quick.update(data_set="folder", data_path=str(write_jpeg_folder(root / "jpeg", args.jpeg)))
+    cases = []
+    loaders = [(w, p) for w in args.workers for p in (args.prefetch if w else [0])]
+    for spec in specs:
+        for w, p in loaders:
+            name = f"{spec} w{w}" if len(args.workers) > 1 or w else spec
+            name += f" p{p}" if p else ""
+            base = {**asdict(case_of(spec)), **quick, "name": name, "workers": w, "prefetch": p}
+            cases.append(Case(**{**base, "device": args.device, "amp": args.amp}))
+    return cases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,25 +457,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="smoke test: 48 8-px digits, 1 round")
     ap.add_argument("--json", type=Path, help="also write the per-round rates here")
-    ap.add_argument("--workers", type=int, default=0, help="loader worker processes (both loops)")
     ap.add_argument(
-        "--persistent", action="store_true", help="deit's loader with persistent workers"
-    )
+        "--workers", type=int, nargs="+", default=[0], help="loader worker processes (both loops; "
+        "several values: one case each, e.g. 0 1 2); deit's and timm's workers persist"
+    )  # fmt: skip
+    ap.add_argument(
+        "--prefetch", type=int, nargs="+", default=[0], help="batches loaded ahead per worker "
+        "(prefetch_factor, both loops; several values: one case each with workers; 0: torch's 2)"
+    )  # fmt: skip
+    ap.add_argument("--device", default="cpu", help="cpu (one thread) or cuda")
+    ap.add_argument("--amp", default="fp32", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--jpeg", type=int, default=0, help="N synthetic 256-px JPEGs (ImageFolder)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    cases = [Case(**{**asdict(case_of(c)), "workers": args.workers}) for c in args.cases]
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.quick:
-        quick = dict(train_subset=48, timed=1, data_set="digits")
-        cases = [Case(**{**asdict(case_of(c)), **quick}) for c in ("nano:16", "nano-dist:16")]
         args.rounds = 1
     results = []
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
-        for i, case in enumerate(cases):
-            work = Path(tmp) / str(i)
-            results.append(measure(case, args.rounds, work, print, args.persistent))
+        for i, case in enumerate(_cases(args, Path(tmp))):
+            if case.data_path:
+                n = min(case.train_subset, args.jpeg - 16)  # val_images: 16 held out
+                case = Case(**{**asdict(case), "train_subset": n})
+            results.append(measure(case, args.rounds, Path(tmp) / str(i), print))
     print(report(results))
     if args.json:
-        rows = [{"case": asdict(r.case), "rates": r.rates} for r in results]
+        rows = [{"case": asdict(r.case), "rates": r.rates, "peak_mib": r.peak_mib} for r in results]
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 

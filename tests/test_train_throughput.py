@@ -43,3 +43,68 @@ def test_quick_runs_every_side(bench, capsys) -> None:
     rows = [line for line in out.splitlines() if line.startswith("| nano")]
     assert [r.split(" | ")[0] for r in rows] == ["| nano:16", "| nano-dist:16"]
     assert "–" not in rows[0] and rows[1].count("–") == 2  # no timm side for stored labels
+
+
+def test_worker_cases_and_gpu_flags(bench, tmp_path) -> None:
+    import argparse
+
+    args = argparse.Namespace(
+        cases=["nano:16"],
+        quick=True,
+        workers=[0, 2],
+        device="cuda",
+        amp="bf16",
+        jpeg=0,
+        prefetch=[0],
+    )
+    cases = bench._cases(args, tmp_path)
+    assert [c.name for c in cases] == [
+        "nano:16 w0",
+        "nano:16 w2",
+        "nano-dist:16 w0",
+        "nano-dist:16 w2",
+    ]
+    assert {(c.device, c.amp, c.data_set, c.train_subset) for c in cases} == {
+        ("cuda", "bf16", "digits", 48)
+    }
+    cfg = bench.deit_config(cases[1], tmp_path / "run")
+    assert (cfg.num_workers, cfg.device, cfg.amp, cfg.pin_mem) == (2, "cuda", "bf16", True)
+
+
+def test_prefetch_cases_reach_both_loaders(bench, tmp_path) -> None:
+    """``--prefetch 2 4``: one case per factor for each worker count but 0; deit's loader is
+    built with that ``prefetch_factor`` inside :func:`_prefetch` and as before outside it."""
+    import argparse
+
+    args = argparse.Namespace(
+        cases=["nano:16"],
+        quick=False,
+        workers=[0, 1],
+        device="cpu",
+        amp="fp32",
+        jpeg=0,
+        prefetch=[2, 4],
+    )
+    cases = bench._cases(args, tmp_path)
+    assert [(c.name, c.workers, c.prefetch) for c in cases] == [
+        ("nano:16 w0", 0, 0),
+        ("nano:16 w1 p2", 1, 2),
+        ("nano:16 w1 p4", 1, 4),
+    ]
+    data = list(range(4))
+    with bench._prefetch(4):
+        inside = bench.training_module.DataLoader(data, num_workers=1)
+        no_workers = bench.training_module.DataLoader(data, num_workers=0)
+    outside = bench.training_module.DataLoader(data, num_workers=1)
+    assert (inside.prefetch_factor, no_workers.prefetch_factor, outside.prefetch_factor) == (
+        4,
+        None,
+        2,
+    )
+
+
+def test_gpu_check_script_parses() -> None:
+    import subprocess
+
+    script = PATH.parent / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

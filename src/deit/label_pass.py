@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from .config import Config, add_config_args, config_from_args
 from .data.transforms import mix_batch
@@ -26,6 +26,7 @@ from .teacher.for_run import build_run_teacher
 from .teacher.frozen import Teacher
 from .teacher.store import MANIFEST, StoreWriter, run_manifest
 from .train.data import label_pass_state
+from .train.distributed import DistEnv, init_distributed
 from .train.state import RunState
 
 __all__ = ["add_subcommand", "compute_teacher_labels"]
@@ -35,38 +36,74 @@ def _teacher_pass(
     state: RunState, teacher: Teacher, writer: StoreWriter, chunk: int, epoch: int
 ) -> float:
     """One epoch's views through the teacher, ``chunk`` training batches per forward (each
-    batch mixed with its own key first, as in training). Returns the teacher's seconds."""
+    batch mixed with its own key first, as in training). Under a process group of ``W`` ranks,
+    rank ``r`` mixes and runs the teacher on chunks ``r, r + W, ...`` only (every rank reads
+    the same views in the same order, so the store's rows do not depend on ``W``). Returns the
+    teacher's seconds on this rank."""
     state.sampler_train.set_epoch(epoch)
-    pending: list[torch.Tensor] = []
-    start, seconds = 0, 0.0
+    rank, world = _rank_world()
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    start, seconds, chunks = 0, 0.0, 0
 
     def flush() -> float:
-        nonlocal start, pending
+        nonlocal start, pending, chunks
         if not pending:
             return 0.0
-        t0 = time.perf_counter()
-        with torch.inference_mode(), state.precision.autocast():
-            logits = teacher(torch.cat(pending).to(state.device))
-        writer.write(epoch, start, logits)
-        start += sum(p.shape[0] for p in pending)
+        mine, chunks, t0 = chunks % world == rank, chunks + 1, time.perf_counter()
+        if mine:  # as the training step mixes each batch
+            mixed = [mix_batch(state.mixup_fn, x, y, (epoch, i))[0] for i, x, y in pending]
+            with torch.inference_mode(), state.precision.autocast():
+                logits = teacher(torch.cat(mixed).to(state.device, non_blocking=True))
+            writer.write(epoch, start, logits)
+        start += sum(x.shape[0] for _, x, _ in pending)
         pending = []
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0 if mine else 0.0
 
     for i, (x, y) in enumerate(state.loader_train):
-        x, _ = mix_batch(state.mixup_fn, x, y, (epoch, i))  # as the training step mixes it
-        pending.append(x)
+        pending.append((i, x, y))
         if len(pending) >= chunk:
             seconds += flush()
     return seconds + flush()
 
 
+def _open_writer(
+    env: DistEnv, out: Path, shape: tuple[int, int], num_classes: int, top_k: int
+) -> StoreWriter:
+    """Rank 0 creates the store's arrays (an older manifest removed); the other ranks open
+    them, once they exist, to write their own rows."""
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        writer = StoreWriter(out, shape, num_classes, top_k)
+    _barrier(env.distributed)
+    if not env.is_main:
+        writer = StoreWriter(out, shape, num_classes, top_k, mode="r+")
+    return writer
+
+
+def _barrier(distributed: bool) -> None:
+    if distributed:
+        dist.barrier()
+
+
+def _max_over_ranks(value: float, distributed: bool) -> float:
+    """The largest of the ranks' ``value`` (the pass's wall time is the slowest rank's)."""
+    if not distributed:
+        return value
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return float(max(out))
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
-    """Refuse, in one sentence, a distributed launch, a bad ``top_k`` or batch size, or a
-    configuration without the teacher's weights."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            "`deit teacher-labels` runs in one process; launch it without torchrun/srun."
-        )
+    """Refuse, in one sentence, a bad ``top_k`` or batch size, or a configuration without the
+    teacher's weights."""
     if top_k < 0 or teacher_batch_size < 1:
         raise ValueError(
             f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
@@ -92,7 +129,9 @@ def compute_teacher_labels(
     The views are those :func:`deit.train.run` trains on (same data, transforms, sampler,
     Mixup/CutMix, seed): the training loader is built by :func:`deit.train.build_data`. The
     teacher runs in inference mode under the run's autocast (``cfg.amp``), on
-    ``teacher_batch_size`` images per forward (rounded to whole training batches).
+    ``teacher_batch_size`` images per forward (rounded to whole training batches). Under
+    ``torchrun``/``srun`` the teacher's forwards are split over the ranks (each on its own
+    device; rank 0 creates the store and writes the manifest); the store is the same.
 
     Args:
         cfg: the students' run configuration (teacher fields included).
@@ -107,12 +146,13 @@ def compute_teacher_labels(
         (seconds of teacher forward) and ``seconds`` (the whole pass).
 
     Raises:
-        ValueError: a distributed launch, ``top_k < 0``, no teacher, or what building the data
+        ValueError: ``top_k < 0``, no teacher, or what building the data
             and teacher raise (bad paths, class counts).
     """
     _check_pass(cfg, top_k, teacher_batch_size)
     t_start = time.perf_counter()
-    state = label_pass_state(cfg)
+    env, device = init_distributed(cfg.device)  # torchrun/srun: the teacher's work is split
+    state = label_pass_state(cfg, device)
     cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
     teacher = build_run_teacher(
         cfg,
@@ -124,17 +164,17 @@ def compute_teacher_labels(
         state.mixup_fn,
     )
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
     views = len(state.loader_train) * cfg.batch_size
-    writer = StoreWriter(out, (cfg.epochs, views), state.num_classes, top_k)
+    writer = _open_writer(env, out, (cfg.epochs, views), state.num_classes, top_k)
     chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
     seconds = 0.0
     for epoch in range(cfg.epochs):
         seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
-        if progress:
+        if progress and env.is_main:
             print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
     writer.close()
+    seconds = _max_over_ranks(seconds, env.distributed)
+    _barrier(env.distributed)  # every rank's rows are on disk before the manifest
     manifest = run_manifest(cfg, state.num_classes, len(state.loader_train.dataset))
     manifest.update(
         kind=writer.kind,
@@ -147,7 +187,10 @@ def compute_teacher_labels(
         teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
         teacher_seconds=seconds,
         seconds=time.perf_counter() - t_start,
+        processes=env.world_size,
     )
+    if not env.is_main:
+        return manifest
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

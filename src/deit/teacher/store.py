@@ -202,6 +202,15 @@ def _open_array(path: Path, rows: tuple[int, int], fix: str) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+def _to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` (made on the CPU) on ``device``; to a GPU through pinned memory without waiting (a
+    copy from pageable memory synchronises the stream: once per training step here)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class TeacherLabelStore:
     """A store written by :func:`deit.label_pass.compute_teacher_labels`, read memory-mapped.
 
@@ -279,16 +288,18 @@ class TeacherLabelStore:
         over the others (softmax of these logits at τ 1 gives those probabilities back)."""
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
         if self.kind == "logits":
-            return torch.from_numpy(np.array(self.arrays["logits"][epoch, rows])).float().to(device)
+            return _to(
+                torch.from_numpy(np.array(self.arrays["logits"][epoch, rows])).float(), device
+            )
         if self.kind == "top1":
-            return torch.from_numpy(np.array(self.arrays["top1"][epoch, rows])).long().to(device)
+            return _to(torch.from_numpy(np.array(self.arrays["top1"][epoch, rows])).long(), device)
         probs = torch.from_numpy(np.array(self.arrays["topk_probs"][epoch, rows])).float()
         classes = torch.from_numpy(np.array(self.arrays["topk_classes"][epoch, rows])).long()
         c = int(self.manifest["num_classes"])
         rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(1e-8) / max(c - probs.shape[1], 1)
         logits = rest.log().expand(-1, c).clone()
         logits.scatter_(1, classes, probs.clamp_min(1e-8).log())
-        return logits.to(device)
+        return _to(logits, device)
 
 
 class StoreWriter:
@@ -297,23 +308,26 @@ class StoreWriter:
     (``top_k`` >= ``num_classes``) or ``topk_probs.npy`` and ``topk_classes.npy``
     (0 < ``top_k`` < ``num_classes``), each ``shape = (epochs, views_per_epoch)`` first."""
 
-    def __init__(self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int) -> None:
-        fmt = np.lib.format
+    def __init__(
+        self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int, mode: str = "w+"
+    ) -> None:
+        """``mode`` ``"w+"`` creates the arrays; ``"r+"`` opens those another process created
+        (the other ranks of a split pass), to write their own rows."""
+
+        def array(name: str, dtype: Any, dims: tuple[int, ...]) -> np.ndarray:
+            if mode == "r+":
+                return np.load(out / name, mmap_mode="r+", allow_pickle=False)
+            return np.lib.format.open_memmap(out / name, "w+", dtype, dims)
+
         dt = label_dtype(num_classes)
-        self.arrays = {"top1": fmt.open_memmap(out / "top1.npy", "w+", dt, shape)}
+        self.arrays = {"top1": array("top1.npy", dt, shape)}
         if top_k >= num_classes:
             self.kind = "logits"
-            self.arrays["logits"] = fmt.open_memmap(
-                out / "logits.npy", "w+", np.float16, (*shape, num_classes)
-            )
+            self.arrays["logits"] = array("logits.npy", np.float16, (*shape, num_classes))
         elif top_k > 0:
             self.kind = "topk"
-            self.arrays["topk_probs"] = fmt.open_memmap(
-                out / "topk_probs.npy", "w+", np.float16, (*shape, top_k)
-            )
-            self.arrays["topk_classes"] = fmt.open_memmap(
-                out / "topk_classes.npy", "w+", dt, (*shape, top_k)
-            )
+            self.arrays["topk_probs"] = array("topk_probs.npy", np.float16, (*shape, top_k))
+            self.arrays["topk_classes"] = array("topk_classes.npy", dt, (*shape, top_k))
         else:
             self.kind = "top1"
         self.top_k = top_k

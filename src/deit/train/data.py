@@ -85,7 +85,9 @@ def _loader(
 ) -> DataLoader:
     """Training loader (``batch_size``, last partial batch dropped) or evaluation loader
     (1.5 x ``batch_size``, as the official code). Its own generator (seeded by ``cfg.seed``)
-    seeds the workers, so iterating it draws nothing from torch's global RNG (the model's)."""
+    seeds the workers, so iterating it draws nothing from torch's global RNG (the model's).
+    Workers persist across epochs (as timm's loaders): each view is keyed by the sampler, which
+    runs in this process, so the views do not depend on the workers' lifetime."""
     workers = cfg.num_workers
     return DataLoader(
         dataset,
@@ -95,7 +97,7 @@ def _loader(
         pin_memory=cfg.pin_mem and device.type == "cuda",
         drop_last=train,
         worker_init_fn=seed_worker if workers else None,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
 
@@ -137,11 +139,12 @@ def build_data(state: RunState) -> None:
     state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
 
 
-def label_pass_state(cfg: Config) -> RunState:
+def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunState:
     """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
-    nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates."""
+    nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates (on
+    ``device``, default ``cfg.device`` resolved; each rank of a split pass gives its own)."""
     cfg = dataclasses.replace(cfg.validate())  # build_data fills in the model's defaults
-    device = resolve_device(cfg.device)
+    device = device if device is not None else resolve_device(cfg.device)
     state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
     build_data(state)
     return state

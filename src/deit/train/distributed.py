@@ -92,13 +92,19 @@ def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> 
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT (what a cluster scheduler sends before pre-emption)."""
+    """Set by SIGTERM/SIGINT (what a cluster scheduler sends before pre-emption).
 
-    def __init__(self, device: torch.device) -> None:
+    Polled after every step; in a process group the ranks agree on it (an all-reduce and a host
+    read, a synchronisation) only every ``every``-th poll, so that the steps between need not
+    wait for the device. Every rank polls as often, so they all stop after the same step."""
+
+    def __init__(self, device: torch.device, every: int = 1) -> None:
         self.device = device
+        self.every = max(int(every), 1)
         self.raised = False
         self.signum = 0  # the signal that stopped the run (for the exit status 128 + signum)
         self._old: dict[int, Any] = {}
+        self._polls = 0
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,6 +124,9 @@ class _StopFlag:
     def __call__(self) -> bool:
         if not dist.is_initialized():
             return self.raised
+        self._polls += 1
+        if self._polls % self.every:
+            return False
         flag = torch.tensor([float(self.raised)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
         return bool(flag.item())

@@ -123,7 +123,7 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
     last_epoch = cfg.epochs
     if max_epochs_this_run is not None:
         last_epoch = min(cfg.epochs, state.start_epoch + max_epochs_this_run)
-    stop = _StopFlag(state.device)
+    stop = _StopFlag(state.device, cfg.log_interval)
     stop.install()
     try:
         _epochs(state, last_epoch, progress, stop)

@@ -55,10 +55,22 @@ def build_model_and_teacher(state: RunState) -> None:
         tau=cfg.distillation_tau,
         kl_reduction=cfg.kl_reduction,
     )
-    state.eval_model = torch.compile(state.model) if cfg.compile else state.model
-    state.train_model = state.eval_model
-    if state.env.distributed:
-        state.train_model = wrap_ddp(state.eval_model, device, cfg.distillation_type)
+    state.train_model, state.eval_model = _wrappers(state.model, cfg, state.env.distributed, device)
+
+
+def _wrappers(
+    model: nn.Module, cfg: Config, distributed: bool, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """``(train_model, eval_model)``: the student (already on ``device``) DDP-wrapped when
+    ``distributed``, then compiled when ``cfg.compile`` -- in that order, as timm's
+    ``train.py`` does, so that TorchDynamo's DDP optimiser splits the graph at the gradient
+    buckets and the all-reduces overlap the backward pass; evaluation compiles the bare
+    student (no collectives)."""
+    train_model = wrap_ddp(model, device, cfg.distillation_type) if distributed else model
+    if not cfg.compile:
+        return train_model, model
+    eval_model = torch.compile(model)
+    return (torch.compile(train_model) if distributed else eval_model), eval_model
 
 
 def _open_teacher_labels(state: RunState) -> None:

@@ -1,0 +1,369 @@
+"""The CUDA paths' logic, checked on the CPU (gloo, monkeypatching, the meta device): the device
+set before the process group, DDP after ``.to(device)`` and before ``torch.compile``,
+``set_epoch`` every epoch (repeated augmentation too), evaluation summed by image counts,
+checkpoints written by rank 0 only and read with ``map_location``, the GradScaler with fp16 only
+and ``unscale_`` before clipping, autocast's ``device_type``, the teacher in eval mode without
+gradients under DDP, the learning rate scaled by the global batch, persistent loader workers and
+the stop flag's all-reduce only every log interval. The same on a GPU: ``tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import deit
+from deit.config import Config
+from deit.engine import StepOptions, _backward_and_step
+from deit.precision import Precision, resolve_precision
+from deit.train import DistEnv, RunState, build_optimisation, init_distributed, run
+from deit.train import model as train_model_mod
+from deit.train.distributed import _StopFlag
+
+STUDENT = "deit_pico_distilled_patch7_28"
+
+
+def _cfg(out: Path | str = "", **kw: object) -> Config:
+    """16 digits at 28 px, batch 4 (4 steps per epoch), no evaluation, no EMA, on the CPU."""
+    base = dict(
+        model=STUDENT,
+        input_size=28,
+        data_set="digits",
+        train_subset=16,
+        batch_size=4,
+        epochs=1,
+        warmup_epochs=0,
+        num_workers=0,
+        output_dir=str(out),
+        model_ema=False,
+        repeated_aug=False,
+        eval_interval=0,
+        pin_mem=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def test_cuda_device_is_set_before_the_process_group(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(f"set_device {d}"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, **kw: calls.append(f"init {backend}")
+    )
+    env, device = init_distributed("auto")
+    assert device == torch.device("cuda", 1) and env == DistEnv(1, 2, 1, True)
+    assert calls == ["set_device cuda:1", "init nccl"]
+
+
+def _meta_state(**kw: object) -> RunState:
+    cfg = _cfg(**kw).validate()
+    state = RunState(
+        cfg, DistEnv(0, 2, 0, True), torch.device("meta"), Precision("fp32", None, "cpu"), None
+    )
+    state.class_names = list("abcd")
+    return state
+
+
+def test_ddp_wraps_the_student_after_it_is_on_the_device_then_compile(monkeypatch):
+    seen: list[tuple[str, torch.device]] = []
+
+    class Wrapped(nn.Module):
+        def __init__(self, kind: str, inner: nn.Module) -> None:
+            super().__init__()
+            self.kind, self.inner = kind, inner
+
+    def ddp(model, device, distillation_type):
+        seen.append(("ddp", next(model.parameters()).device))
+        return Wrapped("ddp", model)
+
+    monkeypatch.setattr(train_model_mod, "wrap_ddp", ddp)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: Wrapped("compiled", m))
+    state = _meta_state()  # the meta device: a model not moved yet would still be on the CPU
+    train_model_mod.build_model_and_teacher(state)
+    assert seen == [("ddp", torch.device("meta"))]
+    assert state.train_model.kind == "ddp" and state.train_model.inner is state.model
+    assert state.eval_model is state.model  # evaluation: no collectives
+    state = _meta_state(compile=True)
+    train_model_mod.build_model_and_teacher(state)
+    t, e = state.train_model, state.eval_model
+    assert (t.kind, t.inner.kind, t.inner.inner) == ("compiled", "ddp", state.model)
+    assert (e.kind, e.inner) == ("compiled", state.model)
+
+
+@pytest.mark.parametrize("repeated_aug", [False, True])
+def test_sampler_set_epoch_every_epoch(repeated_aug, monkeypatch, tmp_path):
+    from deit.data import transforms
+
+    epochs: list[tuple[str, int]] = []
+    for cls in (transforms.SeededRepeatAugSampler, torch.utils.data.DistributedSampler):
+        orig = cls.set_epoch
+
+        def record(self, epoch, _orig=orig):
+            epochs.append((type(self).__name__, int(epoch)))
+            return _orig(self, epoch)
+
+        monkeypatch.setattr(cls, "set_epoch", record)
+    cfg = _cfg(tmp_path, epochs=3, batch_size=8, repeated_aug=repeated_aug, drop_path=0.0)
+    assert run(cfg, progress=False)["status"] == "completed"
+    name = "SeededRepeatAugSampler" if repeated_aug else "DistributedSampler"
+    assert epochs == [(name, 0), (name, 1), (name, 2)]
+
+
+def test_repeated_aug_order_changes_with_set_epoch():
+    from deit.data.transforms import build_sampler
+
+    s = build_sampler(list(range(32)), True, repeated_aug=True, num_repeats=3, seed=0)
+    s.set_epoch(0)
+    a = list(s)
+    s.set_epoch(1)
+    assert list(s) != a
+    s.set_epoch(0)
+    assert list(s) == a
+
+
+def test_gradscaler_with_fp16_only(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device: made.append(device) or "scaler")
+    for name, dtype, scaler in (
+        ("fp32", None, None),
+        ("bf16", torch.bfloat16, None),
+        ("fp16", torch.float16, "scaler"),
+    ):
+        cfg = _cfg(amp="fp32").validate()
+        state = RunState(cfg, DistEnv(), torch.device("cpu"), Precision(name, dtype, "cuda"), None)
+        state.model = nn.Linear(3, 2)
+        state.loader_train = [0, 1]  # two batches: the schedule's length
+        build_optimisation(state)
+        assert state.scaler == scaler, name
+    assert made == ["cpu"]  # the run's device type
+
+
+def test_unscale_before_clipping(monkeypatch):
+    calls: list[str] = []
+
+    class Scaler:
+        def scale(self, loss):
+            calls.append("scale")
+            return loss
+
+        def unscale_(self, opt):
+            calls.append("unscale_")
+
+        def step(self, opt):
+            calls.append("step")
+
+        def update(self):
+            calls.append("update")
+
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda p, c: calls.append(f"clip {c}"))
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(torch.ones(1, 3)).sum()
+    _backward_and_step(loss, model, opt, StepOptions(scaler=Scaler(), clip_grad=0.5))
+    assert calls == ["scale", "unscale_", "clip 0.5", "step", "update"]
+
+
+def test_autocast_device_type_is_the_type_not_the_device():
+    p = resolve_precision("bf16", torch.device("cuda", 1))  # no CUDA needed to resolve it
+    assert p.device_type == "cuda" and p.dtype is torch.bfloat16
+    with pytest.warns(UserWarning):  # CUDA autocast without CUDA: made (no error), disabled
+        ctx = p.autocast()
+    assert ctx.device == "cuda"
+    assert resolve_precision("bf16", "cpu").autocast().device == "cpu"
+    assert resolve_precision("auto", "cpu").dtype is None  # CPU auto: fp32
+
+
+def test_checkpoints_are_read_onto_the_cpu(monkeypatch, tmp_path):
+    from deit.checkpoints import RunCheckpoint, read_weights, safe_load, safe_torch_load
+
+    run(_cfg(tmp_path), progress=False)
+    seen = []
+    load = torch.load
+
+    def recording(*a, **kw):
+        seen.append(kw.get("map_location"))
+        return load(*a, **kw)
+
+    monkeypatch.setattr(safe_load.torch, "load", recording)
+    safe_torch_load(tmp_path / "checkpoint.pth")
+    RunCheckpoint.load(tmp_path / "checkpoint.pth")
+    read_weights(tmp_path / "checkpoint.pth")
+    assert seen == ["cpu"] * 3
+
+
+def test_lr_scaled_by_the_global_batch():
+    from deit.optim import build_optimizer
+
+    cfg = _cfg(lr=5e-4, batch_size=64).validate()
+    for world in (1, 4):
+        opt = build_optimizer(cfg, nn.Linear(3, 2), world_size=world)
+        assert opt.param_groups[0]["lr"] == pytest.approx(5e-4 * 64 * world / 512)
+
+
+def test_loader_workers_persist(monkeypatch):
+    from deit.train.data import _loader
+
+    data = list(range(8))
+    sampler = torch.utils.data.SequentialSampler(data)
+    for workers in (0, 2):
+        cfg = _cfg(num_workers=workers)
+        loader = _loader(data, sampler, cfg, torch.device("cpu"), train=True)
+        assert loader.persistent_workers is (workers > 0)
+
+
+def test_stop_flag_all_reduces_only_every_log_interval(monkeypatch):
+    reduced = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op: reduced.append(float(t)))
+    stop = _StopFlag(torch.device("cpu"), every=3)
+    answers = []
+    for i in range(7):
+        if i == 4:
+            stop._handle(15, None)
+        answers.append(stop())
+    assert answers == [False, False, False, False, False, True, False]
+    assert reduced == [0.0, 1.0]  # polls 3 and 6
+
+
+def _two_ranks(rank: int, world: int, tmp: Path, teacher: str) -> None:
+    """One of two gloo processes: an evaluation over unequal shares, then a distilled
+    ``deit.train.run``; what it saw goes to ``tmp/rank<r>.json``."""
+    from deit.checkpoints import RunCheckpoint
+    from deit.engine import evaluate
+    from deit.teacher.frozen import Teacher
+    from deit.train import optimisation
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp / 'init'}", rank=rank, world_size=world
+    )
+    # rank 0: 3 images, all right; rank 1: 1 image, wrong -> 75 % (a mean of means: 50 %)
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    x = torch.tensor([[1.0, 0.0]] * (3 if rank == 0 else 1))
+    y = torch.tensor([0] * 3 if rank == 0 else [1])
+    record: dict = {"acc1": evaluate(model, [(x, y)], torch.device("cpu"))["acc1"]}
+    record["saves"], record["teacher"], record["world"] = [], [], []
+    save = RunCheckpoint.save
+
+    def counted_save(self, path):
+        record["saves"].append(Path(path).name)
+        return save(self, path)
+
+    logits = Teacher._logits  # inside the teacher's no_grad / inference_mode (any fast path)
+
+    def watched(self, x, run_model):
+        out = logits(self, x, run_model)
+        record["teacher"].append([torch.is_grad_enabled(), self.model.training, out.requires_grad])
+        return out
+
+    build = optimisation.build_optimizer
+
+    def built(cfg, model, world_size=1, lr=None):
+        opt = build(cfg, model, world_size=world_size, lr=lr)
+        record["world"].append([world_size, opt.param_groups[0]["lr"]])
+        return opt
+
+    RunCheckpoint.save, Teacher._logits, optimisation.build_optimizer = counted_save, watched, built
+    cfg = _cfg(
+        tmp / "out",
+        distillation_type="hard",
+        teacher_model="test_resnet",
+        teacher_path=teacher,
+        batch_size=4,
+        lr=5e-4,
+        epochs=2,
+    )
+    run(cfg, progress=False)
+    (tmp / f"rank{rank}.json").write_text(json.dumps(record))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_eval_counts_rank0_writes_teacher_frozen_lr_global(tmp_path):
+    torch.manual_seed(3)
+    cnn = deit.build_classifier("test_resnet", 10)
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": cnn.state_dict(), "model_name": "test_resnet", "num_classes": 10}, teacher)
+    mp.spawn(_two_ranks, args=(2, tmp_path, str(teacher)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["acc1"] == r1["acc1"] == pytest.approx(75.0)  # summed by image counts
+    # by rank 0 only: checkpoint.pth after each epoch, best_checkpoint.pth after the evaluation
+    assert r0["saves"] == ["checkpoint.pth"] * 2 + ["best_checkpoint.pth"] and r1["saves"] == []
+    assert (tmp_path / "out" / "checkpoint.pth").is_file()
+    for r in (r0, r1):
+        assert r["teacher"] and all(t == [False, False, False] for t in r["teacher"])
+        assert r["world"] == [[2, pytest.approx(5e-4 * 4 * 2 / 512)]]  # lr x global batch / 512
+
+
+def _label_rank(rank: int, world: int, tmp: Path, teacher: str) -> None:
+    from deit.label_pass import compute_teacher_labels
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp / 'init'}", rank=rank, world_size=world
+    )
+    compute_teacher_labels(
+        _label_cfg(teacher), tmp / "split", top_k=10, teacher_batch_size=8, progress=False
+    )
+    dist.destroy_process_group()
+
+
+def _label_cfg(teacher: str) -> Config:
+    return _cfg(
+        epochs=2,
+        train_subset=40,
+        batch_size=4,
+        mixup=0.8,
+        cutmix=1.0,
+        distillation_type="hard",
+        teacher_model="test_resnet",
+        teacher_path=teacher,
+        teacher_precision="fp32",
+    )
+
+
+def test_label_pass_split_over_two_ranks_equals_one_process(tmp_path):
+    import numpy as np
+
+    from deit.label_pass import compute_teacher_labels
+
+    torch.manual_seed(3)
+    cnn = deit.build_classifier("test_resnet", 10)
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"model": cnn.state_dict(), "model_name": "test_resnet", "num_classes": 10}, teacher)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same kernels, bit-equal logits
+    try:
+        one = compute_teacher_labels(
+            _label_cfg(str(teacher)),
+            tmp_path / "one",
+            top_k=10,
+            teacher_batch_size=8,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_label_rank, args=(2, tmp_path, str(teacher)), nprocs=2, join=True)
+    split = json.loads((tmp_path / "split" / "manifest.json").read_text())
+    assert split["processes"] == 2 and split["views_per_epoch"] == one["views_per_epoch"] == 40
+    for name in ("top1.npy", "logits.npy"):
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "split" / name)
+        assert a.shape == b.shape and np.array_equal(a, b), name  # both ranks' rows: 5 chunks
