@@ -212,7 +212,7 @@ def test_cli_flag_spellings(capsys: pytest.CaptureFixture) -> None:
     )
     c = config_from_args(args)
     notes = capsys.readouterr().err.strip().splitlines()
-    assert len(notes) == 4 and notes[0].startswith("deit: note: --start_epoch is not used: ")
+    assert len(notes) == 4 and notes[0].startswith("note: --start_epoch is not used: ")
     assert (c.model, c.input_size, c.drop_path, c.opt) == ("deit_small_patch16_224", 96, 0.2, "sgd")
     assert (c.weight_decay, c.sched, c.warmup_epochs, c.smoothing, c.aa) == (
         0.01,

@@ -148,7 +148,7 @@ def test_checkpoint_without_class_names_falls_back_and_says_so(setup, tmp_path, 
     ck = write_run_checkpoint(tmp_path / "nonames.pth", model, class_names=None)
     assert main(["predict", str(ck), str(imgs / "grey"), "--topk", "2"]) == 0
     out, err = capsys.readouterr()
-    assert "deit predict: note: The checkpoint has no class names: class indices are used" in err
+    assert "note: The checkpoint has no class names: class indices are used" in err
     lines = out.splitlines()
     assert lines[0].split() == ["image", "top-1", "top-2"]
     assert len(lines) == 2 + 4

@@ -47,10 +47,12 @@ def _notes_as_lines() -> Iterator[None]:
         yield
 
 
-def _print_notes(caught: list[warnings.WarningMessage], command: str) -> None:
+def _print_notes(caught: list[warnings.WarningMessage]) -> None:
+    """Print each distinct user warning of ``caught`` as ``note: <message>`` (the one form of
+    every note of every command)."""
     seen = set()
     for w in caught:
         msg = str(w.message)
         if msg not in seen and issubclass(w.category, UserWarning):
             seen.add(msg)
-            print(f"deit {command}: note: {msg}", file=sys.stderr)
+            print(f"note: {msg}", file=sys.stderr)

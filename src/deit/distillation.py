@@ -41,6 +41,7 @@ from torch import nn
 
 # the frozen wrapper depends on the models only: the loss sits above it, the rest of the
 # teacher package (building, fast path, label store) does not import the loss
+from ._choices import DISTILLATION_TYPES, KL_REDUCTIONS
 from .teacher.frozen import Teacher
 
 __all__ = [
@@ -50,12 +51,6 @@ __all__ = [
     "LossOutput",
     "check_student",
 ]
-
-#: Accepted values of ``distillation_type`` (the official ``--distillation-type`` choices).
-DISTILLATION_TYPES = ("none", "soft", "hard")
-#: Normalisations of the soft (KL) term: ``"mean"`` divides the summed KL by ``B * C`` (official
-#: DeiT code), ``"batchmean"`` by ``B`` (the mathematical KL per sample; timm's token distillation).
-KL_REDUCTIONS = ("mean", "batchmean")
 
 
 def _check_type(distillation_type: str) -> None:

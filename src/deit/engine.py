@@ -18,6 +18,7 @@ import torch.distributed as dist
 from timm.utils import unwrap_model
 from torch import nn
 
+from ._choices import EVAL_HEADS
 from .data.transforms import mix_batch
 from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
 
@@ -33,10 +34,6 @@ __all__ = [
     "evaluate",
     "unwrap_model",
 ]
-
-#: What :func:`evaluate` reports as ``acc1``/``acc5``/``loss`` for a distilled model: the
-#: averaged heads (the paper's late fusion, section 5.2), the class head or the distillation head.
-EVAL_HEADS = ("both", "cls", "dist")
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._choices import EXPORT_FORMATS
 from ._notes import _print_notes
 from ._optional import require
 from .checkpoints import CheckpointError, ModelInfo
@@ -37,7 +38,7 @@ from .predict import ModelLike, _set_head, info_from_model, resolve_model
 __all__ = ["FORMATS", "ExportError", "ExportResult", "InferenceWrapper", "export_model"]
 
 #: Export formats: ONNX (onnxruntime) and TorchScript (``torch.jit.trace``).
-FORMATS = ("onnx", "torchscript")
+FORMATS = EXPORT_FORMATS
 
 
 class ExportError(ValueError):
@@ -335,19 +336,6 @@ def _export(
     )
 
 
-def _parse_size(text: str) -> int | tuple[int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        nums = [int(p) for p in parts if p]
-    except ValueError:
-        nums = []
-    if len(nums) == 1 and nums[0] > 0:
-        return nums[0]
-    if len(nums) == 2 and min(nums) > 0:
-        return (nums[0], nums[1])
-    raise argparse.ArgumentTypeError(f"expected SIZE or HxW in pixels, got {text!r}")
-
-
 def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -360,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
             input_size=args.input_size,
             opset=args.opset,
         )
-    _print_notes(caught, "export")
+    _print_notes(caught)
     runtime = "onnxruntime" if result.format == "onnx" else "torch.jit.load"
     print(
         f"exported {result.format} ({result.exporter}, head {result.head}) to {result.path}: "
@@ -371,23 +359,3 @@ def _run(args: argparse.Namespace) -> int:
         f"max abs difference {result.max_abs_diff:.3g}"
     )
     return 0
-
-
-def add_subcommand(sub: argparse._SubParsersAction) -> None:
-    """Register ``deit export`` on the ``deit`` parser's subparsers."""
-    p = sub.add_parser(
-        "export",
-        help="export a checkpoint to ONNX or TorchScript (checked against PyTorch)",
-        description="Export the inference output (distilled: both heads averaged unless "
-        "--head) with a dynamic batch axis, then check it against PyTorch on a random batch.",
-    )
-    p.add_argument("checkpoint", help="checkpoint written by deit train, or any weights file")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="default onnx")
-    p.add_argument("--output", required=True, help="file to write (.onnx / .pt)")
-    p.add_argument("--head", choices=HEAD_CHOICES, default="both", help="distilled models")
-    p.add_argument("--model", help="architecture of a weights file without metadata")
-    p.add_argument(
-        "--input-size", type=_parse_size, help="SIZE or HxW, for models that do not record it"
-    )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.set_defaults(func=_run)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .config import Config, add_config_args, config_from_args
+from .config import Config, config_from_args
 from .data.transforms import mix_batch
 from .teacher.for_run import build_run_teacher
 from .teacher.frozen import Teacher
@@ -29,7 +29,7 @@ from .train.data import label_pass_state
 from .train.distributed import DistEnv, init_distributed
 from .train.state import RunState
 
-__all__ = ["add_subcommand", "compute_teacher_labels"]
+__all__ = ["compute_teacher_labels"]
 
 
 def _teacher_pass(
@@ -206,24 +206,3 @@ def _labels_cmd(args: argparse.Namespace) -> int:
         f"{m['teacher_seconds']:.1f} s of teacher forward; store in {args.output}"
     )
     return 0
-
-
-def add_subcommand(sub: argparse._SubParsersAction) -> None:
-    """Register ``deit teacher-labels`` (every training flag, plus ``--output``, ``--top-k``,
-    ``--teacher-batch-size``)."""
-    p = sub.add_parser(
-        "teacher-labels",
-        help="run the teacher once over every training view of a run and store its labels",
-        description="Compute a teacher-label store for `deit train --teacher-labels DIR`.",
-    )
-    p.add_argument("--output", required=True, metavar="DIR", help="folder of the store")
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also store the top-K probabilities (fp16); K >= classes: full fp16 logits",
-    )
-    p.add_argument("--teacher-batch-size", type=int, default=256, help="images per teacher forward")
-    add_config_args(p)
-    p.set_defaults(func=_labels_cmd)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ._choices import AMP, TEACHER_PRECISIONS
+
 __all__ = [
     "AMP",
     "Precision",
@@ -25,14 +27,6 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
 ]
-
-
-#: Values of ``--amp``: ``auto`` picks per device (see :func:`resolve_precision`).
-AMP = ("auto", "fp32", "bf16", "fp16")
-#: Values of ``--teacher-precision`` (the frozen teacher's number format, see
-#: :func:`deit.teacher.optimize_teacher`): ``auto`` picks the hardware's native reduced format
-#: when its targets match fp32's.
-TEACHER_PRECISIONS = ("fp32", "auto", "bf16", "fp16", "int8")
 
 
 @functools.lru_cache(maxsize=1)

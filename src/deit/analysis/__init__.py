@@ -18,7 +18,7 @@ Shapes: images ``(B, C, H, W)``, tokens ``(B, N, D)`` with ``N = prefix + patche
 
 from .attention import TOKEN_NAMES, attention_maps, attention_rollout, collect_attention
 from .figures import attention_figure, similarity_figure
-from .run import add_subcommand, analyze, format_summary
+from .run import analyze, format_summary
 from .similarity import (
     PAPER_HEAD_SIMILARITY,
     PAPER_TOKEN_SIMILARITY,
@@ -41,5 +41,4 @@ __all__ = [
     "similarity_figure",
     "analyze",
     "format_summary",
-    "add_subcommand",
 ]

@@ -40,7 +40,7 @@ from .measure import (
     time_call,
 )
 from .report import format_table, plot_throughput_accuracy, write_csv, write_json
-from .run import add_subcommand, run_benchmark
+from .run import run_benchmark
 
 __all__ = [
     "OFFICIAL_MODELS",
@@ -48,7 +48,6 @@ __all__ = [
     "PAPER_THROUGHPUT",
     "PRECISIONS",
     "BenchmarkResult",
-    "add_subcommand",
     "benchmark_model",
     "count_flops",
     "count_gmacs",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._choices import PRECISIONS
 from ..inference import optimize_for_inference
 from ..precision import fast_bf16_available
 from .flops import _input_channels, _input_hw, _unwrap, count_gmacs
@@ -51,7 +52,6 @@ PAPER_THROUGHPUT = dict(
     zip(OFFICIAL_MODELS, (2536.0, 940.0, 292.0, 85.9, 2529.0, 936.0, 290.0, 85.8))
 )
 #: Accepted ``precision`` values.
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEFAULT_CPU_BATCH = 32
 

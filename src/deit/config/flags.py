@@ -137,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     origin.update({k: f"With {_flag(k)}" for k in flags})
     for name, why in RETIRED.items():
         if f"retired_{name}" in ns:
-            print(f"deit: note: --{name} is not used: {why}.", file=sys.stderr)
+            print(f"note: --{name} is not used: {why}.", file=sys.stderr)
     try:
         return Config.from_dict(merged)
     except ConfigError as e:

@@ -27,10 +27,14 @@ from pydantic import (
     ValidationError,
 )
 
-from ..data.inat import INAT_CATEGORIES
-from ..distillation import DISTILLATION_TYPES, KL_REDUCTIONS
-from ..engine import EVAL_HEADS
-from ..precision import AMP, TEACHER_PRECISIONS
+from .._choices import (
+    AMP,
+    DISTILLATION_TYPES,
+    EVAL_HEADS,
+    INAT_CATEGORIES,
+    KL_REDUCTIONS,
+    TEACHER_PRECISIONS,
+)
 from .checks import all_checks, value_checks
 from .errors import ConfigError
 from .yamlfile import load_yaml_dict

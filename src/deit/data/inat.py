@@ -10,23 +10,12 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .._choices import INAT_CATEGORIES
 from .files import _SkipMixin
 from .images import load_rgb
 from .info import _INFO, DatasetInfo, _split_dir
 
 __all__ = ["INAT_CATEGORIES", "INatDataset"]
-
-#: Levels of the iNaturalist taxonomy selectable with ``category=`` (official ``--inat-category``).
-INAT_CATEGORIES = (
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "supercategory",
-    "family",
-    "genus",
-    "name",
-)
 
 
 class INatDataset(_SkipMixin, Dataset):

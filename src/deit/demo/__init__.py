@@ -6,11 +6,29 @@ paired intervals over seeds), :mod:`.report` (``results.md``), :mod:`.figures` a
 (:func:`run_demo` and the ``deit demo`` flags; the design in full is that module's docstring).
 """
 
-from .figures import curve_figure, top1_figure
-from .report import markdown
-from .run import add_subcommand, run_demo
-from .settings import HARD, LEADING, NONE, PAPER_SOFT, TEACHER, DemoSettings, Variant
-from .stats import paired_interval, summarize
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it (imported on first use, so that ``deit demo
+#: --help`` builds from :mod:`~deit.demo.run` without importing torch).
+_EXPORTS = {
+    "Variant": "settings",
+    "TEACHER": "settings",
+    "NONE": "settings",
+    "HARD": "settings",
+    "PAPER_SOFT": "settings",
+    "LEADING": "settings",
+    "DemoSettings": "settings",
+    "paired_interval": "stats",
+    "summarize": "stats",
+    "run_demo": "run",
+    "top1_figure": "figures",
+    "curve_figure": "figures",
+    "markdown": "report",
+    "add_subcommand": "run",
+}
 
 __all__ = [
     "Variant",
@@ -28,3 +46,16 @@ __all__ = [
     "markdown",
     "add_subcommand",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule defining a public name on its first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

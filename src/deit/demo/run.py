@@ -29,7 +29,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..baselines import fit_baselines
 from .figures import curve_figure, top1_figure
 from .report import machine, markdown
 from .settings import DemoSettings
@@ -78,6 +77,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     def say(msg: str) -> None:
         if s.progress:
             print(f"[demo {time.time() - start:5.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    from ..baselines import fit_baselines  # numpy, scikit-learn: not for `deit demo --help`
 
     runs, passes = _execute(s, _jobs(s, out), say)
     _prune(s, runs)

@@ -11,12 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._choices import HEAD_CHOICES
 from .vision_transformer import VisionTransformer
 
 __all__ = ["DistilledVisionTransformer", "HEAD_CHOICES"]
-
-#: Which output a distilled model gives in inference: both heads averaged, or one alone.
-HEAD_CHOICES = ("both", "cls", "dist")
 
 
 class DistilledVisionTransformer(VisionTransformer):

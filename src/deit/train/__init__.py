@@ -11,15 +11,28 @@ step: :func:`build_data` (:mod:`~deit.train.data`), :func:`build_model_and_teach
 
 from __future__ import annotations
 
-from .checkpointing import resume, save
-from .cli import add_subcommand
-from .data import build_data, label_pass_state
-from .distributed import DistEnv, init_distributed, wrap_ddp
-from .loop import fit
-from .model import build_model_and_teacher
-from .optimisation import build_optimisation
-from .runner import run
-from .state import BEST, LAST, RunState
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it (imported on first use, so that the command line
+#: builds ``deit train``'s flags from :mod:`~deit.train.cli` without importing torch).
+_EXPORTS = {
+    "BEST": "state",
+    "LAST": "state",
+    "DistEnv": "distributed",
+    "RunState": "state",
+    "add_subcommand": "cli",
+    "build_data": "data",
+    "build_model_and_teacher": "model",
+    "build_optimisation": "optimisation",
+    "fit": "loop",
+    "init_distributed": "distributed",
+    "label_pass_state": "data",
+    "resume": "checkpointing",
+    "run": "runner",
+    "save": "checkpointing",
+    "wrap_ddp": "distributed",
+}
 
 __all__ = [
     "BEST",
@@ -38,3 +51,16 @@ __all__ = [
     "save",
     "wrap_ddp",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule defining a public name on its first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

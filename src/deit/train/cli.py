@@ -1,4 +1,6 @@
-"""``deit train``: flags to a :class:`deit.config.Config`, then :func:`deit.train.run`."""
+"""``deit train``: flags to a :class:`deit.config.Config`, then :func:`deit.train.run`.
+
+Imports no torch until the command runs (see :mod:`deit.commands`)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,18 @@ import argparse
 import os
 import sys
 
-import torch.distributed as dist
-
 from ..config import add_config_args, config_from_args
-from ..engine import NonFiniteLossError
-from .runner import run
 
 __all__ = ["add_subcommand"]
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
+    # torch is imported here, not above: the parser (help, argument errors) is built without it
+    import torch.distributed as dist
+
+    from ..engine import NonFiniteLossError
+    from .runner import run
+
     cfg = config_from_args(args)
     try:
         result = run(cfg, progress=not args.no_progress)

@@ -11,10 +11,10 @@ output folder is locked (:mod:`deit.train.lock`): a second run into it is refuse
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from typing import Any
 
+from .._json import dumps
 from .._rng import seed_everything
 from ..config import Config
 from ..precision import resolve_precision
@@ -69,10 +69,11 @@ def run(
             state.final = _evaluate(state, state.eval_model, state.teacher)
             state.status = "evaluated"
             if state.env.is_main:
-                print(json.dumps({f"test_{k}": v for k, v in state.final.items()}))
+                print(dumps({f"test_{k}": v for k, v in state.final.items()}))
         else:
             _open_output(state)
-            try:
+            _warmup_note(state)  # after every input is checked: a run that cannot start
+            try:  # prints its error alone
                 fit(state, max_epochs_this_run, progress)
             finally:
                 if state.writer is not None:
@@ -105,13 +106,6 @@ def _start(cfg: Config) -> RunState:
             lock.release(remove_created=True)
         raise
     out = checked if env.is_main else None
-    if env.is_main and not cfg.eval and cfg.warmup_epochs >= cfg.epochs:
-        print(
-            f"note: the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
-            "than the run, so the learning rate never reaches --lr; lower "
-            "--warmup-epochs.",
-            file=sys.stderr,
-        )
     seed_everything(cfg.seed + env.rank)
     state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
     state.lock = lock
@@ -124,4 +118,16 @@ def _check_teacher_given(cfg: Config) -> None:
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
             "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
             "or --teacher-labels with a store of its labels."
+        )
+
+
+def _warmup_note(state: RunState) -> None:
+    """Note a warm-up as long as the run (the learning rate never reaches ``--lr``)."""
+    cfg = state.cfg
+    if state.env.is_main and cfg.warmup_epochs >= cfg.epochs:
+        print(
+            f"note: the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
+            "than the run, so the learning rate never reaches --lr; lower "
+            "--warmup-epochs.",
+            file=sys.stderr,
         )
