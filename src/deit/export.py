@@ -19,6 +19,7 @@ the maximum absolute difference is returned (and printed by the CLI).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from torch import nn
 from ._choices import EXPORT_FORMATS
 from ._notes import _print_notes
 from ._optional import require
+from ._write import atomic_write_bytes
 from .checkpoints import CheckpointError, ModelInfo
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES
@@ -115,31 +117,36 @@ def _input_shape(
     return int(in_chans), int(size[0]), int(size[1])
 
 
-def _export_onnx(wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, exporter: str) -> str:
+def _export_onnx(
+    wrapper: nn.Module, x: torch.Tensor, opset: int, exporter: str
+) -> tuple[bytes, str]:
+    """The ONNX file's bytes (kept in memory: checked before anything is written) and the
+    exporter that made them."""
     errors = []
     common = dict(input_names=["images"], output_names=["logits"])
     if exporter in ("auto", "torchscript"):
         try:
+            buffer = io.BytesIO()
             torch.onnx.export(
                 wrapper,
                 (x,),
-                str(path),
+                buffer,
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
                 **common,
             )
-            return "torchscript-onnx"
+            return buffer.getvalue(), "torchscript-onnx"
         except Exception as e:  # noqa: BLE001 - removed or failing legacy exporter: try dynamo
             if exporter != "auto":
                 raise ExportError(f"The TorchScript-based ONNX exporter failed: {e}") from None
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(
+        program = torch.onnx.export(
             wrapper,
             (x,),
-            str(path),
+            None,
             dynamic_shapes={"images": {0: batch}},
             opset_version=max(opset, 18),
             dynamo=True,
@@ -147,18 +154,18 @@ def _export_onnx(wrapper: nn.Module, x: torch.Tensor, path: Path, opset: int, ex
             verbose=False,
             **common,
         )
-        return "dynamo-onnx"
+        return program.model_proto.SerializeToString(), "dynamo-onnx"
     except Exception as e:  # noqa: BLE001
         errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
         raise ExportError(f"ONNX export failed ({'; '.join(errors)}).") from None
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_onnx(model: bytes, x: torch.Tensor) -> torch.Tensor:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     (out,) = sess.run(["logits"], {"images": x.numpy()})
     return torch.from_numpy(out)
 
@@ -211,7 +218,10 @@ def export_model(
         ValueError: unknown format/head/exporter, an ``output`` that is a folder, or an input
             size that is not given and cannot be told (a weights file without metadata and no
             ``model_name`` / ``input_size``).
-        ExportError: the exporter failed, or the parity check did (the file is removed).
+        ExportError: the exporter failed, or the parity check did (nothing is written: the
+            file is checked in memory first).
+        WriteError: (an ``OSError``) the disk is full or the folder cannot be written: one
+            sentence; a previous ``output`` is left as it was.
         deit.checkpoints.CheckpointError: the checkpoint cannot be read.
     """
     _check_options(format, exporter, head)
@@ -297,7 +307,6 @@ def _export(
     exporter: str,
 ) -> ExportResult:
     wrapper = InferenceWrapper(model.float(), head).eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(trace_batch, *shape, generator=gen)
     x_check = torch.randn(check_batch, *shape, generator=gen)
@@ -305,26 +314,27 @@ def _export(
         # Tracer warnings about shape reads and the deprecation notices of the exporters.
         warnings.simplefilter("ignore")
         if format == "onnx":
-            used = _export_onnx(wrapper, x, path, opset, exporter)
-            got = _run_onnx(path, x_check)
+            data, used = _export_onnx(wrapper, x, opset, exporter)
+            got = _run_onnx(data, x_check)
         else:
             try:
                 traced = torch.jit.trace(wrapper, x, check_trace=False)
-                torch.jit.save(traced, str(path))
+                buffer = io.BytesIO()
+                torch.jit.save(traced, buffer)
             except Exception as e:  # noqa: BLE001
                 raise ExportError(
                     f"TorchScript tracing failed ({type(e).__name__}: {str(e)[:160]})."
                 ) from None
-            used = "jit.trace"
-            got = torch.jit.load(str(path), map_location="cpu")(x_check)
+            used, data = "jit.trace", buffer.getvalue()
+            got = torch.jit.load(io.BytesIO(data), map_location="cpu")(x_check)
     ref = wrapper(x_check)
     diff = float((got.float() - ref.float()).abs().max())
     if got.shape != ref.shape or not diff <= atol:
-        path.unlink(missing_ok=True)
         raise ExportError(
             f"The exported {format} model does not reproduce PyTorch (output {tuple(got.shape)} "
             f"vs {tuple(ref.shape)}, max abs difference {diff:.3g} > {atol}); nothing was kept."
         )
+    atomic_write_bytes(path, data)  # whole or not at all; a full disk keeps the previous file
     return ExportResult(
         path=str(path),
         format=format,

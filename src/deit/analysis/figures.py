@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .._optional import require
+from .._write import atomic_write
 from .similarity import PAPER_TOKEN_SIMILARITY
 
 __all__ = ["attention_figure", "similarity_figure"]
@@ -134,5 +135,5 @@ def similarity_figure(values: Sequence[float], paper: bool = True):
 
 
 def _save(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return str(path)

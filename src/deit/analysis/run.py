@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._notes import _print_notes
+from .._write import atomic_write_text
 from ..checkpoints import ModelInfo
 from ..models import VisionTransformer
 from ..predict import (
@@ -127,7 +128,7 @@ def analyze(
         _analyze_batch(totals, vit, info, chunk, start, out, max_figures, device, t_model, t_info)
     summary = _summary(vit, info, files, totals, out)
     summary["teacher"] = t_info.model_name if t_info is not None else None
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

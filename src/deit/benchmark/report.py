@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from .._optional import require
+from .._write import atomic_write, atomic_write_text
 from .measure import BenchmarkResult
 
 __all__ = ["format_table", "plot_throughput_accuracy", "write_csv", "write_json"]
@@ -72,14 +74,12 @@ def _setting(r: BenchmarkResult) -> str:
 def write_csv(results: Sequence[BenchmarkResult], path: str | Path) -> None:
     """Write one row per result (every :class:`BenchmarkResult` field except per-run lists)."""
     rows = [{k: v for k, v in r.to_dict().items() if k != "throughput_runs"} for r in results]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        if not rows:
-            return
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    text = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def write_json(results: Sequence[BenchmarkResult], path: str | Path, **meta: Any) -> None:
@@ -96,9 +96,9 @@ def write_json(results: Sequence[BenchmarkResult], path: str | Path, **meta: Any
         "env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
         **meta,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": info, "results": [r.to_dict() for r in results]}, indent=2))
+    atomic_write_text(
+        path, json.dumps({"meta": info, "results": [r.to_dict() for r in results]}, indent=2)
+    )
 
 
 def _short_label(name: str) -> str:
@@ -167,6 +167,5 @@ def plot_throughput_accuracy(
     if other:
         fig.text(0.01, 0.01, "not plotted (no paper top-1): " + ", ".join(other), fontsize=7)
     fig.tight_layout(rect=(0, 0.03 if other else 0, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._write import atomic_write
 from ..models.vision_transformer import VisionTransformer
 
 __all__ = ["atomic_save", "save_weights"]
@@ -21,37 +20,23 @@ def atomic_save(obj: Any, path: str | Path, metadata: dict[str, str] | None = No
     """Write ``obj`` with ``torch.save`` (or safetensors for a ``.safetensors`` path) atomically.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed
-    over ``path``, so a crash never leaves a half-written checkpoint. ``metadata`` (text
-    key/values) goes into a safetensors file's header.
+    over ``path`` (:func:`deit._write.atomic_write`), so a crash, a full disk or a read-only
+    folder never leaves a half-written checkpoint and the previous one stays intact.
+    ``metadata`` (text key/values) goes into a safetensors file's header.
 
     Raises:
-        OSError: the folder cannot be written.
+        WriteError: (an ``OSError``) the disk is full or the folder cannot be written: one
+            sentence naming the folder, the bytes needed and free, and the previous file kept.
+        OSError: the folder cannot be written otherwise.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
 
-                f.write(save({k: v.contiguous() for k, v in obj.items()}, metadata=metadata))
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+        data = save({k: v.contiguous() for k, v in obj.items()}, metadata=metadata)
+        atomic_write(path, lambda f: f.write(data))
+    else:
+        atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .._write import atomic_write_text
 from .errors import ConfigError
 from .schema import Config
 
@@ -129,8 +130,7 @@ def get_preset(name: str) -> Config:
 def write_preset_yaml(name: str, path: str | Path) -> Path:
     """Write a preset's overrides as YAML (the files under ``configs/``); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = f"# DeiT preset '{name}': fields that differ from / restate the defaults of deit.config.Config.\n"
     header += f"# Use: deit train --config {path.name}  (or --preset {name})\n"
-    path.write_text(header + yaml.safe_dump(preset_overrides(name), sort_keys=False))
+    atomic_write_text(path, header + yaml.safe_dump(preset_overrides(name), sort_keys=False))
     return path

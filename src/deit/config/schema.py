@@ -35,6 +35,7 @@ from .._choices import (
     KL_REDUCTIONS,
     TEACHER_PRECISIONS,
 )
+from .._write import atomic_write_text
 from .checks import all_checks, value_checks
 from .errors import ConfigError
 from .yamlfile import load_yaml_dict
@@ -361,8 +362,9 @@ class Config:
     def to_yaml(self, path: str | Path) -> Path:
         """Write every field to a YAML file (parents created); returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False))
+        atomic_write_text(  # whole or not at all (a full disk: one sentence, the old file kept)
+            path, yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        )
         return path
 
     @classmethod

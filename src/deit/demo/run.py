@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .._write import atomic_write, atomic_write_text
 from .figures import curve_figure, top1_figure
 from .report import machine, markdown
 from .settings import DemoSettings
@@ -95,10 +96,11 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     }
     figure = curve_figure if len(s.train_images) > 1 else top1_figure
     path = out / ("data_efficiency.png" if len(s.train_images) > 1 else "top1.png")
-    figure(results).savefig(path, dpi=120)
+    fig = figure(results)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     results["figure"] = str(path)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.md", markdown(results))
     say(f"done in {results['seconds']:.0f} s; results in {out}")
     return results
 

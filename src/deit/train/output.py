@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+from .._write import atomic_write_bytes
 from ..config import Config, save_run_config
 from .distributed import DistEnv
 from .lock import OutputLock
@@ -148,8 +149,9 @@ def _tensorboard(out: Path, say: bool) -> SummaryWriter | None:
 def _write_log(out: Path | None, writer: SummaryWriter | None, log: dict[str, Any]) -> None:
     if out is None:
         return
-    with open(out / "log.txt", "a") as f:
-        f.write(json.dumps(log) + "\n")
+    path = out / "log.txt"  # rewritten whole (a few kB): a full disk never cuts a line short
+    before = path.read_bytes() if path.exists() else b""
+    atomic_write_bytes(path, before + (json.dumps(log) + "\n").encode())
     if writer is not None:
         for k, v in log.items():
             if k != "epoch" and isinstance(v, int | float):
