@@ -150,10 +150,15 @@ def _disk_cause(e: BaseException, recorded: OSError | None) -> OSError | None:
     return None
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Any], None],
+    shown: str | os.PathLike | None = None,
+) -> None:
     """Write ``path`` whole or not at all: ``write(f)`` writes the content to a binary file
     object ``f`` (a temporary file in the same folder, renamed over ``path`` once flushed and
-    fsynced). The folder is created when missing.
+    fsynced). The folder is created when missing. ``shown``: the file an error names, when
+    ``path`` is a staged file that becomes it (default ``path``).
 
     Raises:
         WriteError: the disk is full or the folder cannot be written (one sentence with the
@@ -178,7 +183,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
         cause = _disk_cause(e, recorded.error if recorded is not None else None)
         if cause is None:
             raise
-        raise write_error(path, cause, _size_of(write)) from None
+        raise write_error(shown or path, cause, _size_of(write)) from None
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -194,9 +199,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(
+    path: str | os.PathLike, text: str, shown: str | os.PathLike | None = None
+) -> None:
     """:func:`atomic_write` of ``text`` in UTF-8."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data), shown)
 
 
 def _allocate(fd: int, size: int) -> None:

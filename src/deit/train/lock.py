@@ -17,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 
+from .._write import _REASONS, write_error
+
 __all__ = ["LOCK_NAME", "OutputFolderBusyError", "OutputLock"]
 
 LOCK_NAME = ".deit-run.lock"
@@ -69,15 +71,20 @@ class OutputLock:
         Raises:
             OutputFolderBusyError: another live process (or a run of this one) holds the lock;
                 the sentence names its pid, host and start time and the fixes.
-            OSError: the folder or lock file cannot be created.
+            WriteError: (an ``OSError``) the folder is read-only or its disk full: one sentence.
+            OSError: the folder or lock file cannot be created otherwise.
         """
         folder = Path(folder)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
         created = _new_dirs(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             fd, previous = cls._lock(folder / LOCK_NAME, str(folder))
-        except BaseException:
+        except BaseException as e:
             _remove_dirs(created)
+            if isinstance(e, OSError) and e.errno in _REASONS:  # a read-only folder, a full disk
+                raise write_error(folder / LOCK_NAME, e, len(json.dumps(me))) from None
             raise
         note = ""
         if previous.get("unlocked"):
@@ -90,8 +97,6 @@ class OutputLock:
                 f"the output folder {str(folder)!r} was locked by {_who(previous)}, which ended "
                 "without releasing it (killed or crashed); the lock is taken over."
             )
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        me["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         return cls(folder / LOCK_NAME, fd, created, note)
