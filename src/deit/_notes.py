@@ -15,15 +15,19 @@ from pathlib import Path
 
 __all__ = ["print_note"]
 
-#: The notes printed during this command (each is printed once).
-_shown_notes: set[str] = set()
+#: The notes printed during this command (each is printed once); ``None`` outside a command
+#: (a Python caller): every note is printed.
+_shown_notes: set[str] | None = None
 
 
 def print_note(message: str) -> None:
-    """Print ``note: <message>`` on stderr unless this command has printed it already."""
-    if message not in _shown_notes:
+    """Print ``note: <message>`` on stderr (the one form of every note of every command),
+    unless this command has printed it already."""
+    if _shown_notes is not None:
+        if message in _shown_notes:
+            return
         _shown_notes.add(message)
-        print(f"note: {message}", file=sys.stderr)
+    print(f"note: {message}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -32,8 +36,9 @@ def _notes_as_lines() -> Iterator[None]:
     fine-tuning to another class count) with :func:`print_note`, like the commands' other
     notes, instead of Python's warning with its source line. Other warnings keep Python's
     format."""
+    global _shown_notes
     package = str(Path(__file__).parent) + os.sep
-    _shown_notes.clear()
+    outer, _shown_notes = _shown_notes, set()
     with warnings.catch_warnings():
         original = warnings.showwarning
 
@@ -44,7 +49,10 @@ def _notes_as_lines() -> Iterator[None]:
                 original(message, category, filename, lineno, file, line)
 
         warnings.showwarning = show
-        yield
+        try:
+            yield
+        finally:
+            _shown_notes = outer
 
 
 def _print_notes(caught: list[warnings.WarningMessage]) -> None:
@@ -55,4 +63,4 @@ def _print_notes(caught: list[warnings.WarningMessage]) -> None:
         msg = str(w.message)
         if msg not in seen and issubclass(w.category, UserWarning):
             seen.add(msg)
-            print(f"note: {msg}", file=sys.stderr)
+            print_note(msg)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 from typing import Any
 
+from .._notes import print_note
 from .errors import ConfigError
 from .presets import list_presets, preset_overrides
 from .schema import RETIRED, Config, check_config_file, field_kind
@@ -137,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     origin.update({k: f"With {_flag(k)}" for k in flags})
     for name, why in RETIRED.items():
         if f"retired_{name}" in ns:
-            print(f"note: --{name} is not used: {why}.", file=sys.stderr)
+            print_note(f"--{name} is not used: {why}.")
     try:
         return Config.from_dict(merged)
     except ConfigError as e:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from .._notes import print_note
 from .._rng import rng_state, set_rng_state
 from ..checkpoints import CheckpointError, RunCheckpoint
 from ..config import Config
@@ -74,10 +75,9 @@ def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
     others = [k for k in state.cfg.field_names() if k not in shaping]
     recipe = _resume_differences(state.cfg, ck, state.env.world_size, others)
     if recipe and state.env.is_main:  # e.g. a stronger augmentation from here on: allowed
-        print(
-            f"note: resumed with other settings than the checkpoint's ({'; '.join(recipe)}); "
-            "config.yaml records the new ones.",
-            file=sys.stderr,
+        print_note(
+            f"resumed with other settings than the checkpoint's ({'; '.join(recipe)}); "
+            "config.yaml records the new ones."
         )
     changed = _resume_differences(state.cfg, ck, state.env.world_size)
     if not changed:
@@ -94,9 +94,7 @@ def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
             f"--resume {path!r} was trained with other settings ({'; '.join(changed)}); {fix}."
         )
     if state.env.is_main:
-        print(
-            f"note: new schedule from epoch {ck.epoch + 1}: {'; '.join(changed)}.", file=sys.stderr
-        )
+        print_note(f"new schedule from epoch {ck.epoch + 1}: {'; '.join(changed)}.")
     return True
 
 
@@ -137,7 +135,7 @@ def resume(state: RunState) -> None:
     state.best_acc1, state.history = ck.best_acc1, list(ck.history)
     if rebuilt:  # the new schedule starts at the epoch boundary, counted in its own steps
         if ck.batches_done and env.is_main:
-            print(f"note: epoch {ck.epoch + 1} restarts from its beginning.", file=sys.stderr)
+            print_note(f"epoch {ck.epoch + 1} restarts from its beginning.")
         state.num_updates, state.skip_batches = ck.epoch * len(state.loader_train), 0
         state.partial_stats = None
     elif ck.rng and env.world_size == ck.world_size:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
+from .._notes import print_note
 from .._write import atomic_write_bytes
 from ..config import Config, save_run_config
 from .distributed import DistEnv
@@ -100,7 +100,7 @@ def _lock_output(cfg: Config, env: DistEnv) -> OutputLock | None:
     if error is not None:
         raise error
     if lock is not None and lock.note:
-        print(f"note: {lock.note}", file=sys.stderr)
+        print_note(lock.note)
     return lock
 
 
@@ -137,10 +137,9 @@ def _tensorboard(out: Path, say: bool) -> SummaryWriter | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         if say:
-            print(
-                "note: TensorBoard logging is off (log.txt has the same scalars); "
-                "pip install 'deit[tensorboard]' to turn it on.",
-                file=sys.stderr,
+            print_note(
+                "TensorBoard logging is off (log.txt has the same scalars); "
+                "pip install 'deit[tensorboard]' to turn it on."
             )
         return None
     return SummaryWriter(str(out / "tensorboard"))

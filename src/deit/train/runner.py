@@ -11,10 +11,10 @@ output folder is locked (:mod:`deit.train.lock`): a second run into it is refuse
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any
 
 from .._json import dumps
+from .._notes import print_note
 from .._rng import seed_everything
 from ..config import Config
 from ..precision import resolve_precision
@@ -125,9 +125,7 @@ def _warmup_note(state: RunState) -> None:
     """Note a warm-up as long as the run (the learning rate never reaches ``--lr``)."""
     cfg = state.cfg
     if state.env.is_main and cfg.warmup_epochs >= cfg.epochs:
-        print(
-            f"note: the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
-            "than the run, so the learning rate never reaches --lr; lower "
-            "--warmup-epochs.",
-            file=sys.stderr,
+        print_note(
+            f"the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
+            "than the run, so the learning rate never reaches --lr; lower --warmup-epochs."
         )
