@@ -17,6 +17,7 @@ import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .errors import CheckpointError
+from .finite import refuse_non_finite
 from .hf import convert_hf_deit
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
 from .safe_load import safe_torch_load
@@ -142,27 +143,6 @@ def _read_hf_folder(path: Path) -> Weights:
             "The Hugging Face pooler (pooler.dense) has no DeiT counterpart and was left out."
         )
     return Weights(convert_hf_deit(raw), str(path), meta=meta, notes=notes)
-
-
-def refuse_non_finite(sd: dict[str, torch.Tensor], source: str) -> None:
-    """Raise :class:`CheckpointError` naming ``source`` and its first tensor (state-dict order)
-    with a NaN or infinite value; weights like that make every output NaN.
-
-    Raises:
-        CheckpointError: one sentence with the file, the tensor key and its NaN/inf counts.
-    """
-    for key, value in sd.items():
-        if not (value.is_floating_point() or value.is_complex()):
-            continue
-        if bool(torch.isfinite(value).all()):
-            continue
-        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
-        counts = " and ".join(f"{n:,} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
-        raise CheckpointError(
-            f"{source!r} holds non-finite weights: tensor {key!r} has {counts} of its "
-            f"{value.numel():,} values; use a checkpoint saved before the values diverged, "
-            "or copy or download the file again."
-        )
 
 
 def read_weights(path: str | Path, use_ema: bool = False) -> Weights:

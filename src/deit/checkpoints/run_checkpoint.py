@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .finite import refuse_non_finite
 from .safe_load import safe_torch_load
 from .write import atomic_save
 
@@ -121,9 +122,15 @@ class RunCheckpoint:
 
         Raises:
             deit.checkpoints.CheckpointError: missing, unreadable or unsafe file; not a run
-                checkpoint; a newer version.
+                checkpoint; a newer version; a NaN or infinite value in its weights or EMA
+                weights (one sentence naming the file and the first such tensor, as every
+                other reader: :func:`deit.checkpoints.read.refuse_non_finite`).
         """
-        return cls.from_dict(safe_torch_load(path), str(path))
+        ck = cls.from_dict(safe_torch_load(path), str(path))
+        refuse_non_finite(ck.model, str(path))
+        if ck.model_ema is not None:
+            refuse_non_finite(ck.model_ema, str(path))
+        return ck
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temporary file, fsync, rename) with the current version.
