@@ -294,3 +294,27 @@ class _Figure:
 
     def savefig(self, f, format, dpi):
         f.write(b"\x89PNG" + bytes(4_996))
+
+
+def test_read_only_folder_at_the_run_lock_is_one_sentence(tree, tmp_path, monkeypatch, capsys):
+    """A new run into a read-only place fails at its first write, the lock: one sentence, and
+    the folders it made are removed."""
+    from deit.train.lock import OutputLock
+
+    def refuse(path, shown):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(OutputLock, "_lock", staticmethod(refuse))
+    out = tmp_path / "new" / "run"
+    argv = ["train", "--model", MODEL, "--input-size", "28", "--data-set", "folder"]
+    argv += ["--data-path", str(tree), "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
+    argv += ["--output_dir", str(out), "--no-progress", "--num_workers", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        f"deit train: error: Could not write '.deit-run.lock' in {str(out)!r}: the folder is on "
+        "a read-only file system ("
+    )
+    assert err.endswith("; no partial file was left in its place; write to another folder.\n")
+    assert not (tmp_path / "new").exists()
