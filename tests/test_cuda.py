@@ -378,7 +378,7 @@ def test_no_host_synchronisation_per_training_step(amp, monkeypatch):
 def test_stored_labels_reach_the_gpu_without_a_synchronisation(tmp_path):
     """The label store's batches go to the GPU through pinned memory without waiting: a copy
     from pageable memory synchronised the stream once per training step."""
-    from deit.teacher.store import FORMAT_VERSION, MANIFEST, StoreWriter
+    from deit.teacher.store import FORMAT_VERSION, StoreWriter
 
     writer = StoreWriter(tmp_path, (1, 32), 10, 0)
     logits = torch.randn(32, 10)
@@ -386,7 +386,7 @@ def test_stored_labels_reach_the_gpu_without_a_synchronisation(tmp_path):
     writer.close()
     manifest = dict(format_version=FORMAT_VERSION, kind="top1", batch_size=8, arrays=["top1"])
     manifest.update(epochs=1, views_per_epoch=32, num_classes=10)
-    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    writer.install(manifest)
     store = TeacherLabelStore(tmp_path)
     store.batch(0, 0, "cuda")  # the pinned host allocator's first block
     torch.cuda.synchronize()

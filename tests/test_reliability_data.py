@@ -279,8 +279,12 @@ def test_checkpoint_on_another_data_set_is_named(tmp_path) -> None:
     root = write_image_tree(tmp_path / "d", {"val": {"x": 1, "y": 1}}, size=(28, 28))
     sd2 = deit.create_model(PICO, num_classes=2).state_dict()
     RunCheckpoint(sd2, PICO, 2, 28, 3, ["cat", "y"], None, None, 1.0, "folder").save(ck)
-    notes = evaluate_checkpoint(ck, data_path=str(root))["notes"]
+    with pytest.raises(ValueError, match="has class 'x' that checkpoint .* lacks"):
+        evaluate_checkpoint(ck, data_path=str(root))  # folders are matched by name (issue 28)
+    # a built-in data set with other names than the recorded ones: matched by index, named
+    RunCheckpoint(sd, PICO, 10, 28, 3, list("abcdefghij"), None, None, 1.0, "mnist5k").save(ck)
+    notes = evaluate_checkpoint(ck, "mnist5k", batch_size=500)["notes"]
     assert notes[-1] == (
-        "1 class names differ from the checkpoint's (e.g. class 0: 'x' here, 'cat' in the "
+        "10 class names differ from the checkpoint's (e.g. class 0: '0' here, 'a' in the "
         "checkpoint): its class indices are taken to mean the same classes."
     )

@@ -161,3 +161,52 @@ def test_resume_refuses_non_finite_weights_naming_the_first_tensor(tree, tmp_pat
     again = _train_argv(tree, tmp_path / "again", "--warmup-epochs", "0", "--resume", str(path))
     assert main([*again, *ema]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"deit train: error: {sentence}"
+
+
+# ------------------------------------------------------------- deit eval: classes by name
+
+
+def _always_predicts(path: Path, names: list[str], index: int) -> Path:
+    """A ``deit train``-style checkpoint over ``names`` whose head always answers ``index``
+    (zero weights, one large bias), so its top-1 is known by hand."""
+    model = deit.create_model(MODEL, num_classes=len(names))
+    sd = model.state_dict()
+    sd["head.weight"].zero_()
+    sd["head.bias"].zero_()
+    sd["head.bias"][index] = 10.0
+    half = [0.5, 0.5, 0.5]
+    RunCheckpoint(sd, MODEL, len(names), 28, 3, names, half, half, 1.0, "folder").save(path)
+    return path
+
+
+def test_eval_matches_a_folder_subset_to_the_checkpoint_by_class_name(tmp_path):
+    from deit.evaluate import evaluate_checkpoint
+
+    ck = _always_predicts(tmp_path / "ck.pth", ["a", "b", "c"], index=2)  # always 'c'
+    # val/ holds 'a' (1 image) and 'c' (3): its own sub-folder numbering is a=0, c=1, so a
+    # match by index would score 0 %; by name 3 of the 4 images are right.
+    root = write_image_tree(tmp_path / "d", {"val": {"a": 1, "c": 3}}, size=(28, 28))
+    stats = evaluate_checkpoint(ck, data_path=str(root))
+    assert (stats["n"], stats["acc1"], stats["notes"]) == (4, 75.0, [])
+    # the same classes in another count than the checkpoint's are fine; unknown ones are not
+    bad = write_image_tree(tmp_path / "e", {"val": {"a": 1, "x": 1}}, size=(28, 28))
+    with pytest.raises(ValueError) as e:
+        evaluate_checkpoint(ck, data_path=str(bad))
+    assert str(e.value) == (
+        f"The validation data {bad / 'val'} has class 'x' that checkpoint {str(ck)!r} lacks (it "
+        "has classes 'b', 'c' instead); a model trained there cannot predict it, so give "
+        "validation only classes the training data has."
+    )
+
+
+def test_eval_of_weights_without_names_still_needs_the_class_count(tmp_path, capsys):
+    weights = tmp_path / "w.pth"
+    torch.save(deit.create_model(MODEL, num_classes=3).state_dict(), weights)
+    root = write_image_tree(tmp_path / "d", {"val": {"a": 1, "c": 1}}, size=(28, 28))
+    argv = ["eval", str(weights), "--model", MODEL, "--data-set", "folder"]
+    assert main(argv + ["--data-path", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "deit eval: error: The checkpoint predicts 3 classes but folder has 2; evaluate on the "
+        "data set it was trained on."
+    )

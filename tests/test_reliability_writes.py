@@ -318,3 +318,83 @@ def test_read_only_folder_at_the_run_lock_is_one_sentence(tree, tmp_path, monkey
     )
     assert err.endswith("; no partial file was left in its place; write to another folder.\n")
     assert not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------- the teacher-label store
+
+
+def _label_cfg(tree, tmp_path) -> Config:
+    torch.manual_seed(3)
+    teacher = tmp_path / "teacher.pth"
+    cnn = deit.build_classifier("test_resnet", 4)
+    torch.save({"model": cnn.state_dict(), "model_name": "test_resnet", "num_classes": 4}, teacher)
+    distilled = dict(model="deit_pico_distilled_patch7_28", distillation_type="soft")
+    return _cfg(tree, tmp_path / "run", **distilled, teacher_model="test_resnet").replace(
+        teacher_path=str(teacher), eval_interval=0
+    )
+
+
+@pytest.mark.parametrize("refused", ["allocate", "create"])
+def test_label_store_on_a_full_disk_or_read_only_folder_keeps_the_older_store(
+    tree, tmp_path, monkeypatch, refused
+):
+    """The store's arrays are memory-mapped, where a full disk is a SIGBUS: their blocks are
+    allocated before the pass (``posix_fallocate``), so the disk's refusal is the sentence, and
+    the new arrays are renamed over the older store's only once complete."""
+    import numpy as np
+
+    from deit.label_pass import compute_teacher_labels
+    from deit.teacher import TeacherLabelStore, store_size_bytes
+
+    cfg, out = _label_cfg(tree, tmp_path), tmp_path / "labels"
+    compute_teacher_labels(cfg, out, top_k=4, progress=False)
+    kept = _files(out)
+    older = TeacherLabelStore(out).batch(1, 2).clone()
+    needed = store_size_bytes(16, 2, 4, top_k=4)
+
+    real_open_memmap = np.lib.format.open_memmap
+
+    def refuse(*args, **kw):
+        if refused == "create" and args[1:2] != ("w+",):  # reading is allowed
+            return real_open_memmap(*args, **kw)
+        code = errno.ENOSPC if refused == "allocate" else errno.EACCES
+        raise OSError(code, "refused")
+
+    usage = write_mod.shutil.disk_usage(".")
+    monkeypatch.setattr(write_mod.shutil, "disk_usage", lambda p: usage._replace(free=FREE))
+    if refused == "allocate":
+        monkeypatch.setattr(write_mod, "_allocate", refuse)
+        what, fix = "the disk is full", "free some space or write to another folder"
+    else:
+        monkeypatch.setattr(np.lib.format, "open_memmap", refuse)
+        what = "the folder is not writable (permission denied)"
+        fix = "make it writable or write to another folder"
+    with pytest.raises(write_mod.WriteError) as e:
+        compute_teacher_labels(cfg.replace(seed=1), out, top_k=4, progress=False)
+    before = "the previous 'top1.npy' is intact"
+    assert str(e.value) == _sentence(out / "top1.npy", needed, what, fix, before)
+    assert _files(out) == kept  # no partial file left, the older store byte for byte
+    assert torch.equal(TeacherLabelStore(out).batch(1, 2), older)
+
+
+def test_interrupted_label_pass_keeps_the_older_store(tree, tmp_path, monkeypatch):
+    import deit.label_pass as label_pass
+    from deit.teacher import TeacherLabelStore
+
+    cfg, out = _label_cfg(tree, tmp_path), tmp_path / "labels"
+    label_pass.compute_teacher_labels(cfg, out, top_k=0, progress=False)
+    kept = _files(out)
+    real = label_pass._teacher_pass
+
+    def interrupted(state, teacher, writer, chunk, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(state, teacher, writer, chunk, epoch)
+
+    monkeypatch.setattr(label_pass, "_teacher_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        label_pass.compute_teacher_labels(cfg.replace(seed=1), out, top_k=4, progress=False)
+    assert _files(out) == kept and TeacherLabelStore(out).kind == "top1"
+    monkeypatch.setattr(label_pass, "_teacher_pass", real)  # and a whole pass replaces it
+    label_pass.compute_teacher_labels(cfg.replace(seed=1), out, top_k=4, progress=False)
+    assert TeacherLabelStore(out).kind == "logits" and not list(out.glob(".*"))

@@ -24,7 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WriteError", "atomic_write", "atomic_write_bytes", "atomic_write_text", "reserve"]
+__all__ = [
+    "DISK_ERRNOS",
+    "WriteError",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "reserve",
+    "write_error",
+]
 
 #: errno -> (what went wrong, the fix), for the failures that are the disk's or the folder's.
 _REASONS = {
@@ -43,6 +51,9 @@ _REASONS = {
         "make it writable or write to another folder",
     ),
 }
+
+#: The error numbers that are the disk's or the folder's (one sentence, :func:`write_error`).
+DISK_ERRNOS = frozenset(_REASONS)
 
 
 class WriteError(OSError):

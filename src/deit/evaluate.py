@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from ._notes import print_note
 from .checkpoints import ModelInfo, load_model
 from .config import Config
 from .data import build_dataset, dataset_info
+from .data.align import align_classes
 from .data.images import to_display_mode
 from .engine import evaluate
 from .inference import optimize_for_inference
@@ -49,7 +51,8 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint: averaged heads, each head alone, teacher and agreement.
 
     Images reach the model through its own evaluation transform, in its channel count (a
-    1-channel model sees greyscale images).
+    1-channel model sees greyscale images). A folder data set's classes are matched to the
+    checkpoint's by the names it records (a ``val/`` may hold a subset of them, in any order).
 
     Args:
         checkpoint: any file :func:`deit.checkpoints.load_model` reads.
@@ -70,20 +73,16 @@ def evaluate_checkpoint(
         checkpoint's).
 
     Raises:
-        CheckpointError, FileNotFoundError, ValueError: bad checkpoint, data path, class count
-            or ``mean``/``std``.
+        CheckpointError, FileNotFoundError, ValueError: bad checkpoint, data path, class count,
+            a folder class the checkpoint's recorded class names lack, or ``mean``/``std``.
     """
     dev = torch.device(device)
     model, info = load_model(checkpoint, model_name=model_name, use_ema=use_ema, device=dev)
     data_set = data_set or info.data_set or Config().data_set
     notes = list(info.notes) + _set_normalisation(info, mean, std)
     dataset = build_dataset(data_set, data_path, split, transform=_ModelInput(info))
-    if len(dataset.classes) != info.num_classes:
-        raise ValueError(
-            f"The checkpoint predicts {info.num_classes} classes but {data_set} has "
-            f"{len(dataset.classes)}; evaluate on the data set it was trained on."
-        )
-    notes += _other_data_set(info, data_set, list(dataset.classes))
+    if _match_classes(info, dataset, data_set, checkpoint):
+        notes += _other_data_set(info, data_set, list(dataset.classes))
     teacher = None
     if teacher_path or teacher_model:
         teacher = build_teacher(
@@ -139,6 +138,27 @@ def _set_normalisation(
     )
     info.mean, info.std = new_mean, new_std
     return [note]
+
+
+def _match_classes(info: ModelInfo, dataset: Any, data_set: str, checkpoint: str | Path) -> bool:
+    """Give a folder data set's labels the checkpoint's class indices, by the class names the
+    checkpoint records (a ``val/`` may hold fewer classes; its sub-folders are numbered on their
+    own); other data sets, or a checkpoint without names, must have its class count. Returns
+    whether the classes were matched by index (then a note may say names differ).
+
+    Raises:
+        ValueError: a folder class the checkpoint does not know, or another class count.
+    """
+    if info.class_names_recorded and hasattr(dataset, "samples"):
+        trained = SimpleNamespace(classes=info.class_names)
+        align_classes(trained, dataset, trained_on=f"checkpoint {str(checkpoint)!r}")
+        return False
+    if len(dataset.classes) != info.num_classes:
+        raise ValueError(
+            f"The checkpoint predicts {info.num_classes} classes but {data_set} has "
+            f"{len(dataset.classes)}; evaluate on the data set it was trained on."
+        )
+    return True
 
 
 def _other_data_set(info: ModelInfo, data_set: str, classes: list[str]) -> list[str]:

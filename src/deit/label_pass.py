@@ -10,7 +10,6 @@ store's format is described in :mod:`deit.teacher.store`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -24,7 +23,7 @@ from .config import Config, config_from_args
 from .data.transforms import mix_batch
 from .teacher.for_run import build_run_teacher
 from .teacher.frozen import Teacher
-from .teacher.store import MANIFEST, StoreWriter, run_manifest
+from .teacher.store import StoreWriter, run_manifest
 from .train.data import label_pass_state
 from .train.distributed import DistEnv, init_distributed
 from .train.state import RunState
@@ -69,11 +68,9 @@ def _teacher_pass(
 def _open_writer(
     env: DistEnv, out: Path, shape: tuple[int, int], num_classes: int, top_k: int
 ) -> StoreWriter:
-    """Rank 0 creates the store's arrays (an older manifest removed); the other ranks open
-    them, once they exist, to write their own rows."""
+    """Rank 0 creates the store's (partial) arrays, their disk space allocated; the other ranks
+    open them, once they exist, to write their own rows."""
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)
         writer = StoreWriter(out, shape, num_classes, top_k)
     _barrier(env.distributed)
     if not env.is_main:
@@ -135,7 +132,8 @@ def compute_teacher_labels(
 
     Args:
         cfg: the students' run configuration (teacher fields included).
-        output: folder of the store (created; an older store there is replaced).
+        output: folder of the store (created; an older store there is replaced once the new
+            one is complete, and kept when the pass fails).
         top_k: 0 stores top-1 classes only (hard distillation); ``k`` < class count also the
             top-k probabilities; ``k`` >= class count the full logits (soft distillation).
         teacher_batch_size: images per teacher forward.
@@ -148,6 +146,8 @@ def compute_teacher_labels(
     Raises:
         ValueError: ``top_k < 0``, no teacher, or what building the data
             and teacher raise (bad paths, class counts).
+        deit._write.WriteError: the disk cannot hold the store, or the folder cannot be
+            written (one sentence with the bytes needed and free; an older store is intact).
     """
     _check_pass(cfg, top_k, teacher_batch_size)
     t_start = time.perf_counter()
@@ -168,13 +168,18 @@ def compute_teacher_labels(
     writer = _open_writer(env, out, (cfg.epochs, views), state.num_classes, top_k)
     chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
     seconds = 0.0
-    for epoch in range(cfg.epochs):
-        seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
-        if progress and env.is_main:
-            print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
-    writer.close()
+    try:
+        for epoch in range(cfg.epochs):
+            seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
+            if progress and env.is_main:
+                print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
+        writer.close()
+    except BaseException:
+        if env.is_main:  # an interrupted pass leaves no partial files and an older store
+            writer.discard()
+        raise
     seconds = _max_over_ranks(seconds, env.distributed)
-    _barrier(env.distributed)  # every rank's rows are on disk before the manifest
+    _barrier(env.distributed)  # every rank's rows are on disk before the store is installed
     manifest = run_manifest(cfg, state.num_classes, len(state.loader_train.dataset))
     manifest.update(
         kind=writer.kind,
@@ -189,9 +194,8 @@ def compute_teacher_labels(
         seconds=time.perf_counter() - t_start,
         processes=env.world_size,
     )
-    if not env.is_main:
-        return manifest
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    if env.is_main:
+        writer.install(manifest)
     return manifest
 
 

@@ -104,6 +104,8 @@ class ModelInfo:
         img_size: input ``(H, W)`` in pixels.
         in_chans: input channels.
         class_names: one name per class index (indices as strings when unknown).
+        class_names_recorded: whether the file records ``class_names`` (else they are
+            indices, or ImageNet's for a 1000-class head).
         mean, std: input normalisation per channel.
         crop_pct: evaluation centre-crop ratio.
         notes: sentences about what was assumed or adapted while loading.
@@ -115,6 +117,7 @@ class ModelInfo:
     img_size: tuple[int, int]
     in_chans: int = 3
     class_names: list[str] = field(default_factory=list)
+    class_names_recorded: bool = False
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     crop_pct: float = 0.875
@@ -210,6 +213,7 @@ def load_model(
         img_size=size,
         in_chans=in_chans,
         class_names=_class_names(names, num_classes, notes),
+        class_names_recorded=bool(names),
         mean=tuple(run.mean or mean),
         std=tuple(run.std or std),
         crop_pct=float(run.crop_pct or crop),

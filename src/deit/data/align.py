@@ -15,7 +15,7 @@ def _named(classes: Sequence[str]) -> str:
     return f"class{'es' if len(classes) > 1 else ''} {shown}{more}"
 
 
-def align_classes(train_set: Any, val_set: Any) -> None:
+def align_classes(train_set: Any, val_set: Any, trained_on: str | None = None) -> None:
     """Check that the validation split's classes are among the training split's and give its
     labels the training split's indices, by class name (in place). Folder data sets number
     each split's sub-folders on their own, so a ``val/`` holding fewer classes than ``train/``
@@ -25,6 +25,8 @@ def align_classes(train_set: Any, val_set: Any) -> None:
         train_set, val_set: data sets with ``.classes`` (e.g. :func:`.build_dataset`'s); a
             remapped ``val_set`` (folder data sets, with ``.samples``) gets the training set's
             ``classes`` and ``class_to_idx`` and its ``samples``/``targets`` relabelled.
+        trained_on: how the errors name the training classes (default: "the training data"
+            and ``train_set.root``); ``deit eval`` passes the checkpoint's.
 
     Raises:
         ValueError: the training split has fewer than two classes (nothing to tell apart), or
@@ -32,10 +34,10 @@ def align_classes(train_set: Any, val_set: Any) -> None:
             training classes missing from validation).
     """
     train, val = list(train_set.classes), list(val_set.classes)
-    here = str(getattr(train_set, "root", "the training split"))
+    here = trained_on or f"the training data {getattr(train_set, 'root', 'split')}"
     if len(train) < 2:
         raise ValueError(
-            f"The training data {here} has {len(train)} class ({', '.join(map(repr, train))}), "
+            f"{here[0].upper()}{here[1:]} has {len(train)} class ({', '.join(map(repr, train))}), "
             "so there is nothing to tell apart; give it a sub-folder per class, at least two."
         )
     extra = [c for c in val if c not in train]
@@ -44,7 +46,7 @@ def align_classes(train_set: Any, val_set: Any) -> None:
         instead = f" (it has {_named(missing)} instead)" if missing else ""
         raise ValueError(
             f"The validation data {getattr(val_set, 'root', 'split')} has {_named(extra)} that "
-            f"the training data {here} lacks{instead}; a model trained there cannot predict "
+            f"{here} lacks{instead}; a model trained there cannot predict "
             f"{'it' if len(extra) == 1 else 'them'}, so give validation only classes the "
             "training data has."
         )

@@ -28,12 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._write import DISK_ERRNOS, atomic_write_text, reserve, write_error
 from ..config import Config
 
 __all__ = [
@@ -306,31 +308,81 @@ class StoreWriter:
     """The arrays of a store being written (by :func:`deit.label_pass.compute_teacher_labels`),
     in place (``numpy.lib.format.open_memmap``): ``top1.npy`` always, plus ``logits.npy``
     (``top_k`` >= ``num_classes``) or ``topk_probs.npy`` and ``topk_classes.npy``
-    (0 < ``top_k`` < ``num_classes``), each ``shape = (epochs, views_per_epoch)`` first."""
+    (0 < ``top_k`` < ``num_classes``), each ``shape = (epochs, views_per_epoch)`` first.
+
+    The arrays are written as hidden ``.<name>.npy.partial`` files next to the store's, whose
+    disk blocks are allocated up front (a full disk under a memory map would be a SIGBUS, not
+    an error); :meth:`install` renames them over an older store's once every row is on disk,
+    so a full disk, a read-only folder or an interrupted pass leaves an older store as it was.
+    """
 
     def __init__(
         self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int, mode: str = "w+"
     ) -> None:
         """``mode`` ``"w+"`` creates the arrays; ``"r+"`` opens those another process created
-        (the other ranks of a split pass), to write their own rows."""
+        (the other ranks of a split pass), to write their own rows.
 
-        def array(name: str, dtype: Any, dims: tuple[int, ...]) -> np.ndarray:
-            if mode == "r+":
-                return np.load(out / name, mmap_mode="r+", allow_pickle=False)
-            return np.lib.format.open_memmap(out / name, "w+", dtype, dims)
-
+        Raises:
+            deit._write.WriteError: the disk cannot hold the store or the folder cannot be
+                written (one sentence with the bytes needed and free); nothing is left behind.
+        """
+        self.out = Path(out)
         dt = label_dtype(num_classes)
-        self.arrays = {"top1": array("top1.npy", dt, shape)}
+        names = {"top1": (dt, shape)}
         if top_k >= num_classes:
             self.kind = "logits"
-            self.arrays["logits"] = array("logits.npy", np.float16, (*shape, num_classes))
+            names["logits"] = (np.dtype(np.float16), (*shape, num_classes))
         elif top_k > 0:
             self.kind = "topk"
-            self.arrays["topk_probs"] = array("topk_probs.npy", np.float16, (*shape, top_k))
-            self.arrays["topk_classes"] = array("topk_classes.npy", dt, (*shape, top_k))
+            names["topk_probs"] = (np.dtype(np.float16), (*shape, top_k))
+            names["topk_classes"] = (dt, (*shape, top_k))
         else:
             self.kind = "top1"
         self.top_k = top_k
+        self.arrays: dict[str, np.ndarray] = {}
+        needed = store_size_bytes(shape[1], shape[0], num_classes, top_k)
+        try:
+            for name, (dtype, dims) in names.items():
+                self.arrays[name] = self._array(name, dtype, dims, mode, needed)
+        except BaseException:
+            if mode == "w+":
+                self.discard()
+            raise
+
+    def _partial(self, name: str) -> Path:
+        return self.out / f".{name}.npy.partial"
+
+    def _array(
+        self, name: str, dtype: np.dtype, dims: tuple[int, ...], mode: str, needed: int
+    ) -> np.ndarray:
+        path = self._partial(name)
+        if mode == "r+":
+            return np.load(path, mmap_mode="r+", allow_pickle=False)
+        final = self.out / f"{name}.npy"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            array = np.lib.format.open_memmap(path, "w+", dtype, dims)
+        except OSError as e:
+            if e.errno in DISK_ERRNOS:
+                raise write_error(final, e, needed) from None
+            raise
+        reserve(path, final, needed)
+        return array
+
+    def discard(self) -> None:
+        """Remove the partial files (a failed or interrupted pass); an older store stays."""
+        self.arrays.clear()
+        for path in self.out.glob(".*.npy.partial"):
+            path.unlink(missing_ok=True)
+
+    def install(self, manifest: dict[str, Any]) -> None:
+        """Replace an older store by this one: its manifest removed first (a store without
+        one is refused, never half-read), each array renamed into place, then ``manifest``
+        written (atomically) last. Call after every writer's :meth:`close`."""
+        (self.out / MANIFEST).unlink(missing_ok=True)
+        for name in list(self.arrays):
+            os.replace(self._partial(name), self.out / f"{name}.npy")
+        atomic_write_text(self.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
     def write(self, epoch: int, start: int, logits: torch.Tensor) -> None:
         """Store ``(n, C)`` logits for views ``start .. start + n`` of ``epoch``."""
@@ -345,6 +397,6 @@ class StoreWriter:
             self.arrays["topk_classes"][epoch, rows] = c.numpy()
 
     def close(self) -> None:
-        """Flush every array to disk (the manifest is written after, by the pass)."""
+        """Flush every array to disk (then :meth:`install`, on one process)."""
         for a in self.arrays.values():
             a.flush()

@@ -5,13 +5,13 @@ recipe, each training view a pure function of ``(seed, epoch, position)``.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .._notes import print_note
 from .._rng import seed_worker
 from ..config import Config
 from ..data import (
@@ -109,7 +109,7 @@ def build_data(state: RunState) -> None:
     cfg.input_size, cfg.mean, cfg.std = inputs.input_size, list(inputs.mean), list(inputs.std)
     state.mean, state.std = inputs.mean, inputs.std
     for note in inputs.notes if env.is_main else ():
-        print(f"note: {note}", file=sys.stderr)
+        print_note(note)
     train_tf = build_transform_from_config(cfg, True, mean=state.mean, std=state.std)
     val_tf = build_transform_from_config(cfg, False, mean=state.mean, std=state.std)
     root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
