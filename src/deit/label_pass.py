@@ -112,6 +112,23 @@ def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
         )
 
 
+def _all_epochs(state, teacher, writer, chunk: int, env, progress: bool) -> float:
+    """Label every epoch's views into ``writer``; return the seconds of teacher forward. An
+    interrupted or failed pass discards the partial files (rank 0), so an older store stays."""
+    seconds = 0.0
+    try:
+        for epoch in range(state.cfg.epochs):
+            seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
+            if progress and env.is_main:
+                print(f"teacher labels: epoch {epoch + 1}/{state.cfg.epochs}", file=sys.stderr)
+        writer.close()
+    except BaseException:
+        if env.is_main:
+            writer.discard()
+        raise
+    return seconds
+
+
 def compute_teacher_labels(
     cfg: Config,
     output: str | Path,
@@ -167,18 +184,9 @@ def compute_teacher_labels(
     views = len(state.loader_train) * cfg.batch_size
     writer = _open_writer(env, out, (cfg.epochs, views), state.num_classes, top_k)
     chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
-    seconds = 0.0
-    try:
-        for epoch in range(cfg.epochs):
-            seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
-            if progress and env.is_main:
-                print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
-        writer.close()
-    except BaseException:
-        if env.is_main:  # an interrupted pass leaves no partial files and an older store
-            writer.discard()
-        raise
-    seconds = _max_over_ranks(seconds, env.distributed)
+    seconds = _max_over_ranks(
+        _all_epochs(state, teacher, writer, chunk, env, progress), env.distributed
+    )
     _barrier(env.distributed)  # every rank's rows are on disk before the store is installed
     manifest = run_manifest(cfg, state.num_classes, len(state.loader_train.dataset))
     manifest.update(
