@@ -224,6 +224,63 @@ def test_loader_workers_persist(monkeypatch):
         assert loader.persistent_workers is (workers > 0)
 
 
+def test_cpu_loader_workers_hand_batches_back_by_value():
+    """On the CPU, workers return numpy arrays (pickled by value: no file descriptor and
+    socket round trip per tensor) that become the same tensors here; a GPU run keeps torch's
+    shared tensors, which it pins."""
+    from deit.train.data import _ByValueLoader, _collate_to_numpy, _loader
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(3, 4, 4, generator=g), i % 3) for i in range(12)]
+    sampler = torch.utils.data.SequentialSampler(data)
+    batches = {}
+    for workers in (0, 2):
+        loader = _loader(data, sampler, _cfg(num_workers=workers), torch.device("cpu"), True)
+        assert isinstance(loader, _ByValueLoader) is (workers > 0)
+        batches[workers] = list(loader)
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2) and y2.dtype == torch.int64
+    gpu = _loader(data, sampler, _cfg(num_workers=2), torch.device("cuda"), True)
+    assert type(gpu) is torch.utils.data.DataLoader and gpu.collate_fn is not _collate_to_numpy
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads", "local", "device", "expected"),
+    [
+        (2, 2, 1, "cpu", 0),  # 2 compute threads on 2 cores: no core for a worker
+        (2, 1, 1, "cpu", 1),  # one compute thread leaves one core: one worker
+        (16, 1, 1, "cuda", 10),  # a GPU node: 15 cores free, at most the official 10
+        (16, 1, 8, "cuda", 1),  # 8 ranks on 16 cores: 2 each, one feeds its GPU
+        (4, 8, 1, "cpu", 0),  # more threads than cores: never negative
+    ],
+)
+def test_auto_num_workers_counts_the_free_cores(
+    monkeypatch, cores, threads, local, device, expected
+):
+    from deit.train.data import auto_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+    assert auto_num_workers(torch.device(device)) == expected
+
+
+def test_num_workers_defaults_to_auto_and_the_run_records_the_count(monkeypatch, tmp_path):
+    """``num_workers=-1`` (the default, the ``small`` preset too) is resolved before the loaders
+    are built and recorded in ``config.yaml``; below -1 is one sentence."""
+    from deit.config import presets
+
+    assert Config().num_workers == -1
+    assert presets.get_preset("small").num_workers == -1
+    with pytest.raises(ValueError, match="'num_workers' is -2 but must be at least -1; use -1"):
+        Config(num_workers=-2).validate()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    run(_cfg(tmp_path, num_workers=-1, epochs=1), progress=False)
+    assert "num_workers: 1" in (tmp_path / "config.yaml").read_text()
+
+
 def test_stop_flag_all_reduces_only_every_log_interval(monkeypatch):
     reduced = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)

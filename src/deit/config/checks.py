@@ -118,7 +118,7 @@ def value_checks(c: Config) -> list[str | None]:
         rng("distillation_alpha", 0, 1),
         positive("distillation_tau"),
         atleast("batch_size", 1, "; use a positive batch size per process"),
-        atleast("num_workers", 0),
+        atleast("num_workers", -1, "; use -1 for the automatic count or 0 to load in this process"),
         rng("model_ema_decay", 0, 1, lo_open=True, hi_open=True),
         atleast("log_interval", 1),
         None if c.model else "'model' is empty; name a model, e.g. deit_tiny_patch16_224.",

@@ -100,7 +100,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         repeated_aug=False,
         model_ema=False,
         eval_crop_ratio=1.0,
-        num_workers=2,
         pin_mem=False,
     ),
 }

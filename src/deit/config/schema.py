@@ -275,7 +275,11 @@ class Config:
     )
     batch_size: Integer = _f(64, "Batch size per process.", group="data")
     num_workers: Integer = _f(
-        10, "Data-loading workers per process.", group="data", flags=["--num-workers"]
+        -1,
+        "Data-loading workers per process (-1 = auto: the cores this process's share leaves "
+        "free of compute threads, at most 10).",
+        group="data",
+        flags=["--num-workers"],
     )
     pin_mem: Flag = _f(True, "Pin CPU memory in the data loader.", group="data")
     # --- run

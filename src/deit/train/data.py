@@ -5,11 +5,13 @@ recipe, each training view a pure function of ``(seed, epoch, position)``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .._notes import print_note
 from .._rng import seed_worker
@@ -29,7 +31,7 @@ from ..precision import resolve_device, resolve_precision
 from .distributed import DistEnv
 from .state import RunState
 
-__all__ = ["build_data", "label_pass_state"]
+__all__ = ["auto_num_workers", "build_data", "label_pass_state"]
 
 
 def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
@@ -80,6 +82,23 @@ def _subset(
     return subset, val_set
 
 
+def _collate_to_numpy(batch: list[Any]) -> Any:
+    """``default_collate`` in a loader worker, its tensors handed back as numpy arrays: those
+    are pickled by value through the worker's pipe, where a tensor is shared through one file
+    descriptor per storage and a socket round trip to the (busy) worker (1.3 -> 0.45 ms per
+    batch of 16 28-px images on a 2-core CPU; ``benchmarks/README.md``)."""
+    return [b.numpy() if isinstance(b, torch.Tensor) else b for b in default_collate(batch)]
+
+
+class _ByValueLoader(DataLoader):
+    """A CPU run's loader with workers: batches come back from the workers by value
+    (:func:`_collate_to_numpy`) and are tensors again here, with the same values (no copy)."""
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        for batch in super().__iter__():
+            yield [torch.from_numpy(b) if isinstance(b, np.ndarray) else b for b in batch]
+
+
 def _loader(
     dataset: Dataset, sampler: Sampler, cfg: Config, device: torch.device, train: bool
 ) -> DataLoader:
@@ -87,9 +106,11 @@ def _loader(
     (1.5 x ``batch_size``, as the official code). Its own generator (seeded by ``cfg.seed``)
     seeds the workers, so iterating it draws nothing from torch's global RNG (the model's).
     Workers persist across epochs (as timm's loaders): each view is keyed by the sampler, which
-    runs in this process, so the views do not depend on the workers' lifetime."""
+    runs in this process, so the views do not depend on the workers' lifetime. On the CPU,
+    workers hand batches back by value (:class:`_ByValueLoader`)."""
     workers = cfg.num_workers
-    return DataLoader(
+    by_value = workers > 0 and device.type == "cpu"  # a GPU run pins shared tensors instead
+    return (_ByValueLoader if by_value else DataLoader)(
         dataset,
         batch_size=cfg.batch_size if train else int(1.5 * cfg.batch_size),
         sampler=sampler,
@@ -99,12 +120,46 @@ def _loader(
         worker_init_fn=seed_worker if workers else None,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=_collate_to_numpy if by_value else None,
     )
+
+
+MAX_AUTO_WORKERS = 10  # the official code's default
+
+
+def auto_num_workers(device: torch.device, local_processes: int | None = None) -> int:
+    """The loader workers ``num_workers=-1`` gives one process: the CPU cores its share of the
+    node leaves free of compute threads, in ``[0, 10]``.
+
+    A process's share is the cores it may run on (``os.sched_getaffinity``) over the processes
+    on its node (``LOCAL_WORLD_SIZE``, set by torchrun; 1 otherwise). Compute takes
+    ``torch.get_num_threads()`` of them on the CPU and one (the thread feeding the accelerator)
+    elsewhere. A worker only pays where it has a core of its own: on a 2-core CPU, 2 compute
+    threads and no worker beat 2 threads and 1 worker, and 1 thread with 1 worker beats both
+    (``benchmarks/README.md``, loader workers).
+
+    Args:
+        device: where the model computes.
+        local_processes: processes on this node (default ``LOCAL_WORLD_SIZE`` or 1).
+
+    Returns:
+        The worker count, 0 when no core is free (the batches are then made in this process).
+    """
+    if local_processes is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cores = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    compute = torch.get_num_threads() if device.type == "cpu" else 1
+    share = len(cores) // max(1, local_processes)
+    return max(0, min(MAX_AUTO_WORKERS, share - compute))
 
 
 def build_data(state: RunState) -> None:
     """Data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the recipe."""
     cfg, env = state.cfg, state.env
+    if cfg.num_workers < 0:  # recorded resolved; a resume may use another count (same views)
+        cfg.num_workers = auto_num_workers(state.device)
     inputs = resolve_inputs(cfg, dataset_info(cfg.data_set))  # None: the model's own
     cfg.input_size, cfg.mean, cfg.std = inputs.input_size, list(inputs.mean), list(inputs.std)
     state.mean, state.std = inputs.mean, inputs.std
