@@ -3,7 +3,7 @@
 
 For every case (``--cases``; default the demo's student at batch 16 and 64, DeiT-Ti 224 at
 batch 32 and the demo's distilled student from stored teacher labels) three sides are timed in
-one process, single-threaded (``torch.set_num_threads(1)``), A B C then C B A, round after
+one process, single-threaded by default (``--threads``), A B C then C B A, round after
 round, and each round's ratios deit/bare and deit/timm are taken; the medians and interquartile
 ranges of those ratios are printed with the medians of the images/s. Ratios of neighbouring
 samples survive a machine shared with other jobs far better than absolute rates.
@@ -465,12 +465,13 @@ def main(argv: list[str] | None = None) -> int:
         "--prefetch", type=int, nargs="+", default=[0], help="batches loaded ahead per worker "
         "(prefetch_factor, both loops; several values: one case each with workers; 0: torch's 2)"
     )  # fmt: skip
-    ap.add_argument("--device", default="cpu", help="cpu (one thread) or cuda")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=1, help="compute threads on the CPU")
     ap.add_argument("--amp", default="fp32", choices=("fp32", "bf16", "fp16"))
     ap.add_argument("--jpeg", type=int, default=0, help="N synthetic 256-px JPEGs (ImageFolder)")
     args = ap.parse_args(argv)
     if args.device == "cpu":
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.threads)
     else:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if args.quick:

@@ -108,3 +108,30 @@ def test_gpu_check_script_parses() -> None:
 
     script = PATH.parent / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_threads_flag_sets_the_compute_threads(bench, monkeypatch) -> None:
+    """``--threads 2`` reaches ``torch.set_num_threads`` (default 1) before any case runs."""
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    monkeypatch.setattr(bench, "_cases", lambda args, root: [])
+    for argv, expected in ((["--threads", "2"], [2]), ([], [1])):
+        seen.clear()
+        assert bench.main(argv) == 0
+        assert seen == expected
+
+
+def test_loader_handoff_times_both_loaders(capsys) -> None:
+    """benchmarks/loader_handoff.py: one line per loader in ms and their ratio, all positive."""
+    path = PATH.parent / "loader_handoff.py"
+    spec = importlib.util.spec_from_file_location("loader_handoff", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--batch", "4", "--size", "8", "--batches", "5", "--rounds", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["shared", "by-value", "shared/by-value"]
+    assert all(float(line.split()[1]) > 0 for line in lines)

@@ -112,7 +112,9 @@ def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
         )
 
 
-def _all_epochs(state, teacher, writer, chunk: int, env, progress: bool) -> float:
+def _all_epochs(
+    state: RunState, teacher: Teacher, writer: StoreWriter, chunk: int, env: DistEnv, progress: bool
+) -> float:
     """Label every epoch's views into ``writer``; return the seconds of teacher forward. An
     interrupted or failed pass discards the partial files (rank 0), so an older store stays."""
     seconds = 0.0

@@ -85,8 +85,8 @@ def _subset(
 def _collate_to_numpy(batch: list[Any]) -> Any:
     """``default_collate`` in a loader worker, its tensors handed back as numpy arrays: those
     are pickled by value through the worker's pipe, where a tensor is shared through one file
-    descriptor per storage and a socket round trip to the (busy) worker (1.3 -> 0.45 ms per
-    batch of 16 28-px images on a 2-core CPU; ``benchmarks/README.md``)."""
+    descriptor per storage and a socket round trip to the (busy) worker: for small batches the
+    round trip costs more than the copy (``benchmarks/README.md``, loader workers)."""
     return [b.numpy() if isinstance(b, torch.Tensor) else b for b in default_collate(batch)]
 
 
