@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -38,6 +39,7 @@ from deit.demo import (
     DemoSettings,
     Variant,
 )
+from deit.demo.settings import RunSpec
 from deit.demo.study import _config, _init_worker, _Job
 from deit.demo.study import _train as demo_train
 
@@ -70,7 +72,7 @@ VARIANTS = {
 def _student(
     s: DemoSettings, out: Path, name: str, v: Variant, seed: int, a: argparse.Namespace
 ) -> dict[str, Any]:
-    job = _Job(v, a.n, seed, out / name / f"seed{seed}" / v.key)
+    job = _Job(RunSpec(v), a.n, seed, out / name / f"seed{seed}" / v.key)
     cfg = _config(s, job)
     over = dict(SETTINGS[name])
     if v.variant != "none" and "model" in over:
@@ -85,9 +87,35 @@ def _student(
 
 
 def _teacher(s: DemoSettings, out: Path, seed: int, a: argparse.Namespace) -> dict[str, Any]:
-    job = _Job(TEACHER, a.n, seed, out / "teachers" / f"seed{seed}")
+    job = _Job(RunSpec(TEACHER), a.n, seed, out / "teachers" / f"seed{seed}")
     cfg = _config(s, job)
     cfg.update(eval_unused=False, val_images=a.val_images)
+    return cfg
+
+
+def _cut(s: DemoSettings, out: Path, seed: int, budget: int) -> dict[str, Any]:
+    """The teacher's configuration at another image-step budget, in its own folder."""
+    epochs = s.epochs(budget, 500)
+    return {
+        "epochs": epochs,
+        "warmup_epochs": max(1, round(0.1 * epochs)),
+        "eval_interval": max(1, epochs // 4),
+        "output_dir": str(out / f"teachers_b{budget}" / f"seed{seed}"),
+    }
+
+
+def _finetune(
+    s: DemoSettings, out: Path, a: argparse.Namespace, v: Variant, seed: int, lr: float
+) -> dict[str, Any]:
+    """A student of ``--finetune-from`` fine-tuned at ``--finetune-size`` with base lr ``lr``
+    for ``--budget`` image-steps (the distilled one keeps its teacher)."""
+    cfg = _student(s, out, a.finetune_from, v, seed, a)
+    cfg.update(
+        finetune=str(Path(cfg["output_dir"]) / "checkpoint.pth"),
+        input_size=a.finetune_size,
+        lr=lr,
+        output_dir=str(out / f"ft{a.finetune_size}_lr{lr:g}" / f"seed{seed}" / v.key),
+    )
     return cfg
 
 
@@ -108,6 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=int, default=8, help="evaluations per run")
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--out", default="runs/curves/curves.jsonl")
+    p.add_argument(
+        "--teacher-budgets",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also CNN teachers cut to these image-step budgets (matching a teacher's accuracy)",
+    )
+    p.add_argument(
+        "--finetune-from",
+        default="",
+        help="a setting whose students (same seeds, variants, budget) are fine-tuned instead",
+    )
+    p.add_argument("--finetune-size", type=int, default=42, help="fine-tuning input size (px)")
+    p.add_argument("--finetune-lrs", type=float, nargs="*", default=[], help="base lrs to try")
     p.add_argument("--report", default="", help="print the table of a JSONL file and stop")
     p.add_argument("--figure", default="", help="with --report: also draw the curves here")
     a = p.parse_args(argv)
@@ -124,19 +166,41 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds
         if not (out / "teachers" / f"seed{seed}" / "checkpoint.pth").is_file()
     ]
+    teachers += [
+        (
+            {**_teacher(s, out, seed, a), **_cut(s, out, seed, b)},
+            {"setting": f"teacher_b{b}", "variant": "teacher", "seed": seed, "budget": b},
+        )
+        for b in a.teacher_budgets
+        for seed in a.seeds
+    ]
     students = [
         (
             _student(s, out, name, VARIANTS[v], seed, a),
             {"setting": name, "variant": v, "seed": seed, "budget": a.budget},
         )
-        for name in a.settings
+        for name in ([] if a.finetune_from else a.settings)
+        for seed in a.seeds
+        for v in a.variants
+    ]
+    students += [
+        (
+            _finetune(s, out, a, VARIANTS[v], seed, lr),
+            {
+                "setting": f"ft{a.finetune_size}_lr{lr:g}",
+                "variant": v,
+                "seed": seed,
+                "budget": a.budget,
+            },
+        )
+        for lr in (a.finetune_lrs if a.finetune_from else [])
         for seed in a.seeds
         for v in a.variants
     ]
     ctx = get_context("spawn")
     with (
         ProcessPoolExecutor(
-            a.processes, mp_context=ctx, initializer=_init_worker, initargs=(1,)
+            a.processes, mp_context=ctx, initializer=_init_worker, initargs=(1, os.getpid())
         ) as pool,
         open(a.out, "a") as f,
     ):

@@ -232,14 +232,14 @@ def test_attention_figure_has_titles_and_colour_bars():
 
 
 def test_similarity_figure_axes_legend_and_paper_points():
-    fig = similarity_figure([0.1, 0.4, 0.8])
+    fig = similarity_figure([0.2, 0.1, 0.4, 0.8])  # learned tokens, then 3 blocks
     (ax,) = fig.axes
-    assert ax.get_xlabel() == "relative depth (block / number of blocks)"
+    assert ax.get_xlabel().startswith("relative depth (0: the learned tokens")
     assert "cosine similarity" in ax.get_ylabel()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0].startswith("this model") and legend[1].startswith("paper")
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.1, 0.4, 0.8])
-    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.2, 0.1, 0.4, 0.8])
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [0, 1 / 3, 2 / 3, 1])
     # the paper's learned tokens at depth 0, DeiT-B's last block at depth 1
     paper = ax.collections[0].get_offsets()
     np.testing.assert_allclose(paper, [[0, 0.06], [1, 0.93]])
@@ -270,7 +270,14 @@ def test_analyze_distilled_checkpoint(tmp_path, images):
     x = _batch(images)
     ts = summary["token_similarity"]
     np.testing.assert_allclose(ts["per_layer"], token_similarity(model, x), atol=1e-5)
-    assert ts["first_layer"] == ts["per_layer"][0] and ts["paper"]["last_layer"] == 0.93
+    assert ts["first_block"] == ts["per_layer"][0] and ts["paper"]["last_block"] == 0.93
+    learned = torch.nn.functional.cosine_similarity(
+        model.cls_token.flatten(), model.dist_token.flatten(), dim=0
+    )
+    assert ts["learned_tokens"] == pytest.approx(float(learned), abs=1e-6)
+    assert (
+        ts["paper"]["learned_tokens"] == 0.06 and "paper" not in summary["head_weight_similarity"]
+    )
     hs = head_weight_similarity(model)
     assert summary["head_weight_similarity"]["flattened"] == pytest.approx(hs["flattened"])
     with torch.no_grad():

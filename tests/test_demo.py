@@ -1,12 +1,20 @@
-"""`deit demo --quick`: the study end to end, its statistics by hand, its checkpoints in eval and
-predict."""
+"""`deit demo`: the study end to end (`--quick --full`, stopped half-way by a signal and
+started again), its runs never computed twice, its statistics by hand, its checkpoints in eval
+and predict."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import shlex
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +26,15 @@ from deit.cli import build_parser, main
 from deit.config import Config, config_from_args
 from deit.data import build_dataset
 from deit.demo import (
+    CLAIMS,
     HARD,
     LEADING,
     NONE,
-    PAPER_SOFT,
     TEACHER,
     DemoSettings,
-    curve_figure,
+    RunSpec,
+    claims_figure,
+    paired_gain,
     paired_interval,
     summarize,
     top1_figure,
@@ -34,18 +44,145 @@ from deit.evaluate import evaluate_checkpoint
 from deit.predict import predict
 
 T_975 = {1: 12.706204736, 2: 4.302652730}  # Student's t quantiles (tables)
+QUICK_FULL = ["demo", "--quick", "--full", "--no-progress"]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--output-dir", str(out), "--no-progress"]) == 0
+def stopped(tmp_path_factory):
+    """`deit demo --quick --full` in its own process group, stopped by SIGTERM to the parent
+    alone once a few runs are recorded: (folder, exit code, records kept, seconds until the
+    whole group was gone)."""
+    out = tmp_path_factory.mktemp("demo_full")
+    cmd = [sys.executable, "-m", "deit.cli", *QUICK_FULL, "--output-dir", str(out)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    records = out / "records"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(records.glob("*.json"))) < 4:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    code = proc.wait(30)
+    while _group_alive(proc.pid) and time.time() - start < 15:
+        time.sleep(0.1)
+    gone = time.time() - start
+    if _group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    stderr = proc.stderr.read()
+    return out, code, len(list(records.glob("*.json"))), gone, stderr
+
+
+@pytest.fixture(scope="module")
+def full_dir(stopped):
+    out, *_ = stopped
+    assert main([*QUICK_FULL, "--output-dir", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def results(demo_dir):
-    return json.loads((demo_dir / "results.json").read_text())
+def results(full_dir):
+    return json.loads((full_dir / "results.json").read_text())
+
+
+def test_a_stopped_study_leaves_no_process_and_says_how_to_continue(stopped):
+    out, code, kept, gone, stderr = stopped
+    assert code == 128 + signal.SIGTERM
+    assert gone < 10, f"processes of the demo's group lived {gone:.1f} s after it stopped"
+    assert f"the finished runs are kept in {out}: run the same command again" in stderr
+    assert kept >= 4
+
+
+def test_started_again_it_runs_only_what_had_not_finished(stopped, results, full_dir, tmp_path):
+    _, _, kept, _, _ = stopped
+    total = len(results["runs"])
+    assert total == len(_jobs(DemoSettings.quick(claims=CLAIMS), Path("x")))
+    assert results["computed"] == total - kept
+    # a third time nothing at all; the default demo's runs are among them
+    copy = tmp_path / "copy"
+    shutil.copytree(full_dir, copy)
+    assert main(["demo", "--quick", "--no-progress", "--output-dir", str(copy)]) == 0
+    again = json.loads((copy / "results.json").read_text())
+    assert again["computed"] == 0 and len(again["runs"]) == 6
+
+
+def test_a_changed_setting_makes_new_runs_and_reuses_the_rest(full_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(full_dir, copy)
+    argv = ["demo", "--quick", "--no-progress", "--output-dir", str(copy), "--seeds", "0"]
+    assert main([*argv, "--student-images", "600"]) == 0
+    res = json.loads((copy / "results.json").read_text())
+    # the seed's teacher is reused; both students are new (another budget, another key)
+    assert res["computed"] == 2 and {r["epochs"] for r in res["runs"][1:]} == {3}
+
+
+def test_every_claim_is_measured_with_its_paired_interval(results):
+    names = {c["claim"] for c in results["comparisons"]}
+    assert names == set(CLAIMS)
+    data = [c for c in results["comparisons"] if c["claim"] == "data"]
+    assert sorted(c["train_images"] for c in data) == [100, 200]
+    for c in results["comparisons"]:
+        assert c["seeds"] == 2 and c["ci95"] is not None and len(c["per_seed"]) == 2
+        assert c["gain"] == pytest.approx(statistics.fmean(c["per_seed"]), abs=0.006)
+    keys = {r["key"] for r in results["runs"]}
+    assert {
+        "teacher_x0.25",
+        "none_x2",
+        f"{LEADING.key}_from_none_x2",
+        f"{LEADING.key}_from_teacher_x0.25",
+        "hard_nomix",
+        "none_nomix",
+        "none_ft42",
+        "none_ft28",
+        f"{LEADING.key}_ft42",
+    } <= keys
+
+
+def test_the_transformer_teacher_is_the_plain_deit_trained_twice_as_long(full_dir):
+    base = full_dir / "n200" / "seed0"
+    student = yaml.safe_load((base / f"{LEADING.key}_from_none_x2" / "config.yaml").read_text())
+    teacher = yaml.safe_load((base / "none_x2" / "config.yaml").read_text())
+    plain = yaml.safe_load((base / "none" / "config.yaml").read_text())
+    assert student["teacher_model"] == "deit_nano_patch7_28"
+    assert student["teacher_path"] == str(base / "none_x2" / "checkpoint.pth")
+    assert teacher["epochs"] == 2 * plain["epochs"] and teacher["distillation_type"] == "none"
+    matched = yaml.safe_load((base / "teacher_x0.25" / "config.yaml").read_text())
+    full = yaml.safe_load((base / "teacher" / "config.yaml").read_text())
+    assert matched["epochs"] == max(1, round(full["epochs"] / 4))
+
+
+def test_fine_tuning_starts_from_the_student_at_the_larger_size(full_dir):
+    base = full_dir / "n200" / "seed0"
+    cfg = yaml.safe_load((base / f"{LEADING.key}_ft42" / "config.yaml").read_text())
+    assert cfg["finetune"] == str(base / LEADING.key / "checkpoint.pth")
+    assert cfg["input_size"] == 42 and cfg["distillation_type"] == "soft"
+    assert cfg["teacher_path"] == str(base / "teacher" / "checkpoint.pth")
+    same = yaml.safe_load((base / "none_ft28" / "config.yaml").read_text())
+    assert same["input_size"] == 28 and same["epochs"] == cfg["epochs"]
+    log = (base / "none_ft42" / "train.log").read_text()
+    assert "pos_embed interpolated bicubically from a 4x4 to a 6x6 patch grid" in log
+    assert "training crop: Resize(42) + RandomCrop" in log
+
+
+def test_token_cosines_through_depth_are_recorded(results):
+    lead = [r for r in results["runs"] if r["key"] == LEADING.key and r["train_images"] == 200]
+    for r in lead:
+        assert len(r["token_cosine"]) == 7  # the learned tokens, then 6 blocks
+        assert all(-1 <= x <= 1 for x in r["token_cosine"])
+        assert -1 <= r["head_output_cosine"] <= 1 and 0 <= r["head_agreement"] <= 100
+    entry = next(
+        e for e in results["summary"] if e["key"] == LEADING.key and e["train_images"] == 200
+    )
+    by_hand = [statistics.fmean(d) for d in zip(*(r["token_cosine"] for r in lead))]
+    assert entry["token_cosine"] == pytest.approx(by_hand, abs=1e-4)
+    assert not any("token_cosine" in r for r in results["runs"] if not r.get("top1_dist"))
 
 
 def test_paired_interval_by_hand():
@@ -55,110 +192,106 @@ def test_paired_interval_by_hand():
     assert paired_interval([4.0]) is None
 
 
-def test_quick_demo_records_every_run(results):
-    runs = results["runs"]
-    quick = DemoSettings.quick()
-    assert len(runs) == len(quick.seeds) * (1 + len(quick.variants))
-    for r in runs:
-        assert r["train_images"] == 200 and r["test_images"] == 3800  # 1,000 + 2,800 unused
-        assert 0.0 <= r["top1"] <= 100.0 and r["top1"] == round(r["top1"], 2)
-    soft = [r for r in runs if r["variant"] == "soft"]
-    assert {(r["alpha"], r["tau"]) for r in soft} == {(0.9, 4.0)}  # the headline pair
-    assert {r["variant"] for r in runs} == {"teacher", "none", "soft"}
-    assert 0.0 <= soft[0]["teacher_disagreement"] <= 100.0 and soft[0]["top1_dist"] is not None
-    assert "teacher_disagreement" not in runs[0]
+def test_paired_gain_by_hand():
+    runs = [
+        {"key": k, "seed": s, "train_images": 500, "top1": v}
+        for k, s, v in [("a", 0, 90.0), ("a", 1, 88.0), ("b", 0, 85.0), ("b", 1, 86.0)]
+    ]
+    g = paired_gain(runs, "a", "b", 500)
+    half = T_975[1] * statistics.stdev([5.0, 2.0]) / math.sqrt(2)
+    assert g["per_seed"] == [5.0, 2.0] and g["gain"] == 3.5
+    assert g["ci95"] == pytest.approx([3.5 - half, 3.5 + half], abs=0.006)
+    with pytest.raises(ValueError, match="a paired gain needs the same seeds"):
+        paired_gain(runs[:3], "a", "b", 500)
 
 
-def test_summary_gain_and_interval_by_hand(results):
+def test_summary_mean_and_interval_by_hand(results):
     runs = results["runs"]
-    none = {r["seed"]: r["top1"] for r in runs if r["variant"] == "none"}
-    for e in results["summary"]:
-        if e["variant"] != "soft" or e["alpha"] != LEADING.alpha:
-            continue
-        rows = [r for r in runs if r["variant"] == "soft" and r["alpha"] == LEADING.alpha]
-        diffs = [r["top1"] - none[r["seed"]] for r in rows]
-        assert e["gain"] == pytest.approx(statistics.fmean(diffs), abs=0.006)
-        half = T_975[1] * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)
-        mean = statistics.fmean(diffs)
-        assert e["ci95"] == pytest.approx([mean - half, mean + half], abs=0.006)
-        break
-    else:
-        pytest.fail("no summary entry for the leading variant")
     assert summarize(runs) == results["summary"]
+    tops = [r["top1"] for r in runs if r["key"] == "none" and r["train_images"] == 200]
+    entry = next(e for e in results["summary"] if e["key"] == "none" and e["train_images"] == 200)
+    half = T_975[1] * statistics.stdev(tops) / math.sqrt(2)
+    assert entry["mean"] == pytest.approx(statistics.fmean(tops), abs=0.006)
+    assert entry["mean_ci95"] == pytest.approx(
+        [statistics.fmean(tops) - half, statistics.fmean(tops) + half], abs=0.006
+    )
 
 
-def test_one_distilled_student_runs_its_teacher_online(demo_dir, results):
-    """The default pair has one distilled student per seed: no label pass (it would re-create
-    every view for one reader); the student reads its seed's teacher checkpoint."""
-    assert results["teacher_labels"] == [] and results["teacher_seconds_saved"] == 0
-    assert not (demo_dir / "n200" / "seed1" / "teacher_labels").exists()
-    cfg = yaml.safe_load((demo_dir / "n200" / "seed1" / LEADING.key / "config.yaml").read_text())
-    assert cfg["teacher_labels"] == ""
-    assert cfg["teacher_path"] == str(demo_dir / "n200" / "seed1" / "teacher" / "checkpoint.pth")
+def test_run_keys_name_each_departure():
+    assert RunSpec(NONE).key == "none" and RunSpec(TEACHER, budget=0.25).key == "teacher_x0.25"
+    assert RunSpec(HARD, mix=False).key == "hard_nomix"
+    assert RunSpec(LEADING, teacher="none_x2").key == f"{LEADING.key}_from_none_x2"
+    assert RunSpec(NONE, finetune="none", input_size=42).key == "none_ft42"
+    assert RunSpec(NONE, teacher="none_x2").key == "none"  # a plain student reads no teacher
 
 
-def test_full_demo_shares_one_label_store_per_seed(tmp_path):
-    """`deit demo --full`: per seed one teacher, one label pass after it, and the three
-    distilled students waiting for that store and reading it; the plain student reads none."""
-    s = DemoSettings.full(output_dir=str(tmp_path), seeds=(3,))
-    assert s.variants == (NONE, LEADING, HARD, PAPER_SOFT) and s.student_images == 80_000
-    jobs = _jobs(s, tmp_path)
-    base = tmp_path / "n500" / "seed3"
-    store = base / "teacher_labels"
-    assert [j.labels for j in jobs] == [None, store, None, None, None, None]
-    assert jobs[1].needs == base / "teacher" / "checkpoint.pth"
-    for job in jobs[3:]:
-        assert job.cfg["teacher_labels"] == str(store) and job.needs == store / "manifest.json"
-    assert jobs[2].cfg["teacher_labels"] == "" and jobs[2].needs is None
+def test_keys_follow_the_configuration_and_what_a_run_reads(tmp_path):
+    s = DemoSettings.full(seeds=(0,), claim_seeds=(0,))
+    base = {(j.n, j.seed, j.spec.key): j.key for j in _jobs(s, tmp_path)}
+    assert len(set(base.values())) == len(base)
+    more = {
+        (j.n, j.seed, j.spec.key): j.key
+        for j in _jobs(dataclasses.replace(s, student_images=90_000), tmp_path)
+    }
+    teachers = [k for k in base if k[2].startswith("teacher")]
+    assert all(base[k] == more[k] for k in teachers)
+    assert all(base[k] != more[k] for k in base if k not in teachers)
+    # a student taught by a teacher whose run changed is a new run too
+    cut = {
+        (j.n, j.seed, j.spec.key): j.key
+        for j in _jobs(dataclasses.replace(s, teacher_images=16_000), tmp_path)
+    }
+    assert cut[(500, 0, LEADING.key)] != base[(500, 0, LEADING.key)]
 
 
-def test_results_md_says_design_machine_and_verdict(demo_dir, results):
-    text = (demo_dir / "results.md").read_text()
-    assert "seeds: 0, 1" in text and "machine:" in text and "image-steps" in text
-    assert "3800 images" in text
-    # the scikit-learn baselines on the same held-out digits, beside the transformers
-    baselines = {b["variant"]: b for b in results["baselines"]}
+def test_results_md_says_design_machine_verdicts_and_smoke_run(full_dir, results):
+    text = (full_dir / "results.md").read_text()
+    assert "A smoke run" in text and "machine:" in text and "image-steps" in text
+    assert "1000 images" in text  # --quick scores the 1,000 test digits only
+    baselines = {b["variant"]: b for b in results["baselines"] if b["train_images"] == 200}
     assert set(baselines) == {"logistic_regression", "knn", "svm"}
-    assert all(b["test_images"] == 3800 and 0 < b["top1"] <= 100 for b in baselines.values())
-    assert f"| RBF-SVM (pixels) | 200 | — | {baselines['svm']['top1']:.2f} |" in text
-    # each run's held-out top-1 along its schedule ends at its final top-1
+    assert all(b["test_images"] == 1000 and 0 < b["top1"] <= 100 for b in baselines.values())
+    assert f"| RBF-SVM (pixels) | — | {baselines['svm']['top1']:.2f} |" in text
     assert all(r["curve"][-1][2] == r["top1"] for r in results["runs"])
-    assert text.count("vs no distillation") == 1  # one sentence per distilled variant
-    assert "97.89999" not in text and "999999" not in json.dumps(results)
+    assert text.count(" — the interval ") == len(results["comparisons"])
+    for name in CLAIMS:
+        assert f"## {name}: " in text
+    assert "Beside: CNN teacher, 0.25× budget (N=200)" in text
+    assert "## tokens: cosine of the class and distillation tokens through depth" in text
 
 
-def test_figures_show_intervals_from_zero(demo_dir, results):
-    with Image.open(demo_dir / "top1.png") as im:
-        assert im.size[0] > 800 and im.size[1] > 300
+def test_figures_show_intervals_from_zero(full_dir, results):
+    for name in ("top1.png", "claims.png"):
+        with Image.open(full_dir / name) as im:
+            assert im.size[0] > 800 and im.size[1] > 300
     left, right = top1_figure(results).axes
     assert left.get_ylim()[0] == 0 and "95 % CI" in left.get_title()
     assert len(left.patches) == 3  # teacher + the headline pair
     assert "gain" in right.get_ylabel()
-    two = {
-        **results,
-        "summary": [{**e, "train_images": n} for n in (100, 200) for e in results["summary"]],
-    }
-    ax, gx = curve_figure(two).axes
-    assert ax.get_xscale() == "log" and len(ax.get_legend().get_texts()) == 3
-    assert len(gx.get_legend().get_texts()) == 1
-
-
-def test_checkpoints_kept_for_the_first_seed_only(demo_dir):
-    assert not list(demo_dir.rglob("best_checkpoint.pth"))
-    kept = sorted(p.parent.name for p in demo_dir.rglob("checkpoint.pth"))
-    assert kept == sorted(["teacher", "none", LEADING.key])
-    assert all(p.parent.parent.name == "seed0" for p in demo_dir.rglob("checkpoint.pth"))
-    student = yaml.safe_load(
-        (demo_dir / "n200" / "seed0" / LEADING.key / "config.yaml").read_text()
+    forest, data, tokens = claims_figure(results).axes
+    assert len(forest.get_yticks()) == len(
+        [c for c in results["comparisons"] if c["claim"] != "data"]
     )
-    teacher = yaml.safe_load((demo_dir / "n200" / "seed0" / "teacher" / "config.yaml").read_text())
+    assert data.get_xscale() == "log" and "cosine" in tokens.get_ylabel()
+
+
+def test_checkpoints_kept_for_the_first_seed_only(full_dir):
+    assert not list(full_dir.rglob("best_checkpoint.pth"))
+    assert all(p.parent.parent.name == "seed0" for p in full_dir.rglob("checkpoint.pth"))
+    student = yaml.safe_load(
+        (full_dir / "n200" / "seed0" / LEADING.key / "config.yaml").read_text()
+    )
+    teacher = yaml.safe_load((full_dir / "n200" / "seed0" / "teacher" / "config.yaml").read_text())
     assert (student["cutmix"], student["mixup_prob"]) == (1.0, 1.0)  # students add CutMix
     assert (teacher["cutmix"], teacher["mixup_prob"]) == (0.0, 0.5)  # the teacher keeps the preset
-    assert student["train_subset"] == 200 and student["eval_unused"] is True
+    unmixed = yaml.safe_load(
+        (full_dir / "n200" / "seed0" / "hard_nomix" / "config.yaml").read_text()
+    )
+    assert (unmixed["cutmix"], unmixed["mixup"], unmixed["mixup_prob"]) == (0.0, 0.0, 0.0)
 
 
-def test_demo_checkpoint_in_eval_and_predict(demo_dir, capsys):
-    ckpt = demo_dir / "n200" / "seed0" / LEADING.key / "checkpoint.pth"
+def test_demo_checkpoint_in_eval_and_predict(full_dir, capsys):
+    ckpt = full_dir / "n200" / "seed0" / LEADING.key / "checkpoint.pth"
     assert main(["eval", str(ckpt), "--data-set", "mnist5k", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["n"] == 1000
@@ -179,20 +312,17 @@ def _readme_commands() -> list[list[str]]:
     return [shlex.split(x.split("#")[0])[2:] for x in lines if x.startswith("deit train")]
 
 
-def test_readme_commands_reproduce_the_demo_runs():
+def test_documented_commands_reproduce_the_demo_runs():
     teacher_argv, student_argv = _readme_commands()
     s = DemoSettings()
     base = Path("runs/demo/n500/seed0")
-    expected = {}
-    for v, needs in ((TEACHER, None), (LEADING, base / "teacher" / "checkpoint.pth")):
-        job = _Job(v, 500, 0, base / v.key, needs=needs)
-        expected[v.key] = _config(s, job)
-    for argv, key in ((teacher_argv, "teacher"), (student_argv, LEADING.key)):
+    teacher = _Job(RunSpec(TEACHER), 500, 0, base / "teacher")
+    teacher.cfg = _config(s, teacher)
+    student = _Job(RunSpec(LEADING), 500, 0, base / LEADING.key, deps=[teacher])
+    student.cfg = _config(s, student)
+    for argv, job in ((teacher_argv, teacher), (student_argv, student)):
         args = build_parser().parse_args(["train", *argv])
         got = config_from_args(args).to_dict()
-        want = Config.from_dict(expected[key]).to_dict()
-        # the demo's students read the seed's teacher-label store; the documented command runs
-        # the teacher online over the same views instead
-        skip = {"output_dir", "teacher_path", "device", "teacher_labels"}
-        differ = {k for k in want if got[k] != want[k]} - skip
+        want = Config.from_dict(job.cfg).to_dict()
+        differ = {k for k in want if got[k] != want[k]} - {"output_dir", "teacher_path", "device"}
         assert not differ, {k: (got[k], want[k]) for k in differ}

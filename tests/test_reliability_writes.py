@@ -267,10 +267,11 @@ def test_full_disk_keeps_the_previous_demo_results(tmp_path, monkeypatch):
     import deit.demo.run as demo_run
     from deit.demo import DemoSettings
 
-    runs = [{"variant": "none", "seed": 0, "train_images": 200, "top1": 50.0}]
-    monkeypatch.setattr(demo_run, "_execute", lambda s, jobs, say: (runs, []))
+    runs = [{"key": "none", "variant": "none", "seed": 0, "train_images": 200, "top1": 50.0}]
+    monkeypatch.setattr(demo_run, "_execute", lambda s, jobs, out, say: (runs, 1))
     monkeypatch.setattr(demo_run, "_prune", lambda s, r: None)
     monkeypatch.setattr(demo_run, "summarize", lambda r: {})
+    monkeypatch.setattr(demo_run, "comparisons", lambda s, r: [])
     monkeypatch.setattr(demo_run, "top1_figure", lambda r: _Figure())
     monkeypatch.setattr(demo_run, "markdown", lambda r: "# results\n")
     monkeypatch.setattr(deit.baselines, "fit_baselines", lambda *a: [])

@@ -4,9 +4,9 @@
   last layer's attention (mean over heads) and the attention rollout over all layers (Abnar &
   Zuidema 2020, "Quantifying Attention Flow in Transformers": per layer, average the heads, add
   the identity for the residual connection, renormalise the rows, multiply through the layers).
-- Cosine similarity between the class and distillation tokens at every layer's output, and
-  between the weights of their two heads (paper section 4, "Distillation token": 0.06 between
-  the learned tokens before the first block, 0.93 after the last, 0.1 between the heads).
+- Cosine similarity between the class and distillation tokens: the learned tokens (depth 0)
+  and every block's output (paper section 4, "Distillation token": 0.06 between the learned
+  tokens, 0.93 after the last block); and between the weights of their two heads.
 - How often the two heads agree on the images, and with a teacher when one is given.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects on the Agg canvas (no pyplot, no
@@ -20,21 +20,23 @@ from .attention import TOKEN_NAMES, attention_maps, attention_rollout, collect_a
 from .figures import attention_figure, similarity_figure
 from .run import analyze, format_summary
 from .similarity import (
-    PAPER_HEAD_SIMILARITY,
     PAPER_TOKEN_SIMILARITY,
     head_agreement,
     head_weight_similarity,
+    learned_token_similarity,
+    token_report,
     token_similarity,
 )
 
 __all__ = [
     "PAPER_TOKEN_SIMILARITY",
-    "PAPER_HEAD_SIMILARITY",
     "TOKEN_NAMES",
     "collect_attention",
     "attention_rollout",
     "attention_maps",
     "token_similarity",
+    "learned_token_similarity",
+    "token_report",
     "head_weight_similarity",
     "head_agreement",
     "attention_figure",

@@ -96,34 +96,33 @@ def attention_figure(
 
 
 def similarity_figure(values: Sequence[float], paper: bool = True):
-    """Curve of the class/distillation token cosine similarity over the layers.
+    """Curve of the class/distillation token cosine similarity through depth.
 
     Args:
-        values: one similarity per block (:func:`token_similarity`), first block first.
+        values: the learned tokens' cosine (depth 0, :func:`learned_token_similarity`), then
+            one per block (:func:`token_similarity`), first block first.
         paper: mark the paper's two points (section 4, DeiT-B: 0.06 between the learned class
             and distillation tokens, at depth 0; 0.93 after the last block, at depth 1).
 
     Returns:
         A :class:`matplotlib.figure.Figure` (Agg canvas) with labelled axes and a legend.
     """
-    depth = len(values)
-    rel = [i / depth for i in range(1, depth + 1)]
+    blocks = len(values) - 1
+    rel = [i / max(blocks, 1) for i in range(len(values))]
     fig = _figure(6.0, 4.0)
     ax = fig.subplots()
-    ax.plot(rel, list(values), marker="o", label=f"this model ({depth} blocks, mean over images)")
-    if paper and depth:
-        # paper section 4: 0.06 between the learned tokens (before the first block, depth 0),
-        # 0.93 after the last of DeiT-B's 12 blocks (depth 1)
+    ax.plot(rel, list(values), marker="o", label=f"this model ({blocks} blocks, mean over images)")
+    if paper and blocks:
         ax.scatter(
             [0.0, 1.0],
-            [PAPER_TOKEN_SIMILARITY["first_layer"], PAPER_TOKEN_SIMILARITY["last_layer"]],
+            [PAPER_TOKEN_SIMILARITY["learned_tokens"], PAPER_TOKEN_SIMILARITY["last_block"]],
             marker="*",
             s=160,
             color="tab:red",
             zorder=3,
             label="paper, DeiT-B: 0.06 learned tokens, 0.93 last block",
         )
-    ax.set_xlabel("relative depth (block / number of blocks)")
+    ax.set_xlabel("relative depth (0: the learned tokens; 1: after the last block)")
     ax.set_ylabel("cosine similarity (class vs distillation token)")
     ax.set_title("Class vs distillation token similarity per layer")
     ax.set_ylim(-1.05, 1.05)

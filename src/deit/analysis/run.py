@@ -30,11 +30,11 @@ from ..predict import (
 from .attention import _check_vit, _is_distilled, attention_maps, collect_attention
 from .figures import _save, attention_figure, similarity_figure
 from .similarity import (
-    PAPER_HEAD_SIMILARITY,
     PAPER_TOKEN_SIMILARITY,
     _cosine_per_layer,
     head_agreement,
     head_weight_similarity,
+    learned_token_similarity,
 )
 
 __all__ = ["analyze", "format_summary"]
@@ -214,19 +214,18 @@ def _summary(
     }
     if distilled and totals.similarity is not None:
         per_layer = (totals.similarity / n).tolist()
+        learned = learned_token_similarity(vit)
         summary["token_similarity"] = {
+            "learned_tokens": learned,
             "per_layer": per_layer,
-            "first_layer": per_layer[0],
-            "last_layer": per_layer[-1],
+            "first_block": per_layer[0],
+            "last_block": per_layer[-1],
             "after_final_norm": totals.final_similarity / n,
             "paper": dict(PAPER_TOKEN_SIMILARITY),
         }
-        fig = similarity_figure(per_layer)
+        fig = similarity_figure([learned, *per_layer])
         summary["figures"]["token_similarity"] = _save(fig, out / "token_similarity.png")
-        summary["head_weight_similarity"] = {
-            **head_weight_similarity(vit),
-            "paper": PAPER_HEAD_SIMILARITY,
-        }
+        summary["head_weight_similarity"] = head_weight_similarity(vit)
     else:
         skipped.append(
             "Token and head similarity were skipped: the model is not distilled, so it has no "
@@ -252,16 +251,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         vals = " ".join(f"{v:.3f}" for v in ts["per_layer"])
         lines.append(f"cls/dist token cosine similarity per layer: {vals}")
         lines.append(
-            f"  first block {ts['first_layer']:.3f} (paper, learned tokens: "
-            f"{ts['paper']['first_layer']}), "
-            f"last block {ts['last_layer']:.3f} (paper {ts['paper']['last_layer']}), "
+            f"  learned tokens {ts['learned_tokens']:.3f} (paper "
+            f"{ts['paper']['learned_tokens']}), first block {ts['first_block']:.3f}, "
+            f"last block {ts['last_block']:.3f} (paper {ts['paper']['last_block']}), "
             f"after the final norm {ts['after_final_norm']:.3f}"
         )
     hs = summary.get("head_weight_similarity")
     if hs:
         lines.append(
             f"head weight cosine similarity: flattened {hs['flattened']:.3f}, per-class mean "
-            f"{hs['per_class_mean']:.3f} (paper {hs['paper']})"
+            f"{hs['per_class_mean']:.3f}"
         )
     for k, v in (summary.get("agreement") or {}).items():
         lines.append(f"agreement {k.replace('_', ' ')}: {100 * v:.1f}%")

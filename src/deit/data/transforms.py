@@ -41,9 +41,11 @@ from torch.utils.data import (
 from torchvision import transforms
 
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+from .info import dataset_info
 
 __all__ = [
     "SMALL_INPUT_MAX",
+    "uses_small_image_crop",
     "build_transform",
     "build_transform_from_config",
     "build_mixup",
@@ -149,6 +151,7 @@ def build_transform(
     scale: tuple[float, float] = (0.08, 1.0),
     eval_interpolation: str = "bicubic",
     crop_padding: int = 4,
+    small_images: bool | None = None,
 ) -> transforms.Compose:
     """Training or evaluation transform: PIL RGB image → normalised ``(3, input_size, input_size)``.
 
@@ -163,7 +166,8 @@ def build_transform(
     ``RandomCrop(input_size, padding=crop_padding)`` (official: 4; 0 keeps digits in place, which
     a small patch-7 ViT needs on 4,000 MNIST images), preceded here by a bicubic
     ``Resize(input_size)`` that leaves images already of that size untouched (so 8 px digits can
-    be trained at 28 px).
+    be trained at 28 px). ``small_images=True`` keeps this small-image pipeline at any
+    ``input_size``: digits upscaled to 42 px for fine-tuning must not be cut to 8 % of their area.
 
     Evaluation (``create_transform(is_training=False)``): Resize the short side to
     ``int(input_size / crop_pct)`` (``eval_interpolation``, bicubic by default) → CenterCrop
@@ -183,6 +187,8 @@ def build_transform(
         hflip: horizontal-flip probability (0 for digits).
         scale: RandomResizedCrop area range.
         eval_interpolation: interpolation of the evaluation resize.
+        crop_padding: padding of the small-image random crop (px).
+        small_images: use the small-image pipeline (default: ``input_size <= 32``).
 
     Returns:
         A :class:`torchvision.transforms.Compose`.
@@ -196,7 +202,7 @@ def build_transform(
         raise ValueError(f"crop_pct must be in (0, 1] (got {crop_pct}).")
     if aa is not None and aa.lower() in ("", "none"):
         aa = None
-    small = input_size <= SMALL_INPUT_MAX
+    small = input_size <= SMALL_INPUT_MAX if small_images is None else small_images
     if is_train:
         timm_kw = dict(scale=scale, hflip=hflip, color_jitter=color_jitter, auto_augment=aa)
         timm_kw.update(interpolation=train_interpolation, mean=tuple(mean), std=tuple(std))
@@ -224,7 +230,9 @@ def build_transform_from_config(
     """:func:`build_transform` with the fields of a config (``input_size``, ``aa``,
     ``color_jitter``, ``reprob``, ``remode``, ``recount``, ``train_interpolation``,
     ``eval_crop_ratio``, ``hflip``); ``mean``/``std`` usually come from the data set's
-    :class:`~deit.data.datasets.DatasetInfo` (or the model's pretrained configuration)."""
+    :class:`~deit.data.datasets.DatasetInfo` (or the model's pretrained configuration). Images
+    of a data set whose native side is at most 32 px keep the small-image pipeline at any
+    input size (:func:`uses_small_image_crop`)."""
     return build_transform(
         is_train,
         cfg.input_size,
@@ -239,7 +247,20 @@ def build_transform_from_config(
         crop_pct=getattr(cfg, "eval_crop_ratio", 0.875),
         hflip=getattr(cfg, "hflip", 0.5),
         crop_padding=getattr(cfg, "crop_padding", 4),
+        small_images=uses_small_image_crop(cfg),
     )
+
+
+def uses_small_image_crop(cfg: Any) -> bool:
+    """Whether a run trains with the small-image crop (Resize + RandomCrop) rather than
+    RandomResizedCrop: its input is at most 32 px, or its data set's images are (the official
+    code decides by the input size alone, which would crop upscaled digits to 8 % of their
+    area)."""
+    try:
+        native = dataset_info(cfg.data_set).image_size
+    except (ValueError, KeyError):
+        native = None
+    return cfg.input_size <= SMALL_INPUT_MAX or (native is not None and native <= SMALL_INPUT_MAX)
 
 
 def build_mixup(

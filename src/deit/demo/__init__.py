@@ -1,9 +1,10 @@
-"""`deit demo`: the paper's claim as a small controlled study on 5,000 real MNIST digits (CPU).
+"""`deit demo`: the paper's claims as a small controlled study on 5,000 real MNIST digits (CPU).
 
-The study's parts: :mod:`.settings` (the models compared and the budget), :mod:`.study` (its
-``deit train`` runs and teacher-label passes on worker processes), :mod:`.stats` (means and
-paired intervals over seeds), :mod:`.report` (``results.md``), :mod:`.figures` and :mod:`.run`
-(:func:`run_demo` and the ``deit demo`` flags; the design in full is that module's docstring).
+The study's parts: :mod:`.settings` (the runs, the claims as paired comparisons, the budget),
+:mod:`.study` (its ``deit train`` runs on worker processes, each recorded once), :mod:`.stats`
+(means and paired intervals over seeds), :mod:`.report` (``results.md``), :mod:`.figures` and
+:mod:`.run` (:func:`run_demo` and the ``deit demo`` flags; the design in full is that module's
+docstring).
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ _EXPORTS = {
     "PAPER_SOFT": "settings",
     "LEADING": "settings",
     "DemoSettings": "settings",
+    "RunSpec": "settings",
+    "Claim": "settings",
+    "CLAIMS": "settings",
+    "claims": "settings",
+    "paired_gain": "stats",
     "paired_interval": "stats",
     "summarize": "stats",
     "run_demo": "run",
+    "comparisons": "run",
     "top1_figure": "figures",
-    "curve_figure": "figures",
+    "claims_figure": "figures",
     "markdown": "report",
     "add_subcommand": "run",
 }
@@ -38,11 +45,17 @@ __all__ = [
     "PAPER_SOFT",
     "LEADING",
     "DemoSettings",
+    "RunSpec",
+    "Claim",
+    "CLAIMS",
+    "claims",
+    "paired_gain",
     "paired_interval",
     "summarize",
     "run_demo",
+    "comparisons",
     "top1_figure",
-    "curve_figure",
+    "claims_figure",
     "markdown",
     "add_subcommand",
 ]

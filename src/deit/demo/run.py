@@ -1,22 +1,22 @@
-"""`deit demo`: the paper's claim as a small controlled study on 5,000 real MNIST digits (CPU).
+"""`deit demo`: the paper's claims as a small controlled study on 5,000 real MNIST digits (CPU).
 
-For every seed, a CNN teacher and DeiT students — without distillation, and distilled through the
-distillation token (hard, the paper's soft setting, and the soft setting that gained most while
-the demo was tuned)
-— train on the same ``N`` digits with the same budget, data order and seed (paired by seed), and
-are evaluated on every mnist5k digit none of them trained on. The report gives each model's
-mean top-1 and each distilled student's gain over the plain one with a 95 % confidence interval
-(paired t-interval over seeds), and how often the teacher's top class differed from the true
-label on the students' training views. ``deit demo --curve`` repeats the study over several
-``N``: the data-efficiency curve.
+For every seed a CNN teacher and the same small DeiT, without distillation and distilled
+through the distillation token, train on the same N digits with the same budget, data order
+and seed (paired by seed), and are scored on the mnist5k digits none of them trained on (the
+validation digits that settings were chosen on are left out). The report gives each model's
+mean top-1 and each comparison's paired gain with a 95 % t-interval over seeds, beside
+scikit-learn baselines on the same pixels.
 
-Every run goes through :func:`deit.train.run` (what ``deit train`` calls, with
-``--train-subset N --eval-unused --eval-interval 0``); runs are spread over worker processes.
-The distilled students of one seed see the same views (same data order and recipe), so the
-teacher's outputs on them are computed once per seed
-(:func:`deit.label_pass.compute_teacher_labels`,
-full fp16 logits) and every distilled student reads them (``--teacher-labels``); the report
-says how many seconds of teacher forward that avoided.
+The default run measures the headline pair (no distillation vs the leading soft setting) over
+5 seeds. With --full it measures every claim of the paper: hard vs soft vs none, hard
+distillation on unmixed views, a CNN vs a transformer teacher of matched accuracy, twice the
+training budget, the gain against the training-set size, fine-tuning at a larger input, and
+the class/distillation token cosines through depth (docs/demo.md). --claims picks some.
+
+Every run is a `deit train` run, recorded under the output folder when it finishes: the same
+command started again (after Ctrl-C, a reboot, or with more --seeds) runs only what is missing,
+and a changed setting makes new runs. --quick is a smoke run of the same pipeline, with numbers
+near chance.
 """
 
 from __future__ import annotations
@@ -30,21 +30,25 @@ from pathlib import Path
 from typing import Any
 
 from .._write import atomic_write, atomic_write_text
-from .figures import curve_figure, top1_figure
+from .figures import claims_figure, top1_figure
 from .report import machine, markdown
-from .settings import DemoSettings
-from .stats import _r, summarize
-from .study import _execute, _jobs, _prune
+from .settings import CLAIMS, DemoSettings, claims
+from .stats import paired_gain, summarize
+from .study import StudyStopped, _execute, _jobs, _prune, _seeds_and_sizes
 
 __all__ = ["add_subcommand", "run_demo"]
 
 
 def _check(s: DemoSettings) -> None:
-    if not s.seeds or not s.train_images:
-        raise ValueError("The demo needs at least one seed and one training-set size.")
-    if max(s.train_images) + s.val_images >= 4000 or min(s.train_images) < 10:
+    if not s.seeds:
+        raise ValueError("The demo needs at least one seed (--seeds).")
+    unknown = [c for c in s.claims if c not in CLAIMS]
+    if unknown:
+        raise ValueError(f"Unknown claim {unknown[0]!r}; choose from {', '.join(CLAIMS)}.")
+    sizes = (s.train_images, *s.curve_images)
+    if max(sizes) + s.val_images >= 4000 or min(sizes) < 10:
         raise ValueError(
-            f"train_images {sorted(s.train_images)} must lie between 10 and "
+            f"training-set sizes {sorted(set(sizes))} must lie between 10 and "
             f"{3999 - s.val_images:,}: mnist5k's training split holds 4,000, {s.val_images:,} "
             "of them are validation digits and the digits left out are the held-out set."
         )
@@ -54,20 +58,36 @@ def _check(s: DemoSettings) -> None:
         )
 
 
-def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    """Run the study and write ``results.json``, ``results.md`` and the figure.
+def comparisons(s: DemoSettings, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each claim's paired comparisons (:func:`deit.demo.stats.paired_gain`) at each of its
+    training-set sizes, with the claim's ``claim`` name and ``title``."""
+    out = []
+    known = claims(s)
+    for name in s.claims:
+        claim = known[name]
+        _, sizes = _seeds_and_sizes(s, claim)
+        for n in sizes:
+            for treatment, control in claim.pairs:
+                gain = paired_gain(runs, treatment.key, control.key, n)
+                out.append({"claim": name, "title": claim.title, **gain})
+    return out
 
-    Writes under ``settings.output_dir``: ``n<N>/seed<S>/<variant>/`` (each a ``deit train``
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """Run the study (only the runs not recorded yet) and write its results.
+
+    Writes under ``settings.output_dir``: ``n<N>/seed<S>/<run>/`` (each a ``deit train``
     folder: ``config.yaml``, ``log.txt``, and ``checkpoint.pth`` for the kept runs),
-    ``results.json`` (``runs``: one record per run with ``variant`` (plus ``alpha``/``tau``
-    for soft), ``seed``, ``train_images``, ``test_images``, ``top1`` in %; ``summary`` as
-    :func:`summarize`; ``teacher_labels``: one record per label pass with its
-    ``teacher_seconds``, ``students`` and ``teacher_seconds_saved``, and their sum
-    ``teacher_seconds_saved``), ``results.md`` and ``top1.png`` (one size) or
-    ``data_efficiency.png``; each seed's label store in ``n<N>/seed<S>/teacher_labels/``.
+    ``records/<key>.json`` (one per finished run), ``results.json`` (``runs``: one record per
+    run with its ``key``, ``variant`` and departures, ``seed``, ``train_images``,
+    ``test_images``, ``top1`` in %, ``curve``; ``summary`` as :func:`summarize`;
+    ``comparisons`` as :func:`comparisons`; ``beside``: per claim, the keys of the runs its
+    report shows beside the comparisons (the teachers compared); ``baselines``; ``computed``: runs computed by this
+    call), ``results.md`` and ``top1.png`` (with several claims also ``claims.png``).
 
     Raises:
-        ValueError: an empty seed or size list, or a size the training split cannot hold.
+        ValueError: no seed, an unknown claim, or a size the training split cannot hold.
+        StudyStopped / KeyboardInterrupt: a signal stopped it (the finished runs are kept).
     """
     s = settings
     _check(s)
@@ -81,49 +101,71 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     from ..baselines import fit_baselines  # numpy, scikit-learn: not for `deit demo --help`
 
-    runs, passes = _execute(s, _jobs(s, out), say)
-    _prune(s, runs)
-    baselines = [b for n in s.train_images for b in fit_baselines("mnist5k", n, s.val_images)]
+    jobs = _jobs(s, out)
+    runs, computed = _execute(s, jobs, out, say)
+    _prune(s, jobs)
+    sizes = sorted({r["train_images"] for r in runs})
     results: dict[str, Any] = {
-        "settings": {**asdict(s), "variants": [v.record() for v in s.variants]},
+        "settings": {k: v for k, v in asdict(s).items() if k != "progress"},
         "machine": machine(),
         "seconds": round(time.time() - start, 1),
+        "computed": computed,
         "runs": runs,
         "summary": summarize(runs),
-        "baselines": baselines,
-        "teacher_labels": passes,
-        "teacher_seconds_saved": _r(sum(p["teacher_seconds_saved"] for p in passes)),
+        "comparisons": comparisons(s, runs),
+        "beside": {name: [spec.key for spec in claims(s)[name].extra] for name in s.claims},
+        "baselines": [
+            b for n in sizes for b in fit_baselines("mnist5k", n, s.val_images, s.eval_unused)
+        ],
     }
-    figure = curve_figure if len(s.train_images) > 1 else top1_figure
-    path = out / ("data_efficiency.png" if len(s.train_images) > 1 else "top1.png")
-    fig = figure(results)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    results["figure"] = str(path)
+    _figures(results, out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write_text(out / "results.md", markdown(results))
-    say(f"done in {results['seconds']:.0f} s; results in {out}")
+    say(f"done in {results['seconds']:.0f} s ({computed} runs computed); results in {out}")
     return results
 
 
-def _demo_cmd(args: argparse.Namespace) -> int:
+def _figures(results: dict[str, Any], out: Path) -> None:
+    """``top1.png`` (the headline), and ``claims.png`` when more claims were measured."""
+    made = [("top1.png", top1_figure)]
+    if len(results["settings"]["claims"]) > 1:
+        made.append(("claims.png", claims_figure))
+    for name, draw in made:
+        fig = draw(results)
+        atomic_write(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
+    results["figure"] = str(out / "top1.png")
+
+
+def _settings(args: argparse.Namespace) -> DemoSettings:
+    """The settings the flags ask for."""
     kw: dict[str, Any] = {"progress": not args.no_progress}
-    for key in ("output_dir", "processes", "teacher_images", "student_images"):
+    for key in ("output_dir", "processes", "teacher_images", "student_images", "train_images"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
-    for key in ("seeds", "train_images"):
+    for key in ("seeds", "claim_seeds", "curve_images", "claims"):
         if getattr(args, key):
             kw[key] = tuple(getattr(args, key))
-    maker = (
-        DemoSettings.quick
-        if args.quick
-        else DemoSettings.full
-        if args.full
-        else DemoSettings.curve
-        if args.curve
-        else DemoSettings
-    )
-    results = run_demo(maker(**kw))
-    print(Path(results["figure"]).parent.joinpath("results.md").read_text())
+    if args.full:
+        kw.setdefault("claims", CLAIMS)
+        kw.setdefault("output_dir", "runs/demo_full")
+    if args.quick:
+        kw.setdefault("output_dir", "runs/demo_quick")
+        return DemoSettings.quick(**kw)
+    return DemoSettings(**kw)
+
+
+def _demo_cmd(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    try:
+        results = run_demo(s)
+    except StudyStopped as e:
+        print(
+            f"deit demo: stopped by signal {e.signum}; the finished runs are kept in "
+            f"{s.output_dir}: run the same command again to continue.",
+            file=sys.stderr,
+        )
+        return 128 + e.signum
+    print((Path(s.output_dir) / "results.md").read_text())
     print(f"figure: {results['figure']}")
     return 0
 
@@ -132,21 +174,31 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``deit demo``."""
     p = sub.add_parser(
         "demo",
-        help="a CNN teacher and DeiT students on real MNIST digits: distillation gain, 95 %% CI",
+        help="a CNN teacher and DeiT students on real MNIST digits: the paper's claims, 95 %% CI",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--output-dir", default=None, help="where runs and results go")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smoke run of the same pipeline")
-    mode.add_argument(
+    p.add_argument(
+        "--output-dir", default=None, help="where runs and results go (default runs/demo)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run of the same pipeline (near-chance numbers)"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--full",
         action="store_true",
-        help="also hard distillation and the paper's soft setting, with their intervals",
+        help="every claim (default folder runs/demo_full): " + ", ".join(CLAIMS),
     )
-    mode.add_argument("--curve", action="store_true", help="the data-efficiency curve")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2 3 4)")
-    p.add_argument("--train-images", type=int, nargs="+", help="training-set sizes N")
+    which.add_argument("--claims", nargs="+", choices=CLAIMS, help="the claims to measure")
+    p.add_argument("--seeds", type=int, nargs="+", help="the headline's seeds (default 0 1 2 3 4)")
+    p.add_argument(
+        "--claim-seeds", type=int, nargs="+", help="the other claims' seeds (default: first 3)"
+    )
+    p.add_argument("--train-images", type=int, help="the headline's training digits (default 500)")
+    p.add_argument(
+        "--curve-images", type=int, nargs="+", help="the data claim's sizes (250 500 1000 2000)"
+    )
     p.add_argument("--teacher-images", type=int, help="teacher budget in image-steps")
     p.add_argument("--student-images", type=int, help="student budget in image-steps")
     p.add_argument("--processes", type=int, help="worker processes (default: one per core)")

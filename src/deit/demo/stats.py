@@ -7,9 +7,8 @@ import statistics
 from typing import Any
 
 from .._optional import require
-from .settings import Variant
 
-__all__ = ["paired_interval", "summarize"]
+__all__ = ["paired_gain", "paired_interval", "summarize"]
 
 
 def paired_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -32,44 +31,69 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 2)
 
 
+def _spec(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields naming a run's model: its variant's and its departures (``key`` first)."""
+    keep = ("key", "variant", "alpha", "tau", "kl_reduction", "budget", "mix", "input_size")
+    return {k: record[k] for k in (*keep, "teacher", "finetune") if k in record}
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per training-set size and variant: mean top-1 with its 95 % interval; for distilled
-    variants also ``gain`` = mean paired difference to ``none`` (same seed) and ``ci95``, its
-    95 % interval (two numbers), and the mean teacher disagreement on training views (%)."""
+    """Per training-set size and run (``key``): mean top-1 over its seeds with the 95 %
+    interval, and for distilled students the mean teacher disagreement on training views (%)
+    and, where recorded, the mean token cosines through depth."""
     out: list[dict[str, Any]] = []
-    sizes = sorted({r["train_images"] for r in runs})
-    for n in sizes:
+    for n in sorted({r["train_images"] for r in runs}):
         at_n = [r for r in runs if r["train_images"] == n]
-        none = {r["seed"]: r["top1"] for r in at_n if r["variant"] == "none"}
-        seen: list[dict[str, Any]] = []
-        for r in at_n:
-            spec = Variant.of(r).record()
-            if spec not in seen:
-                seen.append(spec)
-        for spec in seen:
-            rows = [r for r in at_n if Variant.of(r).record() == spec]
+        for key in dict.fromkeys(r["key"] for r in at_n):
+            rows = [r for r in at_n if r["key"] == key]
             tops = [r["top1"] for r in rows]
             ci = paired_interval(tops)
-            entry = {
-                **spec,
-                "train_images": n,
-                "seeds": len(rows),
-                "mean": _r(statistics.fmean(tops)),
-            }
+            entry = {**_spec(rows[0]), "train_images": n, "seeds": len(rows)}
+            entry["mean"] = _r(statistics.fmean(tops))
             entry["mean_ci95"] = None if ci is None else [_r(ci[0]), _r(ci[1])]
-            if spec["variant"] not in ("none", "teacher") and none:
-                if sorted(r["seed"] for r in rows) != sorted(none):
-                    raise ValueError(
-                        f"N={n}: {Variant.of(spec).label} has seeds "
-                        f"{sorted(r['seed'] for r in rows)} but no distillation has "
-                        f"{sorted(none)}; a paired gain needs the same seeds once each."
-                    )
-                diffs = [r["top1"] - none[r["seed"]] for r in rows]
-                gci = paired_interval(diffs)
-                entry["gain"] = _r(statistics.fmean(diffs))
-                entry["ci95"] = None if gci is None else [_r(gci[0]), _r(gci[1])]
+            if "teacher_disagreement" in rows[0]:
                 entry["teacher_disagreement"] = _r(
                     statistics.fmean(r["teacher_disagreement"] for r in rows)
                 )
+            if "token_cosine" in rows[0]:
+                depth = zip(*(r["token_cosine"] for r in rows))
+                entry["token_cosine"] = [round(statistics.fmean(d), 4) for d in depth]
+                entry["head_output_cosine"] = round(
+                    statistics.fmean(r["head_output_cosine"] for r in rows), 4
+                )
             out.append(entry)
     return out
+
+
+def paired_gain(runs: list[dict[str, Any]], treatment: str, control: str, n: int) -> dict[str, Any]:
+    """The paired comparison of two runs (keys) at training-set size ``n``: mean per-seed
+    difference of top-1 (treatment − control, points) with its 95 % interval.
+
+    Returns:
+        ``treatment``, ``control``, ``train_images``, ``seeds``, ``per_seed`` (the differences,
+        in seed order), ``gain`` and ``ci95`` (``None`` with one seed).
+
+    Raises:
+        ValueError: the two runs were not measured on the same seeds (once each).
+    """
+    rows = {
+        k: {r["seed"]: r["top1"] for r in runs if r["key"] == k and r["train_images"] == n}
+        for k in (treatment, control)
+    }
+    t, c = rows[treatment], rows[control]
+    if sorted(t) != sorted(c) or not t:
+        raise ValueError(
+            f"N={n}: {treatment} has seeds {sorted(t)} but {control} has {sorted(c)}; a paired "
+            "gain needs the same seeds once each."
+        )
+    diffs = [t[seed] - c[seed] for seed in sorted(t)]
+    ci = paired_interval(diffs)
+    return {
+        "treatment": treatment,
+        "control": control,
+        "train_images": n,
+        "seeds": len(diffs),
+        "per_seed": [_r(d) for d in diffs],
+        "gain": _r(statistics.fmean(diffs)),
+        "ci95": None if ci is None else [_r(ci[0]), _r(ci[1])],
+    }

@@ -1,12 +1,25 @@
-"""The demo's runs: one ``deit train`` run per model and seed, and one teacher-label pass per
-seed, scheduled on worker processes so that each waits for what it reads."""
+"""The study's runs: one ``deit train`` run per model, seed and training-set size, each
+identified by its full configuration, scheduled on worker processes so that each waits for the
+checkpoints it reads, and never computed twice.
+
+A finished run leaves its record in ``records/<key>.json`` under the study folder, where
+``key`` hashes the run's configuration and the keys of the runs it reads. A study started
+again (after Ctrl-C, a reboot, a full disk, or with more seeds) takes every run whose record
+is there and runs the others; a changed setting changes the key, so it makes a new run. A run
+stopped half-way is run again from its start.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import signal
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr
 from dataclasses import dataclass, field
@@ -14,49 +27,71 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from .._write import atomic_write_text
 from ..config import Config, get_preset
-from .settings import TEACHER, DemoSettings, Variant
+from .settings import TEACHER, DemoSettings, RunSpec, claims
 from .stats import _r
 
-__all__: list[str] = []
+__all__ = ["StudyStopped"]
+
+#: Increase when a change of the code makes earlier records wrong: they are not reused.
+RECORD_VERSION = 2
 
 
-@dataclass
+class StudyStopped(Exception):
+    """The study was stopped by a signal; ``signum`` says which (exit status 128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@dataclass(eq=False)  # compared and hashed by identity: one object per run
 class _Job:
-    variant: Variant
+    spec: RunSpec
     n: int
     seed: int
     run_dir: Path
     cfg: dict[str, Any] = field(default_factory=dict)
-    needs: Path | None = None  # what this job waits for: the teacher checkpoint or label store
-    labels: Path | None = None  # a label-pass job: the store it writes
+    deps: list[_Job] = field(default_factory=list)  # the runs whose checkpoints this one reads
+    key: str = ""
 
     @property
-    def produces(self) -> Path:
-        """What the job leaves for the jobs that need it."""
-        return self.labels / "manifest.json" if self.labels else self.run_dir / "checkpoint.pth"
+    def checkpoint(self) -> Path:
+        """What the job leaves for the jobs that read it."""
+        return self.run_dir / "checkpoint.pth"
+
+    @property
+    def est(self) -> float:
+        """Relative cost: image-steps x tokens per image x 1.25 with an online teacher."""
+        steps = self.cfg["epochs"] * self.cfg["train_subset"]
+        tokens = (self.spec.input_size / 28) ** 2
+        return steps * tokens * (1.25 if self.spec.distilled else 1.0)
 
 
 def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
     """The ``deit train`` configuration of one run: the ``small`` preset with the study's
-    budget, subset and held-out evaluation."""
-    v = job.variant
-    teacher = v.variant == "teacher"
-    budget = s.teacher_images if teacher else s.student_images
+    budget, subset and held-out evaluation, and the run's departures (:class:`RunSpec`)."""
+    spec = job.spec
+    teacher = spec.variant.variant == "teacher"
+    if spec.finetune:
+        budget = s.finetune_images * spec.budget
+    else:
+        budget = (s.teacher_images if teacher else s.student_images) * spec.budget
     epochs = s.epochs(budget, job.n)
     cfg = get_preset("small").to_dict()
+    warmup = 0.1 if teacher else s.student_warmup
     cfg.update(
         epochs=epochs,
-        warmup_epochs=0
-        if epochs <= 1
-        else max(1, round((0.1 if teacher else s.student_warmup) * epochs)),
+        warmup_epochs=0 if epochs <= 1 else max(1, round(warmup * epochs)),
         batch_size=min(s.teacher_batch_size if teacher else s.batch_size, job.n),
-        lr=s.teacher_lr if teacher else s.lr,
+        lr=s.teacher_lr if teacher else (s.finetune_lr if spec.finetune else s.lr),
         seed=job.seed,
         train_subset=job.n,
-        eval_unused=True,
+        eval_unused=s.eval_unused,
         val_images=s.val_images,
         eval_interval=max(1, epochs // s.curve_points),
+        input_size=spec.input_size,
         num_workers=0,
         device="cpu",
         output_dir=str(job.run_dir),
@@ -67,17 +102,19 @@ def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
     if teacher:
         cfg.update(model=s.teacher, drop_path=0.0)
         return cfg
+    mixing = dict(cutmix=s.student_cutmix, mixup_prob=s.student_mixup_prob)
+    if not spec.mix:
+        mixing = dict(cutmix=0.0, mixup=0.0, mixup_prob=0.0)
+    v = spec.variant
     cfg.update(
         model=s.student if v.variant == "none" else s.distilled_student,
-        cutmix=s.student_cutmix,
-        mixup_prob=s.student_mixup_prob,
+        **mixing,
         distillation_type=v.variant,
         distillation_alpha=v.alpha,
         distillation_tau=v.tau,
         kl_reduction=v.kl_reduction,
         teacher_model=s.teacher,
-        teacher_path=str(_teacher_ckpt(job.run_dir)) if v.variant != "none" else "",
-        teacher_labels=str(_store(job.run_dir)) if v.variant != "none" else "",
+        teacher_path="",
         # the same teacher outputs on every machine (auto picks bf16 or int8 where the CPU
         # has them; this teacher is too small for that to pay)
         teacher_precision="fp32",
@@ -85,63 +122,111 @@ def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
     return cfg
 
 
-def _teacher_ckpt(run_dir: Path) -> Path:
-    """The teacher checkpoint of the seed of the run in ``run_dir``."""
-    return run_dir.parent / "teacher" / "checkpoint.pth"
+def _folder(out: Path, n: int, seed: int, key: str) -> Path:
+    return out / f"n{n}" / f"seed{seed}" / key
 
 
-def _store(run_dir: Path) -> Path:
-    """The teacher-label store shared by the distilled students of the seed of ``run_dir``."""
-    return run_dir.parent / "teacher_labels"
+def _job_key(job: _Job, out: Path) -> str:
+    """A hash of the run's configuration (its paths relative to the study folder) and of the
+    keys of the runs it reads."""
+    cfg = {
+        k: (os.path.relpath(v, out) if k in ("output_dir", "teacher_path", "finetune") and v else v)
+        for k, v in job.cfg.items()
+    }
+    blob = json.dumps(
+        {"cfg": cfg, "deps": [d.key for d in job.deps], "version": RECORD_VERSION},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _seeds_and_sizes(s: DemoSettings, claim: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    seeds = s.seeds if claim.seeds == "all" else s.claim_seed_list
+    sizes = tuple(s.curve_images) if claim.sizes == "curve" else (s.train_images,)
+    return seeds, sizes
 
 
 def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
-    jobs: list[_Job] = []
-    for n in s.train_images:
-        for seed in s.seeds:
-            base = out / f"n{n}" / f"seed{seed}"
-            jobs.append(_Job(TEACHER, n, seed, base / TEACHER.key))
-            jobs[-1].cfg = _config(s, jobs[-1])
-            distilled = [v for v in s.variants if v.variant not in ("teacher", "none")]
-            # one label pass per seed over the views its distilled students share pays only
-            # for several students: it re-creates every view (~4 times the tiny teacher's
-            # forward), so a single distilled student runs its teacher online
-            shared = len(distilled) > 1
-            if shared:
-                job = _Job(distilled[0], n, seed, base / distilled[0].key)
-                job.labels = _store(job.run_dir)
-                job.cfg, job.needs = _config(s, job), _teacher_ckpt(job.run_dir)
-                jobs.append(job)
-            for v in s.variants:
-                job = _Job(v, n, seed, base / v.key)
-                job.cfg = _config(s, job)
-                job.needs = _store(job.run_dir) / "manifest.json" if v in distilled else None
-                if v in distilled and not shared:
-                    job.cfg["teacher_labels"], job.needs = "", _teacher_ckpt(job.run_dir)
-                jobs.append(job)
-    return jobs
+    """Every run the settings' claims need, each once, a run after the runs it reads."""
+    known = claims(s)
+    jobs: dict[tuple[int, int, str], _Job] = {}
+
+    def add(spec: RunSpec, n: int, seed: int) -> _Job:
+        if (n, seed, spec.key) in jobs:
+            return jobs[(n, seed, spec.key)]
+        deps = [add(_spec_of(known, d, s), n, seed) for d in spec.needs()]
+        job = _Job(spec, n, seed, _folder(out, n, seed, spec.key), deps=deps)
+        job.cfg = _config(s, job)
+        for dep in deps:
+            if dep.spec.key == spec.finetune:
+                job.cfg["finetune"] = str(dep.checkpoint)
+            else:
+                job.cfg["teacher_path"] = str(dep.checkpoint)
+                job.cfg["teacher_model"] = dep.cfg["model"]
+        job.key = _job_key(job, out)
+        jobs[(n, seed, spec.key)] = job
+        return job
+
+    for name in s.claims:
+        claim = known[name]
+        seeds, sizes = _seeds_and_sizes(s, claim)
+        for n in sizes:
+            for seed in seeds:
+                for spec in claim.runs():
+                    add(spec, n, seed)
+    return list(jobs.values())
 
 
-def _init_worker(threads: int) -> None:
+def _spec_of(known: dict[str, Any], key: str, s: DemoSettings) -> RunSpec:
+    """The run a key names: the CNN teacher, or one of the claims' runs."""
+    if key == "teacher":
+        return RunSpec(TEACHER)
+    for claim in known.values():
+        for spec in claim.runs():
+            if spec.key == key:
+                return spec
+    raise ValueError(f"No run of the study is called {key!r}.")
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (even by ``kill -9``)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
     import torch
 
     torch.set_num_threads(threads)
 
 
-def _train(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One run in a worker process; returns what the study records of it."""
+def _train(cfg: dict[str, Any], tokens: bool = False) -> dict[str, Any]:
+    """One run in a worker process; returns what the study records of it (with ``tokens``
+    also the token cosines of a distilled student).
+
+    Raises:
+        StudyStopped: the run was stopped by a signal.
+    """
     from ..train import run
 
     start = time.time()
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
     # the run's per-epoch lines go to its folder: several runs share the console
-    with open(Path(cfg["output_dir"]) / "train.log", "w") as log, redirect_stderr(log):
-        # a demo rerun replaces its runs (deit train refuses that without --overwrite)
+    with open(Path(cfg["output_dir"]) / "train.log", "a") as log, redirect_stderr(log):
         result = run(Config.from_dict({**cfg, "overwrite": True}), progress=False)
+    if result["status"] != "completed":
+        raise StudyStopped(result.get("stop_signal") or signal.SIGTERM)
     final = result["final"]
     seen = [h.get("train_teacher_disagreement", 0.0) for h in result["history"]]
     steps = (cfg["train_subset"] // cfg["batch_size"]) * cfg["batch_size"]  # last batch dropped
-    return {
+    rec = {
         # held-out top-1 at each evaluation of the schedule: [epoch, image-steps, top-1]
         "curve": [
             [h["epoch"] + 1, (h["epoch"] + 1) * steps, round(h["test_acc1"], 2)]
@@ -154,17 +239,31 @@ def _train(cfg: dict[str, Any]) -> dict[str, Any]:
         "test_images": int(final["n"]),
         "teacher_disagreement": statistics.fmean(seen) if seen else 0.0,
         "epochs": cfg["epochs"],
-        "seconds": time.time() - start,
     }
+    if tokens:
+        rec.update(_token_record(cfg))
+    rec["seconds"] = time.time() - start
+    return rec
 
 
-def _label_pass(cfg: dict[str, Any], store: str) -> dict[str, Any]:
-    """The teacher's full logits on every view of a seed's students, in a worker process."""
-    from ..label_pass import compute_teacher_labels
+def _token_record(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The class/distillation token cosines of a distilled student on its held-out digits."""
+    import torch
 
-    start = time.time()
-    m = compute_teacher_labels(Config.from_dict(cfg), store, top_k=10**6, progress=False)
-    return {"teacher_seconds": m["teacher_seconds"], "seconds": time.time() - start}
+    from ..analysis.similarity import token_report
+    from ..checkpoints import load_model
+    from ..train.data import label_pass_state
+
+    model, _ = load_model(Path(cfg["output_dir"]) / "checkpoint.pth")
+    state = label_pass_state(Config.from_dict({**cfg, "overwrite": True}))
+    # 1,000 digits give each mean cosine to about 0.001, at a third of the held-out set's cost
+    images = torch.cat([x for x, _ in state.loader_val])[:1000]
+    report = token_report(model.eval(), images)
+    return {
+        "token_cosine": [round(x, 4) for x in report["token_cosine"]],
+        "head_output_cosine": round(report["head_output_cosine"], 4),
+        "head_agreement": round(100 * report["head_agreement"], 2),
+    }
 
 
 def _processes(s: DemoSettings, jobs: int) -> tuple[int, int]:
@@ -173,83 +272,164 @@ def _processes(s: DemoSettings, jobs: int) -> tuple[int, int]:
     return procs, max(1, cores // procs)
 
 
+def _record_path(out: Path, job: _Job) -> Path:
+    return out / "records" / f"{job.key}.json"
+
+
+def _stored(out: Path, job: _Job) -> dict[str, Any] | None:
+    """The job's record when a finished run with its key left one."""
+    path = _record_path(out, job)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _to_run(out: Path, jobs: list[_Job], stored: dict[str, dict[str, Any]]) -> list[_Job]:
+    """The jobs without a record, and the recorded ones whose checkpoint a job to run reads
+    but that was removed (a run is deterministic: it gives the same record again)."""
+    todo = [j for j in jobs if j.key not in stored]
+    i = 0
+    while i < len(todo):
+        for dep in todo[i].deps:
+            if dep not in todo and not dep.checkpoint.is_file():
+                todo.append(dep)
+        i += 1
+    return [j for j in jobs if j in todo]
+
+
+class _Signals:
+    """While the study runs: SIGTERM and SIGHUP raise :class:`StudyStopped` in the main thread
+    (Ctrl-C raises KeyboardInterrupt), so the workers are ended before the process exits."""
+
+    def __enter__(self) -> _Signals:
+        self.old: dict[int, Any] = {}
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                self.old[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, _frame: Any) -> None:
+        raise StudyStopped(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool now: SIGTERM (a run saves a checkpoint and stops), then SIGKILL after 5 s."""
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.time() + 5
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join(1)
+
+
+def _eta(jobs: list[_Job], done: list[tuple[_Job, float]], procs: int) -> str:
+    """Time left: the cost of the jobs left at the seconds per unit of cost seen so far."""
+    spent = sum(sec for _, sec in done)
+    cost = sum(j.est for j, _ in done)
+    left = sum(j.est for j in jobs)
+    if not cost:
+        return ""
+    return f", about {left * spent / cost / procs / 60:.0f} min left"
+
+
 def _execute(
-    s: DemoSettings, jobs: list[_Job], say: Any
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run every job on worker processes, a teacher before its label pass and the label pass
-    before the students that read it. Returns the runs' and the label passes' records."""
-    procs, threads = _processes(s, len(jobs))
-    say(f"{len(jobs)} runs on {procs} process(es) x {threads} thread(s)")
-    pending = list(enumerate(jobs))
-    running: dict[Future, tuple[int, _Job]] = {}
-    done: set[Path] = set()
-    records: list[tuple[int, dict[str, Any]]] = []
-    passes: list[dict[str, Any]] = []
+    s: DemoSettings, jobs: list[_Job], out: Path, say: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], int]:
+    """Run every job without a record on worker processes, a run after the runs it reads.
+
+    Returns:
+        Every job's record (in job order) and how many runs were computed now.
+
+    Raises:
+        StudyStopped / KeyboardInterrupt: a signal stopped the study (the workers are ended;
+            the finished runs' records are kept).
+    """
+    stored = {j.key: r for j in jobs if (r := _stored(out, j)) is not None}
+    todo = _to_run(out, jobs, stored)
+    procs, threads = _processes(s, len(todo))
+    reused = len(jobs) - len(todo)
+    say(f"{len(jobs)} runs: {reused} done earlier, {len(todo)} to run on {procs} process(es)")
+    pending, running = list(todo), {}
+    finished: list[tuple[_Job, float]] = []
     ctx = get_context("spawn")  # a fresh interpreter per worker: no state from the caller
-    with ProcessPoolExecutor(
-        procs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
-    ) as pool:
-        while pending or running:
-            for item in [x for x in pending if x[1].needs is None or x[1].needs in done]:
-                if len(running) >= procs:
-                    break
-                pending.remove(item)
-                job = item[1]
-                args = (_label_pass, job.cfg, str(job.labels)) if job.labels else (_train, job.cfg)
-                running[pool.submit(*args)] = item
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                i, job = running.pop(fut)
-                done.add(job.produces)
-                if job.labels:
-                    passes.append(_label_record(job, fut.result(), jobs))
-                    say(f"N={job.n} seed {job.seed} teacher labels ({passes[-1]['seconds']} s)")
-                    continue
-                rec = _record(job, fut.result())  # a run's error is raised here
-                records.append((i, rec))
-                say(
-                    f"N={job.n} seed {job.seed} {job.variant.label}: top-1 {rec['top1']:.2f}% "
-                    f"({rec['seconds']:.0f} s)"
-                )
-    return [rec for _, rec in sorted(records, key=lambda x: x[0])], passes
+    pool = ProcessPoolExecutor(
+        procs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid())
+    )
+    try:
+        with _Signals():
+            while pending or running:
+                _submit(pool, pending, running, procs, out)
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = running.pop(fut)
+                    rec = _record(job, fut.result())  # a run's error is raised here
+                    atomic_write_text(_record_path(out, job), json.dumps(rec, indent=1) + "\n")
+                    stored[job.key] = rec
+                    finished.append((job, rec["seconds"]))
+                    left = pending + [j for j in running.values()]
+                    say(
+                        f"N={job.n} seed {job.seed} {job.spec.key}: top-1 {rec['top1']:.2f}% "
+                        f"({rec['seconds']:.0f} s; {len(finished)}/{len(todo)} "
+                        f"done{_eta(left, finished, procs)})"
+                    )
+    except BaseException:
+        _end_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+    return [{**stored[j.key], "run_dir": str(j.run_dir)} for j in jobs], len(todo)
 
 
-def _label_record(job: _Job, stats: dict[str, Any], jobs: list[_Job]) -> dict[str, Any]:
-    """A label pass's record: its seconds, how many students read the store, and the seconds
-    of teacher forward avoided, estimated as (students - 1) x the pass's teacher seconds (each
-    student would have run the teacher over the same views, at its own smaller batch)."""
-    students = sum(1 for j in jobs if j.needs == job.produces)
-    return {
-        "seed": job.seed,
-        "train_images": job.n,
-        "students": students,
-        "teacher_seconds": _r(stats["teacher_seconds"]),
-        "seconds": _r(stats["seconds"]),
-        "teacher_seconds_saved": _r((students - 1) * stats["teacher_seconds"]),
-    }
+def _submit(
+    pool: ProcessPoolExecutor,
+    pending: list[_Job],
+    running: dict[Future, _Job],
+    procs: int,
+    out: Path,
+) -> None:
+    """Start the pending jobs whose dependencies are done, while a process is free."""
+    busy = {*pending, *running.values()}
+    for job in [j for j in pending if not any(d in busy for d in j.deps)]:
+        if len(running) >= procs:
+            return
+        pending.remove(job)
+        # a run without a record is run from its start: one stopped half-way may have left a
+        # checkpoint, but not its whole history of evaluations
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+        tokens = job.spec.distilled and not job.spec.finetune
+        running[pool.submit(_train, job.cfg, tokens)] = job
 
 
 def _record(job: _Job, stats: dict[str, Any]) -> dict[str, Any]:
-    rec = {**job.variant.record(), "seed": job.seed, "train_images": job.n, **stats}
+    rec = {**job.spec.record(), "seed": job.seed, "train_images": job.n, **stats}
     for key in ("top1", "top1_cls", "top1_dist", "teacher_disagreement", "seconds"):
-        rec[key] = _r(rec[key])
-    if job.variant.variant in ("teacher", "none"):
+        rec[key] = _r(rec.get(key))
+    if not job.spec.distilled:
         for key in ("top1_cls", "top1_dist", "teacher_disagreement"):
             rec.pop(key, None)
-    rec["run_dir"] = str(job.run_dir)
+    rec["study_key"] = job.key
     return rec
 
 
-def _prune(s: DemoSettings, runs: list[dict[str, Any]]) -> None:
+def _prune(s: DemoSettings, jobs: list[_Job]) -> None:
     """Keep ``checkpoint.pth`` (the weights at the end, which the demo reports) only where
     asked (the first seed's runs by default); ``best_checkpoint.pth`` is always removed: the
     demo reports the end of each schedule, not its best evaluation."""
-    for r in runs:
-        folder = Path(r["run_dir"])
-        (folder / "best_checkpoint.pth").unlink(missing_ok=True)
+    for job in jobs:
+        (job.run_dir / "best_checkpoint.pth").unlink(missing_ok=True)
         keep = s.keep_checkpoints == "all" or (
-            s.keep_checkpoints == "first" and r["seed"] == s.seeds[0]
+            s.keep_checkpoints == "first" and job.seed == s.seeds[0]
         )
         if not keep:
-            (folder / "checkpoint.pth").unlink(missing_ok=True)
-        shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+            job.checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(job.run_dir / "tensorboard", ignore_errors=True)

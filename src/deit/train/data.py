@@ -26,7 +26,12 @@ from ..data import (
 )
 from ..data.align import align_classes
 from ..data.inputs import resolve_inputs
-from ..data.transforms import PositionSampler, SeededViews
+from ..data.transforms import (
+    SMALL_INPUT_MAX,
+    PositionSampler,
+    SeededViews,
+    uses_small_image_crop,
+)
 from ..precision import resolve_device, resolve_precision
 from .distributed import DistEnv
 from .state import RunState
@@ -163,7 +168,14 @@ def build_data(state: RunState) -> None:
     inputs = resolve_inputs(cfg, dataset_info(cfg.data_set))  # None: the model's own
     cfg.input_size, cfg.mean, cfg.std = inputs.input_size, list(inputs.mean), list(inputs.std)
     state.mean, state.std = inputs.mean, inputs.std
-    for note in inputs.notes if env.is_main else ():
+    notes = list(inputs.notes)
+    if cfg.input_size > SMALL_INPUT_MAX and uses_small_image_crop(cfg):
+        notes.append(
+            f"training crop: Resize({cfg.input_size}) + RandomCrop(padding {cfg.crop_padding}), "
+            f"the small-image recipe: {cfg.data_set}'s images are at most {SMALL_INPUT_MAX} px, "
+            "so RandomResizedCrop would keep as little as 8 % of a digit."
+        )
+    for note in notes if env.is_main else ():
         print_note(note)
     train_tf = build_transform_from_config(cfg, True, mean=state.mean, std=state.std)
     val_tf = build_transform_from_config(cfg, False, mean=state.mean, std=state.std)
