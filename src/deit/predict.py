@@ -222,19 +222,23 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Image files named by ``paths``: files as given, folders searched recursively.
 
     In folders, files whose name ends with one of :data:`IMAGE_EXTENSIONS` are taken, in
-    natural order (:func:`natural_key`: ``2.png`` before ``10.png``);
-    a file named directly is always taken (it is checked when loaded).
+    natural order (:func:`natural_key`: ``2.png`` before ``10.png``), by the walk of the folder
+    data sets (:func:`deit.data.walk.walk_files`: links followed, a loop skipped, hidden
+    entries left out); a file named directly is always taken (it is checked when loaded).
 
     Returns:
-        The files in the order given, folder contents in natural order; no duplicates.
+        The files in the order given, folder contents in natural order; each file once (by its
+        resolved path: a link and its target are one file).
 
     Raises:
         FileNotFoundError: a path that does not exist.
         PermissionError: a folder that cannot be read.
         ValueError: no path given, or no image found at all.
     """
+    from .data.walk import walk_files
+
     out: list[Path] = []
-    seen: set[Path] = set()
+    seen: dict[str, Path] = {}  # resolved path -> the path found first
     given = [Path(p) for p in paths]
     if not given:
         raise ValueError("No image or folder given; pass image files or folders of images.")
@@ -242,21 +246,13 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             if not os.access(p, os.R_OK | os.X_OK):
                 raise PermissionError(f"Folder {str(p)!r} cannot be read; check its permissions.")
-            found = []
-            for root, dirs, files in os.walk(p, onerror=_raise_walk_error):
-                dirs.sort(key=natural_key)
-                found += [
-                    Path(root) / f
-                    for f in sorted(files, key=natural_key)
-                    if f.lower().endswith(IMAGE_EXTENSIONS)
-                ]
-            new = [f for f in found if f not in seen]
+            out += walk_files(p, lambda f: f.lower().endswith(IMAGE_EXTENSIONS), natural_key, seen)
         elif p.is_file():
-            new = [p] if p not in seen else []
+            if os.path.realpath(p) not in seen:
+                seen[os.path.realpath(p)] = p
+                out.append(p)
         else:
             raise FileNotFoundError(f"{str(p)!r} does not exist; pass image files or folders.")
-        seen.update(new)
-        out += new
     if not out:
         shown = ", ".join(repr(str(p)) for p in given[:3])
         raise ValueError(
@@ -273,12 +269,6 @@ def natural_key(name: str) -> list[Any]:
 
 
 _DIGITS = re.compile(r"(\d+)")
-
-
-def _raise_walk_error(e: OSError) -> None:
-    raise PermissionError(
-        f"Folder {e.filename!r} cannot be read ({e.strerror}); check its permissions."
-    ) from None
 
 
 def load_image(path: str | os.PathLike, in_chans: int = 3):
