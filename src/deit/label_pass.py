@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ._checks import check_batch_size
 from .config import Config, config_from_args
 from .data.transforms import mix_batch
 from .teacher.for_run import build_run_teacher
@@ -101,10 +102,9 @@ def _rank_world() -> tuple[int, int]:
 def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
     """Refuse, in one sentence, a bad ``top_k`` or batch size, or a configuration without the
     teacher's weights."""
-    if top_k < 0 or teacher_batch_size < 1:
-        raise ValueError(
-            f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
-        )
+    if top_k < 0:
+        raise ValueError(f"'top_k' is {top_k} but must be at least 0; pass 0 for top-1 labels.")
+    check_batch_size(teacher_batch_size, "pass a positive batch size", "teacher_batch_size")
     if not cfg.teacher_path:
         raise ValueError(
             "`deit teacher-labels` needs the trained teacher's weights: pass --teacher-path "

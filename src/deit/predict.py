@@ -25,11 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_batch_size
 from ._json import dumps
 from ._notes import _print_notes
 from .checkpoints import ModelInfo, load_model
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, DistilledVisionTransformer
+from .precision import resolve_device
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -287,7 +289,7 @@ def load_image(path: str | os.PathLike, in_chans: int = 3):
     """
     from PIL import Image
 
-    from .data.images import to_display_mode
+    from .data.images import to_display_mode, too_large
 
     if in_chans not in (1, 3):
         raise ValueError(f"Only 1- or 3-channel models can read image files (got {in_chans}).")
@@ -295,6 +297,11 @@ def load_image(path: str | os.PathLike, in_chans: int = 3):
         with Image.open(path) as im:
             im.load()
             return to_display_mode(im, "RGB" if in_chans == 3 else "L")
+    except Image.DecompressionBombError as e:
+        raise NotAnImageError(
+            f"{str(path)!r} is {too_large(e)}; pass a smaller image, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file."
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise NotAnImageError(
@@ -332,8 +339,6 @@ def eval_transform(info: ModelInfo) -> Callable[[Any], torch.Tensor]:
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    if size < 1:
-        raise ValueError(f"batch_size must be at least 1 (got {size}).")
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -405,6 +410,8 @@ def predict(
     """
     if topk < 1:
         raise ValueError(f"topk must be at least 1 (got {topk}).")
+    check_batch_size(batch_size, "pass a positive batch size (default 64)")
+    device = resolve_device(device)
     from PIL import Image
 
     from .data.images import to_display_mode

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_batch_size
 from .._notes import _print_notes
 from .._write import atomic_write_text
 from ..checkpoints import ModelInfo
 from ..models import VisionTransformer
+from ..precision import resolve_device
 from ..predict import (
     ModelLike,
     eval_transform,
@@ -103,6 +105,8 @@ def analyze(
             folders (see :func:`deit.predict.predict`).
         OSError: ``output_dir`` cannot be written; unreadable images or folders.
     """
+    check_batch_size(batch_size, "pass a positive batch size (default 16)")
+    device = resolve_device(device)
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
     files = find_images(image_paths)
@@ -123,7 +127,7 @@ def analyze(
     if not os.access(out, os.W_OK):
         raise PermissionError(f"Output folder {str(out)!r} cannot be written.")
     totals = _Totals()
-    for start in range(0, len(files), max(1, batch_size)):
+    for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         _analyze_batch(totals, vit, info, chunk, start, out, max_figures, device, t_model, t_info)
     summary = _summary(vit, info, files, totals, out)

@@ -127,7 +127,9 @@ def _folder(name: str, root: str | os.PathLike | None, split: str, **kw: Any) ->
             )
         raise FileNotFoundError(f"{name}: folder {candidates[0]} not found; expected {layout}.")
     if path != candidates[0]:
-        warnings.warn(f"{str(root)!r} has no val/ folder: its test/ folder is the val split.")
+        warnings.warn(
+            f"{str(root)!r} has no val/ folder: its test/ folder is the val split.", stacklevel=2
+        )
     try:
         return ImageFolderDataset(path, _INFO[name], **kw)
     except FileNotFoundError as e:

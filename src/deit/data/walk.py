@@ -63,7 +63,9 @@ def walk_files(
         folder, real = stack.pop()
         try:
             with os.scandir(folder) as it:
-                entries = sorted((e for e in it if not is_hidden(e.name)), key=lambda e: key(e.name))
+                entries = sorted(
+                    (e for e in it if not is_hidden(e.name)), key=lambda e: key(e.name)
+                )
         except PermissionError as e:
             raise PermissionError(
                 f"Folder {str(folder)!r} cannot be read ({e.strerror}); check its permissions."

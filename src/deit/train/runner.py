@@ -98,16 +98,16 @@ def _start(cfg: Config) -> RunState:
     cfg = dataclasses.replace(cfg.validate())
     env, device = init_distributed(cfg.device)
     lock = _lock_output(cfg, env)
-    try:
+    try:  # whatever fails before the run starts leaves neither the lock nor a folder it made
         checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
         _check_teacher_given(cfg)
+        seed_everything(cfg.seed + env.rank)
+        out = checked if env.is_main else None
+        state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
     except BaseException:
         if lock is not None:
             lock.release(remove_created=True)
         raise
-    out = checked if env.is_main else None
-    seed_everything(cfg.seed + env.rank)
-    state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
     state.lock = lock
     return state
 
