@@ -65,8 +65,12 @@ class OutputLock:
         self.key = str(path.resolve())  # in _HELD while held
 
     @classmethod
-    def acquire(cls, folder: str | Path) -> OutputLock:
-        """Create ``folder`` if needed and lock it for this process.
+    def acquire(
+        cls, folder: str | Path, user: str = "run", flag: str = "--output_dir"
+    ) -> OutputLock:
+        """Create ``folder`` if needed and lock it for this process. ``user`` (what holds the
+        lock: ``"run"``, ``"label pass"``) and ``flag`` (where the user chooses the folder) word
+        the refusal.
 
         Raises:
             OutputFolderBusyError: another live process (or a run of this one) holds the lock;
@@ -80,7 +84,7 @@ class OutputLock:
         created = _new_dirs(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, previous = cls._lock(folder / LOCK_NAME, str(folder))
+            fd, previous = cls._lock(folder / LOCK_NAME, str(folder), user, flag)
         except BaseException as e:
             _remove_dirs(created)
             if isinstance(e, OSError) and e.errno in _REASONS:  # a read-only folder, a full disk
@@ -102,14 +106,14 @@ class OutputLock:
         return cls(folder / LOCK_NAME, fd, created, note)
 
     @staticmethod
-    def _lock(path: Path, shown: str) -> tuple[int, dict]:
+    def _lock(path: Path, shown: str, user: str, flag: str) -> tuple[int, dict]:
         """Open and lock ``path``; returns the descriptor and the owner it names (a dead
         one's), or ``{"unlocked": reason}`` on a file system without locks. A file replaced
         meanwhile (its owner released it) is locked anew."""
         import fcntl
 
-        busy = f"The output folder {shown!r} is in use by another run ({{}}); wait for it to end, "
-        busy += "or choose another --output_dir."
+        busy = f"The output folder {shown!r} is in use by another {user} ({{}}); wait for it to "
+        busy += f"end, or choose another {flag}."
         key = str(path.resolve())
         if key in _HELD:
             raise OutputFolderBusyError(busy.format(f"pid {os.getpid()}: this process"))

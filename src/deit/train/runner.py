@@ -22,6 +22,7 @@ from .checkpointing import resume
 from .data import build_data
 from .distributed import init_distributed
 from .loop import _evaluate, fit
+from .memory import check_step_memory
 from .model import build_model_and_teacher
 from .optimisation import build_optimisation
 from .output import _check_output_dir, _lock_output, _open_output
@@ -73,6 +74,10 @@ def run(
         else:
             _open_output(state)
             _warmup_note(state)  # after every input is checked: a run that cannot start
+            if state.env.is_main:
+                ema = state.ema is not None
+                batch, amp = state.cfg.batch_size, state.precision.name
+                check_step_memory(state.model, batch, state.device, amp, ema)
             try:  # prints its error alone
                 fit(state, max_epochs_this_run, progress)
             finally:
