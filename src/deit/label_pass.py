@@ -179,7 +179,13 @@ def compute_teacher_labels(
     try:
         if lock is not None:
             _remove_leftovers(out)
-        return _label_pass(cfg, out, env, device, top_k, teacher_batch_size, progress, t_start)
+        writer, manifest = _label_pass(cfg, out, env, device, top_k, teacher_batch_size, progress)
+        manifest["seconds"] = time.perf_counter() - t_start
+        if lock is not None and not lock.held():  # its partial files went with it
+            raise lock.gone_error(user="label pass", flag="--output")
+        if env.is_main:
+            writer.install(manifest)
+        return manifest
     finally:
         if lock is not None:
             lock.release(remove_created=True)
@@ -212,9 +218,9 @@ def _label_pass(
     top_k: int,
     teacher_batch_size: int,
     progress: bool,
-    t_start: float,
-) -> dict[str, Any]:
-    """:func:`compute_teacher_labels` once the store's folder is locked."""
+) -> tuple[StoreWriter, dict[str, Any]]:
+    """:func:`compute_teacher_labels` once the store's folder is locked: the pass, its writer
+    (every rank's rows on disk) and the manifest to install."""
     state = label_pass_state(cfg, device)
     cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
     teacher = build_run_teacher(
@@ -244,12 +250,9 @@ def _label_pass(
         amp=state.precision.name,
         teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
         teacher_seconds=seconds,
-        seconds=time.perf_counter() - t_start,
         processes=env.world_size,
     )
-    if env.is_main:
-        writer.install(manifest)
-    return manifest
+    return writer, manifest
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -170,6 +170,9 @@ def save(
         rng = gathered
     if state.out is None:
         return
+    if state.lock is not None and not state.lock.held():
+        when = f" (found saving epoch {epoch + (batches_done > 0)})"
+        raise state.lock.gone_error(when)
     cfg = state.cfg
     RunCheckpoint(
         model=state.model.state_dict(),

@@ -84,9 +84,14 @@ class OutputLock:
         created = _new_dirs(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, previous = cls._lock(folder / LOCK_NAME, str(folder), user, flag)
+            fd, previous = cls._lock(folder / LOCK_NAME)
         except BaseException as e:
             _remove_dirs(created)
+            if isinstance(e, OutputFolderBusyError):  # e names the owner
+                raise OutputFolderBusyError(
+                    f"The output folder {str(folder)!r} is in use by another {user} ({e}); wait "
+                    f"for it to end, or choose another {flag}."
+                ) from None
             if isinstance(e, OSError) and e.errno in _REASONS:  # a read-only folder, a full disk
                 raise write_error(folder / LOCK_NAME, e, len(json.dumps(me))) from None
             raise
@@ -106,17 +111,19 @@ class OutputLock:
         return cls(folder / LOCK_NAME, fd, created, note)
 
     @staticmethod
-    def _lock(path: Path, shown: str, user: str, flag: str) -> tuple[int, dict]:
+    def _lock(path: Path) -> tuple[int, dict]:
         """Open and lock ``path``; returns the descriptor and the owner it names (a dead
         one's), or ``{"unlocked": reason}`` on a file system without locks. A file replaced
-        meanwhile (its owner released it) is locked anew."""
+        meanwhile (its owner released it) is locked anew.
+
+        Raises:
+            OutputFolderBusyError: a live owner holds it; the message names only the owner.
+        """
         import fcntl
 
-        busy = f"The output folder {shown!r} is in use by another {user} ({{}}); wait for it to "
-        busy += f"end, or choose another {flag}."
         key = str(path.resolve())
         if key in _HELD:
-            raise OutputFolderBusyError(busy.format(f"pid {os.getpid()}: this process"))
+            raise OutputFolderBusyError(f"pid {os.getpid()}: this process")
         for _ in range(20):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -125,7 +132,7 @@ class OutputLock:
                 owner = _owner(fd)
                 os.close(fd)
                 if e.errno in (errno.EACCES, errno.EAGAIN):
-                    raise OutputFolderBusyError(busy.format(_who(owner))) from None
+                    raise OutputFolderBusyError(_who(owner)) from None
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
                     raise
                 _HELD.add(key)
@@ -139,6 +146,26 @@ class OutputLock:
                 return fd, _owner(fd)
             os.close(fd)  # the owner removed it on release: lock the new file
         raise OSError(f"the lock file {path} keeps changing; try again")
+
+    def held(self) -> bool:
+        """Whether the lock file is still where it was taken: ``False`` once the folder (or
+        the file) was deleted, moved or replaced while the lock was held."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            return False
+
+    def gone_error(
+        self, when: str = "", user: str = "run", flag: str = "--output_dir"
+    ) -> FileNotFoundError:
+        """The one sentence for a folder found gone (:meth:`held`): nothing more is written,
+        not even elsewhere; ``when`` places it (``" (found saving epoch 2)"``)."""
+        folder = str(self.path.parent)
+        return FileNotFoundError(
+            f"The output folder {folder!r} was deleted or moved during the {user}{when}; the "
+            f"{user} stopped without writing anywhere else; start it again with a {flag} that "
+            "stays in place."
+        )
 
     def release(self, remove_created: bool = False) -> None:
         """Remove the lock file and unlock. With ``remove_created`` the folders :meth:`acquire`
