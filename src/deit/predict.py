@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._checks import check_batch_size
-from ._json import dumps
+from ._json import dumps, printable
 from ._notes import _print_notes
 from .checkpoints import ModelInfo, load_model
 from .inference import optimize_for_inference
@@ -480,7 +480,8 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     k = max(len(p.indices) for p in predictions)
     header = ["image"] + [f"top-{r + 1}" for r in range(k)]
     rows = [
-        [p.path] + [f"{lab} ({100 * pr:.1f}%)" for lab, pr in zip(p.labels, p.probs, strict=True)]
+        [printable(p.path)]
+        + [f"{lab} ({100 * pr:.1f}%)" for lab, pr in zip(p.labels, p.probs, strict=True)]
         for p in predictions
     ]
     widths = [max(len(r[c]) for r in [header, *rows] if c < len(r)) for c in range(len(header))]

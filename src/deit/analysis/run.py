@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_batch_size
+from .._json import printable
 from .._notes import _print_notes
 from .._write import atomic_write_text
 from ..checkpoints import ModelInfo
@@ -170,7 +171,7 @@ def _analyze_batch(
             fig = attention_figure(
                 _unnormalise(x[j].cpu(), info),
                 {tok: {k: v[j] for k, v in m.items()} for tok, m in maps.items()},
-                title=f.name,
+                title=printable(f.name),
                 num_heads=num_heads,
             )
             totals.figures.append(
@@ -203,7 +204,7 @@ def _summary(
         "model_name": info.model_name,
         "distilled": distilled,
         "num_images": n,
-        "images": [str(f) for f in files],
+        "images": [printable(str(f)) for f in files],
         "img_size": list(info.img_size),
         "grid_size": list(vit.grid_size),
         "depth": len(vit.blocks),

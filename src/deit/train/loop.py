@@ -118,7 +118,7 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
     if new_best:
         save(state, epoch + 1, 0, BEST)
     if state.env.is_main:
-        _write_log(state.out, state.writer, log)
+        _write_log(state.out, state.writer, state.history)
         acc = ""
         if "test_acc1" in log:
             acc = f"test acc1 {log['test_acc1']:.2f}% (best {state.best_acc1:.2f}%), "

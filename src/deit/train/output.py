@@ -64,7 +64,7 @@ def _check_output_dir(cfg: Config) -> Path | None:
         return None
     found = [name for name in (LAST, "log.txt") if (out / name).exists()]
     continues = (cfg.auto_resume and (out / LAST).is_file()) or (
-        cfg.resume and Path(cfg.resume).resolve() == (out / LAST).resolve()
+        cfg.resume and Path(cfg.resume).resolve() in {(out / n).resolve() for n in (LAST, BEST)}
     )  # this folder's own run; a resume from elsewhere must not write over another run
     if found and not (cfg.overwrite or continues or cfg.eval):
         raise ValueError(
@@ -165,12 +165,17 @@ def _tensorboard(out: Path, say: bool) -> SummaryWriter | None:
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _write_log(out: Path | None, writer: SummaryWriter | None, log: dict[str, Any]) -> None:
+def _write_log(
+    out: Path | None, writer: SummaryWriter | None, history: list[dict[str, Any]]
+) -> None:
+    """``log.txt``: one line per epoch of ``history`` (the run's, as its checkpoint holds it, so
+    a run resumed from an earlier checkpoint logs each epoch once); TensorBoard: the last."""
     if out is None:
         return
-    path = out / "log.txt"  # rewritten whole (a few kB): a full disk never cuts a line short
-    before = path.read_bytes() if path.exists() else b""
-    atomic_write_bytes(path, before + (json.dumps(log) + "\n").encode())
+    lines = "".join(json.dumps(log) + "\n" for log in history)
+    # rewritten whole (a few kB): a full disk never cuts a line short
+    atomic_write_bytes(out / "log.txt", lines.encode())
+    log = history[-1]
     if writer is not None:
         for k, v in log.items():
             if k != "epoch" and isinstance(v, int | float):
