@@ -30,6 +30,7 @@ from ..predict import (
     load_image,
     resolve_model,
 )
+from ..train.lock import folder_lock
 from .attention import _check_vit, _is_distilled, attention_maps, collect_attention
 from .figures import _save, attention_figure, similarity_figure
 from .similarity import (
@@ -127,6 +128,25 @@ def analyze(
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"Output folder {str(out)!r} cannot be written.")
+    with folder_lock(out, "analysis", "--output-dir"):  # a second one would mix their figures
+        return _analyze_files(
+            vit, info, files, out, batch_size, max_figures, device, t_model, t_info
+        )
+
+
+def _analyze_files(
+    vit: VisionTransformer,
+    info: ModelInfo,
+    files: list[Path],
+    out: Path,
+    batch_size: int,
+    max_figures: int,
+    device: torch.device,
+    t_model: nn.Module | None,
+    t_info: ModelInfo | None,
+) -> dict[str, Any]:
+    """:func:`analyze` once everything is loaded and its folder locked: the figures and
+    ``summary.json``."""
     totals = _Totals()
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]

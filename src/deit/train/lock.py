@@ -10,16 +10,18 @@ A process holds a folder's lock once: a second run in the same process is refuse
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .._write import _REASONS, write_error
 
-__all__ = ["LOCK_NAME", "OutputFolderBusyError", "OutputLock"]
+__all__ = ["LOCK_NAME", "OutputFolderBusyError", "OutputLock", "folder_lock"]
 
 LOCK_NAME = ".deit-run.lock"
 _HELD: set[str] = set()  # lock files this process holds (record locks do not exclude it)
@@ -186,3 +188,20 @@ def _remove_dirs(dirs: list[Path]) -> None:
             d.rmdir()
         except OSError:
             return
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, user: str, flag: str) -> Iterator[OutputLock]:
+    """Hold ``folder``'s lock (:meth:`OutputLock.acquire`) for a job that writes several files
+    into it (``deit analyze``, ``deit benchmark``), so that a second job into it is refused
+    instead of mixing its files with this one's; folders created for the lock and left empty
+    are removed afterwards. A stale lock's note is printed."""
+    from .._notes import print_note
+
+    lock = OutputLock.acquire(folder, user, flag)
+    if lock.note:
+        print_note(lock.note)
+    try:
+        yield lock
+    finally:
+        lock.release(remove_created=True)
