@@ -207,8 +207,8 @@ def _every_command(tree, ckpt, tmp_path, device: str) -> list[list[str]]:
     [
         ("mps", 0, "device 'mps' was asked but Apple's Metal (MPS) backend is not available on "
          "this machine; use cpu."),
-        ("cuda:3", 1, "device 'cuda:3' was asked but this machine shows 1 CUDA GPU(s) (cuda:0 "
-         "to cuda:0); pass one of those."),
+        ("cuda:3", 2, "device 'cuda:3' was asked but this machine shows 2 CUDA GPU(s) (cuda:0 "
+         "to cuda:1); pass one of those."),
         ("cuda:3", 0, "device 'cuda:3' was asked but no CUDA GPU is visible; use cpu."),
     ],
 )  # fmt: skip

@@ -151,9 +151,10 @@ def resolve_device(pref: str | torch.device | None = "auto", local_rank: int = 0
         if device.index is None:
             device = torch.device("cuda", local_rank)
         if device.index >= n:
+            shown = "cuda:0" if n == 1 else f"cuda:0 to cuda:{n - 1}"
             raise ValueError(
                 f"device {str(device)!r} was asked but this machine shows {n} CUDA GPU(s) "
-                f"(cuda:0 to cuda:{n - 1}); pass one of those."
+                f"({shown}); pass one of those."
             )
     return device
 
