@@ -47,7 +47,9 @@ def test_folder_classes_counts_and_images(image_tree: Path) -> None:
     val = build_dataset("imagenet", image_tree, split="val", transform=lambda im: im.size)
     assert Counter(val.targets) == {0: 1, 1: 1, 2: 2}
     assert val[0] == ((20, 16), 0)
-    assert build_dataset("IMNET", image_tree, split="test").targets == val.targets  # aliases
+    assert build_dataset("IMNET", image_tree, split="val").targets == val.targets  # aliases
+    with pytest.raises(FileNotFoundError, match="has no test/ folder; pass --split val"):
+        build_dataset("imagenet", image_tree, split="test")  # never val/ in its place
 
 
 def test_folder_missing_names_layout(tmp_path: Path) -> None:

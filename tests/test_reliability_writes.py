@@ -302,7 +302,7 @@ def test_read_only_folder_at_the_run_lock_is_one_sentence(tree, tmp_path, monkey
     the folders it made are removed."""
     from deit.train.lock import OutputLock
 
-    def refuse(path, shown):
+    def refuse(path):
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(OutputLock, "_lock", staticmethod(refuse))

@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "reserve",
+    "too_long_message",
     "write_error",
 ]
 
@@ -241,3 +242,31 @@ def reserve(path: str | os.PathLike, final: str | os.PathLike, needed: int) -> N
             raise
     finally:
         os.close(fd)
+
+
+def _short(text: str, keep: int = 24) -> str:
+    return text if len(text) <= 2 * keep + 3 else f"{text[:keep]}...{text[-keep:]}"
+
+
+def too_long_message(error: OSError) -> str | None:
+    """The sentence for a path the file system refuses as too long (``ENAMETOOLONG``): which
+    name in it is longer than the file system allows, or the whole path; ``None`` for any
+    other error."""
+    if error.errno != errno.ENAMETOOLONG or error.filename is None:
+        return None
+    path = os.fsdecode(error.filename)
+    name_max = 255
+    for folder in Path(path).absolute().parents:  # the nearest that exists: its file system's
+        try:
+            name_max = os.pathconf(folder, "PC_NAME_MAX")
+            break
+        except (OSError, ValueError):
+            continue
+    long = [n for n in Path(path).parts if len(os.fsencode(n)) > name_max]
+    what = (
+        f"the name {_short(long[0])!r} has {len(os.fsencode(long[0]))} bytes, more than the "
+        f"{name_max} a name may have there"
+        if long
+        else f"the whole path has {len(os.fsencode(path))} bytes, more than the file system takes"
+    )
+    return f"The path {_short(path)!r} is too long: {what}; choose a shorter path."

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from ._notes import _notes_as_lines
 from ._optional import MissingExtraError
+from ._write import too_long_message
 
 __all__ = ["main", "build_parser", "package_version"]
 
@@ -136,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, MissingExtraError) as e:
         if os.environ.get("DEIT_DEBUG"):
             raise
-        print(f"deit {args.command}: error: {e}", file=sys.stderr)
+        message = too_long_message(e) if isinstance(e, OSError) else None
+        print(f"deit {args.command}: error: {message or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deit {args.command}: interrupted", file=sys.stderr)

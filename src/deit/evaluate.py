@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ._checks import check_batch_size
 from ._json import dumps
 from ._notes import print_note
 from .checkpoints import ModelInfo, load_model
@@ -25,7 +26,7 @@ from .data.align import align_classes
 from .data.images import to_display_mode
 from .engine import evaluate
 from .inference import optimize_for_inference
-from .precision import resolve_precision
+from .precision import resolve_device, resolve_precision
 from .predict import eval_transform
 from .teacher.build import build_teacher
 
@@ -76,7 +77,8 @@ def evaluate_checkpoint(
         CheckpointError, FileNotFoundError, ValueError: bad checkpoint, data path, class count,
             a folder class the checkpoint's recorded class names lack, or ``mean``/``std``.
     """
-    dev = torch.device(device)
+    check_batch_size(batch_size, "pass a positive batch size (default 128)")
+    dev = resolve_device(device)
     model, info = load_model(checkpoint, model_name=model_name, use_ema=use_ema, device=dev)
     data_set = data_set or info.data_set or Config().data_set
     notes = list(info.notes) + _set_normalisation(info, mean, std)
@@ -211,7 +213,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
         use_ema=args.ema,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=args.device or "auto",
         mean=args.mean,
         std=args.std,
     )

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ._checks import check_batch_size
+from ._notes import print_note
 from .config import Config, config_from_args
 from .data.transforms import mix_batch
 from .teacher.for_run import build_run_teacher
@@ -26,6 +28,7 @@ from .teacher.frozen import Teacher
 from .teacher.store import StoreWriter, run_manifest
 from .train.data import label_pass_state
 from .train.distributed import DistEnv, init_distributed
+from .train.output import lock_folder
 from .train.state import RunState
 
 __all__ = ["compute_teacher_labels"]
@@ -101,10 +104,9 @@ def _rank_world() -> tuple[int, int]:
 def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
     """Refuse, in one sentence, a bad ``top_k`` or batch size, or a configuration without the
     teacher's weights."""
-    if top_k < 0 or teacher_batch_size < 1:
-        raise ValueError(
-            f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
-        )
+    if top_k < 0:
+        raise ValueError(f"'top_k' is {top_k} but must be at least 0; pass 0 for top-1 labels.")
+    check_batch_size(teacher_batch_size, "pass a positive batch size", "teacher_batch_size")
     if not cfg.teacher_path:
         raise ValueError(
             "`deit teacher-labels` needs the trained teacher's weights: pass --teacher-path "
@@ -171,6 +173,54 @@ def compute_teacher_labels(
     _check_pass(cfg, top_k, teacher_batch_size)
     t_start = time.perf_counter()
     env, device = init_distributed(cfg.device)  # torchrun/srun: the teacher's work is split
+    out = Path(output)
+    # one pass per store: a second one into it would write over the same partial files
+    lock = lock_folder(out, env, lambda: _check_store_folder(out), "label pass", "--output")
+    try:
+        if lock is not None:
+            _remove_leftovers(out)
+        writer, manifest = _label_pass(cfg, out, env, device, top_k, teacher_batch_size, progress)
+        manifest["seconds"] = time.perf_counter() - t_start
+        if lock is not None and not lock.held():  # its partial files went with it
+            raise lock.gone_error(user="label pass", flag="--output")
+        if env.is_main:
+            writer.install(manifest)
+        return manifest
+    finally:
+        if lock is not None:
+            lock.release(remove_created=True)
+
+
+def _check_store_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"The store folder {str(out)!r} is a file; pass --output with a folder.")
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the partial files a killed pass left (no live pass holds the lock now)."""
+    left = StoreWriter.leftovers(out)
+    if not left:
+        return
+    size = sum(p.stat().st_size for p in left)
+    for p in left:
+        p.unlink(missing_ok=True)
+    print_note(
+        f"removed {len(left)} partial file(s) ({size:,} bytes) that an interrupted label pass "
+        f"left in {str(out)!r}."
+    )
+
+
+def _label_pass(
+    cfg: Config,
+    out: Path,
+    env: DistEnv,
+    device: torch.device,
+    top_k: int,
+    teacher_batch_size: int,
+    progress: bool,
+) -> tuple[StoreWriter, dict[str, Any]]:
+    """:func:`compute_teacher_labels` once the store's folder is locked: the pass, its writer
+    (every rank's rows on disk) and the manifest to install."""
     state = label_pass_state(cfg, device)
     cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
     teacher = build_run_teacher(
@@ -182,7 +232,6 @@ def compute_teacher_labels(
         state.loader_train,
         state.mixup_fn,
     )
-    out = Path(output)
     views = len(state.loader_train) * cfg.batch_size
     writer = _open_writer(env, out, (cfg.epochs, views), state.num_classes, top_k)
     chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
@@ -201,12 +250,9 @@ def compute_teacher_labels(
         amp=state.precision.name,
         teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
         teacher_seconds=seconds,
-        seconds=time.perf_counter() - t_start,
         processes=env.world_size,
     )
-    if env.is_main:
-        writer.install(manifest)
-    return manifest
+    return writer, manifest
 
 
 # ----------------------------------------------------------------------------- CLI

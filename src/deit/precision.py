@@ -118,23 +118,45 @@ def resolve_precision(amp: str, device: torch.device | str) -> Precision:
     return Precision(amp, table[amp], device.type)
 
 
-def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    """Turn ``--device`` into a :class:`torch.device`.
+def resolve_device(pref: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """Turn ``--device`` into a :class:`torch.device`: the one device check of every command.
 
-    ``auto``: ``cuda:<local_rank>`` when a GPU is visible, else the CPU; ``cuda`` without an
-    index becomes ``cuda:<local_rank>`` (one GPU per process under torchrun).
+    ``auto`` (or ``None``): ``cuda:<local_rank>`` when a GPU is visible, else the CPU; ``cuda``
+    without an index becomes ``cuda:<local_rank>`` (one GPU per process under torchrun).
 
     Raises:
-        ValueError: a CUDA device asked where none is visible.
+        ValueError: one sentence for a name that is not ``auto``, ``cpu``, ``cuda``,
+            ``cuda:N`` or ``mps``; a CUDA device where none is visible or an index past the
+            GPUs there are; ``mps`` where Apple's Metal backend is not available.
     """
-    if pref == "auto":
+    if pref is None or str(pref) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    device = torch.device(pref)
+    try:
+        device = torch.device(pref)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(pref)!r} is not a device name; {_DEVICES}.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {str(pref)!r} was asked but Apple's Metal (MPS) backend is not available "
+            "on this machine; use cpu."
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {pref!r} was asked but no CUDA GPU is visible; use cpu.")
+            raise ValueError(f"device {str(pref)!r} was asked but no CUDA GPU is visible; use cpu.")
+        n = torch.cuda.device_count()
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= n:
+            shown = "cuda:0" if n == 1 else f"cuda:0 to cuda:{n - 1}"
+            raise ValueError(
+                f"device {str(device)!r} was asked but this machine shows {n} CUDA GPU(s) "
+                f"({shown}); pass one of those."
+            )
     return device
+
+
+_DEVICES = "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"

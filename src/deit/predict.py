@@ -25,11 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._json import dumps
+from ._checks import check_batch_size
+from ._json import dumps, printable
 from ._notes import _print_notes
 from .checkpoints import ModelInfo, load_model
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, DistilledVisionTransformer
+from .precision import resolve_device
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -222,19 +224,23 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Image files named by ``paths``: files as given, folders searched recursively.
 
     In folders, files whose name ends with one of :data:`IMAGE_EXTENSIONS` are taken, in
-    natural order (:func:`natural_key`: ``2.png`` before ``10.png``);
-    a file named directly is always taken (it is checked when loaded).
+    natural order (:func:`natural_key`: ``2.png`` before ``10.png``), by the walk of the folder
+    data sets (:func:`deit.data.walk.walk_files`: links followed, a loop skipped, hidden
+    entries left out); a file named directly is always taken (it is checked when loaded).
 
     Returns:
-        The files in the order given, folder contents in natural order; no duplicates.
+        The files in the order given, folder contents in natural order; each file once (by its
+        resolved path: a link and its target are one file).
 
     Raises:
         FileNotFoundError: a path that does not exist.
         PermissionError: a folder that cannot be read.
         ValueError: no path given, or no image found at all.
     """
+    from .data.walk import walk_files
+
     out: list[Path] = []
-    seen: set[Path] = set()
+    seen: dict[str, Path] = {}  # resolved path -> the path found first
     given = [Path(p) for p in paths]
     if not given:
         raise ValueError("No image or folder given; pass image files or folders of images.")
@@ -242,21 +248,13 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             if not os.access(p, os.R_OK | os.X_OK):
                 raise PermissionError(f"Folder {str(p)!r} cannot be read; check its permissions.")
-            found = []
-            for root, dirs, files in os.walk(p, onerror=_raise_walk_error):
-                dirs.sort(key=natural_key)
-                found += [
-                    Path(root) / f
-                    for f in sorted(files, key=natural_key)
-                    if f.lower().endswith(IMAGE_EXTENSIONS)
-                ]
-            new = [f for f in found if f not in seen]
+            out += walk_files(p, lambda f: f.lower().endswith(IMAGE_EXTENSIONS), natural_key, seen)
         elif p.is_file():
-            new = [p] if p not in seen else []
+            if os.path.realpath(p) not in seen:
+                seen[os.path.realpath(p)] = p
+                out.append(p)
         else:
             raise FileNotFoundError(f"{str(p)!r} does not exist; pass image files or folders.")
-        seen.update(new)
-        out += new
     if not out:
         shown = ", ".join(repr(str(p)) for p in given[:3])
         raise ValueError(
@@ -275,12 +273,6 @@ def natural_key(name: str) -> list[Any]:
 _DIGITS = re.compile(r"(\d+)")
 
 
-def _raise_walk_error(e: OSError) -> None:
-    raise PermissionError(
-        f"Folder {e.filename!r} cannot be read ({e.strerror}); check its permissions."
-    ) from None
-
-
 def load_image(path: str | os.PathLike, in_chans: int = 3):
     """Open an image file with PIL as RGB (``in_chans == 3``) or greyscale (``in_chans == 1``).
 
@@ -297,7 +289,7 @@ def load_image(path: str | os.PathLike, in_chans: int = 3):
     """
     from PIL import Image
 
-    from .data.images import to_display_mode
+    from .data.images import to_display_mode, too_large
 
     if in_chans not in (1, 3):
         raise ValueError(f"Only 1- or 3-channel models can read image files (got {in_chans}).")
@@ -305,6 +297,11 @@ def load_image(path: str | os.PathLike, in_chans: int = 3):
         with Image.open(path) as im:
             im.load()
             return to_display_mode(im, "RGB" if in_chans == 3 else "L")
+    except Image.DecompressionBombError as e:
+        raise NotAnImageError(
+            f"{str(path)!r} is {too_large(e)}; pass a smaller image, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file."
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise NotAnImageError(
@@ -342,8 +339,6 @@ def eval_transform(info: ModelInfo) -> Callable[[Any], torch.Tensor]:
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    if size < 1:
-        raise ValueError(f"batch_size must be at least 1 (got {size}).")
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -415,6 +410,8 @@ def predict(
     """
     if topk < 1:
         raise ValueError(f"topk must be at least 1 (got {topk}).")
+    check_batch_size(batch_size, "pass a positive batch size (default 64)")
+    device = resolve_device(device)
     from PIL import Image
 
     from .data.images import to_display_mode
@@ -483,7 +480,8 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     k = max(len(p.indices) for p in predictions)
     header = ["image"] + [f"top-{r + 1}" for r in range(k)]
     rows = [
-        [p.path] + [f"{lab} ({100 * pr:.1f}%)" for lab, pr in zip(p.labels, p.probs, strict=True)]
+        [printable(p.path)]
+        + [f"{lab} ({100 * pr:.1f}%)" for lab, pr in zip(p.labels, p.probs, strict=True)]
         for p in predictions
     ]
     widths = [max(len(r[c]) for r in [header, *rows] if c < len(r)) for c in range(len(header))]

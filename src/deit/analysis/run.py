@@ -16,10 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_batch_size
+from .._json import printable
 from .._notes import _print_notes
 from .._write import atomic_write_text
 from ..checkpoints import ModelInfo
 from ..models import VisionTransformer
+from ..precision import resolve_device
 from ..predict import (
     ModelLike,
     eval_transform,
@@ -27,6 +30,7 @@ from ..predict import (
     load_image,
     resolve_model,
 )
+from ..train.lock import folder_lock
 from .attention import _check_vit, _is_distilled, attention_maps, collect_attention
 from .figures import _save, attention_figure, similarity_figure
 from .similarity import (
@@ -103,6 +107,8 @@ def analyze(
             folders (see :func:`deit.predict.predict`).
         OSError: ``output_dir`` cannot be written; unreadable images or folders.
     """
+    check_batch_size(batch_size, "pass a positive batch size (default 16)")
+    device = resolve_device(device)
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
     files = find_images(image_paths)
@@ -122,8 +128,27 @@ def analyze(
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"Output folder {str(out)!r} cannot be written.")
+    with folder_lock(out, "analysis", "--output-dir"):  # a second one would mix their figures
+        return _analyze_files(
+            vit, info, files, out, batch_size, max_figures, device, t_model, t_info
+        )
+
+
+def _analyze_files(
+    vit: VisionTransformer,
+    info: ModelInfo,
+    files: list[Path],
+    out: Path,
+    batch_size: int,
+    max_figures: int,
+    device: torch.device,
+    t_model: nn.Module | None,
+    t_info: ModelInfo | None,
+) -> dict[str, Any]:
+    """:func:`analyze` once everything is loaded and its folder locked: the figures and
+    ``summary.json``."""
     totals = _Totals()
-    for start in range(0, len(files), max(1, batch_size)):
+    for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         _analyze_batch(totals, vit, info, chunk, start, out, max_figures, device, t_model, t_info)
     summary = _summary(vit, info, files, totals, out)
@@ -166,7 +191,7 @@ def _analyze_batch(
             fig = attention_figure(
                 _unnormalise(x[j].cpu(), info),
                 {tok: {k: v[j] for k, v in m.items()} for tok, m in maps.items()},
-                title=f.name,
+                title=printable(f.name),
                 num_heads=num_heads,
             )
             totals.figures.append(
@@ -199,7 +224,7 @@ def _summary(
         "model_name": info.model_name,
         "distilled": distilled,
         "num_images": n,
-        "images": [str(f) for f in files],
+        "images": [printable(str(f)) for f in files],
         "img_size": list(info.img_size),
         "grid_size": list(vit.grid_size),
         "depth": len(vit.blocks),

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_batch_size
 from .._choices import PRECISIONS
 from ..inference import optimize_for_inference
 from ..precision import fast_bf16_available
+from ..precision import resolve_device as _resolve_device
 from .flops import _input_channels, _input_hw, _unwrap, count_gmacs
 
 __all__ = [
@@ -58,17 +60,13 @@ _DEFAULT_CPU_BATCH = 32
 
 # -- device and precision ---------------------------------------------------------------------
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else -> ``torch.device``.
+    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else -> ``torch.device``
+    (:func:`deit.precision.resolve_device`, the device check of every command).
 
     Raises:
-        ValueError: CUDA requested but not available.
+        ValueError: an unknown device name, or one this machine does not have.
     """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {str(device)!r} requested but CUDA is not available; use cpu.")
-    return dev
+    return _resolve_device(device)
 
 
 def default_precision(device: str | torch.device = "cpu") -> str:
@@ -218,12 +216,11 @@ def _largest_cuda_batch(
 
 def _check_batch_size(batch_size: int | None) -> None:
     """Refuse a batch size below 1 in one sentence (``None`` picks the default)."""
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(
-            f"'batch_size' is {batch_size} but must be at least 1; pass a positive batch size, "
-            "or leave it out for the default (the largest power of two that fits on CUDA, 32 "
-            "on CPU)."
-        )
+    check_batch_size(
+        batch_size,
+        "pass a positive batch size, or leave it out for the default (the largest power of two "
+        "that fits on CUDA, 32 on CPU)",
+    )
 
 
 def benchmark_model(

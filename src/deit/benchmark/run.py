@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..train.lock import folder_lock
 from .measure import (
     OFFICIAL_MODELS,
     BenchmarkResult,
@@ -58,6 +60,22 @@ def run_benchmark(
     models = list(models or OFFICIAL_MODELS)
     for m in set(models) - set(list_models()):
         get_model_spec(m)  # raises with close matches
+    with contextlib.ExitStack() as stack:
+        if output_dir is not None:  # a second benchmark would mix its files and its timings
+            stack.enter_context(folder_lock(output_dir, "benchmark", "--output-dir"))
+        return _measure_and_write(models, output_dir, dev, precision, plot, verbose, kwargs)
+
+
+def _measure_and_write(
+    models: list[str],
+    output_dir: str | Path | None,
+    dev: torch.device,
+    precision: str,
+    plot: bool,
+    verbose: bool,
+    kwargs: dict[str, Any],
+) -> list[BenchmarkResult]:
+    """:func:`run_benchmark` once its arguments are checked (and its folder locked)."""
     results = []
     for m in models:
         r = benchmark_model(m, device=dev, precision=precision, **kwargs)

@@ -20,7 +20,7 @@ from .errors import CheckpointError
 from .finite import refuse_non_finite
 from .hf import convert_hf_deit
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
-from .safe_load import safe_torch_load
+from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, safe_torch_load
 
 __all__ = [
     "Weights",
@@ -114,6 +114,8 @@ def _read_hf_folder(path: Path) -> Weights:
     cfg_file = path / "config.json"
     weights = [path / "model.safetensors", path / "pytorch_model.bin"]
     found = next((w for w in weights if w.is_file()), None)
+    if not cfg_file.is_file() and any((path / n).is_file() for n in RUN_CHECKPOINTS):
+        raise checkpoint_path_error(path)  # a run folder: its checkpoint files, named
     if not cfg_file.is_file() or found is None:
         raise CheckpointError(
             f"Folder {str(path)!r} is not a Hugging Face checkpoint: it needs config.json and "
@@ -175,8 +177,9 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
 
 def _read_file(path: Path, use_ema: bool) -> Weights:
     """:func:`read_weights` of a file (not a folder)."""
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
+    error = checkpoint_path_error(path)
+    if error is not None:
+        raise error
     if path.suffix == ".safetensors":
         sd = _read_safetensors(path)  # first: it names a bad file in one sentence
         size = _image_size(_safetensors_metadata(path).get("img_size"))

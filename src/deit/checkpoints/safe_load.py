@@ -8,6 +8,7 @@ of the other file kinds, which all use it.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +16,78 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["safe_torch_load"]
+__all__ = ["checkpoint_path_error", "safe_torch_load"]
+
+#: The files a ``deit train`` run folder holds its checkpoints in (last epoch, best).
+RUN_CHECKPOINTS = ("checkpoint.pth", "best_checkpoint.pth")
+
+
+def checkpoint_path_error(
+    path: str | Path, what: str = "Checkpoint", fix: str = "check the path", hf_folder: bool = False
+) -> CheckpointError | None:
+    """The one check of a checkpoint path every reader makes: ``None`` for a file (or, with
+    ``hf_folder``, a folder with ``config.json``), else the sentence for a path that does not
+    exist or is a folder (a ``deit train`` run folder is answered with the checkpoint files it
+    holds). ``what`` names the file, ``fix`` ends the sentence for a missing one."""
+    path = Path(path)
+    if path.is_file() or (hf_folder and (path / "config.json").is_file()):
+        return None
+    if not path.is_dir():
+        return CheckpointError(f"{what} {str(path)!r} does not exist; {fix}.")
+    inside = [str(path / n) for n in RUN_CHECKPOINTS if (path / n).is_file()]
+    if inside:
+        choice = " or ".join(repr(p) for p in inside)
+        return CheckpointError(
+            f"{what} {str(path)!r} is a folder (a deit train run); pass its checkpoint file, "
+            f"{choice}."
+        )
+    return CheckpointError(
+        f"{what} {str(path)!r} is a folder, not a checkpoint file; pass the checkpoint file "
+        "(.pth, .pt, .safetensors) or a Hugging Face folder with config.json."
+    )
+
+
+def _export_error(path: Path, magic: bytes) -> CheckpointError | None:
+    """The sentence for a file ``deit export`` wrote (TorchScript, ONNX): a program, not
+    weights a model can be built from."""
+    instead = "pass the checkpoint it was exported from (e.g. <run>/checkpoint.pth)"
+    if path.suffix.lower() == ".onnx":
+        return CheckpointError(
+            f"{str(path)!r} is an ONNX model (deit export), not a checkpoint; run it with "
+            f"onnxruntime, or {instead}."
+        )
+    if not magic.startswith(b"PK"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None  # a damaged archive: torch.load names it
+    if any(n.endswith("constants.pkl") for n in names) or any("/code/" in n for n in names):
+        return CheckpointError(
+            f"{str(path)!r} is a TorchScript program (deit export --format torchscript, "
+            f"torch.jit.save), not a checkpoint; run it with torch.jit.load, or {instead}."
+        )
+    return None
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True`` and one-sentence errors.
 
     Raises:
-        CheckpointError: missing file, truncated/corrupt file, or a pickle holding objects other
+        CheckpointError: missing file or a folder (:func:`checkpoint_path_error`), an export
+            (TorchScript, ONNX), a truncated/corrupt file, or a pickle holding objects other
             than tensors and plain containers (it is refused, never executed).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
+    error = checkpoint_path_error(path)
+    if error is not None:
+        raise error
     with open(path, "rb") as f:
         magic = f.read(4)
+    error = _export_error(path, magic)
+    if error is not None:
+        raise error
     # torch.save writes a zip archive (PK..); older files are pickles (protocol 2+: 0x80)
     if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
         raise CheckpointError(

@@ -13,6 +13,8 @@ import re
 from dataclasses import fields
 from typing import Any
 
+from .._checks import batch_size_problem, seed_problem
+
 # ``Config`` (deit.config.schema) imports these checks, so its type is not imported back here:
 # each ``c`` below is a ``Config``.
 Config = Any
@@ -117,7 +119,8 @@ def value_checks(c: Config) -> list[str | None]:
         rng("mixup_switch_prob", 0, 1),
         rng("distillation_alpha", 0, 1),
         positive("distillation_tau"),
-        atleast("batch_size", 1, "; use a positive batch size per process"),
+        batch_size_problem(c.batch_size, "use a positive batch size per process"),
+        seed_problem(c.seed),
         atleast("num_workers", -1, "; use -1 for the automatic count or 0 to load in this process"),
         rng("model_ema_decay", 0, 1, lo_open=True, hi_open=True),
         atleast("log_interval", 1),

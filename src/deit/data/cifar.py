@@ -75,7 +75,7 @@ def _cifar(name: str, root: str | os.PathLike | None, split: str, **kw: Any) -> 
     base = Path(root)
     if (base / spec["folder"]).is_dir():
         base = base / spec["folder"]
-    files = spec[_split_dir(split)]
+    files = spec["train" if _split_dir(split) == "train" else "val"]  # val, test: the test batch
     missing = [f for f in files + [spec["meta"]] if not (base / f).is_file()]
     if missing:
         raise FileNotFoundError(

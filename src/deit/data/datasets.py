@@ -53,8 +53,10 @@ def build_dataset(
             ``CIFAR`` (= cifar100), ``INAT``, ``INAT19`` accepted).
         root: folder of the files (``folder``, ``imagenet``, ``cifar*``, ``inat*``); unused by
             ``mnist5k`` and ``digits``, which ship inside installed packages.
-        split: ``'train'`` or ``'val'``; ``'test'`` is the same as ``'val'`` (CIFAR's test
-            batch, the held-out part of mnist5k/digits, ``root/val`` or else ``root/test``).
+        split: ``'train'``, ``'val'`` or ``'test'`` (:data:`deit.data.info.SPLITS`): a
+            folder's ``test`` is ``root/test`` only, its ``val`` ``root/val`` or else
+            ``root/test``; CIFAR's and mnist5k/digits' ``val`` and ``test`` are their one
+            held-out set; iNaturalist's ``test`` is refused (no public labels).
         transform: applied to the PIL RGB image; ``None`` yields the PIL image.
         **kw: ``target_transform`` (all); ``skip_corrupt`` (folder, imagenet, inat*);
             ``category`` (inat*, one of :data:`~deit.data.inat.INAT_CATEGORIES`, default 'name').

@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+from .images import too_large
+
 __all__ = ["CorruptImageError"]
 
 
@@ -41,6 +43,8 @@ def _original_message(msg: str) -> str:
 
 def _reason(e: BaseException) -> str:
     """``Type: first line of the message`` (PIL messages can span lines)."""
+    if isinstance(e, Image.DecompressionBombError):
+        return too_large(e)
     text = str(e).splitlines()[0][:160] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 

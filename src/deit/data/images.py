@@ -22,16 +22,26 @@ Used by the folder and iNaturalist data sets (their loader) and by ``deit predic
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["BACKGROUND", "to_display_mode", "load_rgb"]
+__all__ = ["BACKGROUND", "to_display_mode", "load_rgb", "too_large"]
 
 #: Colour transparent pixels are composited over (RGB, 0-255).
 BACKGROUND = (255, 255, 255)
 
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+
+
+def too_large(e: Image.DecompressionBombError) -> str:
+    """Why PIL refused to decode an image, from its ``DecompressionBombError``: ``too large to
+    decode (400,000,000 pixels, more than PIL's limit of 178,956,970: a possible decompression
+    bomb)``."""
+    nums = [int(n) for n in re.findall(r"\d+", str(e))]
+    size = f"{nums[0]:,} pixels, more than PIL's limit of {nums[1]:,}: " if len(nums) >= 2 else ""
+    return f"too large to decode ({size}a possible decompression bomb)"
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -32,7 +32,7 @@ class INatDataset(_SkipMixin, Dataset):
     Args:
         root: folder holding the JSON files (image paths are relative to it).
         year: 2018 or 2019.
-        split: 'train' or 'val' ('test' is an alias of 'val').
+        split: 'train' or 'val' ('test' is refused: its labels are not public).
         category: taxonomy level, one of :data:`INAT_CATEGORIES` (default 'name': species).
         transform, target_transform: as in torchvision.
         skip_corrupt: as in :class:`~deit.data.folders.ImageFolderDataset`.
@@ -64,6 +64,11 @@ class INatDataset(_SkipMixin, Dataset):
             "images at the paths the JSON files give (relative to <root>)"
         )
         sub = _split_dir(split)
+        if sub == "test":
+            raise ValueError(
+                f"inat{year % 100}: the iNaturalist test set has no public labels, so it cannot "
+                f"be scored; pass --split val (val{year}.json)."
+            )
         need = [root / f"train{year}.json", root / f"{sub}{year}.json"]
         for p in need:
             if not p.is_file():

@@ -23,7 +23,12 @@ MNIST5K_STD = (0.30835,) * 3
 DIGITS_MEAN = (0.30582,) * 3
 DIGITS_STD = (0.37640,) * 3
 
-_SPLITS = {"train": "train", "val": "val", "test": "val"}
+#: The split names every data set takes. Where a data set has no separate test set, ``test``
+#: and ``val`` name the same held-out images: CIFAR's test batch, the held-out fifth of
+#: mnist5k/digits. An image folder's ``test`` is its ``test/`` folder, never ``val/``; its
+#: ``val`` is ``val/``, else ``test/`` (a tree with train/ and test/ only). iNaturalist's test
+#: set has no public labels, so ``test`` is refused there.
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def _split_dir(split: str) -> str:
-    if split not in _SPLITS:
+    """``split`` checked against :data:`SPLITS` (each data set maps it, see there)."""
+    if split not in SPLITS:
         raise ValueError(f"split must be one of 'train', 'val' or 'test' (got {split!r}).")
-    return _SPLITS[split]
+    return split

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointError, Weights, fit_weights, read_weights
+from ..checkpoints import Weights, fit_weights, read_weights
+from ..checkpoints.safe_load import checkpoint_path_error
 from ..models.distilled import DistilledVisionTransformer
 from ..models.registry import build_classifier
 from .frozen import Teacher, _default_norm, _floats
@@ -62,11 +63,10 @@ def _check_head(
 def _read_teacher_weights(path: Path | None) -> Weights | None:
     if path is None:
         return None
-    if not path.exists():
-        raise CheckpointError(
-            f"Teacher checkpoint {str(path)!r} does not exist; pass the path of the "
-            "teacher's trained weights (--teacher-path)."
-        )
+    fix = "pass the path of the teacher's trained weights (--teacher-path)"
+    error = checkpoint_path_error(path, "Teacher checkpoint", fix, hf_folder=True)
+    if error is not None:
+        raise error
     return read_weights(path)
 
 

@@ -369,10 +369,15 @@ class StoreWriter:
         reserve(path, final, needed)
         return array
 
+    @staticmethod
+    def leftovers(out: str | Path) -> list[Path]:
+        """The partial files in ``out``: this pass's, or those a pass that was killed left."""
+        return sorted(Path(out).glob(".*.npy.partial"))
+
     def discard(self) -> None:
         """Remove the partial files (a failed or interrupted pass); an older store stays."""
         self.arrays.clear()
-        for path in self.out.glob(".*.npy.partial"):
+        for path in self.leftovers(self.out):
             path.unlink(missing_ok=True)
 
     def install(self, manifest: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from .._notes import print_note
 from .._rng import rng_state, set_rng_state
 from ..checkpoints import CheckpointError, RunCheckpoint
 from ..config import Config
-from .state import LAST, RunState
+from .state import BEST, LAST, RunState
 
 __all__ = ["RESUME_DATA", "RESUME_FREE", "RESUME_SCHEDULE", "resume", "save"]
 
@@ -98,6 +98,30 @@ def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
     return True
 
 
+def _load_or_name_best(path: str) -> RunCheckpoint:
+    """:meth:`RunCheckpoint.load`; a run's unreadable last checkpoint names the run's intact
+    ``best_checkpoint.pth`` to continue from instead.
+
+    Raises:
+        CheckpointError: the file cannot be read (or is not a run checkpoint).
+    """
+    try:
+        return RunCheckpoint.load(path)
+    except CheckpointError as e:
+        best = Path(path).with_name(BEST)
+        if Path(path).name != LAST or "truncated or corrupt" not in str(e) or not best.is_file():
+            raise
+        try:
+            epoch = RunCheckpoint.load(best).epoch
+        except CheckpointError:
+            raise e from None
+        raise CheckpointError(
+            f"The run's last checkpoint {path!r} is truncated or corrupt, but its {BEST} (after "
+            f"epoch {epoch}) is intact: continue from it with --resume {str(best)!r}, or start "
+            "the run again with --overwrite."
+        ) from None
+
+
 def resume(state: RunState) -> None:
     """Continue from ``--resume`` (or ``<output_dir>/checkpoint.pth`` with ``--auto-resume``):
     weights, optimiser, schedule, scaler, EMA, position in the run, history and every RNG, so
@@ -111,7 +135,7 @@ def resume(state: RunState) -> None:
     path = _resume_path(cfg)
     if not path:
         return
-    ck = RunCheckpoint.load(path)
+    ck = _load_or_name_best(path)
     if ck.optimizer is None:
         raise CheckpointError(
             f"--resume {path!r} is not a training checkpoint of `deit train` (no optimizer "
@@ -170,6 +194,9 @@ def save(
         rng = gathered
     if state.out is None:
         return
+    if state.lock is not None and not state.lock.held():
+        when = f" (found saving epoch {epoch + (batches_done > 0)})"
+        raise state.lock.gone_error(when)
     cfg = state.cfg
     RunCheckpoint(
         model=state.model.state_dict(),

@@ -18,12 +18,13 @@ def _train_cmd(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from ..engine import NonFiniteLossError
+    from .memory import StepOutOfMemoryError
     from .runner import run
 
     cfg = config_from_args(args)
     try:
         result = run(cfg, progress=not args.no_progress)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, StepOutOfMemoryError) as e:
         if int(os.environ.get("RANK", "0")) == 0:  # every rank stops at the same step
             print(f"deit train: error: {e}", file=sys.stderr)
         return 1

@@ -186,6 +186,11 @@ def build_data(state: RunState) -> None:
     state.class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
     state.train_images = len(train_set)  # unreadable files skipped (--skip-corrupt)
+    if env.is_main and cfg.train_subset > state.train_images:
+        print_note(
+            f"--train-subset {cfg.train_subset:,} is more than the {state.train_images:,} "
+            f"training images; all {state.train_images:,} are used."
+        )
     sampler = build_sampler(
         train_set,
         True,

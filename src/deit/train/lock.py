@@ -10,16 +10,18 @@ A process holds a folder's lock once: a second run in the same process is refuse
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .._write import _REASONS, write_error
 
-__all__ = ["LOCK_NAME", "OutputFolderBusyError", "OutputLock"]
+__all__ = ["LOCK_NAME", "OutputFolderBusyError", "OutputLock", "folder_lock"]
 
 LOCK_NAME = ".deit-run.lock"
 _HELD: set[str] = set()  # lock files this process holds (record locks do not exclude it)
@@ -65,8 +67,12 @@ class OutputLock:
         self.key = str(path.resolve())  # in _HELD while held
 
     @classmethod
-    def acquire(cls, folder: str | Path) -> OutputLock:
-        """Create ``folder`` if needed and lock it for this process.
+    def acquire(
+        cls, folder: str | Path, user: str = "run", flag: str = "--output_dir"
+    ) -> OutputLock:
+        """Create ``folder`` if needed and lock it for this process. ``user`` (what holds the
+        lock: ``"run"``, ``"label pass"``) and ``flag`` (where the user chooses the folder) word
+        the refusal.
 
         Raises:
             OutputFolderBusyError: another live process (or a run of this one) holds the lock;
@@ -80,9 +86,14 @@ class OutputLock:
         created = _new_dirs(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, previous = cls._lock(folder / LOCK_NAME, str(folder))
+            fd, previous = cls._lock(folder / LOCK_NAME)
         except BaseException as e:
             _remove_dirs(created)
+            if isinstance(e, OutputFolderBusyError):  # e names the owner
+                raise OutputFolderBusyError(
+                    f"The output folder {str(folder)!r} is in use by another {user} ({e}); wait "
+                    f"for it to end, or choose another {flag}."
+                ) from None
             if isinstance(e, OSError) and e.errno in _REASONS:  # a read-only folder, a full disk
                 raise write_error(folder / LOCK_NAME, e, len(json.dumps(me))) from None
             raise
@@ -102,17 +113,19 @@ class OutputLock:
         return cls(folder / LOCK_NAME, fd, created, note)
 
     @staticmethod
-    def _lock(path: Path, shown: str) -> tuple[int, dict]:
+    def _lock(path: Path) -> tuple[int, dict]:
         """Open and lock ``path``; returns the descriptor and the owner it names (a dead
         one's), or ``{"unlocked": reason}`` on a file system without locks. A file replaced
-        meanwhile (its owner released it) is locked anew."""
+        meanwhile (its owner released it) is locked anew.
+
+        Raises:
+            OutputFolderBusyError: a live owner holds it; the message names only the owner.
+        """
         import fcntl
 
-        busy = f"The output folder {shown!r} is in use by another run ({{}}); wait for it to end, "
-        busy += "or choose another --output_dir."
         key = str(path.resolve())
         if key in _HELD:
-            raise OutputFolderBusyError(busy.format(f"pid {os.getpid()}: this process"))
+            raise OutputFolderBusyError(f"pid {os.getpid()}: this process")
         for _ in range(20):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -121,7 +134,7 @@ class OutputLock:
                 owner = _owner(fd)
                 os.close(fd)
                 if e.errno in (errno.EACCES, errno.EAGAIN):
-                    raise OutputFolderBusyError(busy.format(_who(owner))) from None
+                    raise OutputFolderBusyError(_who(owner)) from None
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
                     raise
                 _HELD.add(key)
@@ -135,6 +148,26 @@ class OutputLock:
                 return fd, _owner(fd)
             os.close(fd)  # the owner removed it on release: lock the new file
         raise OSError(f"the lock file {path} keeps changing; try again")
+
+    def held(self) -> bool:
+        """Whether the lock file is still where it was taken: ``False`` once the folder (or
+        the file) was deleted, moved or replaced while the lock was held."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            return False
+
+    def gone_error(
+        self, when: str = "", user: str = "run", flag: str = "--output_dir"
+    ) -> FileNotFoundError:
+        """The one sentence for a folder found gone (:meth:`held`): nothing more is written,
+        not even elsewhere; ``when`` places it (``" (found saving epoch 2)"``)."""
+        folder = str(self.path.parent)
+        return FileNotFoundError(
+            f"The output folder {folder!r} was deleted or moved during the {user}{when}; the "
+            f"{user} stopped without writing anywhere else; start it again with a {flag} that "
+            "stays in place."
+        )
 
     def release(self, remove_created: bool = False) -> None:
         """Remove the lock file and unlock. With ``remove_created`` the folders :meth:`acquire`
@@ -155,3 +188,20 @@ def _remove_dirs(dirs: list[Path]) -> None:
             d.rmdir()
         except OSError:
             return
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, user: str, flag: str) -> Iterator[OutputLock]:
+    """Hold ``folder``'s lock (:meth:`OutputLock.acquire`) for a job that writes several files
+    into it (``deit analyze``, ``deit benchmark``), so that a second job into it is refused
+    instead of mixing its files with this one's; folders created for the lock and left empty
+    are removed afterwards. A stale lock's note is printed."""
+    from .._notes import print_note
+
+    lock = OutputLock.acquire(folder, user, flag)
+    if lock.note:
+        print_note(lock.note)
+    try:
+        yield lock
+    finally:
+        lock.release(remove_created=True)

@@ -16,6 +16,7 @@ from ..engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
 from ..teacher.frozen import Teacher
 from .checkpointing import save
 from .distributed import _StopFlag
+from .memory import StepOutOfMemoryError, is_out_of_memory, out_of_memory_error
 from .output import _train_log, _write_log
 from .state import BEST, LAST, RunState
 
@@ -70,6 +71,18 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
             progress=bar,
             should_stop=stop,
         )
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise out_of_memory_error(
+            state.model,
+            cfg.batch_size,
+            cfg.input_size,
+            state.device,
+            epoch + 1,
+            state.precision.name,
+            state.ema is not None,
+        ) from None
     finally:
         if bar is not None:
             bar.close()
@@ -105,7 +118,7 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
     if new_best:
         save(state, epoch + 1, 0, BEST)
     if state.env.is_main:
-        _write_log(state.out, state.writer, log)
+        _write_log(state.out, state.writer, state.history)
         acc = ""
         if "test_acc1" in log:
             acc = f"test acc1 {log['test_acc1']:.2f}% (best {state.best_acc1:.2f}%), "
@@ -127,14 +140,14 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
     stop.install()
     try:
         _epochs(state, last_epoch, progress, stop)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, StepOutOfMemoryError) as e:
         last = state.out / LAST if state.out is not None else None
         kept = (
             f"{last} is kept"
             if last is not None and last.is_file()
             else "no checkpoint was written"
         )
-        raise NonFiniteLossError(f"{str(e).rstrip('.')}; the run stopped and {kept}.") from None
+        raise type(e)(f"{str(e).rstrip('.')}; the run stopped and {kept}.") from None
     finally:
         stop.restore()
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from .state import BEST, LAST, RunState
 if TYPE_CHECKING:  # the tensorboard extra is optional
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["RUN_FILES"]
+__all__ = ["RUN_FILES", "lock_folder"]
 
 RUN_FILES = (LAST, BEST, "log.txt", "config.yaml")  # what a run writes; --overwrite removes them
 
@@ -63,7 +64,7 @@ def _check_output_dir(cfg: Config) -> Path | None:
         return None
     found = [name for name in (LAST, "log.txt") if (out / name).exists()]
     continues = (cfg.auto_resume and (out / LAST).is_file()) or (
-        cfg.resume and Path(cfg.resume).resolve() == (out / LAST).resolve()
+        cfg.resume and Path(cfg.resume).resolve() in {(out / n).resolve() for n in (LAST, BEST)}
     )  # this folder's own run; a resume from elsewhere must not write over another run
     if found and not (cfg.overwrite or continues or cfg.eval):
         raise ValueError(
@@ -85,11 +86,30 @@ def _lock_output(cfg: Config, env: DistEnv) -> OutputLock | None:
     """
     if not cfg.output_dir or cfg.eval:
         return None
+    return lock_folder(cfg.output_dir, env, lambda: _check_output_path(cfg))
+
+
+def lock_folder(
+    folder: str | Path,
+    env: DistEnv,
+    check: Callable[[], object] = lambda: None,
+    user: str = "run",
+    flag: str = "--output_dir",
+) -> OutputLock | None:
+    """Lock ``folder`` (created for its lock file) for this process: rank 0 calls ``check``
+    (raising the folder's problem) and takes the lock (the other ranks get ``None``); every
+    rank learns the outcome and stops with the same sentence. ``user`` and ``flag`` word the refusal
+    (:meth:`deit.train.lock.OutputLock.acquire`).
+
+    Raises:
+        ValueError / OSError: what ``check`` raises, or another live process holds the lock
+            (:class:`deit.train.lock.OutputFolderBusyError`, naming its pid and host).
+    """
     lock, error = None, None
     if env.is_main:
         try:
-            _check_output_path(cfg)
-            lock = OutputLock.acquire(cfg.output_dir)
+            check()
+            lock = OutputLock.acquire(folder, user, flag)
         except (ValueError, OSError) as e:
             error = e
     if env.distributed:  # the other ranks would otherwise wait for rank 0 forever
@@ -145,12 +165,17 @@ def _tensorboard(out: Path, say: bool) -> SummaryWriter | None:
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _write_log(out: Path | None, writer: SummaryWriter | None, log: dict[str, Any]) -> None:
+def _write_log(
+    out: Path | None, writer: SummaryWriter | None, history: list[dict[str, Any]]
+) -> None:
+    """``log.txt``: one line per epoch of ``history`` (the run's, as its checkpoint holds it, so
+    a run resumed from an earlier checkpoint logs each epoch once); TensorBoard: the last."""
     if out is None:
         return
-    path = out / "log.txt"  # rewritten whole (a few kB): a full disk never cuts a line short
-    before = path.read_bytes() if path.exists() else b""
-    atomic_write_bytes(path, before + (json.dumps(log) + "\n").encode())
+    lines = "".join(json.dumps(log) + "\n" for log in history)
+    # rewritten whole (a few kB): a full disk never cuts a line short
+    atomic_write_bytes(out / "log.txt", lines.encode())
+    log = history[-1]
     if writer is not None:
         for k, v in log.items():
             if k != "epoch" and isinstance(v, int | float):

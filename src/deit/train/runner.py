@@ -22,6 +22,7 @@ from .checkpointing import resume
 from .data import build_data
 from .distributed import init_distributed
 from .loop import _evaluate, fit
+from .memory import check_step_memory
 from .model import build_model_and_teacher
 from .optimisation import build_optimisation
 from .output import _check_output_dir, _lock_output, _open_output
@@ -73,6 +74,10 @@ def run(
         else:
             _open_output(state)
             _warmup_note(state)  # after every input is checked: a run that cannot start
+            if state.env.is_main:
+                ema = state.ema is not None
+                batch, amp = state.cfg.batch_size, state.precision.name
+                check_step_memory(state.model, batch, state.device, amp, ema)
             try:  # prints its error alone
                 fit(state, max_epochs_this_run, progress)
             finally:
@@ -98,16 +103,16 @@ def _start(cfg: Config) -> RunState:
     cfg = dataclasses.replace(cfg.validate())
     env, device = init_distributed(cfg.device)
     lock = _lock_output(cfg, env)
-    try:
+    try:  # whatever fails before the run starts leaves neither the lock nor a folder it made
         checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
         _check_teacher_given(cfg)
+        seed_everything(cfg.seed + env.rank)
+        out = checked if env.is_main else None
+        state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
     except BaseException:
         if lock is not None:
             lock.release(remove_created=True)
         raise
-    out = checked if env.is_main else None
-    seed_everything(cfg.seed + env.rank)
-    state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
     state.lock = lock
     return state
 
