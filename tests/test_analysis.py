@@ -23,6 +23,7 @@ from deit.analysis import (
     head_agreement,
     head_weight_similarity,
     similarity_figure,
+    token_report,
     token_similarity,
 )
 from deit.checkpoints import ModelInfo
@@ -188,6 +189,23 @@ def test_token_similarity_matches_hand_computation():
         hand.append(cos.mean().item())
     np.testing.assert_allclose(token_similarity(model, x, batch_size=2), hand, atol=1e-5)
     assert len(set(np.round(hand, 4))) > 1  # a real curve, not a constant
+
+
+def test_token_report_by_hand():
+    """Depth 0 is the learned tokens' cosine; the head outputs' cosine and agreement by hand."""
+    model = _model().eval()
+    with torch.no_grad():
+        model.cls_token.copy_(torch.arange(128.0).view(1, 1, 128))
+        model.dist_token.copy_(-torch.arange(128.0).view(1, 1, 128))
+    x = torch.randn(7, 3, 28, 28)
+    report = token_report(model, x, batch_size=3)
+    assert report["token_cosine"][0] == pytest.approx(-1.0, abs=1e-6)
+    np.testing.assert_allclose(report["token_cosine"][1:], token_similarity(model, x), atol=1e-5)
+    with torch.no_grad():
+        c, d = model.forward_heads(x)
+    cos = ((c * d).sum(-1) / (c.norm(dim=-1) * d.norm(dim=-1))).mean().item()
+    assert report["head_output_cosine"] == pytest.approx(cos, abs=1e-5)
+    assert report["head_agreement"] == pytest.approx((c.argmax(-1) == d.argmax(-1)).float().mean())
 
 
 def test_head_weight_similarity_by_hand():

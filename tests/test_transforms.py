@@ -28,6 +28,7 @@ from deit.data.transforms import (
     build_transform,
     build_transform_from_config,
     seeded_rng,
+    uses_small_image_crop,
     view_seed,
 )
 
@@ -86,6 +87,25 @@ def test_eval_small_input_keeps_native_pixels() -> None:
     assert out[1, 3, 7].item() == pytest.approx((arr[3, 7, 1] / 255 - 0.5) / 0.25, abs=1e-6)
     expected = (torch.from_numpy(arr).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_upscaled_small_images_keep_the_small_image_crop() -> None:
+    """Digits fine-tuned at 42 px: Resize + RandomCrop as at 28 px, never RandomResizedCrop
+    (which keeps as little as 8 % of the digit); ImageNet-size inputs keep RandomResizedCrop."""
+    cfg = get_preset("small").replace(input_size=42, crop_padding=0)
+    assert uses_small_image_crop(cfg)
+    t = build_transform_from_config(cfg, True, mean=(0.13,) * 3, std=(0.31,) * 3)
+    assert isinstance(t.transforms[0], T.Resize) and t.transforms[0].size == 42
+    assert isinstance(t.transforms[1], T.RandomCrop) and t.transforms[1].padding == 0
+    assert not any(isinstance(x, RandomResizedCropAndInterpolation) for x in t.transforms)
+    assert t(Image.new("RGB", (28, 28), 255)).shape == (3, 42, 42)
+    folder = get_preset("small").replace(input_size=42, data_set="folder")
+    assert not uses_small_image_crop(folder)  # images of unknown size: the official rule
+    imagenet = Config(input_size=224)
+    assert not uses_small_image_crop(imagenet)
+    assert isinstance(
+        build_transform_from_config(imagenet, True).transforms[0], RandomResizedCropAndInterpolation
+    )
 
 
 def test_transform_from_config_small_preset() -> None:
