@@ -105,7 +105,10 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"{s['teacher_batch_size']}; students {s['student']} / {s['distilled_student']}: "
         f"{s['student_images']:,} image-steps, batch {s['batch_size']}",
         f"- machine: {results['machine']}; {results['seconds']:.0f} s "
-        f"({results['computed']} runs computed now, {len(runs) - results['computed']} reused)",
+        f"({results['computed']} runs computed now, {len(runs) - results['computed']} reused); "
+        f"the runs' CPU time {results.get('cpu_seconds', 0) / 60:.0f} min, about "
+        f"{results.get('cpu_seconds', 0) / 60 / (os.cpu_count() or 1):.0f} min on this "
+        "machine's idle cores",
         "",
     ]
 

@@ -110,6 +110,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "machine": machine(),
         "seconds": round(time.time() - start, 1),
         "computed": computed,
+        # every run's CPU time (each run is single-threaded): the study's cost on idle cores
+        "cpu_seconds": round(sum(r.get("cpu_seconds") or 0.0 for r in runs), 1),
         "runs": runs,
         "summary": summarize(runs),
         "comparisons": comparisons(s, runs),

@@ -216,7 +216,7 @@ def _train(cfg: dict[str, Any], tokens: bool = False) -> dict[str, Any]:
     """
     from ..train import run
 
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
     # the run's per-epoch lines go to its folder: several runs share the console
     with open(Path(cfg["output_dir"]) / "train.log", "a") as log, redirect_stderr(log):
@@ -243,6 +243,8 @@ def _train(cfg: dict[str, Any], tokens: bool = False) -> dict[str, Any]:
     if tokens:
         rec.update(_token_record(cfg))
     rec["seconds"] = time.time() - start
+    # what the run would take alone on an idle core (its wall seconds include waiting for one)
+    rec["cpu_seconds"] = time.process_time() - cpu
     return rec
 
 
@@ -412,7 +414,7 @@ def _submit(
 
 def _record(job: _Job, stats: dict[str, Any]) -> dict[str, Any]:
     rec = {**job.spec.record(), "seed": job.seed, "train_images": job.n, **stats}
-    for key in ("top1", "top1_cls", "top1_dist", "teacher_disagreement", "seconds"):
+    for key in ("top1", "top1_cls", "top1_dist", "teacher_disagreement", "seconds", "cpu_seconds"):
         rec[key] = _r(rec.get(key))
     if not job.spec.distilled:
         for key in ("top1_cls", "top1_dist", "teacher_disagreement"):
