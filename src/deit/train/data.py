@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .._notes import print_note
 from .._rng import seed_worker
+from .._workers import LoaderWorkerInit
 from ..config import Config
 from ..data import (
     build_dataset,
@@ -107,7 +108,8 @@ def _loader(
     seeds the workers, so iterating it draws nothing from torch's global RNG (the model's).
     Workers persist across epochs (as timm's loaders): each view is keyed by the sampler, which
     runs in this process, so the views do not depend on the workers' lifetime. On the CPU,
-    workers hand batches back by value (:class:`_ByValueLoader`)."""
+    workers hand batches back by value (:class:`_ByValueLoader`). Workers leave stop signals
+    to this process and die with it (:class:`deit._workers.LoaderWorkerInit`)."""
     workers = cfg.num_workers
     by_value = workers > 0 and device.type == "cpu"  # a GPU run pins shared tensors instead
     return (_ByValueLoader if by_value else DataLoader)(
@@ -117,7 +119,7 @@ def _loader(
         num_workers=workers,
         pin_memory=cfg.pin_mem and device.type == "cuda",
         drop_last=train,
-        worker_init_fn=seed_worker if workers else None,
+        worker_init_fn=LoaderWorkerInit(seed_worker) if workers else None,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
         collate_fn=_collate_to_numpy if by_value else None,

@@ -1,5 +1,5 @@
 """Where a run's process stands and how it stops: the process group (torchrun or SLURM),
-DistributedDataParallel around the student, and SIGTERM/SIGINT as a clean stop.
+DistributedDataParallel around the student, and SIGTERM/SIGINT/SIGHUP as a clean stop.
 
 Distributed training uses PyTorch's own stack: launch with ``torchrun`` (env:// rendezvous,
 single or multi-node) or under SLURM (``srun``; ``MASTER_ADDR``/``MASTER_PORT`` must be set);
@@ -20,7 +20,7 @@ from torch import nn
 
 from ..precision import resolve_device
 
-__all__ = ["DistEnv", "init_distributed", "wrap_ddp"]
+__all__ = ["STOP_SIGNALS", "DistEnv", "init_distributed", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,16 @@ def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> 
     )
 
 
+#: The signals that stop a run cleanly: a scheduler's pre-emption or time limit (SIGTERM),
+#: Ctrl-C (SIGINT), a closed terminal or SSH session (SIGHUP). The exit status is 128 + signal.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
 class _StopFlag:
-    """Set by SIGTERM/SIGINT (what a cluster scheduler sends before pre-emption).
+    """Set by SIGTERM, SIGINT or SIGHUP (:data:`STOP_SIGNALS`); a signal this process was
+    started with ignored (``nohup``: SIGHUP) stays ignored.
 
     Polled after every step; in a process group the ranks agree on it (an all-reduce and a host
     read, a synchronisation) only every ``every``-th poll, so that the steps between need not
@@ -107,7 +115,9 @@ class _StopFlag:
         self._polls = 0
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone

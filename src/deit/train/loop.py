@@ -1,10 +1,11 @@
 """The epoch loop: :func:`deit.engine.train_one_epoch` then :func:`deit.engine.evaluate` when
-due, logs and checkpoints; a SIGTERM/SIGINT stops it after the current step with a mid-epoch
-checkpoint.
+due, logs and checkpoints; a SIGTERM/SIGINT/SIGHUP stops it after the current step with a
+mid-epoch checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from .._workers import LoaderWorkerError, loader_exit_codes, worker_death
 from ..engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
 from ..teacher.frozen import Teacher
 from .checkpointing import save
@@ -72,9 +74,16 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
         )
     finally:
         if bar is not None:
-            bar.close()
+            with contextlib.suppress(OSError):  # a terminal closed (SIGHUP) fails every write
+                bar.close()
     state.num_updates = int(stats["num_updates"])
     return stats
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, unless stderr is gone (a closed terminal: the run stops cleanly)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -117,8 +126,14 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
 
 
 def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool = True) -> None:
-    """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT stops
-    it after the current step with a mid-epoch checkpoint (``status`` 'stopped')."""
+    """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT/SIGHUP
+    stops it after the current step with a mid-epoch checkpoint (``status`` 'stopped').
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (on any rank: all stop at that step).
+        deit._workers.LoaderWorkerError: a data-loader worker died (one sentence naming it, the
+            signal and the checkpoint kept).
+    """
     cfg = state.cfg
     last_epoch = cfg.epochs
     if max_epochs_this_run is not None:
@@ -128,15 +143,25 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
     try:
         _epochs(state, last_epoch, progress, stop)
     except NonFiniteLossError as e:
-        last = state.out / LAST if state.out is not None else None
-        kept = (
-            f"{last} is kept"
-            if last is not None and last.is_file()
-            else "no checkpoint was written"
-        )
-        raise NonFiniteLossError(f"{str(e).rstrip('.')}; the run stopped and {kept}.") from None
+        raise NonFiniteLossError(
+            f"{str(e).rstrip('.')}; the run stopped and {_kept(state)}."
+        ) from None
+    except RuntimeError as e:
+        dead = worker_death(e, loader_exit_codes(state.loader_train, state.loader_val))
+        if dead is None:
+            raise
+        raise LoaderWorkerError(
+            f"The run stopped: {dead}; {_kept(state)}; continue with --auto-resume "
+            "(with fewer --num_workers or a smaller --batch-size if memory ran out)."
+        ) from None
     finally:
         stop.restore()
+
+
+def _kept(state: RunState) -> str:
+    """``<checkpoint> is kept``, or that none was written."""
+    last = state.out / LAST if state.out is not None else None
+    return f"{last} is kept" if last is not None and last.is_file() else "no checkpoint was written"
 
 
 _MEAN_STATS = ("loss", "loss_base", "loss_distillation", "teacher_disagreement")
@@ -171,10 +196,9 @@ def _epochs(state: RunState, last_epoch: int, progress: bool, stop: _StopFlag) -
             save(state, epoch, done, LAST, epoch_stats=stats)
             state.status, state.stop_signal = "stopped", stop.signum or signal.SIGTERM
             if env.is_main:
-                print(
+                _say(
                     f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
-                    f"{state.num_updates}; checkpoint written, continue with --auto-resume.",
-                    file=sys.stderr,
+                    f"{state.num_updates}; checkpoint written, continue with --auto-resume."
                 )
             return
         state.skip_batches = 0
