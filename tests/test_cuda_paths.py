@@ -68,6 +68,85 @@ def test_cuda_device_is_set_before_the_process_group(monkeypatch):
     assert calls == ["set_device cuda:1", "init nccl"]
 
 
+def _fake_cuda(monkeypatch, gpus: int, calls: list[str]) -> None:
+    """``gpus`` visible GPUs; ``set_device`` and the process group recorded in ``calls``."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(f"set_device {d}"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, **kw: calls.append(f"init {backend}")
+    )
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("gpus, expected", [(1, 0), (8, 5), (4, 1)])
+def test_slurm_task_takes_its_local_id_modulo_the_visible_gpus(monkeypatch, gpus, expected):
+    """``srun --gpus-per-task=1``: each task sees one GPU (cuda:0), whatever its local id;
+    tasks sharing a node's GPUs take local id modulo their count (issue 32, item 1)."""
+    calls: list[str] = []
+    _fake_cuda(monkeypatch, gpus, calls)
+    monkeypatch.setenv("SLURM_PROCID", "13")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_LOCALID", "5")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    env, device = init_distributed("auto")
+    assert env == DistEnv(13, 16, 5, True) and device == torch.device("cuda", expected)
+    assert calls == [f"set_device cuda:{expected}", "init nccl"]
+    assert os.environ["LOCAL_RANK"] == "5"
+
+
+def test_one_process_on_cuda_n_makes_it_the_current_device(monkeypatch):
+    """One process on cuda:1: set_device(cuda:1), so that the pin-memory thread and any
+    kernel without a device open no context on GPU 0 (issue 32, item 9); no process group."""
+    calls: list[str] = []
+    _fake_cuda(monkeypatch, 2, calls)
+    env, device = init_distributed("cuda:1")
+    assert env == DistEnv() and device == torch.device("cuda", 1)
+    assert calls == ["set_device cuda:1"]
+
+
+@pytest.mark.parametrize(
+    "model_name, kind, unused",
+    [
+        (STUDENT, "none", False),
+        (STUDENT, "hard", False),
+        (STUDENT, "soft", False),
+        ("deit_pico_patch7_28", "none", False),
+        (STUDENT + ":pair", "none", True),  # the pair output with a loss on one head
+    ],
+)
+def test_ddp_looks_for_unused_parameters_only_where_some_are(tmp_path, model_name, kind, unused):
+    """DDP set up as a run sets it up (issue 32, item 8): ``find_unused_parameters`` only where a
+    parameter really has no gradient; two steps without it succeed (an unused parameter would
+    fail the second: "Expected to have finished reduction in the prior iteration")."""
+    from deit.distillation import DistillationLoss, check_student
+    from deit.engine import train_one_epoch
+    from deit.teacher import Teacher
+    from deit.train import wrap_ddp
+
+    torch.manual_seed(0)
+    name, _, pair = model_name.partition(":")
+    model = deit.create_model(name, num_classes=4)
+    teacher = Teacher(deit.build_classifier("test_resnet", 4)) if kind != "none" else None
+    check_student(model, kind, teacher)
+    if pair:
+        model.set_distilled_training(True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = wrap_ddp(model, torch.device("cpu"), kind)
+        assert ddp.find_unused_parameters is unused
+        crit = DistillationLoss(nn.CrossEntropyLoss(), teacher, kind)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        batches = [(torch.randn(2, 3, 28, 28), torch.tensor([0, 3]))] * 2
+        stats = train_one_epoch(ddp, crit, batches, opt, torch.device("cpu"), 0)
+        assert stats["steps"] == 2.0
+    finally:
+        dist.destroy_process_group()
+
+
 def _meta_state(**kw: object) -> RunState:
     cfg = _cfg(**kw).validate()
     state = RunState(

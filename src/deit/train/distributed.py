@@ -45,7 +45,9 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
     torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
     under SLURM ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID`` are used (with
     ``MASTER_ADDR``/``MASTER_PORT`` exported by the job script). Backend: NCCL on CUDA, gloo
-    otherwise.
+    otherwise. The GPU: ``cuda:LOCAL_RANK`` under torchrun; under SLURM ``SLURM_LOCALID``
+    modulo the visible GPUs (``cuda:0`` where a task sees one GPU). A CUDA device is made the
+    current one (``torch.cuda.set_device``) in every process, one process on ``cuda:N`` too.
 
     Returns:
         ``(env, device)``; a single process when neither launcher is present.
@@ -55,6 +57,7 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
             where none exists.
     """
     env = os.environ
+    gpu = None  # the GPU index among the visible ones; the local rank when None
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
@@ -66,13 +69,16 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
                 "export them in the job script (e.g. the first host of $SLURM_JOB_NODELIST)."
             )
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        # with --gpus-per-task=1 (or a GPU bound per task) each task sees one GPU, cuda:0;
+        # with the node's GPUs shared by its tasks, the local id picks one
+        gpu = local % max(torch.cuda.device_count(), 1) if torch.cuda.is_available() else 0
     else:
         rank, world, local = 0, 1, 0
-    device = resolve_device(device_pref, local)
+    device = resolve_device(device_pref, local if gpu is None else gpu)
+    if device.type == "cuda":  # also one process on cuda:N: the pin-memory thread follows it
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, init_method="env://")
     return DistEnv(rank, world, local, world > 1), device
 
@@ -80,10 +86,15 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
 def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> nn.Module:
     """Wrap the student (only) in DistributedDataParallel.
 
-    A distilled model trained without distillation never uses ``head_dist``; DDP must then be
-    told to look for unused parameters, or their buckets are never all-reduced.
+    DDP looks for unused parameters (an extra traversal of the autograd graph every step) only
+    where some are: a distilled model whose training output is the pair ``(cls_logits,
+    dist_logits)`` trained with ``distillation_type='none'``, whose loss reads the class head
+    alone. A distilled model trained with ``'none'`` by :func:`deit.train.run` is not switched
+    to that output (:func:`deit.distillation.check_student`): its logits average both heads, and
+    every parameter has a gradient at every step, as with ``'hard'``/``'soft'`` and plain models.
     """
-    unused = distillation_type == "none" and hasattr(unwrap_model(model), "head_dist")
+    student = unwrap_model(model)
+    unused = distillation_type == "none" and bool(getattr(student, "distilled_training", False))
     return nn.parallel.DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
