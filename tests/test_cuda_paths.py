@@ -78,7 +78,8 @@ def _fake_cuda(monkeypatch, gpus: int, calls: list[str]) -> None:
         dist, "init_process_group", lambda backend, **kw: calls.append(f"init {backend}")
     )
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "0")  # recorded, so that what init_distributed sets is undone
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.parametrize("gpus, expected", [(1, 0), (8, 5), (4, 1)])
