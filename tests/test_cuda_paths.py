@@ -148,6 +148,36 @@ def test_ddp_looks_for_unused_parameters_only_where_some_are(tmp_path, model_nam
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("run_device", ["cpu", "cuda"])
+def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch, run_device):
+    """``--model-ema-force-cpu`` on a GPU (issue 32, item 3): the EMA's CPU weights never meet
+    the GPU's images (timm evaluates an EMA only when it is not forced to the CPU); an EMA on
+    the run's device is evaluated. The GPU is stood for by the run's device alone."""
+    import time
+    from types import SimpleNamespace
+
+    from deit.train import loop
+
+    cfg = _cfg(model_ema=True, model_ema_force_cpu=True).validate()
+    device = torch.device(run_device, 0 if run_device == "cuda" else None)
+    state = RunState(cfg, DistEnv(), device, Precision("fp32", None, run_device), None)
+    state.eval_model = nn.Linear(2, 2)
+    state.ema = SimpleNamespace(module=nn.Linear(2, 2))  # timm's ModelEmaV3, on the CPU
+    evaluated: list[nn.Module] = []
+
+    def evaluate(_state, model, teacher=None):
+        evaluated.append(model)
+        return {"acc1": 50.0, "loss": 1.0}
+
+    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    loop._end_epoch(state, 0, {"loss": 1.0, "images_per_s": 1.0}, time.time())
+    if run_device == "cuda":
+        assert evaluated == [state.eval_model] and "test_ema_acc1" not in state.history[-1]
+    else:
+        assert evaluated == [state.eval_model, state.ema.module]
+        assert state.history[-1]["test_ema_acc1"] == 50.0
+
+
 def _meta_state(**kw: object) -> RunState:
     cfg = _cfg(**kw).validate()
     state = RunState(

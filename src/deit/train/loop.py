@@ -94,6 +94,15 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+def _ema_on_run_device(state: RunState) -> bool:
+    """Whether the run has an EMA on its own device (``--model-ema-force-cpu`` keeps it on the
+    CPU: its evaluation would meet the device's images with CPU weights)."""
+    if state.ema is None:
+        return False
+    weights = next(state.ema.module.parameters(), None)
+    return weights is None or weights.device.type == state.device.type
+
+
 def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: float) -> None:
     """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
     cfg = state.cfg
@@ -104,7 +113,7 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
     if due or epoch + 1 == cfg.epochs:
         state.final = _evaluate(state, state.eval_model)
         log.update({f"test_{k}": v for k, v in state.final.items()})
-        if state.ema is not None:
+        if _ema_on_run_device(state):  # an EMA forced to the CPU is not evaluated (timm)
             log["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
         new_best = state.final["acc1"] > state.best_acc1
         state.best_acc1 = max(state.best_acc1, state.final["acc1"])
