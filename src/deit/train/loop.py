@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from .._workers import LoaderWorkerError, loader_exit_codes, worker_death
@@ -94,6 +95,15 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+def _from_rank_0(state: RunState, value: Any) -> Any:
+    """``value`` as rank 0 has it (a broadcast under ``torch.distributed``; every rank calls)."""
+    if not state.env.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _ema_on_run_device(state: RunState) -> bool:
     """Whether the run has an EMA on its own device (``--model-ema-force-cpu`` keeps it on the
     CPU: its evaluation would meet the device's images with CPU weights)."""
@@ -111,10 +121,15 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
     due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
     new_best = False
     if due or epoch + 1 == cfg.epochs:
-        state.final = _evaluate(state, state.eval_model)
-        log.update({f"test_{k}": v for k, v in state.final.items()})
+        final = _evaluate(state, state.eval_model)
+        ema = {}
         if _ema_on_run_device(state):  # an EMA forced to the CPU is not evaluated (timm)
-            log["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+            ema["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+        # rank 0's figures on every rank: without --dist-eval each rank scored the whole set
+        # (other kernels may score it otherwise), and saving a new best is a collective
+        state.final, ema = _from_rank_0(state, (final, ema))
+        log.update({f"test_{k}": v for k, v in state.final.items()})
+        log.update(ema)
         new_best = state.final["acc1"] > state.best_acc1
         state.best_acc1 = max(state.best_acc1, state.final["acc1"])
         log["best_acc1"] = state.best_acc1
