@@ -480,6 +480,11 @@ def test_two_gloo_ranks_eval_counts_rank0_writes_teacher_frozen_lr_global(tmp_pa
 
 
 def _label_rank(rank: int, world: int, tmp: Path, teacher: str) -> None:
+    """One rank of a split label pass; the views it made and the files it opened for writing
+    go to ``tmp/labels<rank>.json``."""
+    import numpy as np
+
+    from deit.data.transforms import SeededViews
     from deit.label_pass import compute_teacher_labels
 
     torch.set_num_threads(1)
@@ -487,9 +492,30 @@ def _label_rank(rank: int, world: int, tmp: Path, teacher: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp / 'init'}", rank=rank, world_size=world
     )
+    made: list[int] = []
+    written: set[str] = set()
+    getitems, open_memmap, load = SeededViews.__getitems__, np.lib.format.open_memmap, np.load
+
+    def counted(self, keys):
+        made.extend(position for _, position, _ in keys)
+        return getitems(self, keys)
+
+    def create(path, mode="r+", *args, **kw):
+        if mode != "r":
+            written.add(Path(path).name)
+        return open_memmap(path, mode, *args, **kw)
+
+    def opened(path, mmap_mode=None, **kw):
+        if mmap_mode not in (None, "r", "c"):
+            written.add(Path(path).name)
+        return load(path, mmap_mode=mmap_mode, **kw)
+
+    SeededViews.__getitems__, np.lib.format.open_memmap, np.load = counted, create, opened
     compute_teacher_labels(
         _label_cfg(teacher), tmp / "split", top_k=10, teacher_batch_size=8, progress=False
     )
+    record = {"made": made, "written": sorted(written)}
+    (tmp / f"labels{rank}.json").write_text(json.dumps(record))
     dist.destroy_process_group()
 
 
@@ -534,3 +560,15 @@ def test_label_pass_split_over_two_ranks_equals_one_process(tmp_path):
     for name in ("top1.npy", "logits.npy"):
         a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "split" / name)
         assert a.shape == b.shape and np.array_equal(a, b), name  # both ranks' rows: 5 chunks
+    # chunks of 2 batches of 4 views: rank 0 makes chunks 0, 2, 4 (views 0-7, 16-23, 32-39),
+    # rank 1 chunks 1, 3, in each of the 2 epochs, and writes to no file rank 0 writes
+    r0, r1 = (json.loads((tmp_path / f"labels{r}.json").read_text()) for r in (0, 1))
+    views0 = [*range(0, 8), *range(16, 24), *range(32, 40)]
+    views1 = [*range(8, 16), *range(24, 32)]
+    assert sorted(r0["made"]) == sorted(views0 * 2) and sorted(r1["made"]) == sorted(views1 * 2)
+    parts = [f".{a}.rank{{}}.npy.partial" for a in ("logits", "top1")]
+    assert r1["written"] == [p.format(1) for p in parts]
+    assert r0["written"] == sorted(
+        [".logits.npy.partial", ".top1.npy.partial"] + [p.format(0) for p in parts]
+    )
+    assert not list((tmp_path / "split").glob(".*"))  # the parts merged and removed

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from ..precision import resolve_device, resolve_precision
 from .distributed import DistEnv
 from .state import RunState
 
-__all__ = ["auto_num_workers", "build_data", "label_pass_state"]
+__all__ = ["auto_num_workers", "batches_loader", "build_data", "label_pass_state"]
 
 
 def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
@@ -194,6 +194,32 @@ def build_data(state: RunState) -> None:
     sampler_val = build_sampler(val_set, False)
     state.loader_val = _loader(val_set, sampler_val, cfg, state.device, train=False)
     state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
+
+
+class _Batches(Sampler):
+    """The keys of some of the training sampler's batches, in order: what a rank of a split
+    label pass makes views of (each view is keyed by its place in the epoch, so it is the view
+    training makes there)."""
+
+    def __init__(self, sampler: PositionSampler, batch_size: int, batches: Sequence[int]):
+        self.sampler, self.batch_size, self.batches = sampler, batch_size, sorted(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        wanted = set(self.batches)
+        for position, key in enumerate(self.sampler):
+            if position // self.batch_size in wanted:
+                yield key
+
+
+def batches_loader(state: RunState, batches: Sequence[int]) -> DataLoader:
+    """A training loader like ``state.loader_train`` that yields only the epoch's batches
+    ``batches`` (indices in the epoch; ``state.sampler_train.set_epoch`` still picks the
+    epoch): no other view is read or transformed."""
+    sampler = _Batches(state.sampler_train, state.cfg.batch_size, batches)
+    return _loader(state.loader_train.dataset, sampler, state.cfg, state.device, train=True)
 
 
 def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunState:
