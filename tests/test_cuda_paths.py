@@ -4,7 +4,9 @@ set before the process group, DDP after ``.to(device)`` and before ``torch.compi
 checkpoints written by rank 0 only and read with ``map_location``, the GradScaler with fp16 only
 and ``unscale_`` before clipping, autocast's ``device_type``, the teacher in eval mode without
 gradients under DDP, the learning rate scaled by the global batch, persistent loader workers and
-the stop flag's all-reduce only every log interval. The same on a GPU: ``tests/test_cuda.py``.
+the stop flag's all-reduce only every log interval; Slurm's GPU per task, ``set_device`` for one
+process on ``cuda:N``, DDP's unused-parameter search only where some are, an EMA forced to the
+CPU and the cuDNN / TF32 policy (issue 32). The same on a GPU: ``tests/test_cuda.py``.
 """
 
 from __future__ import annotations
@@ -176,6 +178,40 @@ def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch,
     else:
         assert evaluated == [state.eval_model, state.ema.module]
         assert state.history[-1]["test_ema_acc1"] == 50.0
+
+
+@pytest.fixture
+def _backends():
+    """cuDNN / TF32 / determinism settings restored after the test."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(was_deterministic)
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = old
+
+
+def test_cuda_runs_autotune_cudnn_and_keep_pytorchs_tf32(monkeypatch, _backends):
+    """The cuDNN / TF32 policy (issue 32, item 10; docs/recipe.md): a process on a GPU turns
+    cuDNN autotuning on, as the official code, unless deterministic algorithms were asked;
+    TF32 stays as PyTorch has it; a CPU run changes nothing."""
+    from deit.precision import set_cuda_backends
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    cudnn.benchmark, cudnn.deterministic = False, False
+    cudnn.allow_tf32, matmul.allow_tf32 = True, False  # PyTorch's defaults
+    assert set_cuda_backends("cpu")["cudnn_benchmark"] is False
+    calls: list[str] = []
+    _fake_cuda(monkeypatch, 2, calls)
+    init_distributed("cuda:1")  # what deit train and the label pass start with
+    assert cudnn.benchmark is True and (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
+    torch.use_deterministic_algorithms(True)
+    assert set_cuda_backends("cuda") == {
+        "cudnn_benchmark": False, "matmul_tf32": False, "cudnn_tf32": True
+    }  # fmt: skip
+    torch.use_deterministic_algorithms(False)
+    cudnn.deterministic = True
+    assert set_cuda_backends(torch.device("cuda", 0))["cudnn_benchmark"] is False
 
 
 def _meta_state(**kw: object) -> RunState:

@@ -121,6 +121,18 @@ def test_threads_flag_sets_the_compute_threads(bench, monkeypatch) -> None:
         assert seen == expected
 
 
+def test_gpu_cases_run_with_deit_trains_cudnn_and_tf32_settings(bench, monkeypatch) -> None:
+    """``--device cuda``: every side measured with the settings ``deit train`` applies
+    (:func:`deit.precision.set_cuda_backends`), TF32 not switched on behind its back."""
+    seen = []
+    monkeypatch.setattr(bench, "set_cuda_backends", seen.append)
+    monkeypatch.setattr(bench, "_cases", lambda args, root: [])
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert bench.main(["--device", "cuda"]) == 0
+    assert seen == ["cuda"]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == tf32
+
+
 def test_loader_handoff_times_both_loaders(capsys) -> None:
     """benchmarks/loader_handoff.py: one line per loader in ms and their ratio, all positive."""
     path = PATH.parent / "loader_handoff.py"

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..precision import set_cuda_backends
 from .measure import (
     OFFICIAL_MODELS,
     BenchmarkResult,
@@ -58,6 +59,7 @@ def run_benchmark(
     models = list(models or OFFICIAL_MODELS)
     for m in set(models) - set(list_models()):
         get_model_spec(m)  # raises with close matches
+    set_cuda_backends(dev)  # the cuDNN / TF32 settings of deit train
     results = []
     for m in models:
         r = benchmark_model(m, device=dev, precision=precision, **kwargs)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from timm.utils import unwrap_model
 from torch import nn
 
-from ..precision import resolve_device
+from ..precision import resolve_device, set_cuda_backends
 
 __all__ = ["STOP_SIGNALS", "DistEnv", "init_distributed", "wrap_ddp"]
 
@@ -47,7 +47,8 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
     ``MASTER_ADDR``/``MASTER_PORT`` exported by the job script). Backend: NCCL on CUDA, gloo
     otherwise. The GPU: ``cuda:LOCAL_RANK`` under torchrun; under SLURM ``SLURM_LOCALID``
     modulo the visible GPUs (``cuda:0`` where a task sees one GPU). A CUDA device is made the
-    current one (``torch.cuda.set_device``) in every process, one process on ``cuda:N`` too.
+    current one (``torch.cuda.set_device``) in every process, one process on ``cuda:N`` too,
+    and the cuDNN / TF32 policy applied (:func:`deit.precision.set_cuda_backends`).
 
     Returns:
         ``(env, device)``; a single process when neither launcher is present.
@@ -77,6 +78,7 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
     device = resolve_device(device_pref, local if gpu is None else gpu)
     if device.type == "cuda":  # also one process on cuda:N: the pin-memory thread follows it
         torch.cuda.set_device(device)
+        set_cuda_backends(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
