@@ -103,11 +103,22 @@ def test_prefetch_cases_reach_both_loaders(bench, tmp_path) -> None:
     )
 
 
-def test_gpu_check_script_parses() -> None:
+def test_gpu_check_script_parses_and_fits_in_8_minutes() -> None:
+    """``benchmarks/gpu_check.sh``: valid bash; on a GPU its steps' limits add up to at most
+    480 s, the CUDA tests first (issue 32, item 11); without one, the smoke steps only."""
+    import re
     import subprocess
 
     script = PATH.parent / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    cpu, gpu = text.split("nvidia-smi -L", 1)
+    steps = re.findall(r'^\s*step (\d+) "([^"]+)"', gpu, re.M)
+    assert sum(int(limit) for limit, _ in steps) <= 480, steps
+    assert [title.split(",")[0] for _, title in steps] == [
+        "CUDA tests", "deit benchmark", "train throughput", "ours vs timm", "GPU memory"
+    ]  # fmt: skip
+    assert len(re.findall(r'^\s*step (\d+) "', cpu, re.M)) == 4
 
 
 def test_threads_flag_sets_the_compute_threads(bench, monkeypatch) -> None:
