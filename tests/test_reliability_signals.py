@@ -199,3 +199,43 @@ def test_a_killed_loader_worker_is_one_sentence_naming_the_checkpoint(tmp_path, 
     )
     assert _gone(proc.pid, 10) == []
     assert RunCheckpoint.load(out / LAST).epoch >= 1
+
+
+def test_a_worker_takes_sigterm_from_its_parent_only():
+    """A loader worker ignores a SIGTERM from any other process (Slurm, ``timeout``, a group
+    kill: its run stops it) and exits at once, quietly, on its parent's (PyTorch's shutdown of a
+    stuck worker, multiprocessing's at exit), so that no exit waits for it."""
+    from torch.utils.data import DataLoader
+
+    from deit._workers import LoaderWorkerInit
+
+    loader = DataLoader(range(8), batch_size=2, num_workers=1, worker_init_fn=LoaderWorkerInit())
+    batches = iter(loader)
+    assert next(batches).tolist() == [0, 1]
+    worker = batches._workers[0]
+    try:
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # another sender
+        time.sleep(0.5)
+        assert worker.is_alive() and next(batches).tolist() == [2, 3]
+        os.kill(worker.pid, signal.SIGTERM)  # the parent's
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+    finally:
+        del batches
+
+
+def test_worker_deaths_are_named_with_their_signal():
+    from deit._workers import worker_death
+
+    killed = RuntimeError("DataLoader worker (pid 41) is killed by signal: Killed. ")
+    assert worker_death(killed) == (
+        "the data-loader worker (pid 41) was killed by signal SIGKILL (Killed; the kernel's "
+        "out-of-memory killer sends it)"
+    )
+    gone = RuntimeError("DataLoader worker (pid(s) 41, 42) exited unexpectedly")
+    assert worker_death(gone, {41: 0, 42: -signal.SIGSEGV}) == (
+        "the data-loader worker (pid 41, 42) was killed by signal SIGSEGV (Segmentation fault)"
+    )
+    assert worker_death(gone) == "the data-loader worker (pid 41, 42) exited unexpectedly"
+    assert worker_death(RuntimeError("CUDA out of memory")) is None
+    assert worker_death(ValueError(str(killed))) is None

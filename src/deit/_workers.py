@@ -34,23 +34,23 @@ class LoaderWorkerInit:
     its parent only (it then exits at once, as PyTorch's own handler does), dies with its parent
     (Linux), then runs ``then(worker_id)`` (e.g. :func:`deit._rng.seed_worker`).
 
-    Built in the process that iterates the loader (it records that process's pid); picklable,
-    for the ``spawn`` start method.
+    The parent is the process that started the worker (the one iterating the loader, wherever
+    the loader was built). Picklable, for the ``spawn`` start method.
     """
 
     def __init__(self, then: Callable[[int], None] | None = None) -> None:
-        self.parent = os.getpid()
         self.then = then
 
     def __call__(self, worker_id: int) -> None:
-        _die_with_parent(self.parent)
-        _leave_signals_to_parent(self.parent)
+        parent = os.getppid()
+        _die_with_parent(parent)
+        _leave_signals_to_parent(parent)
         if self.then is not None:
             self.then(worker_id)
 
 
 def _die_with_parent(parent: int) -> None:
-    """Ask Linux for SIGKILL when the parent dies; exit now if it already has."""
+    """Ask Linux for SIGKILL when the parent dies; exit now if it died meanwhile."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
