@@ -248,11 +248,9 @@ def train_one_epoch(
     progress bar's ``log_interval`` and at the end.
 
     Raises:
-        NonFiniteLossError: the loss is NaN/inf, on any process of a process group (all raise
-            at the same step, the message names the processes). On the CPU it is checked every
-            step and nothing of that step is applied; on accelerators once per ``log_interval``
-            steps (the message names the range of updates), so that steps need not wait for the
-            device.
+        NonFiniteLossError: the loss is NaN/inf on any process (all raise at the same step):
+            checked every step on the CPU (nothing of it applied), once per ``log_interval``
+            steps on accelerators (naming the range of updates), so no step waits for them.
     """
     opts = options or StepOptions()
     if opts.precision is None:
