@@ -187,13 +187,8 @@ def _split_pass(
         seconds = _max_over_ranks(seconds, env.distributed)
         _barrier(env.distributed)  # every rank's rows are on disk before they are merged
         if store is not None and env.distributed:
-            ranks = range(env.world_size)
-            store.merge(
-                [
-                    (r, _rows(_own_batches(n, chunk, r, env.world_size), cfg.batch_size))
-                    for r in ranks
-                ]
-            )
+            owned = (_own_batches(n, chunk, r, env.world_size) for r in range(env.world_size))
+            store.merge([(r, _rows(b, cfg.batch_size)) for r, b in enumerate(owned)])
     except BaseException:
         for writer in (part, store):
             if writer is not None:
@@ -215,8 +210,9 @@ def compute_teacher_labels(
 
     The views are those :func:`deit.train.run` trains on (same data, transforms, sampler,
     Mixup/CutMix, seed): the training loader is built by :func:`deit.train.build_data`. The
-    teacher runs in inference mode under the run's autocast (``cfg.amp``), on
-    ``teacher_batch_size`` images per forward (rounded to whole training batches). Under
+    teacher runs in inference mode under the run's autocast (``cfg.amp``; a teacher path in
+    fp32 computes in fp32 all the same), on ``teacher_batch_size`` images per forward
+    (rounded to whole training batches). Under
     ``torchrun``/``srun`` the work is split over the ranks, a chunk of batches each in turn:
     each rank makes only its own chunks' views and labels them on its own device into a part
     file of its own; rank 0 merges the parts and writes the manifest. The store is the same.
