@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,12 +34,27 @@ def _join(rank: int, world: int, tmp: Path) -> None:
     )
 
 
-def _nan_on_rank_1(rank: int, world: int, tmp: Path) -> None:
+def _both(rank: int, world: int, tmp: Path) -> None:
+    """One of two gloo processes: both cases, each one's outcome in ``tmp/<case><rank>.json``."""
+    _join(rank, world, tmp)
+    for case, work in (("nan", _nan_on_rank_1), ("best", _best_on_rank_0)):
+        (tmp / f"{case}{rank}.json").write_text(json.dumps(work(rank, tmp)))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_both, args=(2, tmp), nprocs=2, join=True)
+    return tmp
+
+
+def _nan_on_rank_1(rank: int, tmp: Path) -> dict:
     """A DDP step per batch; rank 1's loss is NaN at batch 2 (CPU: checked every step), then
     the accelerators' check (a flag read every log interval) set on rank 1 only."""
     from deit.engine import NonFiniteLossError, _Tally, train_one_epoch
 
-    _join(rank, world, tmp)
     record: dict = {}
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(nn.Linear(4, 3))
@@ -64,8 +80,7 @@ def _nan_on_rank_1(rank: int, world: int, tmp: Path) -> None:
             record[key] = f"{type(e).__name__}"
             break
     record["steps"] = calls["n"]
-    (tmp / f"rank{rank}.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
+    return record
 
 
 def _device_check(tally_cls, rank: int) -> None:
@@ -74,9 +89,8 @@ def _device_check(tally_cls, rank: int) -> None:
     tally.check(epoch=0, updates=20)
 
 
-def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
-    mp.spawn(_nan_on_rank_1, args=(2, tmp_path), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
+    r0, r1 = (json.loads((two_ranks / f"nan{r}.json").read_text()) for r in (0, 1))
     advice = "lower --lr, enable --clip-grad, or check the data."
     assert r1["cpu"] == (
         f"The training loss is nan on process 1 of 2 at epoch 1, batch 2 (update 2); {advice}"
@@ -90,13 +104,12 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_pat
     assert r0["device"] == r1["device"] == device
 
 
-def _best_on_rank_0(rank: int, world: int, tmp: Path) -> None:
+def _best_on_rank_0(rank: int, tmp: Path) -> dict:
     """A 1-epoch run whose evaluation (without --dist-eval each rank evaluates the whole set)
     gives rank 1 a lower accuracy than rank 0: the ranks must still agree on a new best."""
     from deit.checkpoints import RunCheckpoint
     from deit.train import loop, run
 
-    _join(rank, world, tmp)
     saves: list[str] = []
     save = RunCheckpoint.save
 
@@ -119,17 +132,13 @@ def _best_on_rank_0(rank: int, world: int, tmp: Path) -> None:
     )  # fmt: skip
     try:
         result = run(cfg, progress=False)
-        record = {"best": result["best_acc1"], "acc1": result["final"]["acc1"], "saves": saves}
+        return {"best": result["best_acc1"], "acc1": result["final"]["acc1"], "saves": saves}
     except Exception as e:
-        record = {"error": type(e).__name__}
-    (tmp / f"rank{rank}.json").write_text(json.dumps(record))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+        return {"error": type(e).__name__}
 
 
-def test_the_best_checkpoint_is_decided_on_rank_0_for_every_rank(tmp_path):
-    mp.spawn(_best_on_rank_0, args=(2, tmp_path), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+def test_the_best_checkpoint_is_decided_on_rank_0_for_every_rank(two_ranks):
+    r0, r1 = (json.loads((two_ranks / f"best{r}.json").read_text()) for r in (0, 1))
     assert r0 == {"best": 60.0, "acc1": 60.0, "saves": ["checkpoint.pth", "best_checkpoint.pth"]}
     assert r1 == {"best": 60.0, "acc1": 60.0, "saves": []}  # rank 0's figures, no deadlock
-    assert (tmp_path / "out" / "best_checkpoint.pth").is_file()
+    assert (two_ranks / "out" / "best_checkpoint.pth").is_file()
