@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deit.checkpoints import create_model  # noqa: E402
 from deit.inference import optimize_for_inference  # noqa: E402
+from deit.precision import set_cuda_backends  # noqa: E402
 
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -140,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             0.1,
         )
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    set_cuda_backends(device)  # deit train's cuDNN / TF32 settings, for both sides
     print(
         "| model | batch | amp | ours img/s | timm img/s | ours/timm | ours peak MiB "
         "| timm peak MiB | max abs logit diff |"

@@ -79,7 +79,7 @@ from deit.distillation import DistillationLoss  # noqa: E402
 from deit.label_pass import compute_teacher_labels  # noqa: E402
 from deit.models import build_classifier  # noqa: E402
 from deit.optim import build_optimizer  # noqa: E402
-from deit.precision import resolve_precision  # noqa: E402
+from deit.precision import resolve_precision, set_cuda_backends  # noqa: E402
 from deit.train import run  # noqa: E402
 
 SIDES = ("bare", "deit", "timm")
@@ -472,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    set_cuda_backends(args.device)  # deit train's cuDNN / TF32 settings, for every side
     if args.quick:
         args.rounds = 1
     results = []

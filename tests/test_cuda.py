@@ -2,7 +2,8 @@
 training in fp32 / AMP bf16 / AMP fp16 with the teacher on the device and exact resume, the
 GradScaler's unscale-before-clip and skipped inf steps, NCCL DDP against no DDP, the label pass
 and stored labels against the CPU, Mixup/CutMix and the teacher's normalisation on the device, a
-CUDA checkpoint read on the CPU, and no per-step host synchronisation in the training loop.
+CUDA checkpoint read on the CPU, no per-step host synchronisation in the training loop, an EMA
+forced to the CPU, an fp32 teacher inside AMP and the cuDNN autotuning policy.
 
 Every test here is skipped with a reason where ``torch.cuda.is_available()`` is false.
 """
@@ -399,3 +400,47 @@ def test_stored_labels_reach_the_gpu_without_a_synchronisation(tmp_path):
         torch.cuda.set_sync_debug_mode("default")
     assert not [w for w in seen if "synchroniz" in str(w.message)]
     assert torch.equal(torch.cat(got).cpu(), logits.argmax(1))
+
+
+def test_ema_forced_to_the_cpu_trains_on_the_gpu(teacher_ckpt, tmp_path):
+    """``--model-ema-force-cpu`` (issue 32, item 3): the EMA's CPU weights are updated from the
+    GPU's and saved, never evaluated with the GPU's images (a device mismatch after epoch 1)."""
+    cfg = _cfg(teacher_ckpt, tmp_path, model_ema_force_cpu=True, amp="fp32")
+    result = run(cfg, progress=False)
+    assert result["status"] == "completed" and len(result["history"]) == 2
+    assert all("test_ema_acc1" not in h for h in result["history"])
+    ck = safe_torch_load(tmp_path / LAST)
+    assert ck["model_ema"] and all(torch.isfinite(v).all() for v in ck["model_ema"].values())
+    assert any(not torch.equal(ck["model_ema"][k], ck["model"][k]) for k in ck["model"])
+
+
+@pytest.mark.parametrize("amp", ("bf16", "fp16"))
+def test_fp32_teacher_stays_fp32_inside_the_runs_autocast(amp, teacher_ckpt):
+    """``--teacher-precision fp32`` under AMP (issue 32, item 5): the plain and the fp32 fast
+    teacher give the same logits inside the student's CUDA autocast as outside it."""
+    from deit.teacher import build_teacher, optimize_teacher
+
+    _skip_unsupported(amp)
+    teacher = build_teacher("test_resnet", teacher_ckpt, num_classes=10, device="cuda")
+    fast, _ = optimize_teacher(teacher, "auto", None)  # the fp32 fast path
+    x = torch.randn(8, 3, 28, 28, device="cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    for t in (teacher, fast):
+        ref = t(x)
+        with torch.autocast("cuda", dtype=dtype):
+            inside = t(x)
+        assert inside.dtype == torch.float32 and torch.equal(inside, ref), type(t).__name__
+
+
+def test_a_gpu_run_autotunes_cudnn_unless_deterministic(teacher_ckpt, tmp_path):
+    """The cuDNN / TF32 policy (issue 32, item 10; docs/recipe.md): cuDNN autotuning on for a
+    run, off where deterministic algorithms were asked (as this module's fixture does); TF32
+    as PyTorch (here the fixture) has it."""
+    kw = dict(epochs=1, amp="fp32", model_ema=False)
+    run(_cfg(teacher_ckpt, tmp_path / "deterministic", **kw), progress=False)
+    assert torch.backends.cudnn.benchmark is False
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
+    run(_cfg(teacher_ckpt, tmp_path / "autotuned", **kw), progress=False)
+    assert torch.backends.cudnn.benchmark is True
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False,) * 2

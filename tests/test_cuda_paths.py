@@ -4,7 +4,9 @@ set before the process group, DDP after ``.to(device)`` and before ``torch.compi
 checkpoints written by rank 0 only and read with ``map_location``, the GradScaler with fp16 only
 and ``unscale_`` before clipping, autocast's ``device_type``, the teacher in eval mode without
 gradients under DDP, the learning rate scaled by the global batch, persistent loader workers and
-the stop flag's all-reduce only every log interval. The same on a GPU: ``tests/test_cuda.py``.
+the stop flag's all-reduce only every log interval; Slurm's GPU per task, ``set_device`` for one
+process on ``cuda:N``, DDP's unused-parameter search only where some are, an EMA forced to the
+CPU and the cuDNN / TF32 policy (issue 32). The same on a GPU: ``tests/test_cuda.py``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,150 @@ def test_cuda_device_is_set_before_the_process_group(monkeypatch):
     env, device = init_distributed("auto")
     assert device == torch.device("cuda", 1) and env == DistEnv(1, 2, 1, True)
     assert calls == ["set_device cuda:1", "init nccl"]
+
+
+def _fake_cuda(monkeypatch, gpus: int, calls: list[str]) -> None:
+    """``gpus`` visible GPUs; ``set_device`` and the process group recorded in ``calls``."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(f"set_device {d}"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, **kw: calls.append(f"init {backend}")
+    )
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.setenv(name, "0")  # recorded, so that what init_distributed sets is undone
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("gpus, expected", [(1, 0), (8, 5), (4, 1)])
+def test_slurm_task_takes_its_local_id_modulo_the_visible_gpus(monkeypatch, gpus, expected):
+    """``srun --gpus-per-task=1``: each task sees one GPU (cuda:0), whatever its local id;
+    tasks sharing a node's GPUs take local id modulo their count (issue 32, item 1)."""
+    calls: list[str] = []
+    _fake_cuda(monkeypatch, gpus, calls)
+    monkeypatch.setenv("SLURM_PROCID", "13")
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_LOCALID", "5")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    env, device = init_distributed("auto")
+    assert env == DistEnv(13, 16, 5, True) and device == torch.device("cuda", expected)
+    assert calls == [f"set_device cuda:{expected}", "init nccl"]
+    assert os.environ["LOCAL_RANK"] == "5"
+
+
+def test_one_process_on_cuda_n_makes_it_the_current_device(monkeypatch):
+    """One process on cuda:1: set_device(cuda:1), so that the pin-memory thread and any
+    kernel without a device open no context on GPU 0 (issue 32, item 9); no process group."""
+    calls: list[str] = []
+    _fake_cuda(monkeypatch, 2, calls)
+    env, device = init_distributed("cuda:1")
+    assert env == DistEnv() and device == torch.device("cuda", 1)
+    assert calls == ["set_device cuda:1"]
+
+
+@pytest.mark.parametrize(
+    "model_name, kind, unused",
+    [
+        (STUDENT, "none", False),
+        (STUDENT, "hard", False),
+        (STUDENT, "soft", False),
+        ("deit_pico_patch7_28", "none", False),
+        (STUDENT + ":pair", "none", True),  # the pair output with a loss on one head
+    ],
+)
+def test_ddp_looks_for_unused_parameters_only_where_some_are(tmp_path, model_name, kind, unused):
+    """DDP set up as a run sets it up (issue 32, item 8): ``find_unused_parameters`` only where a
+    parameter really has no gradient; two steps without it succeed (an unused parameter would
+    fail the second: "Expected to have finished reduction in the prior iteration")."""
+    from deit.distillation import DistillationLoss, check_student
+    from deit.engine import train_one_epoch
+    from deit.teacher import Teacher
+    from deit.train import wrap_ddp
+
+    torch.manual_seed(0)
+    name, _, pair = model_name.partition(":")
+    model = deit.create_model(name, num_classes=4)
+    teacher = Teacher(deit.build_classifier("test_resnet", 4)) if kind != "none" else None
+    check_student(model, kind, teacher)
+    if pair:
+        model.set_distilled_training(True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = wrap_ddp(model, torch.device("cpu"), kind)
+        assert ddp.find_unused_parameters is unused
+        crit = DistillationLoss(nn.CrossEntropyLoss(), teacher, kind)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        batches = [(torch.randn(2, 3, 28, 28), torch.tensor([0, 3]))] * 2
+        stats = train_one_epoch(ddp, crit, batches, opt, torch.device("cpu"), 0)
+        assert stats["steps"] == 2.0
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("run_device", ["cpu", "cuda"])
+def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch, run_device):
+    """``--model-ema-force-cpu`` on a GPU (issue 32, item 3): the EMA's CPU weights never meet
+    the GPU's images (timm evaluates an EMA only when it is not forced to the CPU); an EMA on
+    the run's device is evaluated. The GPU is stood for by the run's device alone."""
+    import time
+    from types import SimpleNamespace
+
+    from deit.train import loop
+
+    cfg = _cfg(model_ema=True, model_ema_force_cpu=True).validate()
+    device = torch.device(run_device, 0 if run_device == "cuda" else None)
+    state = RunState(cfg, DistEnv(), device, Precision("fp32", None, run_device), None)
+    state.eval_model = nn.Linear(2, 2)
+    state.ema = SimpleNamespace(module=nn.Linear(2, 2))  # timm's ModelEmaV3, on the CPU
+    evaluated: list[nn.Module] = []
+
+    def evaluate(_state, model, teacher=None):
+        evaluated.append(model)
+        return {"acc1": 50.0, "loss": 1.0}
+
+    monkeypatch.setattr(loop, "_evaluate", evaluate)
+    loop._end_epoch(state, 0, {"loss": 1.0, "images_per_s": 1.0}, time.time())
+    if run_device == "cuda":
+        assert evaluated == [state.eval_model] and "test_ema_acc1" not in state.history[-1]
+    else:
+        assert evaluated == [state.eval_model, state.ema.module]
+        assert state.history[-1]["test_ema_acc1"] == 50.0
+
+
+@pytest.fixture
+def _backends():
+    """cuDNN / TF32 / determinism settings restored after the test."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(was_deterministic)
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = old
+
+
+def test_cuda_runs_autotune_cudnn_and_keep_pytorchs_tf32(monkeypatch, _backends):
+    """The cuDNN / TF32 policy (issue 32, item 10; docs/recipe.md): a process on a GPU turns
+    cuDNN autotuning on, as the official code, unless deterministic algorithms were asked;
+    TF32 stays as PyTorch has it; a CPU run changes nothing."""
+    from deit.precision import set_cuda_backends
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    cudnn.benchmark, cudnn.deterministic = False, False
+    cudnn.allow_tf32, matmul.allow_tf32 = True, False  # PyTorch's defaults
+    assert set_cuda_backends("cpu")["cudnn_benchmark"] is False
+    calls: list[str] = []
+    _fake_cuda(monkeypatch, 2, calls)
+    init_distributed("cuda:1")  # what deit train and the label pass start with
+    assert cudnn.benchmark is True and (cudnn.allow_tf32, matmul.allow_tf32) == (True, False)
+    torch.use_deterministic_algorithms(True)
+    assert set_cuda_backends("cuda") == {
+        "cudnn_benchmark": False, "matmul_tf32": False, "cudnn_tf32": True
+    }  # fmt: skip
+    torch.use_deterministic_algorithms(False)
+    cudnn.deterministic = True
+    assert set_cuda_backends(torch.device("cuda", 0))["cudnn_benchmark"] is False
 
 
 def _meta_state(**kw: object) -> RunState:
@@ -370,6 +516,11 @@ def test_two_gloo_ranks_eval_counts_rank0_writes_teacher_frozen_lr_global(tmp_pa
 
 
 def _label_rank(rank: int, world: int, tmp: Path, teacher: str) -> None:
+    """One rank of a split label pass; the views it made and the files it opened for writing
+    go to ``tmp/labels<rank>.json``."""
+    import numpy as np
+
+    from deit.data.transforms import SeededViews
     from deit.label_pass import compute_teacher_labels
 
     torch.set_num_threads(1)
@@ -377,9 +528,30 @@ def _label_rank(rank: int, world: int, tmp: Path, teacher: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp / 'init'}", rank=rank, world_size=world
     )
+    made: list[int] = []
+    written: set[str] = set()
+    getitems, open_memmap, load = SeededViews.__getitems__, np.lib.format.open_memmap, np.load
+
+    def counted(self, keys):
+        made.extend(position for _, position, _ in keys)
+        return getitems(self, keys)
+
+    def create(path, mode="r+", *args, **kw):
+        if mode != "r":
+            written.add(Path(path).name)
+        return open_memmap(path, mode, *args, **kw)
+
+    def opened(path, mmap_mode=None, **kw):
+        if mmap_mode not in (None, "r", "c"):
+            written.add(Path(path).name)
+        return load(path, mmap_mode=mmap_mode, **kw)
+
+    SeededViews.__getitems__, np.lib.format.open_memmap, np.load = counted, create, opened
     compute_teacher_labels(
         _label_cfg(teacher), tmp / "split", top_k=10, teacher_batch_size=8, progress=False
     )
+    record = {"made": made, "written": sorted(written)}
+    (tmp / f"labels{rank}.json").write_text(json.dumps(record))
     dist.destroy_process_group()
 
 
@@ -424,3 +596,15 @@ def test_label_pass_split_over_two_ranks_equals_one_process(tmp_path):
     for name in ("top1.npy", "logits.npy"):
         a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "split" / name)
         assert a.shape == b.shape and np.array_equal(a, b), name  # both ranks' rows: 5 chunks
+    # chunks of 2 batches of 4 views: rank 0 makes chunks 0, 2, 4 (views 0-7, 16-23, 32-39),
+    # rank 1 chunks 1, 3, in each of the 2 epochs, and writes to no file rank 0 writes
+    r0, r1 = (json.loads((tmp_path / f"labels{r}.json").read_text()) for r in (0, 1))
+    views0 = [*range(0, 8), *range(16, 24), *range(32, 40)]
+    views1 = [*range(8, 16), *range(24, 32)]
+    assert sorted(r0["made"]) == sorted(views0 * 2) and sorted(r1["made"]) == sorted(views1 * 2)
+    parts = [f".{a}.rank{{}}.npy.partial" for a in ("logits", "top1")]
+    assert r1["written"] == [p.format(1) for p in parts]
+    assert r0["written"] == sorted(
+        [".logits.npy.partial", ".top1.npy.partial"] + [p.format(0) for p in parts]
+    )
+    assert not list((tmp_path / "split").glob(".*"))  # the parts merged and removed

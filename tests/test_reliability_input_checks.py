@@ -302,12 +302,12 @@ def test_second_label_pass_into_one_store_is_refused_and_the_first_completes(
     # a second pass while the first runs: refused at once; the first writes a whole store
     real, refused = label_pass._teacher_pass, []
 
-    def with_a_second_pass(state, teacher, writer, chunk, epoch):
+    def with_a_second_pass(state, teacher, writer, chunk, epoch, *rest):
         if epoch == 0:
             with pytest.raises(OutputFolderBusyError) as second:
                 label_pass.compute_teacher_labels(_label_cfg(tree, ckpt), out, progress=False)
             refused.append(str(second.value))
-        return real(state, teacher, writer, chunk, epoch)
+        return real(state, teacher, writer, chunk, epoch, *rest)
 
     monkeypatch.setattr(label_pass, "_teacher_pass", with_a_second_pass)
     label_pass.compute_teacher_labels(_label_cfg(tree, ckpt), out, progress=False)

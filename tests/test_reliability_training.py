@@ -230,8 +230,8 @@ def test_warmup_longer_than_the_run_gets_a_note(tree, capsys):
 
 
 def test_readme_reliability_table_names_real_tests():
-    """Every test the reliability table (docs/reliability.md, linked from the README) cites
-    exists."""
+    """Every test the reliability table (docs/reliability.md, linked from the README) and the
+    recipe's many-GPU table cite exists."""
     from pathlib import Path
 
     root = Path(__file__).parents[1]
@@ -242,3 +242,6 @@ def test_readme_reliability_table_names_real_tests():
     for f in (root / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_\w+)", f.read_text(), re.M))
     assert len(names) >= 20 and names <= defined, sorted(names - defined)
+    recipe = (root / "docs" / "recipe.md").read_text().split("## Many GPUs", 1)[1]
+    gpus = set(re.findall(r"`(test_\w+)`", recipe.split("\n## ", 1)[0]))
+    assert len(gpus) >= 10 and gpus <= defined, sorted(gpus - defined)  # and its GPU table

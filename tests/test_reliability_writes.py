@@ -387,10 +387,10 @@ def test_interrupted_label_pass_keeps_the_older_store(tree, tmp_path, monkeypatc
     kept = _files(out)
     real = label_pass._teacher_pass
 
-    def interrupted(state, teacher, writer, chunk, epoch):
+    def interrupted(state, teacher, writer, chunk, epoch, batches):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real(state, teacher, writer, chunk, epoch)
+        return real(state, teacher, writer, chunk, epoch, batches)
 
     monkeypatch.setattr(label_pass, "_teacher_pass", interrupted)
     with pytest.raises(KeyboardInterrupt):

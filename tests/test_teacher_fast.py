@@ -66,6 +66,30 @@ def test_fp32_fast_path_folds_bn_and_matches_fp32(teacher, views):
     assert torch.equal(out.argmax(1), ref.argmax(1))
 
 
+def test_fp32_teacher_paths_stay_fp32_inside_the_students_autocast(teacher, views):
+    """``--teacher-precision fp32`` under AMP (issue 32, item 5): the loss calls the teacher
+    inside the student's autocast region; the plain and the fp32 fast teacher still compute in
+    fp32 (the same logits bit for bit as outside it), and so does the teacher the loss runs.
+    CPU bf16 autocast stands for a GPU's here: a bf16 convolution would differ by ~1e-2."""
+    fast, _ = optimize_teacher(teacher, "auto", None)  # the fp32 fast path
+    x = views[:8]
+    for t in (teacher, fast):
+        ref = t(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = t(x)
+        assert inside.dtype == torch.float32 and torch.equal(inside, ref), type(t).__name__
+    loss = DistillationLoss(nn.CrossEntropyLoss(), teacher, "soft", alpha=1.0, tau=1.0)
+    seen = []
+    hook = teacher.model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pair = (torch.zeros(8, 10), torch.zeros(8, 10))
+            loss.compute(x, pair, torch.zeros(8, dtype=torch.long))
+    finally:
+        hook.remove()
+    assert seen == [torch.float32]
+
+
 def test_int8_path_agrees_with_fp32(teacher, views):
     fast, report = optimize_teacher(teacher, "int8", views[32:], calibration=views[:32])
     assert fast.name == report.path == "int8+bn-fold+channels-last" and not report.fell_back

@@ -103,11 +103,22 @@ def test_prefetch_cases_reach_both_loaders(bench, tmp_path) -> None:
     )
 
 
-def test_gpu_check_script_parses() -> None:
+def test_gpu_check_script_parses_and_fits_in_8_minutes() -> None:
+    """``benchmarks/gpu_check.sh``: valid bash; on a GPU its steps' limits add up to at most
+    480 s, the CUDA tests first (issue 32, item 11); without one, the smoke steps only."""
+    import re
     import subprocess
 
     script = PATH.parent / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    cpu, gpu = text.split("nvidia-smi -L", 1)
+    steps = re.findall(r'^\s*step (\d+) "([^"]+)"', gpu, re.M)
+    assert sum(int(limit) for limit, _ in steps) <= 480, steps
+    assert [title.split(",")[0] for _, title in steps] == [
+        "CUDA tests", "deit benchmark", "train throughput", "ours vs timm", "GPU memory"
+    ]  # fmt: skip
+    assert len(re.findall(r'^\s*step (\d+) "', cpu, re.M)) == 4
 
 
 def test_threads_flag_sets_the_compute_threads(bench, monkeypatch) -> None:
@@ -119,6 +130,18 @@ def test_threads_flag_sets_the_compute_threads(bench, monkeypatch) -> None:
         seen.clear()
         assert bench.main(argv) == 0
         assert seen == expected
+
+
+def test_gpu_cases_run_with_deit_trains_cudnn_and_tf32_settings(bench, monkeypatch) -> None:
+    """``--device cuda``: every side measured with the settings ``deit train`` applies
+    (:func:`deit.precision.set_cuda_backends`), TF32 not switched on behind its back."""
+    seen = []
+    monkeypatch.setattr(bench, "set_cuda_backends", seen.append)
+    monkeypatch.setattr(bench, "_cases", lambda args, root: [])
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    assert bench.main(["--device", "cuda"]) == 0
+    assert seen == ["cuda"]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == tf32
 
 
 def test_loader_handoff_times_both_loaders(capsys) -> None:

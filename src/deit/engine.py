@@ -70,14 +70,36 @@ class _Tally:
                 self.check(epoch, updates)
 
     def check(self, epoch: int, updates: int) -> None:
-        """Raise when a loss counted since the last check was non-finite (one host read)."""
-        if self.bad is not None and bool(self.bad):
+        """Raise when a loss counted since the last check was non-finite on any process (one
+        host read; every rank checks at the same updates, so all raise together)."""
+        bad = _ranks_with(self.bad) if self.bad is not None else []
+        if bad:
             raise NonFiniteLossError(
-                f"The training loss became non-finite at epoch {epoch + 1}, between updates "
-                f"{self.checked + 1} and {updates} (checked every log interval on this "
+                f"The training loss became non-finite{_on(bad)} at epoch {epoch + 1}, between "
+                f"updates {self.checked + 1} and {updates} (checked every log interval on this "
                 f"device); {_ADVICE}"
             )
         self.checked = updates
+
+
+def _ranks_with(flag: torch.Tensor) -> list[int]:
+    """The ranks whose ``flag`` (a bool tensor) is set, agreed by an all-reduce under
+    ``torch.distributed`` (every rank must call this at the same step); ``[0]`` or ``[]`` in one
+    process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [0] if bool(flag) else []
+    flags = torch.zeros(dist.get_world_size(), device=flag.device)
+    flags[dist.get_rank()] = flag.float()
+    dist.all_reduce(flags)
+    return [rank for rank, f in enumerate(flags.tolist()) if f]
+
+
+def _on(ranks: list[int]) -> str:
+    """`` on process 1 of 4`` under ``torch.distributed``; nothing in one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ""
+    which = ", ".join(map(str, ranks))
+    return f" on process{'es' if len(ranks) > 1 else ''} {which} of {dist.get_world_size()}"
 
 
 def _sum_across_processes(values: list[float], device: torch.device) -> list[float]:
@@ -163,12 +185,16 @@ def _train_step(
             terms = (loss, loss.detach(), None, None)
     loss = terms[0]
     # on the CPU reading the loss waits for nothing: check before the step is applied (as the
-    # official code does); on accelerators train_one_epoch checks once per log interval
-    if loss.device.type == "cpu" and not torch.isfinite(loss):
+    # official code does), agreed by every rank (one that stopped alone would leave the others
+    # waiting in the gradient all-reduce); on accelerators train_one_epoch checks once per log
+    # interval
+    bad = _ranks_with(~torch.isfinite(loss.detach())) if loss.device.type == "cpu" else []
+    if bad:
         epoch, i, num_updates = where
+        value = loss.item() if not math.isfinite(loss.item()) else "non-finite"
         raise NonFiniteLossError(
-            f"The training loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1} (update "
-            f"{num_updates + 1}); {_ADVICE}"
+            f"The training loss is {value}{_on(bad)} at epoch {epoch + 1}, batch {i + 1} "
+            f"(update {num_updates + 1}); {_ADVICE}"
         )
     _backward_and_step(loss, model, optimizer, opts)
     num_updates = where[2] + 1
@@ -222,9 +248,9 @@ def train_one_epoch(
     progress bar's ``log_interval`` and at the end.
 
     Raises:
-        NonFiniteLossError: the loss is NaN/inf. On the CPU it is checked every step and nothing
-            of that step is applied; on accelerators once per ``log_interval`` steps (the
-            message names the range of updates), so that steps need not wait for the device.
+        NonFiniteLossError: the loss is NaN/inf on any process (all raise at the same step):
+            checked every step on the CPU (nothing of it applied), once per ``log_interval``
+            steps on accelerators (naming the range of updates), so no step waits for them.
     """
     opts = options or StepOptions()
     if opts.precision is None:

@@ -13,9 +13,11 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -26,7 +28,7 @@ from .data.transforms import mix_batch
 from .teacher.for_run import build_run_teacher
 from .teacher.frozen import Teacher
 from .teacher.store import StoreWriter, run_manifest
-from .train.data import label_pass_state
+from .train.data import batches_loader, label_pass_state
 from .train.distributed import DistEnv, init_distributed
 from .train.output import lock_folder
 from .train.state import RunState
@@ -35,50 +37,81 @@ __all__ = ["compute_teacher_labels"]
 
 
 def _teacher_pass(
-    state: RunState, teacher: Teacher, writer: StoreWriter, chunk: int, epoch: int
+    state: RunState,
+    teacher: Teacher,
+    writer: StoreWriter,
+    chunk: int,
+    epoch: int,
+    batches: Sequence[int],
 ) -> float:
-    """One epoch's views through the teacher, ``chunk`` training batches per forward (each
-    batch mixed with its own key first, as in training). Under a process group of ``W`` ranks,
-    rank ``r`` mixes and runs the teacher on chunks ``r, r + W, ...`` only (every rank reads
-    the same views in the same order, so the store's rows do not depend on ``W``). Returns the
-    teacher's seconds on this rank."""
+    """One epoch's views through the teacher: the training batches ``batches`` (their indices
+    in the epoch, ascending: :func:`_own_batches`), which ``state.loader_train`` yields, each
+    mixed with its own key first as in training, the batches of one chunk of ``chunk`` per
+    forward. Batch ``batches[j]`` goes to rows ``j * B ...`` of ``writer``. Returns the
+    teacher's seconds."""
     state.sampler_train.set_epoch(epoch)
-    rank, world = _rank_world()
+    size = state.cfg.batch_size
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    start, seconds, chunks = 0, 0.0, 0
+    written, seconds = 0, 0.0
 
     def flush() -> float:
-        nonlocal start, pending, chunks
+        nonlocal pending, written
         if not pending:
             return 0.0
-        mine, chunks, t0 = chunks % world == rank, chunks + 1, time.perf_counter()
-        if mine:  # as the training step mixes each batch
-            mixed = [mix_batch(state.mixup_fn, x, y, (epoch, i))[0] for i, x, y in pending]
-            with torch.inference_mode(), state.precision.autocast():
-                logits = teacher(torch.cat(mixed).to(state.device, non_blocking=True))
-            writer.write(epoch, start, logits)
-        start += sum(x.shape[0] for _, x, _ in pending)
-        pending = []
-        return time.perf_counter() - t0 if mine else 0.0
+        t0 = time.perf_counter()
+        mixed = [mix_batch(state.mixup_fn, x, y, (epoch, i))[0] for i, x, y in pending]
+        with torch.inference_mode(), state.precision.autocast():
+            logits = teacher(torch.cat(mixed).to(state.device, non_blocking=True))
+        writer.write(epoch, written * size, logits)
+        written, pending = written + len(pending), []
+        return time.perf_counter() - t0
 
-    for i, (x, y) in enumerate(state.loader_train):
-        pending.append((i, x, y))
-        if len(pending) >= chunk:
+    for i, (x, y) in zip(batches, state.loader_train):
+        if pending and i // chunk != pending[-1][0] // chunk:
             seconds += flush()
+        pending.append((i, x, y))
     return seconds + flush()
 
 
-def _open_writer(
-    env: DistEnv, out: Path, shape: tuple[int, int], num_classes: int, top_k: int
-) -> StoreWriter:
-    """Rank 0 creates the store's (partial) arrays, their disk space allocated; the other ranks
-    open them, once they exist, to write their own rows."""
-    if env.is_main:
-        writer = StoreWriter(out, shape, num_classes, top_k)
-    _barrier(env.distributed)
-    if not env.is_main:
-        writer = StoreWriter(out, shape, num_classes, top_k, mode="r+")
-    return writer
+def _own_batches(batches: int, chunk: int, rank: int, world: int) -> list[int]:
+    """The training batches of an epoch that rank ``rank`` of ``world`` labels: chunks ``rank,
+    rank + world, ...`` of ``chunk`` batches (every batch in one process)."""
+    return [i for i in range(batches) if (i // chunk) % world == rank]
+
+
+def _rows(batches: Sequence[int], size: int) -> np.ndarray:
+    """The store rows (views of an epoch) of ``batches`` of ``size`` views."""
+    return (np.asarray(batches, dtype=np.int64)[:, None] * size + np.arange(size)).ravel()
+
+
+def _open_writers(
+    env: DistEnv, out: Path, shape: tuple[int, int], rows: int, num_classes: int, top_k: int
+) -> tuple[StoreWriter | None, StoreWriter | None]:
+    """``(store, part)``: rank 0 creates the store's (partial) arrays, their disk space
+    allocated before the pass; under a process group each rank also creates its own part of
+    ``rows`` rows (:class:`deit.teacher.store.StoreWriter`). Every rank learns whether all of
+    them could, and all stop with the first one's sentence otherwise."""
+    store = part = None
+    error: BaseException | None = None
+    try:
+        if env.is_main:
+            store = StoreWriter(out, shape, num_classes, top_k)
+        if env.distributed:
+            part = StoreWriter(out, (shape[0], rows), num_classes, top_k, part=env.rank)
+    except (OSError, ValueError) as e:
+        error = e
+    if env.distributed:  # a rank that stopped alone would leave the others in the pass
+        said: list[Any] = [None] * env.world_size
+        dist.all_gather_object(said, str(error) if error is not None else "")
+        first = next((x for x in said if x), "")
+        if first and error is None:
+            error = ValueError(first)
+    if error is not None:
+        for writer in (part, store):
+            if writer is not None:
+                writer.discard()
+        raise error
+    return store, part
 
 
 def _barrier(distributed: bool) -> None:
@@ -95,12 +128,6 @@ def _max_over_ranks(value: float, distributed: bool) -> float:
     return float(max(out))
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
     """Refuse, in one sentence, a bad ``top_k`` or batch size, or a configuration without the
     teacher's weights."""
@@ -115,22 +142,61 @@ def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
 
 
 def _all_epochs(
-    state: RunState, teacher: Teacher, writer: StoreWriter, chunk: int, env: DistEnv, progress: bool
+    state: RunState,
+    teacher: Teacher,
+    writer: StoreWriter,
+    chunk: int,
+    batches: Sequence[int],
+    progress: bool,
 ) -> float:
-    """Label every epoch's views into ``writer``; return the seconds of teacher forward. An
-    interrupted or failed pass discards the partial files (rank 0), so an older store stays."""
+    """Label this rank's ``batches`` of every epoch into ``writer``; return the seconds of
+    teacher forward."""
     seconds = 0.0
-    try:
-        for epoch in range(state.cfg.epochs):
-            seconds += _teacher_pass(state, teacher, writer, chunk, epoch)
-            if progress and env.is_main:
-                print(f"teacher labels: epoch {epoch + 1}/{state.cfg.epochs}", file=sys.stderr)
-        writer.close()
-    except BaseException:
-        if env.is_main:
-            writer.discard()
-        raise
+    for epoch in range(state.cfg.epochs):
+        seconds += _teacher_pass(state, teacher, writer, chunk, epoch, batches)
+        if progress:
+            print(f"teacher labels: epoch {epoch + 1}/{state.cfg.epochs}", file=sys.stderr)
+    writer.close()
     return seconds
+
+
+def _split_pass(
+    state: RunState,
+    env: DistEnv,
+    teacher: Teacher,
+    out: Path,
+    chunk: int,
+    top_k: int,
+    progress: bool,
+) -> tuple[StoreWriter | None, float]:
+    """The pass, its work split over the ranks of a process group: each makes and labels its
+    own batches' views only, into its own part; rank 0 merges the parts into the store.
+    Returns rank 0's writer (``None`` elsewhere), ready to install, and the slowest rank's
+    teacher seconds. A failed or interrupted pass discards the partial files, so an older
+    store stays."""
+    cfg = state.cfg
+    n = len(state.loader_train)
+    mine = _own_batches(n, chunk, env.rank, env.world_size)
+    views = n * cfg.batch_size
+    store, part = _open_writers(
+        env, out, (cfg.epochs, views), len(mine) * cfg.batch_size, state.num_classes, top_k
+    )
+    try:
+        if env.distributed:  # the views of this rank's batches only
+            state.loader_train = batches_loader(state, mine)
+        say = progress and env.is_main
+        seconds = _all_epochs(state, teacher, part or store, chunk, mine, say)
+        seconds = _max_over_ranks(seconds, env.distributed)
+        _barrier(env.distributed)  # every rank's rows are on disk before they are merged
+        if store is not None and env.distributed:
+            owned = (_own_batches(n, chunk, r, env.world_size) for r in range(env.world_size))
+            store.merge([(r, _rows(b, cfg.batch_size)) for r, b in enumerate(owned)])
+    except BaseException:
+        for writer in (part, store):
+            if writer is not None:
+                writer.discard()
+        raise
+    return store, seconds
 
 
 def compute_teacher_labels(
@@ -146,10 +212,12 @@ def compute_teacher_labels(
 
     The views are those :func:`deit.train.run` trains on (same data, transforms, sampler,
     Mixup/CutMix, seed): the training loader is built by :func:`deit.train.build_data`. The
-    teacher runs in inference mode under the run's autocast (``cfg.amp``), on
-    ``teacher_batch_size`` images per forward (rounded to whole training batches). Under
-    ``torchrun``/``srun`` the teacher's forwards are split over the ranks (each on its own
-    device; rank 0 creates the store and writes the manifest); the store is the same.
+    teacher runs in inference mode under the run's autocast (``cfg.amp``; a teacher path in
+    fp32 computes in fp32 all the same), on ``teacher_batch_size`` images per forward
+    (rounded to whole training batches). Under
+    ``torchrun``/``srun`` the work is split over the ranks, a chunk of batches each in turn:
+    each rank makes only its own chunks' views and labels them on its own device into a part
+    file of its own; rank 0 merges the parts and writes the manifest. The store is the same.
 
     Args:
         cfg: the students' run configuration (teacher fields included).
@@ -183,7 +251,7 @@ def compute_teacher_labels(
         manifest["seconds"] = time.perf_counter() - t_start
         if lock is not None and not lock.held():  # its partial files went with it
             raise lock.gone_error(user="label pass", flag="--output")
-        if env.is_main:
+        if writer is not None:  # rank 0
             writer.install(manifest)
         return manifest
     finally:
@@ -218,9 +286,10 @@ def _label_pass(
     top_k: int,
     teacher_batch_size: int,
     progress: bool,
-) -> tuple[StoreWriter, dict[str, Any]]:
-    """:func:`compute_teacher_labels` once the store's folder is locked: the pass, its writer
-    (every rank's rows on disk) and the manifest to install."""
+) -> tuple[StoreWriter | None, dict[str, Any]]:
+    """:func:`compute_teacher_labels` once the store's folder is locked: the pass, the store's
+    writer (rank 0, every rank's rows merged; ``None`` on the other ranks) and the manifest to
+    install."""
     state = label_pass_state(cfg, device)
     cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
     teacher = build_run_teacher(
@@ -233,16 +302,13 @@ def _label_pass(
         state.mixup_fn,
     )
     views = len(state.loader_train) * cfg.batch_size
-    writer = _open_writer(env, out, (cfg.epochs, views), state.num_classes, top_k)
     chunk = max(1, math.ceil(teacher_batch_size / cfg.batch_size))
-    seconds = _max_over_ranks(
-        _all_epochs(state, teacher, writer, chunk, env, progress), env.distributed
-    )
-    _barrier(env.distributed)  # every rank's rows are on disk before the store is installed
+    store, seconds = _split_pass(state, env, teacher, out, chunk, top_k, progress)
     manifest = run_manifest(cfg, state.num_classes, len(state.loader_train.dataset))
+    kind, arrays = StoreWriter.layout(state.num_classes, top_k)
     manifest.update(
-        kind=writer.kind,
-        arrays=list(writer.arrays),
+        kind=kind,
+        arrays=arrays,
         top_k=top_k,
         views_per_epoch=views,
         teacher=teacher.model_name,
@@ -252,7 +318,7 @@ def _label_pass(
         teacher_seconds=seconds,
         processes=env.world_size,
     )
-    return writer, manifest
+    return store, manifest
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -26,6 +26,7 @@ __all__ = [
     "fast_int8_available",
     "resolve_device",
     "resolve_precision",
+    "set_cuda_backends",
 ]
 
 
@@ -160,3 +161,32 @@ def resolve_device(pref: str | torch.device | None = "auto", local_rank: int = 0
 
 
 _DEVICES = "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def set_cuda_backends(device: torch.device | str) -> dict[str, bool]:
+    """Apply a run's cuDNN / TF32 policy for ``device`` (process-wide, where PyTorch keeps
+    these settings); ``deit train``, the label pass and the benchmarks all call it.
+
+    On CUDA: cuDNN autotuning on (``torch.backends.cudnn.benchmark = True``, as the official
+    code): cuDNN times its algorithms for each new input shape and keeps the fastest, and a
+    run's training batches all have one shape (the last partial batch is dropped); it matters
+    for the convolutions of a CNN teacher (RegNetY-16GF) and the patch embedding. Left off
+    where deterministic algorithms were asked (``torch.use_deterministic_algorithms(True)`` or
+    ``torch.backends.cudnn.deterministic``), since autotuning may pick other kernels from one
+    process to the next. TF32 is left at PyTorch's defaults: matmuls in full fp32 (``--amp
+    fp32`` computes what the paper's fp32 figures did; AMP runs them in bf16/fp16 anyway),
+    cuDNN convolutions allowed TF32 on Ampere and newer. Elsewhere nothing changes.
+
+    Returns:
+        The settings in force: ``cudnn_benchmark``, ``matmul_tf32``, ``cudnn_tf32``.
+    """
+    if torch.device(device).type == "cuda":
+        deterministic = (
+            torch.are_deterministic_algorithms_enabled() or torch.backends.cudnn.deterministic
+        )
+        torch.backends.cudnn.benchmark = not deterministic
+    return {
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+    }

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..precision import set_cuda_backends
 from ..train.lock import folder_lock
 from .measure import (
     OFFICIAL_MODELS,
@@ -76,6 +77,7 @@ def _measure_and_write(
     kwargs: dict[str, Any],
 ) -> list[BenchmarkResult]:
     """:func:`run_benchmark` once its arguments are checked (and its folder locked)."""
+    set_cuda_backends(dev)  # the cuDNN / TF32 settings of deit train
     results = []
     for m in models:
         r = benchmark_model(m, device=dev, precision=precision, **kwargs)

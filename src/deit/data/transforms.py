@@ -162,17 +162,14 @@ def build_transform(
     RandomErasing(``reprob``, ``remode``, ``recount``) on the normalised tensor.
     RandAugment's posterize is made to return a black image for 0 bits, as with Pillow < 11,
     instead of raising ValueError under newer Pillow (see ``_posterize_compat``).
-    When ``input_size <= 32`` the crop is replaced, as in the official code, by
-    ``RandomCrop(input_size, padding=crop_padding)`` (official: 4; 0 keeps digits in place, which
-    a small patch-7 ViT needs on 4,000 MNIST images), preceded here by a bicubic
-    ``Resize(input_size)`` that leaves images already of that size untouched (so 8 px digits can
-    be trained at 28 px). ``small_images=True`` keeps this small-image pipeline at any
-    ``input_size``: digits upscaled to 42 px for fine-tuning must not be cut to 8 % of their area.
+    Small images (``small_images``, default ``input_size <= 32``) replace the crop, as the
+    official code does, by ``RandomCrop(input_size, padding=crop_padding)`` (official: 4; 0 keeps
+    digits in place), after a bicubic ``Resize(input_size)`` (8 px digits trained at 28 px,
+    28 px digits fine-tuned at 42 px, never cut to 8 % of their area).
 
     Evaluation (``create_transform(is_training=False)``): Resize the short side to
-    ``int(input_size / crop_pct)`` (``eval_interpolation``, bicubic by default) → CenterCrop
-    ``input_size`` → ToTensor → Normalize. For ``input_size <= 32`` ``crop_pct`` is taken as
-    1.0, so native-size images pass unchanged (the official code does no resizing there).
+    ``int(input_size / crop_pct)`` (``eval_interpolation``) → CenterCrop ``input_size`` →
+    ToTensor → Normalize; small images take ``crop_pct`` 1 (the whole image, as the official).
 
     Args:
         is_train: training (random) or evaluation (deterministic) pipeline.
@@ -187,8 +184,7 @@ def build_transform(
         hflip: horizontal-flip probability (0 for digits).
         scale: RandomResizedCrop area range.
         eval_interpolation: interpolation of the evaluation resize.
-        crop_padding: padding of the small-image random crop (px).
-        small_images: use the small-image pipeline (default: ``input_size <= 32``).
+        crop_padding, small_images: the small-image crop's padding (px); whether to use it.
 
     Returns:
         A :class:`torchvision.transforms.Compose`.

@@ -10,7 +10,6 @@ student differ. Figures, dates and the command that measures them: ``benchmarks/
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import time
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..precision import TEACHER_PRECISIONS, fast_bf16_available, fast_int8_available
-from .frozen import Teacher
+from .frozen import Teacher, fp32_region
 
 __all__ = [
     "MAX_TARGET_DISTANCE",
@@ -148,11 +147,13 @@ class FastTeacher(Teacher):
         self.to(teacher.scale.device if teacher.scale is not None else _device_of(teacher))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher logits ``(B, num_classes)`` in float32 for student-normalised images."""
+        """Teacher logits ``(B, num_classes)`` in float32 for student-normalised images,
+        computed in this path's precision whatever autocast region it is called in (the fp32
+        and int8 paths with autocast off)."""
         cast = (
             torch.autocast(x.device.type, dtype=self.dtype)
             if self.dtype is not None
-            else contextlib.nullcontext()
+            else fp32_region(x.device.type)
         )
         with torch.inference_mode(), cast:
             out = self._logits(x, self._run).float()

@@ -8,6 +8,7 @@ name or checkpoint is :func:`deit.teacher.build.build_teacher`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from ..models.distilled import DistilledVisionTransformer
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Teacher"]
+__all__ = ["Teacher", "fp32_region"]
 
 
 def _floats(values: Sequence[float] | torch.Tensor | None, what: str) -> tuple[float, ...] | None:
@@ -41,12 +42,23 @@ def _default_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
+def fp32_region(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off for ``device_type`` where it is on: a teacher asked to run in fp32
+    is called inside the student's autocast region (the loss), which would otherwise run it in
+    bf16/fp16."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class Teacher(nn.Module):
     """A frozen classifier used as a distillation teacher.
 
     - every parameter has ``requires_grad=False``; :meth:`forward` runs under
       :func:`torch.no_grad` (not ``inference_mode``: inference tensors could not be saved for the
       backward pass of the KL term, which reads the teacher's probabilities);
+    - it computes in fp32 even when called inside the student's autocast region (the run's AMP);
+      a reduced-precision teacher is :class:`deit.teacher.FastTeacher`'s checked choice;
     - it stays in eval mode: :meth:`train` ignores the requested mode, so ``parent.train()``
       never switches batch-norm statistics or dropout on (the official code calls
       ``teacher.eval()`` once; this makes it impossible to undo by accident);
@@ -160,8 +172,8 @@ class Teacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits ``(B, num_classes)`` for student-normalised images ``(B, C, H, W)``,
-        without gradients."""
-        with torch.no_grad():
+        without gradients, in fp32 even inside the student's autocast region."""
+        with torch.no_grad(), fp32_region(x.device.type):
             return self._logits(x, self.model)
 
     def _logits(self, x: torch.Tensor, run: Callable[[torch.Tensor], Any]) -> torch.Tensor:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,50 +315,63 @@ class StoreWriter:
     disk blocks are allocated up front (a full disk under a memory map would be a SIGBUS, not
     an error); :meth:`install` renames them over an older store's once every row is on disk,
     so a full disk, a read-only folder or an interrupted pass leaves an older store as it was.
+
+    A pass split over ranks writes no file two processes share (a network file system writes
+    a memory map's pages back whole, so rows written by another node would be lost): rank
+    ``r`` writes its rows to its own part, ``.<name>.rank<r>.npy.partial`` (``part=r``), and
+    rank 0 copies each part into the store's arrays (:meth:`merge`).
     """
 
     def __init__(
-        self, out: Path, shape: tuple[int, int], num_classes: int, top_k: int, mode: str = "w+"
+        self,
+        out: Path,
+        shape: tuple[int, int],
+        num_classes: int,
+        top_k: int,
+        part: int | None = None,
     ) -> None:
-        """``mode`` ``"w+"`` creates the arrays; ``"r+"`` opens those another process created
-        (the other ranks of a split pass), to write their own rows.
+        """``shape`` is ``(epochs, rows)``: the store's views per epoch, or for a rank's
+        ``part`` the rows of its views.
 
         Raises:
             deit._write.WriteError: the disk cannot hold the store or the folder cannot be
                 written (one sentence with the bytes needed and free); nothing is left behind.
         """
         self.out = Path(out)
+        self.part = part
         dt = label_dtype(num_classes)
+        self.kind, _ = self.layout(num_classes, top_k)
         names = {"top1": (dt, shape)}
-        if top_k >= num_classes:
-            self.kind = "logits"
+        if self.kind == "logits":
             names["logits"] = (np.dtype(np.float16), (*shape, num_classes))
-        elif top_k > 0:
-            self.kind = "topk"
+        elif self.kind == "topk":
             names["topk_probs"] = (np.dtype(np.float16), (*shape, top_k))
             names["topk_classes"] = (dt, (*shape, top_k))
-        else:
-            self.kind = "top1"
         self.top_k = top_k
         self.arrays: dict[str, np.ndarray] = {}
         needed = store_size_bytes(shape[1], shape[0], num_classes, top_k)
         try:
             for name, (dtype, dims) in names.items():
-                self.arrays[name] = self._array(name, dtype, dims, mode, needed)
+                self.arrays[name] = self._array(name, dtype, dims, needed)
         except BaseException:
-            if mode == "w+":
-                self.discard()
+            self.discard()
             raise
 
-    def _partial(self, name: str) -> Path:
-        return self.out / f".{name}.npy.partial"
+    @staticmethod
+    def layout(num_classes: int, top_k: int) -> tuple[str, list[str]]:
+        """The store's ``kind`` (``top1``, ``topk`` or ``logits``) and its arrays' names."""
+        if top_k >= num_classes:
+            return "logits", ["top1", "logits"]
+        if top_k > 0:
+            return "topk", ["top1", "topk_probs", "topk_classes"]
+        return "top1", ["top1"]
 
-    def _array(
-        self, name: str, dtype: np.dtype, dims: tuple[int, ...], mode: str, needed: int
-    ) -> np.ndarray:
+    def _partial(self, name: str, part: int | None = None) -> Path:
+        part = self.part if part is None else part
+        return self.out / f".{name}{'' if part is None else f'.rank{part}'}.npy.partial"
+
+    def _array(self, name: str, dtype: np.dtype, dims: tuple[int, ...], needed: int) -> np.ndarray:
         path = self._partial(name)
-        if mode == "r+":
-            return np.load(path, mmap_mode="r+", allow_pickle=False)
         final = self.out / f"{name}.npy"
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -375,10 +389,25 @@ class StoreWriter:
         return sorted(Path(out).glob(".*.npy.partial"))
 
     def discard(self) -> None:
-        """Remove the partial files (a failed or interrupted pass); an older store stays."""
+        """Remove the partial files (a failed or interrupted pass): a part writer its own, the
+        store's writer every one; an older store stays."""
         self.arrays.clear()
-        for path in self.leftovers(self.out):
+        pattern = ".*.npy.partial" if self.part is None else f".*.rank{self.part}.npy.partial"
+        for path in self.out.glob(pattern):
             path.unlink(missing_ok=True)
+
+    def merge(self, parts: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Copy the ranks' parts (written, closed) into this store's arrays, an epoch at a time,
+        then remove them: ``parts`` pairs each rank with the store rows (views of an epoch) its
+        part holds, in its order."""
+        for rank, rows in parts:
+            for name, array in self.arrays.items():
+                path = self._partial(name, rank)
+                part = np.load(path, mmap_mode="r", allow_pickle=False)
+                for epoch in range(array.shape[0]):
+                    array[epoch, rows] = part[epoch]
+                del part
+                path.unlink()
 
     def install(self, manifest: dict[str, Any]) -> None:
         """Replace an older store by this one: its manifest removed first (a store without
@@ -402,6 +431,9 @@ class StoreWriter:
             self.arrays["topk_classes"][epoch, rows] = c.numpy()
 
     def close(self) -> None:
-        """Flush every array to disk (then :meth:`install`, on one process)."""
+        """Flush every array to disk (then :meth:`install`, on one process); a part is closed
+        (unmapped) for rank 0 to read."""
         for a in self.arrays.values():
             a.flush()
+        if self.part is not None:
+            self.arrays.clear()

@@ -17,6 +17,7 @@ def _train_cmd(args: argparse.Namespace) -> int:
     # torch is imported here, not above: the parser (help, argument errors) is built without it
     import torch.distributed as dist
 
+    from .._workers import LoaderWorkerError
     from ..engine import NonFiniteLossError
     from .memory import StepOutOfMemoryError
     from .runner import run
@@ -24,15 +25,16 @@ def _train_cmd(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     try:
         result = run(cfg, progress=not args.no_progress)
-    except (NonFiniteLossError, StepOutOfMemoryError) as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # every rank stops at the same step
+    except (NonFiniteLossError, StepOutOfMemoryError, LoaderWorkerError) as e:
+        # a non-finite loss stops every rank at the same step (agreed across ranks): one line
+        if int(os.environ.get("RANK", "0")) == 0 or isinstance(e, LoaderWorkerError):
             print(f"deit train: error: {e}", file=sys.stderr)
         return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    # the shell's convention for a process ended by a signal (130 SIGINT, 143 SIGTERM): a
-    # script can tell a stopped run from a finished one
+    # the shell's convention for a process ended by a signal (129 SIGHUP, 130 SIGINT, 143
+    # SIGTERM): a script can tell a stopped run from a finished one
     return 128 + result["stop_signal"] if result["status"] == "stopped" else 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .._notes import print_note
 from .._rng import seed_worker
+from .._workers import LoaderWorkerInit
 from ..config import Config
 from ..data import (
     build_dataset,
@@ -36,7 +37,7 @@ from ..precision import resolve_device, resolve_precision
 from .distributed import DistEnv
 from .state import RunState
 
-__all__ = ["auto_num_workers", "build_data", "label_pass_state"]
+__all__ = ["auto_num_workers", "batches_loader", "build_data", "label_pass_state"]
 
 
 def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
@@ -112,7 +113,8 @@ def _loader(
     seeds the workers, so iterating it draws nothing from torch's global RNG (the model's).
     Workers persist across epochs (as timm's loaders): each view is keyed by the sampler, which
     runs in this process, so the views do not depend on the workers' lifetime. On the CPU,
-    workers hand batches back by value (:class:`_ByValueLoader`)."""
+    workers hand batches back by value (:class:`_ByValueLoader`). Workers leave stop signals
+    to this process and die with it (:class:`deit._workers.LoaderWorkerInit`)."""
     workers = cfg.num_workers
     by_value = workers > 0 and device.type == "cpu"  # a GPU run pins shared tensors instead
     return (_ByValueLoader if by_value else DataLoader)(
@@ -122,7 +124,7 @@ def _loader(
         num_workers=workers,
         pin_memory=cfg.pin_mem and device.type == "cuda",
         drop_last=train,
-        worker_init_fn=seed_worker if workers else None,
+        worker_init_fn=LoaderWorkerInit(seed_worker) if workers else None,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
         collate_fn=_collate_to_numpy if by_value else None,
@@ -209,6 +211,32 @@ def build_data(state: RunState) -> None:
     sampler_val = build_sampler(val_set, False)
     state.loader_val = _loader(val_set, sampler_val, cfg, state.device, train=False)
     state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
+
+
+class _Batches(Sampler):
+    """The keys of some of the training sampler's batches, in order: what a rank of a split
+    label pass makes views of (each view is keyed by its place in the epoch, so it is the view
+    training makes there)."""
+
+    def __init__(self, sampler: PositionSampler, batch_size: int, batches: Sequence[int]):
+        self.sampler, self.batch_size, self.batches = sampler, batch_size, sorted(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        wanted = set(self.batches)
+        for position, key in enumerate(self.sampler):
+            if position // self.batch_size in wanted:
+                yield key
+
+
+def batches_loader(state: RunState, batches: Sequence[int]) -> DataLoader:
+    """A training loader like ``state.loader_train`` that yields only the epoch's batches
+    ``batches`` (indices in the epoch; ``state.sampler_train.set_epoch`` still picks the
+    epoch): no other view is read or transformed."""
+    sampler = _Batches(state.sampler_train, state.cfg.batch_size, batches)
+    return _loader(state.loader_train.dataset, sampler, state.cfg, state.device, train=True)
 
 
 def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunState:

@@ -1,5 +1,5 @@
 """Where a run's process stands and how it stops: the process group (torchrun or SLURM),
-DistributedDataParallel around the student, and SIGTERM/SIGINT as a clean stop.
+DistributedDataParallel around the student, and SIGTERM/SIGINT/SIGHUP as a clean stop.
 
 Distributed training uses PyTorch's own stack: launch with ``torchrun`` (env:// rendezvous,
 single or multi-node) or under SLURM (``srun``; ``MASTER_ADDR``/``MASTER_PORT`` must be set);
@@ -18,9 +18,9 @@ import torch.distributed as dist
 from timm.utils import unwrap_model
 from torch import nn
 
-from ..precision import resolve_device
+from ..precision import resolve_device, set_cuda_backends
 
-__all__ = ["DistEnv", "init_distributed", "wrap_ddp"]
+__all__ = ["STOP_SIGNALS", "DistEnv", "init_distributed", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
     torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
     under SLURM ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID`` are used (with
     ``MASTER_ADDR``/``MASTER_PORT`` exported by the job script). Backend: NCCL on CUDA, gloo
-    otherwise.
+    otherwise. The GPU: ``cuda:LOCAL_RANK`` under torchrun; under SLURM ``SLURM_LOCALID``
+    modulo the visible GPUs (``cuda:0`` where a task sees one GPU). A CUDA device is made the
+    current one (``torch.cuda.set_device``) in every process, one process on ``cuda:N`` too,
+    and the cuDNN / TF32 policy applied (:func:`deit.precision.set_cuda_backends`).
 
     Returns:
         ``(env, device)``; a single process when neither launcher is present.
@@ -55,6 +58,7 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
             where none exists.
     """
     env = os.environ
+    gpu = None  # the GPU index among the visible ones; the local rank when None
     if "RANK" in env and "WORLD_SIZE" in env:
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
@@ -66,13 +70,17 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
                 "export them in the job script (e.g. the first host of $SLURM_JOB_NODELIST)."
             )
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        # with --gpus-per-task=1 (or a GPU bound per task) each task sees one GPU, cuda:0;
+        # with the node's GPUs shared by its tasks, the local id picks one
+        gpu = local % max(torch.cuda.device_count(), 1) if torch.cuda.is_available() else 0
     else:
         rank, world, local = 0, 1, 0
-    device = resolve_device(device_pref, local)
+    device = resolve_device(device_pref, local if gpu is None else gpu)
+    if device.type == "cuda":  # also one process on cuda:N: the pin-memory thread follows it
+        torch.cuda.set_device(device)
+        set_cuda_backends(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, init_method="env://")
     return DistEnv(rank, world, local, world > 1), device
 
@@ -80,10 +88,15 @@ def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
 def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> nn.Module:
     """Wrap the student (only) in DistributedDataParallel.
 
-    A distilled model trained without distillation never uses ``head_dist``; DDP must then be
-    told to look for unused parameters, or their buckets are never all-reduced.
+    DDP looks for unused parameters (an extra traversal of the autograd graph every step) only
+    where some are: a distilled model whose training output is the pair ``(cls_logits,
+    dist_logits)`` trained with ``distillation_type='none'``, whose loss reads the class head
+    alone. A distilled model trained with ``'none'`` by :func:`deit.train.run` is not switched
+    to that output (:func:`deit.distillation.check_student`): its logits average both heads, and
+    every parameter has a gradient at every step, as with ``'hard'``/``'soft'`` and plain models.
     """
-    unused = distillation_type == "none" and hasattr(unwrap_model(model), "head_dist")
+    student = unwrap_model(model)
+    unused = distillation_type == "none" and bool(getattr(student, "distilled_training", False))
     return nn.parallel.DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -91,8 +104,16 @@ def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> 
     )
 
 
+#: The signals that stop a run cleanly: a scheduler's pre-emption or time limit (SIGTERM),
+#: Ctrl-C (SIGINT), a closed terminal or SSH session (SIGHUP). The exit status is 128 + signal.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
 class _StopFlag:
-    """Set by SIGTERM/SIGINT (what a cluster scheduler sends before pre-emption).
+    """Set by SIGTERM, SIGINT or SIGHUP (:data:`STOP_SIGNALS`); a signal this process was
+    started with ignored (``nohup``: SIGHUP) stays ignored.
 
     Polled after every step; in a process group the ranks agree on it (an all-reduce and a host
     read, a synchronisation) only every ``every``-th poll, so that the steps between need not
@@ -107,7 +128,9 @@ class _StopFlag:
         self._polls = 0
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone

@@ -1,17 +1,20 @@
 """The epoch loop: :func:`deit.engine.train_one_epoch` then :func:`deit.engine.evaluate` when
-due, logs and checkpoints; a SIGTERM/SIGINT stops it after the current step with a mid-epoch
-checkpoint.
+due, logs and checkpoints; a SIGTERM/SIGINT/SIGHUP stops it after the current step with a
+mid-epoch checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
+from .._workers import LoaderWorkerError, loader_exit_codes, worker_death
 from ..engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
 from ..teacher.frozen import Teacher
 from .checkpointing import save
@@ -85,9 +88,16 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
         ) from None
     finally:
         if bar is not None:
-            bar.close()
+            with contextlib.suppress(OSError):  # a terminal closed (SIGHUP) fails every write
+                bar.close()
     state.num_updates = int(stats["num_updates"])
     return stats
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, unless stderr is gone (a closed terminal: the run stops cleanly)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -98,6 +108,24 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
+def _from_rank_0(state: RunState, value: Any) -> Any:
+    """``value`` as rank 0 has it (a broadcast under ``torch.distributed``; every rank calls)."""
+    if not state.env.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _ema_on_run_device(state: RunState) -> bool:
+    """Whether the run has an EMA on its own device (``--model-ema-force-cpu`` keeps it on the
+    CPU: its evaluation would meet the device's images with CPU weights)."""
+    if state.ema is None:
+        return False
+    weights = next(state.ema.module.parameters(), None)
+    return weights is None or weights.device.type == state.device.type
+
+
 def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: float) -> None:
     """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
     cfg = state.cfg
@@ -106,10 +134,15 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
     due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
     new_best = False
     if due or epoch + 1 == cfg.epochs:
-        state.final = _evaluate(state, state.eval_model)
+        final = _evaluate(state, state.eval_model)
+        ema = {}
+        if _ema_on_run_device(state):  # an EMA forced to the CPU is not evaluated (timm)
+            ema["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+        # rank 0's figures on every rank: without --dist-eval each rank scored the whole set
+        # (other kernels may score it otherwise), and saving a new best is a collective
+        state.final, ema = _from_rank_0(state, (final, ema))
         log.update({f"test_{k}": v for k, v in state.final.items()})
-        if state.ema is not None:
-            log["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+        log.update(ema)
         new_best = state.final["acc1"] > state.best_acc1
         state.best_acc1 = max(state.best_acc1, state.final["acc1"])
         log["best_acc1"] = state.best_acc1
@@ -130,8 +163,14 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
 
 
 def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool = True) -> None:
-    """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT stops
-    it after the current step with a mid-epoch checkpoint (``status`` 'stopped')."""
+    """The epoch loop: train, evaluate when due, log and checkpoint; a SIGTERM/SIGINT/SIGHUP
+    stops it after the current step with a mid-epoch checkpoint (``status`` 'stopped').
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (on any rank: all stop at that step).
+        deit._workers.LoaderWorkerError: a data-loader worker died (one sentence naming it, the
+            signal and the checkpoint kept).
+    """
     cfg = state.cfg
     last_epoch = cfg.epochs
     if max_epochs_this_run is not None:
@@ -141,15 +180,23 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
     try:
         _epochs(state, last_epoch, progress, stop)
     except (NonFiniteLossError, StepOutOfMemoryError) as e:
-        last = state.out / LAST if state.out is not None else None
-        kept = (
-            f"{last} is kept"
-            if last is not None and last.is_file()
-            else "no checkpoint was written"
-        )
-        raise type(e)(f"{str(e).rstrip('.')}; the run stopped and {kept}.") from None
+        raise type(e)(f"{str(e).rstrip('.')}; the run stopped and {_kept(state)}.") from None
+    except RuntimeError as e:
+        dead = worker_death(e, loader_exit_codes(state.loader_train, state.loader_val))
+        if dead is None:
+            raise
+        raise LoaderWorkerError(
+            f"The run stopped: {dead}; {_kept(state)}; continue with --auto-resume "
+            "(with fewer --num_workers or a smaller --batch-size if memory ran out)."
+        ) from None
     finally:
         stop.restore()
+
+
+def _kept(state: RunState) -> str:
+    """``<checkpoint> is kept``, or that none was written."""
+    last = state.out / LAST if state.out is not None else None
+    return f"{last} is kept" if last is not None and last.is_file() else "no checkpoint was written"
 
 
 _MEAN_STATS = ("loss", "loss_base", "loss_distillation", "teacher_disagreement")
@@ -184,10 +231,9 @@ def _epochs(state: RunState, last_epoch: int, progress: bool, stop: _StopFlag) -
             save(state, epoch, done, LAST, epoch_stats=stats)
             state.status, state.stop_signal = "stopped", stop.signum or signal.SIGTERM
             if env.is_main:
-                print(
+                _say(
                     f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
-                    f"{state.num_updates}; checkpoint written, continue with --auto-resume.",
-                    file=sys.stderr,
+                    f"{state.num_updates}; checkpoint written, continue with --auto-resume."
                 )
             return
         state.skip_batches = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._notes import print_note
 from .._rng import seed_everything
 from ..optim import build_ema, build_optimizer, build_scheduler
 from .state import RunState
@@ -37,4 +38,10 @@ def build_optimisation(state: RunState) -> None:
         cfg.model_ema_decay if cfg.model_ema else None,
         device="cpu" if cfg.model_ema_force_cpu else None,
     )
+    if state.ema is not None and cfg.model_ema_force_cpu and state.device.type != "cpu":
+        if state.env.is_main:
+            print_note(
+                "the EMA kept on the CPU (--model-ema-force-cpu) is not evaluated during "
+                "training, as in timm; its weights are in the checkpoint: `deit eval --ema`."
+            )
     seed_everything(cfg.seed + state.env.rank)  # training's draws depend on the config only
