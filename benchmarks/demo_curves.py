@@ -55,6 +55,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr2x": {"lr": 6.4e-2},
     "nano_p7_lr2x": {"model": "deit_nano_patch7_28", "lr": 6.4e-2},
     "nano_p7_b32": {"model": "deit_nano_patch7_28", "batch_size": 32, "lr": 3.2e-2},
+    "nano_p7_b32_x2": {"model": "deit_nano_patch7_28", "batch_size": 32, "lr": 3.2e-2},
     "nano_p7_b64": {"model": "deit_nano_patch7_28", "batch_size": 64, "lr": 3.2e-2},
     "nano_p7_b64_lr_half": {"model": "deit_nano_patch7_28", "batch_size": 64, "lr": 1.6e-2},
     "nano_p7_b32_lr_half": {"model": "deit_nano_patch7_28", "batch_size": 32, "lr": 1.6e-2},
