@@ -11,6 +11,7 @@ stopped half-way is run again from its start.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -127,11 +128,14 @@ def _folder(out: Path, n: int, seed: int, key: str) -> Path:
 
 
 def _job_key(job: _Job, out: Path) -> str:
-    """A hash of the run's configuration (its paths relative to the study folder) and of the
-    keys of the runs it reads."""
+    """A hash of the run's configuration (the values that differ from :class:`Config`'s
+    defaults, so that a new option left at its default keeps the key; paths relative to the
+    study folder) and of the keys of the runs it reads."""
+    defaults = _defaults()
     cfg = {
         k: (os.path.relpath(v, out) if k in ("output_dir", "teacher_path", "finetune") and v else v)
         for k, v in job.cfg.items()
+        if k not in defaults or defaults[k] != v
     }
     blob = json.dumps(
         {"cfg": cfg, "deps": [d.key for d in job.deps], "version": RECORD_VERSION},
@@ -139,6 +143,11 @@ def _job_key(job: _Job, out: Path) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return Config().to_dict()
 
 
 def _seeds_and_sizes(s: DemoSettings, claim: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
