@@ -177,3 +177,47 @@ def test_channel_mismatch_names_in_chans():
     model = deit.create_model("deit_pico_patch7_28", num_classes=10)
     with pytest.raises(ValueError, match=r"3 channels but got \(1, 1, 28, 28\).*in_chans=1"):
         model(torch.randn(1, 1, 28, 28))
+
+
+def _expand(pattern: str) -> list[str]:
+    """Names a documented pattern stands for: ``{a,b}`` is either, ``[x]`` is x or nothing."""
+    import re
+
+    m = re.search(r"\{([^{}]*)\}|\[([^\[\]]*)\]", pattern)
+    if m is None:
+        return [pattern]
+    options = m[1].split(",") if m[1] is not None else [m[2], ""]
+    return [n for o in options for n in _expand(pattern[: m.start()] + o + pattern[m.end() :])]
+
+
+def test_every_model_name_the_docs_promise_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    patterns = {
+        p
+        for t in texts
+        for p in re.findall(r"`(deit_[^`\s]+)`", t.read_text())
+        if "*" not in p and "." not in p  # a glob or a file name, not a model name
+    }
+    names = {n for p in patterns for n in _expand(p)}
+    assert _expand("deit_{tiny,small}[_distilled]_patch4_{28,32}") == [
+        "deit_tiny_distilled_patch4_28",
+        "deit_tiny_distilled_patch4_32",
+        "deit_tiny_patch4_28",
+        "deit_tiny_patch4_32",
+        "deit_small_distilled_patch4_28",
+        "deit_small_distilled_patch4_32",
+        "deit_small_patch4_28",
+        "deit_small_patch4_32",
+    ]
+    assert "deit_small_patch4_28" in names and len(names) == 24
+    unknown = sorted(n for n in names if n not in deit.list_models())
+    assert unknown == []
+    for name in sorted(names):
+        with torch.device("meta"):  # the architecture, without filling 87 M weights
+            model = deit.create_model(name, num_classes=10)
+        side = get_model_spec(name).img_size
+        assert model.default_cfg["input_size"] == (3, side, side), name

@@ -85,6 +85,7 @@ _SMALL = [
     ("pico", 7, 28, 6),
     ("tiny", 4, 28, None),
     ("tiny", 4, 32, None),
+    ("small", 4, 28, None),
     ("small", 4, 32, None),
 ]
 
