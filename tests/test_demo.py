@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from deit.cli import build_parser, main
-from deit.config import Config, config_from_args
+from deit.config import Config, config_from_args, get_preset
 from deit.data import build_dataset
 from deit.demo import (
     HARD,
@@ -196,3 +196,22 @@ def test_readme_commands_reproduce_the_demo_runs():
         skip = {"output_dir", "teacher_path", "device", "teacher_labels"}
         differ = {k for k in want if got[k] != want[k]} - skip
         assert not differ, {k: (got[k], want[k]) for k in differ}
+
+
+def test_demo_presets_are_the_demos_seed_0_runs():
+    """``--preset demo_teacher`` / ``demo_student`` (the README's commands) are the runs ``deit
+    demo`` makes of its first seed, read from the same settings."""
+    s = DemoSettings()
+    n, seed = s.train_images[0], s.seeds[0]
+    base = Path("runs/demo") / f"n{n}" / f"seed{seed}"
+    for preset, v in (("demo_teacher", TEACHER), ("demo_student", LEADING)):
+        want = Config.from_dict(_config(s, _Job(v, n, seed, base / v.key))).to_dict()
+        got = get_preset(preset).to_dict()
+        # where the run writes, the machine, and the teacher's file are the command's to say;
+        # the demo's students read a label store, the preset's run the teacher online
+        skip = {"output_dir", "teacher_path", "device", "teacher_labels"}
+        differ = {k for k in want if got[k] != want[k]} - skip
+        assert not differ, {k: (got[k], want[k]) for k in differ}
+    student = get_preset("demo_student")
+    assert (student.distillation_type, student.model) == ("soft", s.distilled_student)
+    assert student.epochs == s.epochs(s.student_images, n) and student.batch_size == s.batch_size

@@ -95,7 +95,8 @@ def run(
 def _start(cfg: Config) -> RunState:
     """Validate, join the process group, check the output folder, seed, pick the precision.
     The run works on a copy of ``cfg`` (:func:`build_data` fills in the model's defaults)."""
-    cfg = dataclasses.replace(cfg.validate())
+    cfg, set_by = dataclasses.replace(cfg.validate()), cfg.set_by
+    cfg.set_by = set_by  # who set what, for the notes
     env, device = init_distributed(cfg.device)
     lock = _lock_output(cfg, env)
     try:
