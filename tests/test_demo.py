@@ -25,6 +25,7 @@ from deit.demo import (
     TEACHER,
     DemoSettings,
     curve_figure,
+    markdown,
     paired_interval,
     summarize,
     top1_figure,
@@ -125,6 +126,14 @@ def test_results_md_says_design_machine_and_verdict(demo_dir, results):
     assert all(r["curve"][-1][2] == r["top1"] for r in results["runs"])
     assert text.count("vs no distillation") == 1  # one sentence per distilled variant
     assert "97.89999" not in text and "999999" not in json.dumps(results)
+    # --quick says what it is, before its numbers and before its verdict
+    assert text.splitlines()[2].startswith("**A smoke run** (400 image-steps per student;")
+    assert "Of a smoke run, so not a finding:\nN=200:" in text
+
+
+def test_results_md_of_the_full_budget_is_not_called_a_smoke_run(results):
+    full = {**results, "settings": {**results["settings"], "student_images": DemoSettings().student_images}}
+    assert "smoke" not in markdown(full).lower()
 
 
 def test_figures_show_intervals_from_zero(demo_dir, results):
@@ -215,3 +224,15 @@ def test_demo_presets_are_the_demos_seed_0_runs():
     student = get_preset("demo_student")
     assert (student.distillation_type, student.model) == ("soft", s.distilled_student)
     assert student.epochs == s.epochs(s.student_images, n) and student.batch_size == s.batch_size
+
+
+def test_demo_help_is_plain_and_says_what_the_default_run_trains(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "``" not in text and ":func:" not in text and ":mod:" not in text
+    assert f"the demo was tuned ({LEADING.label[6:]})." in text
+    # hard distillation and the paper's soft setting are --full's, not the default run's
+    assert "--full adds hard distillation and the paper's soft setting" in text
+    assert text.count("hard") == 2  # the sentence above and --full's own help
+    assert "smoke run" in text

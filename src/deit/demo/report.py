@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .settings import Variant
+from .settings import DemoSettings, Variant
 
 __all__ = ["BASELINE_LABELS", "conclusion", "machine", "markdown"]
 
@@ -53,9 +53,11 @@ def markdown(results: dict[str, Any]) -> str:
     """``results.md``: design, machine and time, the summary with intervals, every run."""
     s = results["settings"]
     runs = results["runs"]
+    smoke = _smoke_line(s)
     lines = [
         "# deit demo: distillation through attention on mnist5k",
         "",
+        *([smoke, ""] if smoke else []),
         f"- training images N: {', '.join(str(n) for n in s['train_images'])} (the same for "
         f"every model of a seed); evaluated on every other mnist5k digit "
         f"({', '.join(sorted({str(r['test_images']) for r in runs}))} images)",
@@ -83,7 +85,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {BASELINE_LABELS[b['variant']]} | {b['train_images']} | — | {b['top1']:.2f} | "
             "deterministic | — | — | — |"
         )
-    lines += ["", *conclusion(results["summary"]), "", "## Every run", ""]
+    verdicts = conclusion(results["summary"])
+    if smoke and verdicts:
+        verdicts = ["Of a smoke run, so not a finding:", *verdicts]
+    lines += ["", *verdicts, "", "## Every run", ""]
     lines += ["| model | N | seed | top-1 | class head | distillation head | seconds |"]
     lines += ["|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -95,6 +100,19 @@ def markdown(results: dict[str, Any]) -> str:
             f"{cells[1]} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _smoke_line(s: dict[str, Any]) -> str:
+    """The results.md line saying that a run's budget is a smoke run's (under a tenth of the
+    default demo's), or ``""``."""
+    full = DemoSettings()
+    if 10 * s["student_images"] >= full.student_images:
+        return ""
+    return (
+        f"**A smoke run** ({s['student_images']:,} image-steps per student; `deit demo` spends "
+        f"{full.student_images:,}): it checks the pipeline end to end, and its numbers are not "
+        "results — at this budget the students are near chance."
+    )
 
 
 def _labels_line(results: dict[str, Any]) -> list[str]:
