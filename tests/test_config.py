@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from deit.config import (
+    PRESETS,
     RETIRED,
     Config,
     ConfigError,
     add_config_args,
     config_from_args,
-    PRESETS,
     get_preset,
     list_presets,
     preset_overrides,

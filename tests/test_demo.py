@@ -132,7 +132,10 @@ def test_results_md_says_design_machine_and_verdict(demo_dir, results):
 
 
 def test_results_md_of_the_full_budget_is_not_called_a_smoke_run(results):
-    full = {**results, "settings": {**results["settings"], "student_images": DemoSettings().student_images}}
+    full = {
+        **results,
+        "settings": {**results["settings"], "student_images": DemoSettings().student_images},
+    }
     assert "smoke" not in markdown(full).lower()
 
 
@@ -231,7 +234,7 @@ def test_demo_help_is_plain_and_says_what_the_default_run_trains(capsys):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "``" not in text and ":func:" not in text and ":mod:" not in text
-    assert f"the demo was tuned ({LEADING.label[6:]})." in text
+    assert f"the demo was tuned: {LEADING.label[6:]}." in text
     # hard distillation and the paper's soft setting are --full's, not the default run's
     assert "--full adds hard distillation and the paper's soft setting" in text
     assert text.count("hard") == 2  # the sentence above and --full's own help

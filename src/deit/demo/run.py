@@ -42,9 +42,11 @@ _DESCRIPTION = f"""The paper's claim as a small controlled study on 5,000 real M
 
 For every seed, a CNN teacher and two DeiT students train on the same N digits with the same
 budget, data order and seed: one without distillation, one distilled through the distillation
-token in the setting that gained most while the demo was tuned ({LEADING.label[6:]}). --full adds hard distillation and the paper's soft setting (tau 3, alpha 0.1); --curve
-repeats the study over several N (the data-efficiency curve); --quick is a smoke run of the
-same pipeline in about a minute, whose numbers are not results.
+token in the setting that gained most while the demo was tuned:
+{LEADING.label[6:]}.
+--full adds hard distillation and the paper's soft setting (tau 3, alpha 0.1); --curve repeats
+the study over several N (the data-efficiency curve); --quick is a smoke run of the same
+pipeline in about a minute, whose numbers are not results.
 
 Every model is scored on the mnist5k digits none of them trained on; the report gives each
 model's mean top-1 and the distilled student's gain over the plain one with a 95 % interval
