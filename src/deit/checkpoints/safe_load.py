@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .fetch import local_file
 
 __all__ = ["safe_torch_load"]
 
@@ -25,7 +26,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         CheckpointError: missing file, truncated/corrupt file, or a pickle holding objects other
             than tensors and plain containers (it is refused, never executed).
     """
-    path = Path(path)
+    path = Path(local_file(path))  # a URL: torch.hub's cached copy
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist; check the path.")
     with open(path, "rb") as f:
