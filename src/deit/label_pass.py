@@ -98,12 +98,18 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
-    """Refuse, in one sentence, a bad ``top_k`` or batch size, or a configuration without the
-    teacher's weights."""
-    if top_k < 0 or teacher_batch_size < 1:
+def _check_pass(cfg: Config, top_k: int | None, teacher_batch_size: int) -> None:
+    """Refuse, in one sentence, a bad ``top_k`` or batch size, a top-1 store for a soft run
+    (which would refuse it), or a configuration without the teacher's weights."""
+    if (top_k is not None and top_k < 0) or teacher_batch_size < 1:
         raise ValueError(
             f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
+        )
+    if top_k == 0 and cfg.distillation_type == "soft":
+        raise ValueError(
+            "--top-k 0 stores the teacher's top-1 classes only, which the soft-distillation run "
+            "these flags describe cannot read; leave --top-k out (full logits for a soft run) "
+            "or give K for the top-K probabilities."
         )
     if not cfg.teacher_path:
         raise ValueError(
@@ -135,7 +141,7 @@ def compute_teacher_labels(
     cfg: Config,
     output: str | Path,
     *,
-    top_k: int = 0,
+    top_k: int | None = None,
     teacher_batch_size: int = 256,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -154,7 +160,9 @@ def compute_teacher_labels(
         output: folder of the store (created; an older store there is replaced once the new
             one is complete, and kept when the pass fails).
         top_k: 0 stores top-1 classes only (hard distillation); ``k`` < class count also the
-            top-k probabilities; ``k`` >= class count the full logits (soft distillation).
+            top-k probabilities; ``k`` >= class count the full logits (soft distillation);
+            ``None``: what the run ``cfg`` describes reads, the full logits for
+            ``distillation_type='soft'``, top-1 classes otherwise.
         teacher_batch_size: images per teacher forward.
         progress: print one line per epoch on stderr.
 
@@ -163,7 +171,7 @@ def compute_teacher_labels(
         (seconds of teacher forward) and ``seconds`` (the whole pass).
 
     Raises:
-        ValueError: ``top_k < 0``, no teacher, or what building the data
+        ValueError: ``top_k < 0``, ``top_k`` 0 for a soft run, no teacher, or what building the data
             and teacher raise (bad paths, class counts).
         deit._write.WriteError: the disk cannot hold the store, or the folder cannot be
             written (one sentence with the bytes needed and free; an older store is intact).
@@ -173,6 +181,8 @@ def compute_teacher_labels(
     env, device = init_distributed(cfg.device)  # torchrun/srun: the teacher's work is split
     state = label_pass_state(cfg, device)
     cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
+    if top_k is None:  # what the run reads: soft needs the teacher's distribution
+        top_k = state.num_classes if cfg.distillation_type == "soft" else 0
     teacher = build_run_teacher(
         cfg,
         state.device,
