@@ -25,6 +25,7 @@ __all__ = [
     "is_deit_model",
     "build_classifier",
     "check_model_name",
+    "distilled_twin",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -152,6 +153,15 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ValueError(
             f"Unknown model name {name!r}.{hint} See deit.list_models() for all names."
         ) from None
+
+
+def distilled_twin(name: str) -> str | None:
+    """The distilled configuration of a plain DeiT name (``deit_nano_patch7_28`` ->
+    ``deit_nano_distilled_patch7_28``): the same model with a distillation token and head;
+    ``None`` where none is registered."""
+    size, _, rest = name.removeprefix("deit_").partition("_")
+    twin = f"deit_{size}_distilled_{rest}"
+    return twin if name.startswith("deit_") and twin in _REGISTRY else None
 
 
 def build_model(

@@ -101,6 +101,7 @@ def _start(cfg: Config) -> RunState:
     lock = _lock_output(cfg, env)
     try:
         checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+        _check_student_name(cfg)
         _check_teacher_given(cfg)
     except BaseException:
         if lock is not None:
@@ -111,6 +112,18 @@ def _start(cfg: Config) -> RunState:
     state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
     state.lock = lock
     return state
+
+
+def _check_student_name(cfg: Config) -> None:
+    """A DeiT student without a distillation token asked to distil: refused by its name, before
+    the data, the model or the teacher is built (other models: when built, by check_student)."""
+    from ..distillation import not_distilled_message
+    from ..models.registry import get_model_spec, is_deit_model
+
+    name = cfg.model
+    if cfg.distillation_type != "none" and is_deit_model(name):
+        if not get_model_spec(name).distilled:
+            raise ValueError(not_distilled_message(name, cfg.distillation_type))
 
 
 def _check_teacher_given(cfg: Config) -> None:
