@@ -170,7 +170,7 @@ def test_exported_files_carry_normalisation_size_and_class_names(tmp_path, capsy
     pt = tmp_path / "m.pt"
     assert main(["export", str(path), "--format", "torchscript", "--output", str(pt)]) == 0
     extra = {"metadata.json": ""}
-    with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript, which still loads
+    with warnings.catch_warnings():  # newer torch deprecates TorchScript; it still loads
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.load(str(pt), _extra_files=extra)
     assert {k: json.loads(v) for k, v in json.loads(extra["metadata.json"]).items()} == props
