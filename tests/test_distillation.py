@@ -422,6 +422,20 @@ def test_build_teacher_torchvision_name():
     assert not t.model.training
 
 
+def test_a_teacher_is_in_eval_mode_from_the_start():
+    """`Teacher.training` is False as built (the README calls it frozen, in eval mode), and
+    stays so; the fast frozen teacher too."""
+    from deit.teacher import optimize_teacher
+
+    t = Teacher(timm.create_model("test_resnet", num_classes=3))
+    assert not t.training and not any(m.training for m in t.modules())
+    t.train()
+    assert not t.training and not any(m.training for m in t.modules())
+    views = torch.randn(8, 3, 32, 32)
+    fast, _ = optimize_teacher(t, "fp32", views[4:], calibration=views[:4])
+    assert not fast.training and not any(m.training for m in fast.modules())
+
+
 def _project_checkpoint(tmp_path, model, name, num_classes, img_size, mean, std, fname="t.pth"):
     path = tmp_path / fname
     torch.save(
