@@ -278,29 +278,23 @@ def export_model(
     else:
         model, info = _load(checkpoint_or_model, model_name)
     shape = _input_shape(model, info, input_size)
-    if info is None:
-        try:
-            info = info_from_model(model)
-        except ValueError:  # a bare module: the file carries its input size and head only
-            pass
-    metadata = export_metadata(info, shape, head)
+    metadata = export_metadata(info or _info_or_none(model), shape, head)
     previous = getattr(model, "head_choice", None)
+    checks = (trace_batch, check_batch, atol)
     try:
-        return _export(
-            model,
-            shape,
-            Path(output),
-            format,
-            head,
-            (trace_batch, check_batch),
-            atol,
-            opset,
-            exporter,
-            metadata,
-        )
+        return _export(model, shape, Path(output), format, head, checks, opset, exporter, metadata)
     finally:
         if previous is not None:
             model.set_head(previous)
+
+
+def _info_or_none(model: nn.Module) -> ModelInfo | None:
+    """What a module built in Python tells of itself, or ``None`` (a bare module: its export
+    carries the input size and head only)."""
+    try:
+        return info_from_model(model)
+    except ValueError:
+        return None
 
 
 def _check_options(format: str, exporter: str, head: str) -> None:
@@ -351,16 +345,18 @@ def _export(
     path: Path,
     format: str,
     head: str,
-    batches: tuple[int, int],
-    atol: float,
+    checks: tuple[int, int, float],
     opset: int,
     exporter: str,
     metadata: dict[str, str],
 ) -> ExportResult:
+    """Export ``model`` traced at ``checks[0]`` images, check it on ``checks[1]`` images within
+    ``checks[2]`` of PyTorch, write it with ``metadata``."""
+    trace_batch, check_batch, atol = checks
     wrapper = InferenceWrapper(model.float(), head).eval()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batches[0], *shape, generator=gen)
-    x_check = torch.randn(batches[1], *shape, generator=gen)
+    x = torch.randn(trace_batch, *shape, generator=gen)
+    x_check = torch.randn(check_batch, *shape, generator=gen)
     with warnings.catch_warnings():
         # Tracer warnings about shape reads and the deprecation notices of the exporters.
         warnings.simplefilter("ignore")
