@@ -608,6 +608,17 @@ def test_plain_deit_student_asked_to_distil_is_refused_before_anything_is_built(
     assert not (tmp_path / "run").exists()
 
 
+def test_demo_student_preset_without_its_teacher_names_the_teacher_preset(tmp_path, capsys):
+    from deit.cli import main
+
+    assert main(["train", "--preset", "demo_student", "--output_dir", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == (
+        "deit train: error: --distillation-type soft needs a trained teacher: pass "
+        "--teacher-path with its weights (train one with `deit train --preset demo_teacher`) or "
+        "--teacher-labels with a store of its labels.\n"
+    )
+
+
 def test_check_student_enables_pair_output_and_checks_classes():
     model = create_model("deit_pico_distilled_patch4_28", num_classes=3, depth=1).train()
     assert isinstance(model(torch.randn(1, 3, 28, 28)), torch.Tensor)

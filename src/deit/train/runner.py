@@ -128,9 +128,15 @@ def _check_student_name(cfg: Config) -> None:
 
 def _check_teacher_given(cfg: Config) -> None:
     if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
+        # the demo's student preset has its own teacher preset
+        how = (
+            "--preset demo_teacher"
+            if cfg.teacher_model == "test_resnet"
+            else "--model resnet18 ..."
+        )
         raise ValueError(
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
-            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
+            f"--teacher-path with its weights (train one with `deit train {how}`) "
             "or --teacher-labels with a store of its labels."
         )
 
