@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ._notes import print_note
 from .config import Config, config_from_args
 from .data.transforms import mix_batch
 from .teacher.for_run import build_run_teacher
@@ -99,17 +101,16 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _check_pass(cfg: Config, top_k: int | None, teacher_batch_size: int) -> None:
-    """Refuse, in one sentence, a bad ``top_k`` or batch size, a top-1 store for a soft run
-    (which would refuse it), or a configuration without the teacher's weights."""
+    """Refuse, in one sentence, a bad ``top_k`` or batch size or a configuration without the
+    teacher's weights; note that a top-1 store made with soft flags serves hard runs only."""
     if (top_k is not None and top_k < 0) or teacher_batch_size < 1:
         raise ValueError(
             f"top_k ({top_k}) must be >= 0 and teacher_batch_size ({teacher_batch_size}) >= 1."
         )
-    if top_k == 0 and cfg.distillation_type == "soft":
-        raise ValueError(
-            "--top-k 0 stores the teacher's top-1 classes only, which the soft-distillation run "
-            "these flags describe cannot read; leave --top-k out (full logits for a soft run) "
-            "or give K for the top-K probabilities."
+    if top_k == 0 and cfg.distillation_type == "soft" and os.environ.get("RANK", "0") == "0":
+        print_note(
+            "top-k 0 stores the teacher's top-1 classes only: hard-distillation runs read it, "
+            "the soft run these flags describe refuses it; leave --top-k out for full logits."
         )
     if not cfg.teacher_path:
         raise ValueError(
@@ -171,7 +172,7 @@ def compute_teacher_labels(
         (seconds of teacher forward) and ``seconds`` (the whole pass).
 
     Raises:
-        ValueError: ``top_k < 0``, ``top_k`` 0 for a soft run, no teacher, or what building the data
+        ValueError: ``top_k < 0``, no teacher, or what building the data
             and teacher raise (bad paths, class counts).
         deit._write.WriteError: the disk cannot hold the store, or the folder cannot be
             written (one sentence with the bytes needed and free; an older store is intact).
