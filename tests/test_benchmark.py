@@ -166,3 +166,27 @@ def test_cli_unknown_model_is_one_line_error(capsys):
     assert main(["benchmark", "--models", "deit_tinny", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "Unknown model name" in err and "Traceback" not in err
+
+
+def test_benchmark_prints_no_stray_warning_where_a_cuda_toolkit_has_no_gpu(tmp_path):
+    """torch logs "No CUDA runtime is found, using CUDA_HOME=..." when its benchmark timer is
+    imported on a machine with a CUDA toolkit and no GPU; `deit benchmark` prints only its own
+    lines."""
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
+    argv = ["benchmark", "--models", "deit_pico_patch4_28", "--device", "cpu"]
+    argv += ["--batch-size", "2", "--warmup", "1", "--min-time", "0.05", "--no-latency"]
+    code = f"import sys; from deit.cli import main; sys.exit(main({argv!r}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "deit_pico_patch4_28" in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        line for line in proc.stderr.strip().splitlines() if line.startswith("deit_pico")
+    ]

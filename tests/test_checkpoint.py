@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 
 import pytest
 import timm
@@ -186,12 +187,56 @@ def test_pretrained_without_network_is_one_sentence(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(CheckpointError, match="pass it with checkpoint_path=") as e:
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CheckpointError) as e:
         deit.create_model("deit_tiny_patch16_224", pretrained=True)
-    assert "deit_tiny_patch16_224-a1311bcf.pth" in str(e.value)
+    cache = tmp_path / "hub" / "checkpoints"
+    assert str(e.value) == (
+        "Could not download the official weights of deit_tiny_patch16_224 "
+        "https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth (OSError: Name "
+        "or service not known); download deit_tiny_patch16_224-a1311bcf.pth where a network is "
+        f"available and place it in {cache} (the same URL then reads it from there), or pass "
+        "the file's local path."
+    )
+    assert "--checkpoint" not in str(e.value)  # no command has that flag
     with pytest.raises(CheckpointError, match="no official pretrained weights"):
         deit.create_model("deit_pico_patch4_28", pretrained=True)
+
+
+def test_finetune_from_a_url_goes_through_the_hub_cache(tmp_path, monkeypatch, capsys):
+    """As the official code: ``--finetune https://...`` is fetched once into torch.hub's cache
+    (hash-checked) and read from there; offline it is one sentence with the URL intact."""
+    from deit.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    source = tmp_path / "pico.pth"
+    torch.save(deit.create_model("deit_pico_patch4_28", num_classes=10).state_dict(), source)
+    url = "https://example.org/weights/pico-0123abcd.pth"
+    fetched = []
+
+    def download(got_url, dst, hash_prefix=None, progress=True):
+        fetched.append((got_url, hash_prefix))
+        shutil.copyfile(source, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    argv = ["train", "--model", "deit_pico_patch4_28", "--data-set", "digits", "--epochs", "1"]
+    argv += ["--train-subset", "64", "--batch-size", "32", "--warmup-epochs", "0"]
+    argv += ["--num_workers", "0", "--no-progress", "--finetune", url]
+    assert main([*argv, "--output_dir", str(tmp_path / "a")]) == 0
+    assert deit.checkpoints.read_weights(url).state_dict.keys() == torch.load(source).keys()
+    assert fetched == [(url, "0123abcd")]  # once: the second read takes the cached copy
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / "pico-0123abcd.pth").is_file()
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    other = "https://example.org/weights/other.pth"
+    capsys.readouterr()
+    assert main([*argv, "--finetune", other, "--output_dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"deit train: error: Could not download the checkpoint {other} (")
+    assert len(err.strip().splitlines()) == 1 and "https:/e" not in err
 
 
 def test_pretrained_uses_hub_cache(tmp_path, monkeypatch):

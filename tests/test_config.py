@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from deit.config import (
+    PRESETS,
     RETIRED,
     Config,
     ConfigError,
@@ -161,8 +162,9 @@ def test_validate_reports_all_problems() -> None:
 
 
 def test_presets_and_their_yaml_files() -> None:
-    assert list_presets() == ["imagenet", "finetune384", "cifar", "small"]
-    for name in list_presets():
+    assert list_presets() == [*PRESETS, "demo_teacher", "demo_student"]
+    assert list(PRESETS) == ["imagenet", "finetune384", "cifar", "small"]
+    for name in PRESETS:  # the demo's presets follow its settings: no file to go stale
         from_file = Config.from_yaml(CONFIGS / f"{name}.yaml")
         assert from_file == get_preset(name), name
     ft = get_preset("finetune384")
@@ -247,7 +249,7 @@ def test_every_field_is_read_outside_config() -> None:
 
 
 def test_preset_files_are_generated_from_presets(tmp_path: Path) -> None:
-    for name in list_presets():
+    for name in PRESETS:
         generated = write_preset_yaml(name, tmp_path / f"{name}.yaml").read_text()
         assert (CONFIGS / f"{name}.yaml").read_text() == generated, f"regenerate {name}.yaml"
 
@@ -286,3 +288,26 @@ def test_merged_problems_name_the_flag_or_file_that_set_the_key(tmp_path: Path) 
         config_from_args(_parser().parse_args(["--config", str(p)]))
     with pytest.raises(ConfigError, match=r"^With --batch-size, 'batch_size' is 7 but Mixup"):
         config_from_args(_parser().parse_args(["--preset", "small", "--batch-size", "7"]))
+
+
+def test_help_under_a_preset_shows_its_values_and_print_config_prints_the_run(capsys) -> None:
+    import yaml
+
+    from deit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "small", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    assert "(default: 'deit_tiny_patch4_28', from --preset small)" in text
+    assert "(default: 30, from --preset small)" in text  # --epochs
+    assert "(default: 0.05, from --preset small)" in text  # --drop-path
+    assert "(default: 0.05)" in text  # --weight-decay: the preset leaves it
+    assert "--print-config prints every value a run would use" in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 'deit_base_patch16_224')" in text and "from --preset" not in text
+    argv = ["train", "--preset", "demo_student", "--seed", "3", "--print-config"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == get_preset("demo_student").replace(seed=3).to_dict()

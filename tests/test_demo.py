@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 
 from deit.cli import build_parser, main
-from deit.config import Config, config_from_args
+from deit.config import Config, config_from_args, get_preset
 from deit.data import build_dataset
 from deit.demo import (
     CLAIMS,
@@ -326,3 +326,32 @@ def test_documented_commands_reproduce_the_demo_runs():
         want = Config.from_dict(job.cfg).to_dict()
         differ = {k for k in want if got[k] != want[k]} - {"output_dir", "teacher_path", "device"}
         assert not differ, {k: (got[k], want[k]) for k in differ}
+
+
+def test_demo_presets_are_the_demos_seed_0_runs():
+    """``--preset demo_teacher`` / ``demo_student`` (the README's commands) are the runs ``deit
+    demo`` makes of its first seed, read from the same settings."""
+    s = DemoSettings()
+    n, seed = s.train_images, s.seeds[0]
+    base = Path("runs/demo") / f"n{n}" / f"seed{seed}"
+    for preset, v in (("demo_teacher", TEACHER), ("demo_student", LEADING)):
+        want = Config.from_dict(_config(s, _Job(RunSpec(v), n, seed, base / v.key))).to_dict()
+        got = get_preset(preset).to_dict()
+        # where the run writes, the machine, and the teacher's file are the command's to say
+        skip = {"output_dir", "teacher_path", "device"}
+        differ = {k for k in want if got[k] != want[k]} - skip
+        assert not differ, {k: (got[k], want[k]) for k in differ}
+    student = get_preset("demo_student")
+    assert (student.distillation_type, student.model) == ("soft", s.distilled_student)
+    assert student.epochs == s.epochs(s.student_images, n) and student.batch_size == s.batch_size
+
+
+def test_demo_help_is_plain_and_says_what_the_default_run_trains(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "``" not in text and ":func:" not in text and ":mod:" not in text
+    # the default run is the headline pair; hard distillation and the rest are --full's
+    assert "The default run measures the headline pair (no distillation vs the leading soft" in text
+    assert "With --full it measures every claim of the paper: hard vs soft vs none" in text
+    assert "smoke run" in text and "--preset demo_teacher" in text

@@ -422,6 +422,20 @@ def test_build_teacher_torchvision_name():
     assert not t.model.training
 
 
+def test_a_teacher_is_in_eval_mode_from_the_start():
+    """`Teacher.training` is False as built (the README calls it frozen, in eval mode), and
+    stays so; the fast frozen teacher too."""
+    from deit.teacher import optimize_teacher
+
+    t = Teacher(timm.create_model("test_resnet", num_classes=3))
+    assert not t.training and not any(m.training for m in t.modules())
+    t.train()
+    assert not t.training and not any(m.training for m in t.modules())
+    views = torch.randn(8, 3, 32, 32)
+    fast, _ = optimize_teacher(t, "fp32", views[4:], calibration=views[:4])
+    assert not fast.training and not any(m.training for m in fast.modules())
+
+
 def _project_checkpoint(tmp_path, model, name, num_classes, img_size, mean, std, fname="t.pth"):
     path = tmp_path / fname
     torch.save(
@@ -555,9 +569,54 @@ def test_grayscale_teacher_uses_one_channel_normalisation():
 
 def test_check_student_rejects_non_distilled_model():
     model = create_model("deit_pico_patch4_28", num_classes=3, depth=1)
-    with pytest.raises(ValueError, match="distillation token.*deit_tiny_distilled"):
+    with pytest.raises(ValueError) as e:
         check_student(model, "hard")
+    assert str(e.value) == (
+        "Distillation (hard) needs a student with a distillation token and head, but "
+        "deit_pico_patch4_28 has none; train its distilled twin deit_pico_distilled_patch4_28 "
+        "(--model deit_pico_distilled_patch4_28), or pass --distillation-type none."
+    )
+    cnn = timm.create_model("test_resnet", num_classes=3)
+    with pytest.raises(ValueError, match="test_resnet has none; train a distilled DeiT such as"):
+        check_student(cnn, "soft")
     check_student(model, "none")  # fine without distillation
+
+
+def test_plain_deit_student_asked_to_distil_is_refused_before_anything_is_built(
+    tmp_path, capsys, monkeypatch
+):
+    """``deit train`` of a plain 28 px DeiT with soft distillation: one line naming its 28 px
+    distilled twin, before the data, the teacher or its calibration (none is built)."""
+    from deit.cli import main
+    from deit.teacher import for_run
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher was built")
+
+    monkeypatch.setattr(for_run, "build_teacher", never)
+    argv = ["train", "--preset", "small", "--model", "deit_nano_patch7_28"]
+    argv += ["--distillation-type", "soft", "--teacher-model", "test_resnet"]
+    argv += ["--teacher-path", str(tmp_path / "t.pth"), "--output_dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "deit train: error: Distillation (soft) needs a student with a distillation token and "
+        "head, but deit_nano_patch7_28 has none; train its distilled twin "
+        "deit_nano_distilled_patch7_28 (--model deit_nano_distilled_patch7_28), or pass "
+        "--distillation-type none.\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_student_preset_without_its_teacher_names_the_teacher_preset(tmp_path, capsys):
+    from deit.cli import main
+
+    assert main(["train", "--preset", "demo_student", "--output_dir", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == (
+        "deit train: error: --distillation-type soft needs a trained teacher: pass "
+        "--teacher-path with its weights (train one with `deit train --preset demo_teacher`) or "
+        "--teacher-labels with a store of its labels.\n"
+    )
 
 
 def test_check_student_enables_pair_output_and_checks_classes():

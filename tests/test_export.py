@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 
 import onnx
 import onnxruntime as ort
@@ -136,3 +137,40 @@ def test_failed_parity_check_is_reported_and_file_removed(tmp_path, monkeypatch)
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(ValueError, match="Unknown export format"):
         export_model(_pico(), tmp_path / "m.x", format="tflite")
+
+
+def test_exported_files_carry_normalisation_size_and_class_names(tmp_path, capsys):
+    """ONNX metadata_props and TorchScript's metadata.json hold what feeding the file needs
+    (the values the checkpoint records), and `deit export` prints them."""
+    import json
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    path = tmp_path / "run.pth"
+    _checkpoint(path, _pico())
+    ck = torch.load(path, weights_only=True)
+    torch.save({**ck, "class_names": names, "mean": (0.13114,) * 3, "std": (0.30835,) * 3}, path)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert props == {
+        "input_size": [3, 28, 28],
+        "head": "both",
+        "model_name": NAME,
+        "mean": [0.13114] * 3,
+        "std": [0.30835] * 3,
+        "crop_pct": 1.0,
+        "class_names": names,
+    }
+    assert "metadata (metadata_props, JSON values):\n" in printed
+    assert "  mean: [0.13114, 0.13114, 0.13114]\n" in printed
+    assert f"  class_names: {json.dumps(names)}\n" in printed
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["std"]) == [0.30835] * 3
+    pt = tmp_path / "m.pt"
+    assert main(["export", str(path), "--format", "torchscript", "--output", str(pt)]) == 0
+    extra = {"metadata.json": ""}
+    with warnings.catch_warnings():  # newer torch deprecates TorchScript; it still loads
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(pt), _extra_files=extra)
+    assert {k: json.loads(v) for k, v in json.loads(extra["metadata.json"]).items()} == props

@@ -177,3 +177,80 @@ def test_channel_mismatch_names_in_chans():
     model = deit.create_model("deit_pico_patch7_28", num_classes=10)
     with pytest.raises(ValueError, match=r"3 channels but got \(1, 1, 28, 28\).*in_chans=1"):
         model(torch.randn(1, 1, 28, 28))
+
+
+def _expand(pattern: str) -> list[str]:
+    """Names a documented pattern stands for: ``{a,b}`` is either, ``[x]`` is x or nothing."""
+    import re
+
+    m = re.search(r"\{([^{}]*)\}|\[([^\[\]]*)\]", pattern)
+    if m is None:
+        return [pattern]
+    options = m[1].split(",") if m[1] is not None else [m[2], ""]
+    return [n for o in options for n in _expand(pattern[: m.start()] + o + pattern[m.end() :])]
+
+
+def test_every_model_name_the_docs_promise_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    patterns = {
+        p
+        for t in texts
+        for p in re.findall(r"`(deit_[^`\s]+)`", t.read_text())
+        if "*" not in p and "." not in p  # a glob or a file name, not a model name
+    }
+    names = {n for p in patterns for n in _expand(p)}
+    assert _expand("deit_{tiny,small}[_distilled]_patch4_{28,32}") == [
+        "deit_tiny_distilled_patch4_28",
+        "deit_tiny_distilled_patch4_32",
+        "deit_tiny_patch4_28",
+        "deit_tiny_patch4_32",
+        "deit_small_distilled_patch4_28",
+        "deit_small_distilled_patch4_32",
+        "deit_small_patch4_28",
+        "deit_small_patch4_32",
+    ]
+    assert "deit_small_patch4_28" in names and len(names) == 24
+    unknown = sorted(n for n in names if n not in deit.list_models())
+    assert unknown == []
+    for name in sorted(names):
+        with torch.device("meta"):  # the architecture, without filling 87 M weights
+            model = deit.create_model(name, num_classes=10)
+        side = get_model_spec(name).img_size
+        assert model.default_cfg["input_size"] == (3, side, side), name
+
+
+def test_list_models_shows_kind_and_input_size_and_finds_teachers(capsys):
+    from deit.cli import main
+
+    assert main(["list-models"]) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert out.split()[:4] == ["name", "kind", "input", "px"]
+    assert rows["deit_nano_patch7_28"] == ["DeiT", "28"]
+    assert rows["deit_small_distilled_patch4_28"] == ["DeiT", "distilled", "28"]
+    assert rows["deit_base_distilled_patch16_384"] == ["DeiT", "distilled", "384", "official"]
+    assert len(rows) == len(deit.list_models()) and "test_resnet" not in rows
+    assert "deit list-models '*resnet*'" in err  # where the teachers are
+    # a pattern searches timm and torchvision too: the README's teacher is found
+    assert main(["list-models", "*resnet*"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["test_resnet"] == ["timm", "160"]
+    assert rows["torchvision:resnet18"] == ["torchvision", "224"]
+    assert main(["list-models", "--names", "--pretrained"]) == 0
+    assert capsys.readouterr().out.split() == deit.list_models(pretrained=True)
+
+
+def test_list_datasets_names_each_one_and_where_its_images_come_from(capsys):
+    from deit.cli import main
+    from deit.data import list_datasets
+
+    assert main(["list-datasets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == list_datasets()
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert rows["mnist5k"].split()[1:3] == ["10", "28"] and "bundled" in rows["mnist5k"]
+    assert "cifar-10-batches-py/" in rows["cifar10"] and "--data-path" in rows["imagenet"]

@@ -34,7 +34,7 @@ def test_import_deit_changes_no_environment_and_the_command_sets_omp_policy(tmp_
     code = (
         "import os, sys\n"
         "from deit.cli import main\n"
-        "main(['list-models', 'deit_tiny_patch16_224'])\n"
+        "main(['list-models', '--names', 'deit_tiny_patch16_224'])\n"
         "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
     )
     out = subprocess.run(

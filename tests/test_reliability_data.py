@@ -19,8 +19,8 @@ from torchvision import transforms
 import deit
 from conftest import write_image_tree
 from deit.checkpoints import RunCheckpoint
-from deit.cli import main
-from deit.config import Config
+from deit.cli import build_parser, main
+from deit.config import Config, config_from_args
 from deit.data.datasets import build_dataset
 from deit.data.files import CorruptImageError
 from deit.data.images import load_rgb, to_display_mode
@@ -201,12 +201,38 @@ def test_input_size_and_normalisation_default_to_the_model() -> None:
     r = resolve_inputs(over, digits)
     assert (r.input_size, r.mean, r.std) == (32, (0.5,) * 3, DIGITS_STD)
     assert r.notes == [
-        "input size 32 px as set (--input-size) instead of the 28 px of the deit_tiny_patch4_28 "
-        "registry entry.",
-        "normalising with mean (0.5, 0.5, 0.5), std (0.3764, 0.3764, 0.3764) as set "
-        "(--mean/--std) instead of the digits statistics: mean (0.3058, 0.3058, 0.3058), std "
-        "(0.3764, 0.3764, 0.3764).",
+        "input size 32 px as set in the configuration (input_size) instead of the 28 px of the "
+        "deit_tiny_patch4_28 registry entry.",
+        "normalising with mean (0.5, 0.5, 0.5), std (0.3764, 0.3764, 0.3764) as set in the "
+        "configuration (mean) instead of the digits statistics: mean (0.3058, 0.3058, 0.3058), "
+        "std (0.3764, 0.3764, 0.3764).",
     ]
+
+
+def test_notes_name_who_set_the_value_and_follow_the_model_check(capsys) -> None:
+    """A value from a preset is named as the preset's, one typed as the flag; an unknown model
+    name is the one line, before any note."""
+    digits = deit.data.dataset_info("digits")
+    parser = build_parser()
+    argv = ["train", "--preset", "small", "--model", "test_resnet", "--mean", "0.5", "0.5", "0.5"]
+    cfg = config_from_args(parser.parse_args(argv))
+    assert resolve_inputs(cfg, digits).notes[0] == (
+        "input size 28 px as set by --preset small instead of the 160 px of timm's "
+        "pretrained_cfg of test_resnet."
+    )
+    assert (
+        "as set by --mean instead of the digits statistics" in resolve_inputs(cfg, digits).notes[1]
+    )
+    cfg = config_from_args(
+        parser.parse_args(["train", "--model", "test_resnet", "--input-size", "32"])
+    )
+    assert (
+        resolve_inputs(cfg, digits).notes[0].startswith("input size 32 px as set by --input-size ")
+    )
+    argv = ["train", "--preset", "small", "--model", "nosuch", "--output_dir", "unused"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deit train: error: Unknown model name 'nosuch'") and "note" not in err
 
 
 def test_finetuning_defaults_to_the_weights_normalisation(tmp_path) -> None:

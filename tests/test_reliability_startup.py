@@ -44,7 +44,7 @@ def _subcommands() -> list[str]:
 
 def test_help_version_and_argument_errors_import_no_torch():
     commands = _subcommands()
-    assert len(commands) == 9  # list-models, train, teacher-labels, eval, demo, ... export
+    assert len(commands) == 10  # list-models, list-datasets, train, teacher-labels, ... export
     argvs = [["--help"], ["--version"], *([c, "--help"] for c in commands)]
     errors = [
         ["train", "--epochs", "two"],  # a bad value

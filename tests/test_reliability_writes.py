@@ -399,3 +399,25 @@ def test_interrupted_label_pass_keeps_the_older_store(tree, tmp_path, monkeypatc
     monkeypatch.setattr(label_pass, "_teacher_pass", real)  # and a whole pass replaces it
     label_pass.compute_teacher_labels(cfg.replace(seed=1), out, top_k=4, progress=False)
     assert TeacherLabelStore(out).kind == "logits" and not list(out.glob(".*"))
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_take_the_users_umask(tmp_path, mask):
+    """Checkpoints, exports, configs and results get what a plain open() gives (0o666 less the
+    umask), not the temporary file's private 0o600."""
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        atomic_save({"w": torch.zeros(2)}, tmp_path / "checkpoint.pth")
+        write_mod.atomic_write_text(tmp_path / "config.yaml", "epochs: 1\n")
+        model = deit.create_model("deit_pico_patch4_28", num_classes=10)
+        deit.export.export_model(model, tmp_path / "m.pt", format="torchscript")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(
+        ["plain.txt", "checkpoint.pth", "config.yaml", "m.pt"], 0o666 & ~mask
+    )

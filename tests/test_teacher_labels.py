@@ -186,6 +186,26 @@ def test_top1_store_refuses_soft_distillation_and_cli_writes_one(teacher_ckpt, t
         labels.check_run(soft, 10, 48, 1)
 
 
+def test_the_store_kind_follows_the_runs_distillation_type(teacher_ckpt, tmp_path, capsys):
+    """Without --top-k the store is what the run its flags describe reads: full logits for a
+    soft run (which then trains from it); --top-k 0 with soft flags writes the top-1 store it
+    asks for (hard runs read it) with a note that the soft run refuses it."""
+    soft = _cfg(teacher_ckpt, epochs=1, distillation_type="soft", distillation_tau=2.0)
+    out = tmp_path / "labels"
+    args = ["teacher-labels", "--config", _yaml(soft, tmp_path), "--output", str(out)]
+    assert main(args) == 0
+    labels = TeacherLabelStore(out)
+    assert labels.kind == "logits" and labels.manifest["top_k"] == 10
+    labels.check_run(_resolved(soft.replace(teacher_labels=str(out))), 10, 48, 1)
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "top1"), "--top-k", "0"]) == 0
+    assert capsys.readouterr().err.startswith(
+        "note: top-k 0 stores the teacher's top-1 classes only: hard-distillation runs read it, "
+        "the soft run these flags describe refuses it; leave --top-k out for full logits.\n"
+    )
+    assert TeacherLabelStore(tmp_path / "top1").kind == "top1"
+
+
 def test_store_size_of_mnist5k_hard_labels() -> None:
     # 4,000 training digits x 100 epochs, one uint8 class per view: 0.4 MB (+ the header)
     assert store_size_bytes(4000, 100, 10) == 400_000 + 128 < 2_000_000

@@ -1,7 +1,7 @@
 """`deit` command line: turns flags into calls of the library, nothing more.
 
-Subcommands: list-models, train, teacher-labels, eval, demo, predict, analyze, benchmark,
-export. Heavy modules
+Subcommands: list-models, list-datasets, train, teacher-labels, eval, demo, predict, analyze,
+benchmark, export. Heavy modules
 are imported inside each handler so `deit --help` stays fast.
 """
 
@@ -24,18 +24,66 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 
 def _list_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from ._notes import print_note
+    from .models.catalog import model_rows
 
-    for name in list_models(args.pattern, pretrained=args.pretrained):
-        print(name)
+    # without a pattern, this package's models; a pattern searches timm and torchvision too
+    rows = model_rows(args.pattern or "*", args.pretrained, teachers=args.pattern is not None)
+    if args.names:
+        print("\n".join(r.name for r in rows))
+    else:
+        table = [("name", "kind", "input px", "weights")]
+        table += [
+            (r.name, r.kind, str(r.input_size), "official" * r.official_weights) for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        for row in table:
+            print(("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3]).rstrip())
+    if args.pattern is None and not args.pretrained:
+        print_note(
+            "timm's and torchvision's models serve as teachers (and as CNNs to train) too; "
+            "give a pattern to list them with these, e.g. deit list-models '*resnet*'."
+        )
     return 0
 
 
 def _add_list_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list-models", help="print the registered model names")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. '*tiny*'")
+    p = sub.add_parser(
+        "list-models",
+        help="list the models a run can name: DeiT, and with a pattern timm's and torchvision's",
+        description="The DeiT configurations (official and small-image ones) with their kind and "
+        "input size; given a pattern, also the timm and torchvision models that match it, which "
+        "serve as teachers (--teacher-model) or CNNs to train.",
+    )
+    p.add_argument("pattern", nargs="?", help="shell-style pattern, e.g. '*tiny*' or '*resnet*'")
     p.add_argument("--pretrained", action="store_true", help="only names with official weights")
+    p.add_argument("--names", action="store_true", help="names only, one a line")
     p.set_defaults(func=_list_models)
+
+
+def _list_datasets(args: argparse.Namespace) -> int:
+    from .data.info import dataset_info, list_datasets
+
+    table = [("name", "classes", "image px", "where the images come from")]
+    for name in list_datasets():
+        info = dataset_info(name)
+        classes = "per folder" if info.num_classes is None else f"{info.num_classes:,}"
+        size = "varies" if info.image_size is None else str(info.image_size)
+        table.append((name, classes, size, info.source))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def _add_list_datasets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "list-datasets",
+        help="list the data sets --data-set takes, and where each one's images come from",
+        description="The names --data-set takes, their class count, image size and where the "
+        "images come from (bundled, or the folder to pass with --data-path).",
+    )
+    p.set_defaults(func=_list_datasets)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_list_models(sub)
+    _add_list_datasets(sub)
     for mod in _JOB_MODULES:
         try:
             module = importlib.import_module(f"deit.{mod}")
@@ -134,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _notes_as_lines():
             return int(args.func(args) or 0)
+    except BrokenPipeError:  # `deit list-models | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError, MissingExtraError) as e:
         if os.environ.get("DEIT_DEBUG"):
             raise

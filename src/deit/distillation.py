@@ -66,6 +66,24 @@ def _check_type(distillation_type: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def not_distilled_message(name: str, distillation_type: str) -> str:
+    """The one sentence refusing distillation of ``name``, a model without a distillation token
+    and head, pointing to its distilled twin where one is registered."""
+    from .models.registry import distilled_twin
+
+    twin = distilled_twin(name)
+    fix = (
+        f"train its distilled twin {twin} (--model {twin})"
+        if twin
+        else "train a distilled DeiT such as deit_tiny_distilled_patch16_224 "
+        "(deit list-models '*distilled*')"
+    )
+    return (
+        f"Distillation ({distillation_type}) needs a student with a distillation token and "
+        f"head, but {name} has none; {fix}, or pass --distillation-type none."
+    )
+
+
 def check_student(
     model: nn.Module, distillation_type: str, teacher: nn.Module | None = None
 ) -> None:
@@ -76,7 +94,7 @@ def check_student(
 
     Raises:
         ValueError: unknown ``distillation_type``; distillation asked of a model without a
-            distillation token and head; a ``teacher`` whose ``num_classes`` differs from the
+            distillation token and head (naming its distilled twin); a ``teacher`` whose ``num_classes`` differs from the
             student's.
     """
     _check_type(distillation_type)
@@ -84,11 +102,9 @@ def check_student(
     if distillation_type == "none":
         return
     if not hasattr(student, "set_distilled_training"):
-        raise ValueError(
-            f"distillation_type={distillation_type!r} needs a model with a distillation token "
-            f"and head, but {type(student).__name__} has none; use a distilled model such as "
-            "deit_tiny_distilled_patch16_224, or distillation_type='none'."
-        )
+        cfg = getattr(student, "default_cfg", None) or getattr(student, "pretrained_cfg", {})
+        name = cfg.get("architecture", type(student).__name__)
+        raise ValueError(not_distilled_message(name, distillation_type))
     s_nc = getattr(student, "num_classes", None)
     t_nc = getattr(teacher, "num_classes", None) if teacher is not None else None
     if s_nc is not None and t_nc is not None and int(s_nc) != int(t_nc):

@@ -14,12 +14,18 @@ A distilled model exports its inference output: the average of its two heads (th
 fusion, section 4), or one head alone with ``head``. Before success is reported the exported
 model is run on a random batch of another size than the traced one and compared with PyTorch;
 the maximum absolute difference is returned (and printed by the CLI).
+
+What a user of the file needs to feed it travels with it (:func:`export_metadata`): in an ONNX
+file as ``metadata_props``, in a TorchScript file as the extra file ``metadata.json``; each value
+a JSON text: ``model_name``, ``input_size`` ``[C, H, W]``, ``mean`` and ``std`` (per channel, on
+pixels scaled to [0, 1]), ``crop_pct``, ``head`` and ``class_names`` (index order).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -37,7 +43,14 @@ from .inference import optimize_for_inference
 from .models import HEAD_CHOICES
 from .predict import ModelLike, _set_head, info_from_model, resolve_model
 
-__all__ = ["FORMATS", "ExportError", "ExportResult", "InferenceWrapper", "export_model"]
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "ExportResult",
+    "InferenceWrapper",
+    "export_metadata",
+    "export_model",
+]
 
 #: Export formats: ONNX (onnxruntime) and TorchScript (``torch.jit.trace``).
 FORMATS = EXPORT_FORMATS
@@ -60,6 +73,8 @@ class ExportResult:
         exporter: which exporter wrote the file (``"torchscript-onnx"``, ``"dynamo-onnx"``,
             ``"jit.trace"``).
         head: the distilled model's head that was exported (``"both"``/``"cls"``/``"dist"``).
+        metadata: what the file carries besides the model (:func:`export_metadata`), each value
+            a JSON text.
     """
 
     path: str
@@ -69,6 +84,36 @@ class ExportResult:
     max_abs_diff: float
     exporter: str
     head: str
+    metadata: dict[str, str]
+
+
+def export_metadata(
+    info: ModelInfo | None, shape: tuple[int, int, int], head: str
+) -> dict[str, str]:
+    """What an exported file carries so that it can be fed without this package: ``model_name``,
+    ``input_size`` ``[C, H, W]``, ``mean`` and ``std`` (per channel, on pixels scaled to
+    [0, 1]: ``(pixel / 255 - mean) / std``), ``crop_pct`` (the evaluation centre crop),
+    ``head`` and ``class_names``; each value a JSON text (ONNX ``metadata_props`` hold
+    strings). A module without :class:`ModelInfo` gets the input size and head only."""
+    meta: dict = {"input_size": list(shape), "head": head}
+    if info is not None:
+        meta.update(
+            model_name=info.model_name,
+            mean=[round(float(v), 6) for v in info.mean],
+            std=[round(float(v), 6) for v in info.std],
+            crop_pct=info.crop_pct,
+            class_names=list(info.class_names),
+        )
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def _with_onnx_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
+    """The ONNX file ``data`` with ``metadata`` as its ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    onnx.helper.set_model_props(proto, metadata)
+    return proto.SerializeToString()
 
 
 class InferenceWrapper(nn.Module):
@@ -233,23 +278,23 @@ def export_model(
     else:
         model, info = _load(checkpoint_or_model, model_name)
     shape = _input_shape(model, info, input_size)
+    metadata = export_metadata(info or _info_or_none(model), shape, head)
     previous = getattr(model, "head_choice", None)
+    checks = (trace_batch, check_batch, atol)
     try:
-        return _export(
-            model,
-            shape,
-            Path(output),
-            format,
-            head,
-            trace_batch,
-            check_batch,
-            atol,
-            opset,
-            exporter,
-        )
+        return _export(model, shape, Path(output), format, head, checks, opset, exporter, metadata)
     finally:
         if previous is not None:
             model.set_head(previous)
+
+
+def _info_or_none(model: nn.Module) -> ModelInfo | None:
+    """What a module built in Python tells of itself, or ``None`` (a bare module: its export
+    carries the input size and head only)."""
+    try:
+        return info_from_model(model)
+    except ValueError:
+        return None
 
 
 def _check_options(format: str, exporter: str, head: str) -> None:
@@ -300,12 +345,14 @@ def _export(
     path: Path,
     format: str,
     head: str,
-    trace_batch: int,
-    check_batch: int,
-    atol: float,
+    checks: tuple[int, int, float],
     opset: int,
     exporter: str,
+    metadata: dict[str, str],
 ) -> ExportResult:
+    """Export ``model`` traced at ``checks[0]`` images, check it on ``checks[1]`` images within
+    ``checks[2]`` of PyTorch, write it with ``metadata``."""
+    trace_batch, check_batch, atol = checks
     wrapper = InferenceWrapper(model.float(), head).eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(trace_batch, *shape, generator=gen)
@@ -315,12 +362,14 @@ def _export(
         warnings.simplefilter("ignore")
         if format == "onnx":
             data, used = _export_onnx(wrapper, x, opset, exporter)
+            data = _with_onnx_metadata(data, metadata)
             got = _run_onnx(data, x_check)
         else:
             try:
                 traced = torch.jit.trace(wrapper, x, check_trace=False)
                 buffer = io.BytesIO()
-                torch.jit.save(traced, buffer)
+                extra = {"metadata.json": json.dumps(metadata)}  # as ONNX's metadata_props
+                torch.jit.save(traced, buffer, _extra_files=extra)
             except Exception as e:  # noqa: BLE001
                 raise ExportError(
                     f"TorchScript tracing failed ({type(e).__name__}: {str(e)[:160]})."
@@ -343,6 +392,7 @@ def _export(
         max_abs_diff=diff,
         exporter=used,
         head=head,
+        metadata=metadata,
     )
 
 
@@ -368,4 +418,11 @@ def _run(args: argparse.Namespace) -> int:
         f"{runtime} vs PyTorch on a random batch of {result.check_shape[0]}: "
         f"max abs difference {result.max_abs_diff:.3g}"
     )
+    where = "metadata_props" if result.format == "onnx" else "extra file metadata.json"
+    print(f"metadata ({where}, JSON values):")
+    for key, value in result.metadata.items():
+        names = json.loads(value) if key == "class_names" else []
+        if len(names) > 10:  # ImageNet's thousand: the count and the first few
+            value = f"{len(names)} names: {json.dumps(names[:5])[:-1]}, ...]"
+        print(f"  {key}: {value}")
     return 0

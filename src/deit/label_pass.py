@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -128,12 +129,17 @@ def _max_over_ranks(value: float, distributed: bool) -> float:
     return float(max(out))
 
 
-def _check_pass(cfg: Config, top_k: int, teacher_batch_size: int) -> None:
+def _check_pass(cfg: Config, top_k: int | None, teacher_batch_size: int) -> None:
     """Refuse, in one sentence, a bad ``top_k`` or batch size, or a configuration without the
-    teacher's weights."""
-    if top_k < 0:
+    teacher's weights; note that a top-1 store made with soft flags serves hard runs only."""
+    if top_k is not None and top_k < 0:
         raise ValueError(f"'top_k' is {top_k} but must be at least 0; pass 0 for top-1 labels.")
     check_batch_size(teacher_batch_size, "pass a positive batch size", "teacher_batch_size")
+    if top_k == 0 and cfg.distillation_type == "soft" and os.environ.get("RANK", "0") == "0":
+        print_note(
+            "top-k 0 stores the teacher's top-1 classes only: hard-distillation runs read it, "
+            "the soft run these flags describe refuses it; leave --top-k out for full logits."
+        )
     if not cfg.teacher_path:
         raise ValueError(
             "`deit teacher-labels` needs the trained teacher's weights: pass --teacher-path "
@@ -203,7 +209,7 @@ def compute_teacher_labels(
     cfg: Config,
     output: str | Path,
     *,
-    top_k: int = 0,
+    top_k: int | None = None,
     teacher_batch_size: int = 256,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -224,7 +230,9 @@ def compute_teacher_labels(
         output: folder of the store (created; an older store there is replaced once the new
             one is complete, and kept when the pass fails).
         top_k: 0 stores top-1 classes only (hard distillation); ``k`` < class count also the
-            top-k probabilities; ``k`` >= class count the full logits (soft distillation).
+            top-k probabilities; ``k`` >= class count the full logits (soft distillation);
+            ``None``: what the run ``cfg`` describes reads, the full logits for
+            ``distillation_type='soft'``, top-1 classes otherwise.
         teacher_batch_size: images per teacher forward.
         progress: print one line per epoch on stderr.
 
@@ -292,6 +300,8 @@ def _label_pass(
     install."""
     state = label_pass_state(cfg, device)
     cfg = state.cfg  # with the model's defaults filled in, as the students' runs will have
+    if top_k is None:  # what the run reads: soft needs the teacher's distribution
+        top_k = state.num_classes if cfg.distillation_type == "soft" else 0
     teacher = build_run_teacher(
         cfg,
         state.device,

@@ -120,12 +120,27 @@ def device_name(device: str | torch.device) -> str:
     return f"{model} CPU, {torch.get_num_threads()} threads"
 
 
+def _timer_class() -> type:
+    """:class:`torch.utils.benchmark.Timer`, imported without the line its import logs where a
+    CUDA toolkit is installed but no GPU is present ("No CUDA runtime is found, using
+    CUDA_HOME=..."): it concerns compiling C++ extensions, which no benchmark here does."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer
+
+
 def time_call(fn: Callable[[], Any], warmup: int = 1, min_time: float = 1.0) -> list[float]:
     """Seconds per call of ``fn``, one value per timed block, by
     :class:`torch.utils.benchmark.Timer` (``blocked_autorange(min_run_time=min_time)``, torch's
     current thread count, CUDA synchronised) after ``warmup`` untimed calls."""
-    from torch.utils.benchmark import Timer
-
+    Timer = _timer_class()
     for _ in range(warmup):
         fn()
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())

@@ -21,6 +21,7 @@ from ..models.registry import (
 from ..models.vision_transformer import VisionTransformer
 from .adapt import LoadReport
 from .errors import CheckpointError
+from .fetch import local_file
 from .fit import fit_weights, load_state_dict_into
 from .read import Weights, _image_size, read_weights
 from .run_checkpoint import RunCheckpoint
@@ -72,26 +73,14 @@ def load_pretrained(model: VisionTransformer, spec: ModelSpec) -> LoadReport:
 
     Raises:
         CheckpointError: no official weights exist, or the download failed (no network); the
-            message says how to pass a local file instead.
+            message says where to put the file by hand (:func:`deit.checkpoints.fetch.local_file`).
     """
     if spec.url is None:
         raise CheckpointError(
             f"{spec.name} has no official pretrained weights; pass checkpoint_path=... instead."
         )
-    fname = spec.url.rsplit("/", 1)[1]
-    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    try:
-        torch.hub.load_state_dict_from_url(
-            spec.url, map_location="cpu", check_hash=True, weights_only=True, progress=False
-        )
-    except Exception as e:  # URLError, socket errors, hash mismatch: all one sentence
-        raise CheckpointError(
-            f"Could not fetch the official weights for {spec.name} from {spec.url} "
-            f"({type(e).__name__}: {str(e)[:120]}); download {fname} where a network is "
-            f"available and pass it with checkpoint_path=... (CLI: --checkpoint PATH) or place it "
-            f"in {hub_dir}."
-        ) from None
-    return load_checkpoint(model, hub_dir / fname)
+    path = local_file(spec.url, f"official weights of {spec.name}")
+    return load_checkpoint(model, path)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .errors import CheckpointError
+from .fetch import local_file
 from .finite import refuse_non_finite
 from .hf import convert_hf_deit
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
@@ -157,7 +158,8 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
     (converted with :func:`convert_hf_deit`).
 
     Args:
-        path: the file or folder.
+        path: the file or folder, or a URL (fetched once into torch.hub's cache,
+            :func:`deit.checkpoints.fetch.local_file`).
         use_ema: take the EMA weights (``model_ema``) of a training checkpoint when present.
 
     Returns:
@@ -167,7 +169,7 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
         CheckpointError: missing, unreadable or unsafe file, no state dict inside, or a NaN or
             infinite value in a tensor (the first such tensor is named).
     """
-    path = Path(path)
+    path = Path(local_file(path))  # a URL: torch.hub's cached copy, as the official code
     if path.is_dir():
         return _read_hf_folder(path)
     weights = _read_file(path, use_ema)

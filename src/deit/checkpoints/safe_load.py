@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .fetch import local_file
 
 __all__ = ["checkpoint_path_error", "safe_torch_load"]
 
@@ -79,7 +80,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
             (TorchScript, ONNX), a truncated/corrupt file, or a pickle holding objects other
             than tensors and plain containers (it is refused, never executed).
     """
-    path = Path(path)
+    path = Path(local_file(path))  # a URL: torch.hub's cached copy
     error = checkpoint_path_error(path)
     if error is not None:
         raise error

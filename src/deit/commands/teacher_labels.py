@@ -25,9 +25,11 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--top-k",
         type=int,
-        default=0,
+        default=None,
         metavar="K",
-        help="also store the top-K probabilities (fp16); K >= classes: full fp16 logits",
+        help="0: top-1 classes only; K: also the top-K probabilities (fp16); K >= classes: full "
+        "fp16 logits (default: what the run's --distillation-type reads: full logits for soft, "
+        "top-1 for hard)",
     )
     p.add_argument("--teacher-batch-size", type=int, default=256, help="images per teacher forward")
     add_config_args(p)

@@ -41,13 +41,30 @@ def _none_or(tp: type) -> Any:
     return parse
 
 
+def _help(f: dataclasses.Field, value: Any, preset: str = "") -> str:
+    """A field's help line with the value a run takes when the flag is not given."""
+    where = f", from --preset {preset}" if preset else ""
+    return f"{f.metadata['help']} (default: {value!r}{where})"
+
+
+class _PresetAction(argparse.Action):
+    """``--preset NAME``: stores the name and shows the preset's values as the defaults of the
+    help that follows (``deit train --preset small --help``)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        fields = {f.name: f for f in dataclasses.fields(Config)}
+        preset = preset_overrides(values)
+        for action in parser._actions:
+            if action.dest in preset and action.dest in fields:
+                action.help = _help(fields[action.dest], preset[action.dest], values)
+
+
 def _add_field(group: Any, f: dataclasses.Field, default: Any) -> None:
     """Add the flag of one field to ``group`` (the spellings, type, choices and help)."""
     meta = f.metadata
     flags = [_flag(f.name), *meta.get("flags", [])]
-    kw: dict[str, Any] = dict(
-        dest=f.name, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {default!r})"
-    )
+    kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=_help(f, default))
     if "metavar" in meta:
         kw["metavar"] = meta["metavar"]
     tp, several, optional = field_kind(f)
@@ -72,13 +89,19 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     — dashed forms such as ``--output-dir`` are accepted too); booleans come as ``--x`` /
     ``--no-x``; list fields take several values (``--opt-betas 0.9 0.999``); optional numbers
     accept ``none``. Every flag defaults to ``argparse.SUPPRESS`` so that
-    :func:`config_from_args` can tell what was typed.
+    :func:`config_from_args` can tell what was typed. The help shows the field defaults, or a
+    preset's values when ``--preset NAME`` comes before ``--help``.
 
     Returns:
         The parser.
     """
     parser.add_argument(
-        "--preset", default=argparse.SUPPRESS, choices=list_presets(), help="Named preset."
+        "--preset",
+        default=argparse.SUPPRESS,
+        choices=list_presets(),
+        action=_PresetAction,
+        help="Named preset: the defaults below become its values (give --preset before --help "
+        "to see them; --print-config prints every value a run would use).",
     )
     parser.add_argument(
         "--config",
@@ -125,23 +148,29 @@ def config_from_args(args: argparse.Namespace) -> Config:
     ns = vars(args)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}  # key -> where its value came from, for the messages
+    set_by: dict[str, str] = {}  # key -> who set it, for the notes of the run (Config.set_by)
     if ns.get("preset"):
         merged.update(preset_overrides(ns["preset"]))
+        set_by.update(dict.fromkeys(merged, f"--preset {ns['preset']}"))
     if ns.get("config"):
         from_file = load_yaml_dict(ns["config"])
         check_config_file(from_file, ns["config"])  # also the values flags override
         merged.update(from_file)
         origin.update(dict.fromkeys(from_file, f"In {ns['config']}"))
+        set_by.update(dict.fromkeys(from_file, str(ns["config"])))
     flags = {k: v for k, v in ns.items() if k in Config.field_names()}
     merged.update(flags)
     origin.update({k: f"With {_flag(k)}" for k in flags})
+    set_by.update({k: _flag(k) for k in flags})
     for name, why in RETIRED.items():
         if f"retired_{name}" in ns:
             print_note(f"--{name} is not used: {why}.")
     try:
-        return Config.from_dict(merged)
+        cfg = Config.from_dict(merged)
     except ConfigError as e:
         raise ConfigError(*(_from_where(p, origin) for p in e.problems)) from None
+    cfg.set_by = set_by
+    return cfg
 
 
 def _from_where(problem: str, origin: dict[str, str]) -> str:

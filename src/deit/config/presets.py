@@ -1,7 +1,10 @@
-"""The named presets (the paper's recipes and a small-data one) and their YAML files.
+"""The named presets (the paper's recipes, a small-data one, the demo's two runs) and their
+YAML files.
 
-:data:`PRESETS` is the only place a preset is written; the files ``configs/<name>.yaml`` are
-generated from it by :func:`write_preset_yaml` (a test checks they are up to date).
+:data:`PRESETS` is the only place a written preset lives; the files ``configs/<name>.yaml`` are
+generated from it by :func:`write_preset_yaml` (a test checks they are up to date). The presets
+``demo_teacher`` and ``demo_student`` are derived from :class:`deit.demo.settings.DemoSettings`
+(:func:`demo_presets`), so the README's commands follow the demo wherever its settings go.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from .._write import atomic_write_text
 from .errors import ConfigError
 from .schema import Config
 
-__all__ = ["PRESETS", "get_preset", "list_presets", "preset_overrides", "write_preset_yaml"]
+__all__ = [
+    "PRESETS",
+    "demo_presets",
+    "get_preset",
+    "list_presets",
+    "preset_overrides",
+    "write_preset_yaml",
+]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's ImageNet-1k recipe (Table 9): 8 processes x 128 = global batch 1024,
@@ -105,9 +115,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def demo_presets() -> dict[str, dict[str, Any]]:
+    """The demo's seed-0 runs as presets over ``small``: ``demo_teacher`` (the CNN teacher) and
+    ``demo_student`` (the distilled DeiT in the setting the demo leads with; pass the teacher's
+    checkpoint with ``--teacher-path``). Every value is read from
+    :class:`deit.demo.settings.DemoSettings` as ``deit demo`` turns it into a run (its first
+    training-set size and seed; a test checks the two agree), so changing the demo's budget,
+    batch size or learning rate changes these presets with it.
+    """
+    # a plain dataclass of the study's numbers, importing nothing of deit
+    from ..demo.settings import LEADING, DemoSettings
+
+    s = DemoSettings()
+    n = s.train_images
+
+    def schedule(budget: int, warmup_share: float, batch_size: int) -> dict[str, Any]:
+        epochs = s.epochs(budget, n)
+        warmup = 0 if epochs <= 1 else max(1, round(warmup_share * epochs))
+        every = max(1, epochs // s.curve_points)
+        return dict(
+            epochs=epochs, warmup_epochs=warmup, batch_size=min(batch_size, n), eval_interval=every
+        )
+
+    # digits stay in place (crop padding 0); held-out digits as the demo scores them
+    common = dict(PRESETS["small"], train_subset=n, val_images=s.val_images, eval_unused=True)
+    common.update(crop_padding=0, num_workers=0, seed=s.seeds[0])
+    teacher = dict(common, model=s.teacher, lr=s.teacher_lr, drop_path=0.0)
+    teacher.update(schedule(s.teacher_images, 0.1, s.teacher_batch_size))
+    student = dict(common, model=s.distilled_student, lr=s.lr)
+    student.update(schedule(s.student_images, s.student_warmup, s.batch_size))
+    student.update(
+        cutmix=s.student_cutmix,
+        mixup_prob=s.student_mixup_prob,
+        distillation_type=LEADING.variant,
+        distillation_alpha=LEADING.alpha,
+        distillation_tau=LEADING.tau,
+        kl_reduction=LEADING.kl_reduction,
+        teacher_model=s.teacher,
+        teacher_precision="fp32",  # as the demo: the same teacher outputs on every machine
+    )
+    return {"demo_teacher": teacher, "demo_student": student}
+
+
 def list_presets() -> list[str]:
-    """Names of the presets (``imagenet``, ``finetune384``, ``cifar``, ``small``)."""
-    return list(PRESETS)
+    """Names of the presets (``imagenet``, ``finetune384``, ``cifar``, ``small``,
+    ``demo_teacher``, ``demo_student``)."""
+    return [*PRESETS, "demo_teacher", "demo_student"]
 
 
 def preset_overrides(name: str) -> dict[str, Any]:
@@ -116,9 +169,10 @@ def preset_overrides(name: str) -> dict[str, Any]:
     Raises:
         ConfigError: unknown preset (lists the known ones).
     """
-    if name not in PRESETS:
+    if name not in list_presets():
         raise ConfigError(f"Unknown preset {name!r}; use one of {', '.join(list_presets())}.")
-    return {k: list(v) if isinstance(v, list) else v for k, v in PRESETS[name].items()}
+    values = PRESETS[name] if name in PRESETS else demo_presets()[name]
+    return {k: list(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def get_preset(name: str) -> Config:

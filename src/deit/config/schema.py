@@ -14,7 +14,7 @@ import difflib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import (
@@ -113,7 +113,13 @@ class Config:
 
     Construct with keywords, :meth:`from_dict`, :meth:`from_yaml`, :func:`get_preset` or
     :func:`config_from_args`; check with :meth:`validate`.
+
+    ``set_by`` (not a field) maps a key to who set its value on the command line
+    (``'--preset small'``, ``'--input-size'``, the YAML file's path), so that a run's notes name
+    it; empty for a configuration built in Python.
     """
+
+    set_by: ClassVar[dict[str, str]] = {}
 
     # --- model
     model: Text = _f("deit_base_patch16_224", "Model name (DeiT registry or timm).", group="model")

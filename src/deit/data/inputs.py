@@ -46,9 +46,13 @@ def model_input_defaults(name: str) -> InputDefaults:
     DeiT names: their registry entry (``deit_tiny_patch4_28`` → 28 px); ``torchvision:<name>``:
     224 px, ImageNet statistics; other timm names: their ``pretrained_cfg`` (224 px and
     ImageNet statistics when timm has none).
-    """
-    from ..models.registry import get_model_spec, is_deit_model
 
+    Raises:
+        ValueError: a name no library knows (:func:`deit.models.check_model_name`).
+    """
+    from ..models.registry import check_model_name, get_model_spec, is_deit_model
+
+    check_model_name(name)
     if is_deit_model(name):
         spec = get_model_spec(name)
         source = f"the {name} registry entry"
@@ -79,6 +83,15 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
+def _who(cfg: Any, keys: list[str]) -> str:
+    """Who set ``keys`` of ``cfg``: ``by --preset small`` (the command line records it in
+    ``cfg.set_by``), else ``in the configuration (input_size)``."""
+    set_by = getattr(cfg, "set_by", {})
+    if all(k in set_by for k in keys):
+        return "by " + " and ".join(dict.fromkeys(set_by[k] for k in keys))
+    return f"in the configuration ({'/'.join(keys)})"
+
+
 def resolve_inputs(cfg: Any, data: DatasetInfo) -> ResolvedInputs:
     """Settle the input size and normalisation of a run from ``cfg`` (a :class:`deit.config.
     Config`: ``model``, ``input_size``, ``mean``, ``std``, ``finetune``) and its data set.
@@ -98,8 +111,8 @@ def resolve_inputs(cfg: Any, data: DatasetInfo) -> ResolvedInputs:
     size = own.input_size if cfg.input_size is None else int(cfg.input_size)
     if size != own.input_size:
         notes.append(
-            f"input size {size} px as set (--input-size) instead of the {own.input_size} px of "
-            f"{own.source}."
+            f"input size {size} px as set {_who(cfg, ['input_size'])} instead of the "
+            f"{own.input_size} px of {own.source}."
         )
     if cfg.finetune:
         recorded = _recorded_normalisation(cfg.finetune)
@@ -110,8 +123,9 @@ def resolve_inputs(cfg: Any, data: DatasetInfo) -> ResolvedInputs:
     given_mean = tuple(cfg.mean) if cfg.mean is not None else mean
     given_std = tuple(cfg.std) if cfg.std is not None else std
     if (given_mean, given_std) != (tuple(mean), tuple(std)):
+        given = [k for k in ("mean", "std") if getattr(cfg, k) is not None]
         notes.append(
             f"normalising with mean {_fmt(given_mean)}, std {_fmt(given_std)} as set "
-            f"(--mean/--std) instead of {source}: mean {_fmt(mean)}, std {_fmt(std)}."
+            f"{_who(cfg, given)} instead of {source}: mean {_fmt(mean)}, std {_fmt(std)}."
         )
     return ResolvedInputs(size, tuple(given_mean), tuple(given_std), notes)

@@ -16,7 +16,8 @@ the class/distillation token cosines through depth (docs/demo.md). --claims pick
 Every run is a `deit train` run, recorded under the output folder when it finishes: the same
 command started again (after Ctrl-C, a reboot, or with more --seeds) runs only what is missing,
 and a changed setting makes new runs. --quick is a smoke run of the same pipeline, with numbers
-near chance.
+near chance (not results). The demo's seed-0 runs by hand: deit train --preset demo_teacher,
+then --preset demo_student (README, "The jobs").
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def _settings(args: argparse.Namespace) -> DemoSettings:
             kw[key] = tuple(getattr(args, key))
     if args.full:
         kw.setdefault("claims", CLAIMS)
+    if args.full or args.claims:
         kw.setdefault("output_dir", "runs/demo_full")
     if args.quick:
         kw.setdefault("output_dir", "runs/demo_quick")

@@ -24,6 +24,8 @@ __all__ = [
     "get_model_spec",
     "is_deit_model",
     "build_classifier",
+    "check_model_name",
+    "distilled_twin",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -85,6 +87,7 @@ _SMALL = [
     ("pico", 7, 28, 6),
     ("tiny", 4, 28, None),
     ("tiny", 4, 32, None),
+    ("small", 4, 28, None),
     ("small", 4, 32, None),
 ]
 
@@ -152,6 +155,15 @@ def get_model_spec(name: str) -> ModelSpec:
         ) from None
 
 
+def distilled_twin(name: str) -> str | None:
+    """The distilled configuration of a plain DeiT name (``deit_nano_patch7_28`` ->
+    ``deit_nano_distilled_patch7_28``): the same model with a distillation token and head;
+    ``None`` where none is registered."""
+    size, _, rest = name.removeprefix("deit_").partition("_")
+    twin = f"deit_{size}_distilled_{rest}"
+    return twin if name.startswith("deit_") and twin in _REGISTRY else None
+
+
 def build_model(
     name: str,
     num_classes: int = 1000,
@@ -205,6 +217,27 @@ def build_model(
     return model
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name that is neither a DeiT configuration, a timm model nor
+    ``torchvision:<name>`` (checked by :func:`build_classifier`).
+
+    Raises:
+        ValueError: one sentence with the closest names and where to list them.
+    """
+    if is_deit_model(name) or name.startswith(("torchvision:", "tv:")):
+        return
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, [*_REGISTRY, *timm.list_models()], n=4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown model name {name!r}: neither a DeiT configuration nor a timm model "
+            f"(prefix torchvision models with 'torchvision:'; deit list-models PATTERN lists "
+            f"them).{hint}"
+        )
+
+
 def build_classifier(
     name: str,
     num_classes: int,
@@ -242,13 +275,7 @@ def build_classifier(
         return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
     import timm
 
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, [*_REGISTRY, *timm.list_models()], n=4)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown model name {name!r}: neither a DeiT configuration nor a timm model "
-            f"(prefix torchvision models with 'torchvision:').{hint}"
-        )
+    check_model_name(name)
     kw: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     if drop_path_rate:
         kw["drop_path_rate"] = drop_path_rate

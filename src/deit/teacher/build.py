@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import Weights, fit_weights, read_weights
+from ..checkpoints.fetch import local_file
 from ..checkpoints.safe_load import checkpoint_path_error
 from ..models.distilled import DistilledVisionTransformer
 from ..models.registry import build_classifier
@@ -208,6 +209,8 @@ def build_teacher(
         deit.checkpoints.CheckpointError (a ``ValueError``): missing or unreadable checkpoint, or
             weights that do not fit the model.
     """
+    if checkpoint_path is not None:  # a URL: torch.hub's cached copy, as the official code
+        checkpoint_path = local_file(checkpoint_path, "teacher checkpoint")
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     weights = _read_teacher_weights(path)
     meta = _recorded(weights)

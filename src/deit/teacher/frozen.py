@@ -103,6 +103,7 @@ class Teacher(nn.Module):
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self.training = False  # eval mode from the start, as the docstring says, not nn.Module's
         if isinstance(model, Teacher):
             model = model.model
         model.eval()

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .._write import DISK_ERRNOS, atomic_write_text, reserve, write_error
+from ..checkpoints.fetch import local_file
 from ..config import Config
 
 __all__ = [
@@ -87,9 +88,9 @@ _NPY_HEADER = 128  # bytes of a .npy header for these shapes (format 1.0, padded
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks; a URL: of its cached copy)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(local_file(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -14,6 +14,12 @@ __all__ = ["add_subcommand"]
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
+    if args.print_config:  # what the run would use, without importing torch
+        import yaml
+
+        cfg = config_from_args(args)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     # torch is imported here, not above: the parser (help, argument errors) is built without it
     import torch.distributed as dist
 
@@ -43,8 +49,16 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a DeiT student (optionally distilled) or a CNN teacher",
-        description="Train with the data-efficient recipe; flags follow the official DeiT code.",
+        description="Train with the data-efficient recipe; flags follow the official DeiT code. "
+        "The defaults shown are the built-in ones (the paper's ImageNet recipe); a --preset given "
+        "before --help shows its own, and --print-config prints every value a run would use.",
     )
     add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every value the run would use (YAML: defaults < --preset < --config < "
+        "flags) and exit without training",
+    )
     p.set_defaults(func=_train_cmd)

@@ -243,7 +243,8 @@ def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunStat
     """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
     nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates (on
     ``device``, default ``cfg.device`` resolved; each rank of a split pass gives its own)."""
-    cfg = dataclasses.replace(cfg.validate())  # build_data fills in the model's defaults
+    cfg, set_by = dataclasses.replace(cfg.validate()), cfg.set_by
+    cfg.set_by = set_by  # who set what, for the notes  # build_data fills in the model's defaults
     device = device if device is not None else resolve_device(cfg.device)
     state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
     build_data(state)

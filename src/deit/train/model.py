@@ -32,6 +32,7 @@ def build_model_and_teacher(state: RunState) -> None:
     # was built (scikit-learn's data sets draw from `random`) must not change the run
     seed_everything(cfg.seed)
     state.model = _build_model(cfg, state.num_classes).to(device)
+    check_student(state.model, cfg.distillation_type)  # before the teacher is built
     if cfg.distillation_type != "none" and cfg.teacher_labels:
         _open_teacher_labels(state)  # the teacher is not built
     elif cfg.distillation_type != "none":

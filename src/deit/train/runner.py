@@ -100,11 +100,13 @@ def run(
 def _start(cfg: Config) -> RunState:
     """Validate, join the process group, check the output folder, seed, pick the precision.
     The run works on a copy of ``cfg`` (:func:`build_data` fills in the model's defaults)."""
-    cfg = dataclasses.replace(cfg.validate())
+    cfg, set_by = dataclasses.replace(cfg.validate()), cfg.set_by
+    cfg.set_by = set_by  # who set what, for the notes
     env, device = init_distributed(cfg.device)
     lock = _lock_output(cfg, env)
     try:  # whatever fails before the run starts leaves neither the lock nor a folder it made
         checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+        _check_student_name(cfg)
         _check_teacher_given(cfg)
         seed_everything(cfg.seed + env.rank)
         out = checked if env.is_main else None
@@ -117,11 +119,29 @@ def _start(cfg: Config) -> RunState:
     return state
 
 
+def _check_student_name(cfg: Config) -> None:
+    """A DeiT student without a distillation token asked to distil: refused by its name, before
+    the data, the model or the teacher is built (other models: when built, by check_student)."""
+    from ..distillation import not_distilled_message
+    from ..models.registry import get_model_spec, is_deit_model
+
+    name = cfg.model
+    if cfg.distillation_type != "none" and is_deit_model(name):
+        if not get_model_spec(name).distilled:
+            raise ValueError(not_distilled_message(name, cfg.distillation_type))
+
+
 def _check_teacher_given(cfg: Config) -> None:
     if cfg.distillation_type != "none" and not (cfg.teacher_path or cfg.teacher_labels):
+        # the demo's student preset has its own teacher preset
+        how = (
+            "--preset demo_teacher"
+            if cfg.teacher_model == "test_resnet"
+            else "--model resnet18 ..."
+        )
         raise ValueError(
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
-            "--teacher-path with its weights (train one with `deit train --model resnet18 ...`) "
+            f"--teacher-path with its weights (train one with `deit train {how}`) "
             "or --teacher-labels with a store of its labels."
         )
 
