@@ -287,7 +287,9 @@ class DemoSettings:
     matched_teacher_budget: float = 0.625
     finetune_size: int = 42  # px: 6x6 patches of 7 px instead of 4x4
     finetune_images: int = 16_000  # image-steps of a fine-tuning run
-    finetune_lr: float = 3.2e-3  # x 16/512 -> 1e-4 applied
+    # the students' own lr (x 32/512 -> 2e-3 applied): on the tuning seeds' validation digits
+    # plain students fine-tuned at 42 px kept 89.35 at it, 87.0 at 1e-2, 79.9 at 3.2e-3
+    finetune_lr: float = 3.2e-2
     # unused training digits held out for choosing settings (benchmarks/demo_curves.py),
     # never scored here: the demo reports on the test split plus the unused digits after them
     val_images: int = 1000
