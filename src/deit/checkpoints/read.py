@@ -9,6 +9,7 @@ DeiT ``.pth``, a plain or timm state dict, a ``.safetensors`` file and a Hugging
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,15 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds no state dict (expected a dict of tensors, possibly under "
             "'model'); pass a weights file saved from a DeiT/ViT model."
         )
-    return strip_ddp_prefix(obj)
+    return _layer_scale_names(strip_ddp_prefix(obj))
+
+
+def _layer_scale_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official DeiT III files' LayerScale ``blocks.{i}.gamma_1``/``gamma_2`` renamed to
+    timm's ``blocks.{i}.ls1.gamma``/``ls2.gamma`` (timm's ``checkpoint_filter_fn`` does the same)."""
+    if not any(k.endswith(".gamma_1") for k in sd):
+        return sd
+    return {re.sub(r"\.gamma_([12])$", r".ls\1.gamma", k): v for k, v in sd.items()}
 
 
 def strip_ddp_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
