@@ -161,7 +161,7 @@ def test_validate_reports_all_problems() -> None:
 
 
 def test_presets_and_their_yaml_files() -> None:
-    assert list_presets() == ["imagenet", "finetune384", "cifar", "small"]
+    assert list_presets() == ["imagenet", "finetune384", "cifar", "deit3", "small"]
     for name in list_presets():
         from_file = Config.from_yaml(CONFIGS / f"{name}.yaml")
         assert from_file == get_preset(name), name
