@@ -20,6 +20,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from .errors import CheckpointError
 from .finite import refuse_non_finite
 from .hf import convert_hf_deit
+from .hub import hub_folder, hub_weights_file, is_hub_id
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
 from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, safe_torch_load
 
@@ -162,25 +163,50 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
     Accepted: a ``deit train`` checkpoint (:class:`RunCheckpoint`, any version), an official
     DeiT ``.pth`` (dict with ``model``), a plain or timm state dict (``.pth``/``.pt``/``.bin``,
     possibly under ``state_dict``/``model_state_dict``, possibly with DDP's ``module.``
-    prefix), a ``.safetensors`` file, or a Hugging Face transformers ``save_pretrained`` folder
-    (converted with :func:`convert_hf_deit`).
+    prefix), a ``.safetensors`` file, a Hugging Face transformers ``save_pretrained`` folder
+    (converted with :func:`convert_hf_deit`), or a Hub name ``hf-hub:ORG/NAME`` of either
+    (through ``huggingface_hub``'s cache, :mod:`deit.checkpoints.hub`).
 
     Args:
-        path: the file or folder.
+        path: the file, folder or Hub name.
         use_ema: take the EMA weights (``model_ema``) of a training checkpoint when present.
 
     Returns:
         :class:`Weights`.
 
     Raises:
-        CheckpointError: missing, unreadable or unsafe file, no state dict inside, or a NaN or
-            infinite value in a tensor (the first such tensor is named).
+        CheckpointError: missing, unreadable or unsafe file, no state dict inside, a NaN or
+            infinite value in a tensor (the first such tensor is named), or a Hub name that is
+            neither cached nor reachable (the sentence says what to run).
     """
+    if is_hub_id(path):
+        return _read_hub(str(path))
     path = Path(path)
     if path.is_dir():
         return _read_hf_folder(path)
     weights = _read_file(path, use_ema)
     refuse_non_finite(weights.state_dict, weights.source)
+    return weights
+
+
+def _read_hub(hub_id: str) -> Weights:
+    """:func:`read_weights` of a Hub name: a transformers repository as a ``save_pretrained``
+    folder, a timm one as its weights file with its ``config.json``'s architecture, input size
+    and class names."""
+    folder = hub_folder(hub_id)
+    config = json.loads((folder / "config.json").read_text())
+    if "architecture" not in config:
+        weights = _read_hf_folder(folder)
+    else:
+        weights = _read_file(hub_weights_file(hub_id), use_ema=False)
+        refuse_non_finite(weights.state_dict, hub_id)
+        weights.meta["model_name"] = config["architecture"]
+        size = config.get("pretrained_cfg", {}).get("input_size")
+        if size:
+            weights.meta["image_size"] = _image_size(size[-2:])
+        if config.get("label_names"):
+            weights.meta["class_names"] = list(config["label_names"])
+    weights.source = hub_id
     return weights
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .._write import DISK_ERRNOS, atomic_write_text, reserve, write_error
+from ..checkpoints.hub import hub_weights_file, is_hub_id
 from ..config import Config
 
 __all__ = [
@@ -131,7 +132,8 @@ def run_manifest(cfg: Config, num_classes: int, train_images: int, world_size: i
     if cfg.teacher_model:
         fields["teacher_model"] = cfg.teacher_model
     if cfg.teacher_path:
-        fields["teacher_sha256"] = file_sha256(cfg.teacher_path)
+        path = cfg.teacher_path  # a Hub name: its cached weights file
+        fields["teacher_sha256"] = file_sha256(hub_weights_file(path) if is_hub_id(path) else path)
     return fields
 
 
