@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ from deit.cli import main
 from deit.config import Config, ConfigError, get_preset
 from deit.data.transforms import build_transform, seeded_rng
 from deit.train.model import _base_criterion
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _photo(w: int = 300, h: int = 260) -> Image.Image:
@@ -126,25 +130,58 @@ def test_deit3_preset_is_the_papers_vit_b_recipe():
     assert (c.smoothing, c.reprob, c.mixup, c.cutmix, c.repeated_aug) == (0.0, 0.0, 0.8, 1.0, True)
 
 
+def _recipe_commands(section: str) -> list[list[str]]:
+    """The ``deit`` commands of the bash block of ``## section`` in docs/recipe.md, as argv
+    after ``deit`` (``torchrun ... -m deit.cli`` counts as ``deit``)."""
+    text = (ROOT / "docs" / "recipe.md").read_text().split(f"\n## {section}\n", 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        argv = shlex.split(line)
+        start = argv.index("deit.cli") if "deit.cli" in argv else argv.index("deit")
+        commands.append(argv[start + 1 :])
+    return commands
+
+
+def test_help_lists_the_deit3_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    said = capsys.readouterr().out
+    assert all(flag in said for flag in ("--ThreeAugment", "--src", "--bce-loss", "deit3"))
+
+
 @pytest.mark.usefixtures("one_thread")
-def test_deit3_preset_trains_a_few_steps_on_digits(tmp_path):
-    """``deit train --preset deit3`` with a small LayerScale model on the bundled digits: the
-    first loss is binary cross-entropy at near-zero logits (about ln 2 per class, not the
-    ln 10 of cross-entropy), and the run records the DeiT III flags."""
-    argv = ["train", "--preset", "deit3", "--model", "deit3_nano_patch7_28", "--input-size", "28"]
-    argv += ["--data-set", "digits", "--train-subset", "64", "--batch-size", "16", "--epochs", "1"]
-    argv += ["--warmup-epochs", "0", "--num-workers", "0", "--no-pin-mem", "--device", "cpu"]
-    argv += ["--src", "--output_dir", str(tmp_path)]
-    assert main(argv) == 0
-    (line,) = [json.loads(x) for x in (tmp_path / "log.txt").read_text().splitlines()]
+def test_recipe_deit3_commands_run_on_digits(tmp_path):
+    """docs/recipe.md's DeiT III commands: the ``--preset deit3`` run (its ImageNet flags kept,
+    made small and fast by flags after them: a LayerScale model on 64 bundled digits, one
+    epoch) trains, with binary cross-entropy (the first loss about ln 2 per class at near-zero
+    logits, not cross-entropy's ln 10) and the DeiT III flags recorded; the fine-tuning command
+    then starts from its checkpoint (its LayerScale, not a fresh 1e-6, after steps at lr 1e-5)."""
+    pretrain, finetune = _recipe_commands("DeiT III")
+    small = ["--model", "deit3_nano_patch7_28", "--input-size", "28", "--data-set", "digits"]
+    small += ["--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0"]
+    small += ["--num-workers", "0", "--no-pin-mem", "--device", "cpu", "--src"]
+    first = tmp_path / "deit3_base"
+    assert main([*pretrain, *small, "--output_dir", str(first)]) == 0
+    (line,) = [json.loads(x) for x in (first / "log.txt").read_text().splitlines()]
     assert line["train_steps"] == 4  # repeated augmentation: 64 views a process, batches of 16
     assert abs(line["train_loss"] - math.log(2)) < 0.05
     assert math.isfinite(line["test_acc1"])
-    saved = Config.from_yaml(tmp_path / "config.yaml")
+    saved = Config.from_yaml(first / "config.yaml")
     assert saved.ThreeAugment and saved.src and saved.bce_loss and saved.opt == "lamb"
-    ck = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert saved.lr == 3e-3 and saved.unscale_lr and saved.drop_path == 0.2
+    ck = torch.load(first / "checkpoint.pth", weights_only=True)
     gamma = ck["model"]["blocks.0.ls1.gamma"].abs()  # LayerScale: from 1e-6, 4 LAMB steps on
     assert 1e-6 < gamma.max() < 0.05
+    argv = [a.replace("runs/deit3_base/", f"{first}/") for a in finetune]
+    assert main([*argv, *small[:-1], "--output_dir", str(tmp_path / "ft")]) == 0
+    tuned = Config.from_yaml(tmp_path / "ft" / "config.yaml")
+    assert (tuned.lr, tuned.weight_decay, tuned.smoothing, tuned.opt) == (1e-5, 0.1, 0.1, "adamw")
+    after = torch.load(tmp_path / "ft" / "checkpoint.pth", weights_only=True)["model"]
+    start = ck["model"]["blocks.0.ls1.gamma"]  # 4 AdamW steps at 1e-5 move it by about 4e-5
+    assert (after["blocks.0.ls1.gamma"] - start).abs().max() < 1e-4 < start.abs().max()
 
 
 def test_teacher_label_store_tells_three_augment_views_apart():

@@ -5,6 +5,7 @@ tests make."""
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from deit.hf_export import export_hf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [f"digit {i}" for i in range(10)]
 
 
@@ -94,10 +96,21 @@ def test_hf_folder_loads_in_transformers_with_deits_logits(tmp_path, name, kind)
     assert info.class_names == CLASSES
 
 
-def test_export_hf_command_and_model_card(tmp_path, capsys):
-    _run_checkpoint(tmp_path / "checkpoint.pth", "deit_pico_distilled_patch4_28")
-    out = tmp_path / "student_hf"
-    argv = ["export", str(tmp_path / "checkpoint.pth"), "--format", "hf", "--output", str(out)]
+def test_export_hf_command_of_the_docs_and_model_card(tmp_path, capsys, monkeypatch):
+    """The command of docs/recipe.md ("Hugging Face folders and Hub names"), run in a folder
+    holding a run's checkpoint at its path; ``deit export --help`` names the format."""
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "{onnx,torchscript,hf}" in capsys.readouterr().out
+    recipe = (ROOT / "docs" / "recipe.md").read_text()
+    block = recipe.split("### Hugging Face folders and Hub names", 1)[1]
+    (command,) = block.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    argv = shlex.split(command)[1:]
+    assert argv[:4] == ["export", "runs/student/checkpoint.pth", "--format", "hf"]
+    (tmp_path / "runs" / "student").mkdir(parents=True)
+    _run_checkpoint(tmp_path / "runs/student/checkpoint.pth", "deit_pico_distilled_patch4_28")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "student_hf"
     assert main(argv) == 0
     said = capsys.readouterr().out
     assert "DeiTForImageClassificationWithTeacher" in said and "max abs difference" in said
@@ -155,6 +168,11 @@ def test_hub_names_are_read_from_the_cache_offline(hub_cache, tmp_path):
     x224 = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (timm_model.eval()(x224) - tiny(x224)).abs().max().item() <= 1e-5
+    # every reader takes them: deit eval/predict/export without --model
+    loaded, info = deit.load_model("hf-hub:org/pico-distilled")
+    assert info.model_name == "deit_pico_distilled_patch4_28" and info.class_names == CLASSES
+    with torch.no_grad():
+        assert (loaded(x) - pico(x)).abs().max().item() <= 1e-5
     # --finetune and --teacher-path take the same names
     student = deit.create_model("deit_pico_distilled_patch4_28", num_classes=10)
     cfg = Config(model="deit_pico_distilled_patch4_28", finetune="hf-hub:org/pico-distilled")

@@ -105,18 +105,16 @@ def hub_folder(hub_id: str, weights: bool = True) -> Path:
     Raises:
         CheckpointError: see :func:`_download`; or no weights file in the repository.
     """
-    config = _download(hub_id, "config.json")
-    if weights:
-        for name in WEIGHTS_FILES:
-            cached = config.parent / name
-            if cached.is_file() or _download(hub_id, name, required=False) is not None:
-                break
-        else:
-            raise CheckpointError(
-                f"{hub_id!r} holds neither {' nor '.join(WEIGHTS_FILES)}; pass a repository "
-                "with model weights."
-            )
-    return config.parent
+    folder = _download(hub_id, "config.json").parent
+    if not weights or any((folder / name).is_file() for name in WEIGHTS_FILES):
+        return folder
+    for name in WEIGHTS_FILES:  # none cached: ask the Hub, safetensors first
+        if _download(hub_id, name, required=False) is not None:
+            return folder
+    raise CheckpointError(
+        f"{hub_id!r} holds neither {' nor '.join(WEIGHTS_FILES)}; pass a repository with "
+        "model weights."
+    )
 
 
 def hub_weights_file(hub_id: str) -> Path:

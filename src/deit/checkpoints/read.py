@@ -20,7 +20,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from .errors import CheckpointError
 from .finite import refuse_non_finite
 from .hf import convert_hf_deit
-from .hub import hub_folder, hub_weights_file, is_hub_id
+from .hub import hub_architecture, hub_folder, hub_weights_file, is_hub_id
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
 from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, safe_torch_load
 
@@ -191,8 +191,9 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
 
 def _read_hub(hub_id: str) -> Weights:
     """:func:`read_weights` of a Hub name: a transformers repository as a ``save_pretrained``
-    folder, a timm one as its weights file with its ``config.json``'s architecture, input size
-    and class names."""
+    folder, a timm one as its weights file with its ``config.json``'s input size and class
+    names; ``meta["model_name"]`` is the registered configuration it holds
+    (:func:`~deit.checkpoints.hub.hub_architecture`)."""
     folder = hub_folder(hub_id)
     config = json.loads((folder / "config.json").read_text())
     if "architecture" not in config:
@@ -200,12 +201,12 @@ def _read_hub(hub_id: str) -> Weights:
     else:
         weights = _read_file(hub_weights_file(hub_id), use_ema=False)
         refuse_non_finite(weights.state_dict, hub_id)
-        weights.meta["model_name"] = config["architecture"]
         size = config.get("pretrained_cfg", {}).get("input_size")
         if size:
             weights.meta["image_size"] = _image_size(size[-2:])
         if config.get("label_names"):
             weights.meta["class_names"] = list(config["label_names"])
+    weights.meta["model_name"] = hub_architecture(hub_id, config)[0]
     weights.source = hub_id
     return weights
 
