@@ -230,11 +230,18 @@ def _write_folder(
     back with ``auto`` (``AutoModelForImageClassification``) and return its logits'
     difference from deit's (infinite when a weight was not loaded)."""
     from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
 
     config.save_pretrained(folder)
     save_file(hf_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
     _image_processor(model, info).save_pretrained(folder)
-    loaded, report = auto.from_pretrained(folder, output_loading_info=True)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for loading a local file is noise in the output
+    try:
+        loaded, report = auto.from_pretrained(folder, output_loading_info=True)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if report.get("missing_keys") or report.get("unexpected_keys"):
         return float("inf")
     return _logits_diff(model, loaded, (model.patch_embed.in_chans, *model.img_size))
