@@ -174,11 +174,9 @@ def build_transform(
     ``int(input_size / crop_pct)`` (``eval_interpolation``) → CenterCrop ``input_size`` →
     ToTensor → Normalize; small images take ``crop_pct`` 1 (the whole image, as the official).
 
-    DeiT III ("DeiT III: Revenge of the ViT", Touvron et al. 2022; official ``augment.py``):
-    ``three_augment`` puts timm's ``'3a'`` policy in the place of ``aa`` (per image one of
-    grayscale, solarisation at 128 or Gaussian blur of radius 0.1-2, chosen uniformly) followed
-    by ``color_jitter``; ``src`` (simple random crop) replaces the crop by a bicubic
-    ``Resize(input_size)`` and ``RandomCrop(input_size, padding=4, padding_mode="reflect")``.
+    DeiT III (Touvron et al. 2022, official ``augment.py``): ``three_augment``: timm's ``'3a'``
+    policy (one of grayscale, solarisation, Gaussian blur) for ``aa``, then ``color_jitter``;
+    ``src``: the crop becomes Resize + ``RandomCrop(padding=4, padding_mode="reflect")``.
 
     Args:
         is_train: training (random) or evaluation (deterministic) pipeline.
@@ -215,11 +213,22 @@ def build_transform(
         timm_kw.update(interpolation=train_interpolation, mean=tuple(mean), std=tuple(std))
         timm_kw.update(re_prob=reprob, re_mode=remode, re_count=recount)
         return _train_transform(input_size, small, crop_padding, timm_kw, src)
+    return _eval_transform(input_size, eval_interpolation, 1.0 if small else crop_pct, mean, std)
+
+
+def _eval_transform(
+    input_size: int,
+    interpolation: str,
+    crop_pct: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> transforms.Compose:
+    """timm's evaluation transform (see :func:`build_transform`)."""
     t = create_transform(
         input_size=input_size,
         is_training=False,
-        interpolation=eval_interpolation,
-        crop_pct=1.0 if small else crop_pct,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
         mean=tuple(mean),
         std=tuple(std),
     )
