@@ -72,13 +72,12 @@ def _download(hub_id: str, filename: str, required: bool = True) -> Path | None:
 
     repo, revision = _repo(hub_id)
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
-    except LocalEntryNotFoundError:
-        pass  # not cached: ask the Hub below
-    try:
-        return Path(hf_hub_download(repo, filename, revision=revision))
-    except LocalEntryNotFoundError as e:  # before EntryNotFoundError: it is one
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else str(e).split(".")[0]
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+        except LocalEntryNotFoundError:
+            return Path(hf_hub_download(repo, filename, revision=revision))  # not cached
+    except LocalEntryNotFoundError:  # before EntryNotFoundError: it is one
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no connection"
         raise CheckpointError(
             f"{filename} of {hub_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
             f"and the Hub cannot be reached ({why}); run `hf download {repo}` where a network is "
@@ -95,6 +94,11 @@ def _download(hub_id: str, filename: str, required: bool = True) -> Path | None:
                 f"{hub_id!r} has no {filename}; pass a repository of a DeiT/ViT model."
             ) from None
         return None
+    except Exception as e:  # a malformed name, an HTTP error: one sentence, as for the rest
+        raise CheckpointError(
+            f"Could not fetch {filename} of {hub_id!r} ({type(e).__name__}: {str(e)[:120]}); "
+            "check the name and the network, or pass a local folder or file."
+        ) from None
 
 
 def hub_folder(hub_id: str, weights: bool = True) -> Path:
