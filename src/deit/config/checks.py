@@ -166,6 +166,12 @@ def _combinations(c: Config) -> list[str | None]:
         else f"'batch_size' is {c.batch_size} but Mixup/CutMix needs an even batch (timm mixes "
         "each image with the batch reversed); use an even batch size or --mixup 0 --cutmix 0.",
         None
+        if not (c.bce_loss and c.smoothing > 0 and c.mixup_prob > 0)
+        or not (c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax)
+        else f"'bce_loss' makes every Mixup/CutMix target above 0 a 1 (official DeiT III), so "
+        f"'smoothing' {c.smoothing} would make all targets 1; set --smoothing 0 (the DeiT III "
+        "recipe) or drop --bce-loss.",
+        None
         if c.distillation_type == "none" or c.teacher_model or c.teacher_path or c.teacher_labels
         else "'teacher_model' is empty but distillation is on; name a teacher (or a store of "
         "its labels, teacher_labels) or set distillation_type 'none'.",

@@ -200,6 +200,24 @@ class Config:
     crop_padding: Integer = _f(
         4, "Padding of the random crop used for inputs <= 32 px.", group="augmentation"
     )
+    ThreeAugment: Flag = _f(  # the official flag's spelling (DeiT III)
+        False,
+        "3-Augment (DeiT III): per image one of grayscale, solarisation or Gaussian blur (timm's "
+        "'3a' policy), then --color-jitter; takes the place of --aa.",
+        group="augmentation",
+    )
+    src: Flag = _f(
+        False,
+        "Simple random crop (DeiT III): resize, random crop with 4 px reflect padding, flip, "
+        "instead of RandomResizedCrop.",
+        group="augmentation",
+    )
+    bce_loss: Flag = _f(
+        False,
+        "Binary cross-entropy (DeiT III) on the targets, Mixup/CutMix ones made 0/1 at > 0 as "
+        "the official code does (use with --smoothing 0).",
+        group="augmentation",
+    )
     # --- mixup / cutmix
     mixup: Number = _f(0.8, "Mixup alpha (0 = off).", group="mixup")
     cutmix: Number = _f(1.0, "CutMix alpha (0 = off).", group="mixup")
