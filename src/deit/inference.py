@@ -80,8 +80,6 @@ class InferenceModel(nn.Module):
             # freezing: weights become graph constants (pre-packed for oneDNN on CPU)
             run = torch.compile(run, dynamic=False, options={"freezing": True})
         self._run = run  # images -> prefix tokens (DeiT models) or outputs (others)
-        if isinstance(model, DistilledVisionTransformer):
-            self.forward_heads = self._forward_heads  # what deit.engine.evaluate looks for
 
     def _prefix_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return prefix_tokens(self.model, images)
@@ -92,7 +90,14 @@ class InferenceModel(nn.Module):
             out = self._run(images)
             return self.model.forward_head(out) if self.prefix else out
 
-    def _forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' logits ``((B, C), (B, C))`` of a distilled model's ``images``.
+
+        Raises:
+            ValueError: the model has no distillation head.
+        """
+        if not isinstance(self.model, DistilledVisionTransformer):
+            raise ValueError(f"{type(self.model).__name__} has no distillation head.")
         with torch.no_grad():
             x = self._run(images)
             return self.model.head(x[:, 0]), self.model.head_dist(x[:, 1])
