@@ -19,7 +19,7 @@ from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3, unwrap_model
 from torch import nn
 
-from ._choices import EVAL_HEADS
+from ._choices import HEAD_CHOICES
 from .data.transforms import mix_batch
 from .distillation import DistillationTask, StepOutput
 from .inference import InferenceModel
@@ -27,7 +27,6 @@ from .models.distilled import DistilledVisionTransformer, late_fusion
 from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
 
 __all__ = [
-    "EVAL_HEADS",
     "NonFiniteLossError",
     "Precision",
     "StepOptions",
@@ -363,7 +362,7 @@ def evaluate(
         model: any classifier ``(B, C, H, W) -> (B, num_classes)``; a distilled DeiT (bare,
             wrapped, or in an :class:`~deit.inference.InferenceModel`) is run for both heads.
         loader: yields ``(images, labels (B,))``.
-        head: one of :data:`EVAL_HEADS`; ignored for a model without a distillation head.
+        head: one of :data:`~deit.models.HEAD_CHOICES`; ignored for a model without a distillation head.
         sum_across_processes: the loader holds this process's share of the data: counts are
             summed over the process group when one is up. ``False``: every process evaluated
             the whole set, nothing is summed.
@@ -372,10 +371,10 @@ def evaluate(
         Metrics in percent (accuracies, agreements) and nats (loss), plus ``n`` (images).
 
     Raises:
-        ValueError: ``head`` not one of :data:`EVAL_HEADS`.
+        ValueError: ``head`` not one of :data:`~deit.models.HEAD_CHOICES`.
     """
-    if head not in EVAL_HEADS:
-        raise ValueError(f"head is {head!r}; use one of {', '.join(EVAL_HEADS)}.")
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head is {head!r}; use one of {', '.join(HEAD_CHOICES)}.")
     precision = precision or Precision("fp32", None, device.type)
     model.eval()
     forward_heads = _two_heads(model)

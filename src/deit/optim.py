@@ -146,9 +146,8 @@ def optimizer_impl(opt: str, model: nn.Module) -> dict[str, bool]:
       one kernel for all parameters (torch picks the multi-tensor ``foreach`` path there by
       default; fused rounds differently in the last bits).
     - CPU, and the class takes ``foreach``: ``{"foreach": True}``. torch leaves CPU tensors on
-      the per-tensor loop by default; ``foreach`` gives bit-identical weights and cut the
-      AdamW step of ``deit_nano_patch7_28`` (batch 16, one thread) from 16.6 to 14.7 ms.
-      (CPU ``fused`` is not bit-identical to either.)
+      the per-tensor loop by default; ``foreach`` gives bit-identical weights in less time
+      (``benchmarks/README.md``). (CPU ``fused`` is not bit-identical to either.)
     - otherwise (timm's own optimisers too) ``{}``: the class's default.
     """
     params = list(model.parameters())

@@ -4,7 +4,6 @@ recipe, each training view a pure function of ``(seed, epoch, position)``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -147,9 +146,8 @@ def auto_num_workers(device: torch.device, local_processes: int | None = None) -
     A process's share is the cores it may run on (``os.sched_getaffinity``) over the processes
     on its node (``LOCAL_WORLD_SIZE``, set by torchrun; 1 otherwise). Compute takes
     ``torch.get_num_threads()`` of them on the CPU and one (the thread feeding the accelerator)
-    elsewhere. A worker only pays where it has a core of its own: on a 2-core CPU, 2 compute
-    threads and no worker beat 2 threads and 1 worker, and 1 thread with 1 worker beats both
-    (``benchmarks/README.md``, loader workers).
+    elsewhere. A worker only pays where it has a core of its own (``benchmarks/README.md``,
+    loader workers).
 
     Args:
         device: where the model computes.
@@ -182,14 +180,14 @@ def resolve_config(cfg: Config, device: torch.device, say: bool = True) -> Confi
     cfg.validate()
     inputs = resolve_inputs(cfg, dataset_info(cfg.data_set))  # None: the model's own
     workers = auto_num_workers(device) if cfg.num_workers < 0 else cfg.num_workers
-    resolved = dataclasses.replace(
-        cfg,
-        input_size=inputs.input_size,
-        mean=list(inputs.mean),
-        std=list(inputs.std),
-        num_workers=workers,
+    resolved = cfg.model_copy(  # who set what is kept, for the notes
+        update=dict(
+            input_size=inputs.input_size,
+            mean=list(inputs.mean),
+            std=list(inputs.std),
+            num_workers=workers,
+        )
     )
-    resolved.set_by = cfg.set_by  # who set what, for the notes
     notes = list(inputs.notes)
     if resolved.input_size > SMALL_INPUT_MAX and uses_small_image_crop(resolved):
         notes.append(
