@@ -163,10 +163,9 @@ def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch,
     cfg = _cfg(model_ema=True, model_ema_force_cpu=True).validate()
     device = torch.device(run_device, 0 if run_device == "cuda" else None)
     student = SimpleNamespace(eval_model=nn.Linear(2, 2), n_parameters=0)
-    optim = SimpleNamespace(ema=SimpleNamespace(module=nn.Linear(2, 2)))  # on the CPU
-    data = SimpleNamespace(train_images=0)
-    precision = Precision("fp32", None, run_device)
-    state = RunState(cfg, DistEnv(), device, precision, None, None, data, student, optim)
+    step = SimpleNamespace(model_ema=SimpleNamespace(module=nn.Linear(2, 2)))  # on the CPU
+    data, precision = SimpleNamespace(train_images=0), Precision("fp32", None, run_device)
+    state = RunState(cfg, DistEnv(), device, precision, None, None, data, student, None, step)
     evaluated: list[nn.Module] = []
 
     def evaluate(_state, model, teacher=None):
@@ -180,7 +179,7 @@ def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch,
             evaluated == [student.eval_model] and "test_ema_acc1" not in state.progress.history[-1]
         )
     else:
-        assert evaluated == [student.eval_model, optim.ema.module]
+        assert evaluated == [student.eval_model, step.model_ema.module]
         assert state.progress.history[-1]["test_ema_acc1"] == 50.0
 
 
@@ -293,7 +292,7 @@ def test_gradscaler_with_fp16_only(monkeypatch):
         precision = Precision(name, dtype, "cuda")
         loader = [0, 1]  # two batches: the schedule's length
         cpu = torch.device("cpu")
-        state = build_optimisation(cfg, nn.Linear(3, 2), loader, DistEnv(), cpu, precision)
+        _, state = build_optimisation(cfg, nn.Linear(3, 2), loader, DistEnv(), cpu, precision)
         assert state.scaler == scaler, name
     assert made == ["cpu"]  # the run's device type
 

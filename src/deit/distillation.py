@@ -285,22 +285,36 @@ class DistillationLoss(nn.Module):
                 )
             with torch.no_grad():
                 teacher_outputs = self.teacher(inputs)
+        top1 = self._teacher_top1(teacher_outputs, dist_out)
+        if self.distillation_type == "hard":  # paper eq. 3, the teacher's class unsmoothed
+            dist = F.cross_entropy(dist_out, top1)
+        else:
+            dist = self._soft(dist_out, teacher_outputs)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        if teacher_outputs.ndim == 1:
-            return self._hard_from_labels(base, dist_out, teacher_outputs, labels)
-        teacher_out = teacher_outputs
-        if teacher_out.shape != dist_out.shape:
+        disagreement = (top1 != labels).float().mean().detach()
+        total = base * (1.0 - self.alpha) + dist * self.alpha
+        return LossOutput(total, base.detach(), dist.detach(), disagreement)
+
+    def _teacher_top1(self, answer: torch.Tensor, dist_out: torch.Tensor) -> torch.Tensor:
+        """The teacher's ``(B,)`` top-1 classes from its logits or its stored classes, checked
+        against the distillation head's ``(B, C)`` logits."""
+        if answer.ndim == 1 and self.distillation_type != "hard":
             raise ValueError(
-                f"The teacher's logits have shape {tuple(teacher_out.shape)} but the student's "
+                "Teacher top-1 classes (a (B,) tensor) can only drive hard distillation; soft "
+                "distillation needs the teacher's (B, num_classes) logits."
+            )
+        if answer.ndim == 1 and answer.shape != dist_out.shape[:1]:
+            raise ValueError(
+                f"Got {tuple(answer.shape)} teacher labels for a batch of "
+                f"{dist_out.shape[0]}; give one teacher class per view."
+            )
+        if answer.ndim != 1 and answer.shape != dist_out.shape:
+            raise ValueError(
+                f"The teacher's logits have shape {tuple(answer.shape)} but the student's "
                 f"distillation head {tuple(dist_out.shape)}; use a teacher trained on the "
                 "student's classes."
             )
-        if self.distillation_type == "hard":
-            return self._hard_from_labels(base, dist_out, teacher_out.argmax(dim=1), labels)
-        dist = self._soft(dist_out, teacher_out)
-        disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
-        total = base * (1.0 - self.alpha) + dist * self.alpha
-        return LossOutput(total, base.detach(), dist.detach(), disagreement)
+        return answer.long() if answer.ndim == 1 else answer.argmax(dim=1)
 
     def _soft(self, dist_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
         """Paper eq. 2's KL term, ``tau^2 * KL(psi(Z_t/tau) || psi(Z_d/tau))`` summed and divided
@@ -314,29 +328,6 @@ class DistillationLoss(nn.Module):
         )
         denom = dist_out.numel() if self.kl_reduction == "mean" else dist_out.shape[0]
         return kl * (t * t) / denom
-
-    def _hard_from_labels(
-        self,
-        base: torch.Tensor,
-        dist_out: torch.Tensor,
-        teacher_labels: torch.Tensor,
-        labels: torch.Tensor,
-    ) -> LossOutput:
-        """Paper eq. 3 from the teacher's ``(B,)`` top-1 classes: ``CE(Z_d, y_t)``, unsmoothed."""
-        if self.distillation_type != "hard":
-            raise ValueError(
-                "Teacher top-1 classes (a (B,) tensor) can only drive hard distillation; soft "
-                "distillation needs the teacher's (B, num_classes) logits."
-            )
-        if teacher_labels.shape != dist_out.shape[:1]:
-            raise ValueError(
-                f"Got {tuple(teacher_labels.shape)} teacher labels for a batch of "
-                f"{dist_out.shape[0]}; give one teacher class per view."
-            )
-        dist = F.cross_entropy(dist_out, teacher_labels.long())
-        disagreement = (teacher_labels != labels).float().mean().detach()
-        total = base * (1.0 - self.alpha) + dist * self.alpha
-        return LossOutput(total, base.detach(), dist.detach(), disagreement)
 
     def extra_repr(self) -> str:
         return (

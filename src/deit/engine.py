@@ -86,16 +86,12 @@ class _Tally:
 
     def means(self, device: torch.device) -> dict[str, float]:
         """The epoch's statistics by name (:data:`STAT_NAMES`): means over the steps of every
-        process (the disagreement in %), and ``steps`` summed over them."""
+        process (the disagreement in %)."""
         names = list(self.sums)
-        steps = self.sums["loss"].new_tensor(self.steps)
-        sums = torch.stack([*(self.sums[n] for n in names), steps])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(sums)
-        values = sums.tolist()
-        n = max(values[-1], 1.0)
+        values = torch.stack([self.sums[n] for n in names]).tolist()
+        *values, n = _sum_across_processes([*values, float(self.steps)], device)
         scale = {"disagreement": 100.0}  # a fraction per step, a percentage per epoch
-        return {STAT_NAMES[k]: scale.get(k, 1.0) * v / n for k, v in zip(names, values)}
+        return {STAT_NAMES[k]: scale.get(k, 1.0) * v / max(n, 1.0) for k, v in zip(names, values)}
 
 
 #: The epoch statistic of each :class:`~deit.distillation.StepOutput` field (``log.txt``'s

@@ -18,7 +18,9 @@ from typing import Any
 import annotated_types as at
 from pydantic import ValidationError
 
-__all__ = ["combination_problems", "data_set_problem", "kind", "opt_problem", "sentences"]
+from .._checks import seed_problem
+
+__all__ = ["VALUE_PROBLEMS", "combination_problems", "kind", "sentences"]
 
 # ``Config`` (deit.config.schema) imports these checks, so its type is not imported back here:
 # each ``c`` below is a ``Config``.
@@ -50,6 +52,22 @@ def kind(annotation: Any) -> Kind:
     return Kind(annotation, False, optional)
 
 
+#: How the sentence of a value below its field's lower bound ends.
+FIXES = {
+    "input_size": " pixel; give the image side in pixels",
+    "weight_decay": "; use 0 to turn weight decay off",
+    "warmup_lr": "; use 0 or a positive learning rate",
+    "min_lr": "; use 0 or a positive learning rate",
+    "epochs": "; train for at least one epoch",
+    "mixup": "; use 0 to turn Mixup off",
+    "cutmix": "; use 0 to turn CutMix off",
+    "train_subset": "; use 0 to train on every image",
+    "val_images": "; use 0 to hold out no validation images",
+    "batch_size": "; use a positive batch size per process",
+    "num_workers": "; use -1 for the automatic count or 0 to load in this process",
+    "eval_interval": "; use 0 to evaluate after the last epoch only",
+}
+
 _NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
 
 
@@ -75,8 +93,7 @@ def _range_sentence(key: str, value: Any, field: Any) -> str:
         return f"'{key}' is {value} but must lie in {lb}{lo}, {hi}{rb}; set it inside that range."
     if lo_open:
         return f"'{key}' is {value} but must be greater than {lo}; set a positive value."
-    fix = (field.json_schema_extra or {}).get("fix", "")
-    return f"'{key}' is {value} but must be at least {lo}{fix}."
+    return f"'{key}' is {value} but must be at least {lo}{FIXES.get(key, '')}."
 
 
 def sentences(
@@ -146,50 +163,71 @@ def _unknown_keys(keys: list[Any], names: list[str]) -> str:
 def combination_problems(c: Config) -> list[str]:
     """The sentences of values that are only wrong together (or of list fields); empty when
     all are fine."""
-    checks = [
-        None
-        if c.opt_betas is None or (len(c.opt_betas) == 2 and all(0 <= b < 1 for b in c.opt_betas))
-        else f"'opt_betas' is {c.opt_betas} but must be two values in [0, 1), e.g. 0.9 0.999.",
-        None
-        if c.train_subset or not c.eval_unused
-        else "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
-        "give --train-subset N or drop --eval-unused.",
-        None
-        if c.train_subset or not c.val_images
-        else "'val_images' is set but 'train_subset' is 0, so no training image is left out "
-        "to validate on; give --train-subset N or drop --val-images.",
-        None
-        if not (c.overwrite and (c.resume or c.auto_resume))
-        else "'overwrite' replaces the run in output_dir but 'resume'/'auto_resume' continues "
-        "it; keep one of them.",
-        None
-        if c.finetune_img_size is None
-        or (len(c.finetune_img_size) in (1, 2) and min(c.finetune_img_size) > 0)
-        else f"'finetune_img_size' is {c.finetune_img_size} but must be one or two positive "
-        "sizes in pixels (H W).",
-        None
-        if all(v is None or (len(v) == 3 and min(v) >= 0) for v in (c.mean, c.std))
-        and (c.std is None or min(c.std) > 0)
-        else f"'mean'/'std' are {c.mean}/{c.std} but need 3 values each (std above 0).",
-        None
-        if c.batch_size % 2 == 0
-        or c.mixup_prob == 0
-        or not (c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax)
-        else f"'batch_size' is {c.batch_size} but Mixup/CutMix needs an even batch (timm mixes "
-        "each image with the batch reversed); use an even batch size or --mixup 0 --cutmix 0.",
-        None
-        if c.distillation_type == "none" or c.teacher_model or c.teacher_path or c.teacher_labels
-        else "'teacher_model' is empty but distillation is on; name a teacher (or a store of "
-        "its labels, teacher_labels) or set distillation_type 'none'.",
-        None
-        if not c.teacher_labels or c.distillation_type != "none"
-        else "'teacher_labels' is set but distillation_type is 'none'; choose 'hard' or "
-        "'soft', or drop teacher_labels.",
-        None
-        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device)
-        else f"'device' is {c.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.",
+    mixing = c.mixup_prob != 0 and (c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax)
+    teacher = c.teacher_model or c.teacher_path or c.teacher_labels
+    wrong = [
+        (
+            c.opt_betas is not None
+            and not (len(c.opt_betas) == 2 and all(0 <= b < 1 for b in c.opt_betas)),
+            f"'opt_betas' is {c.opt_betas} but must be two values in [0, 1), e.g. 0.9 0.999.",
+        ),
+        (
+            c.eval_unused and not c.train_subset,
+            "'eval_unused' is on but 'train_subset' is 0, so no training image is left out; "
+            "give --train-subset N or drop --eval-unused.",
+        ),
+        (
+            c.val_images and not c.train_subset,
+            "'val_images' is set but 'train_subset' is 0, so no training image is left out "
+            "to validate on; give --train-subset N or drop --val-images.",
+        ),
+        (
+            c.overwrite and (c.resume or c.auto_resume),
+            "'overwrite' replaces the run in output_dir but 'resume'/'auto_resume' continues "
+            "it; keep one of them.",
+        ),
+        (
+            c.finetune_img_size is not None
+            and not (len(c.finetune_img_size) in (1, 2) and min(c.finetune_img_size) > 0),
+            f"'finetune_img_size' is {c.finetune_img_size} but must be one or two positive "
+            "sizes in pixels (H W).",
+        ),
+        (
+            any(v is not None and (len(v) != 3 or min(v) < 0) for v in (c.mean, c.std))
+            or (c.std is not None and min(c.std) <= 0),
+            f"'mean'/'std' are {c.mean}/{c.std} but need 3 values each (std above 0).",
+        ),
+        (
+            c.batch_size % 2 != 0 and mixing,
+            f"'batch_size' is {c.batch_size} but Mixup/CutMix needs an even batch (timm mixes "
+            "each image with the batch reversed); use an even batch size or --mixup 0 --cutmix 0.",
+        ),
+        (
+            c.distillation_type != "none" and not teacher,
+            "'teacher_model' is empty but distillation is on; name a teacher (or a store of "
+            "its labels, teacher_labels) or set distillation_type 'none'.",
+        ),
+        (
+            c.teacher_labels and c.distillation_type == "none",
+            "'teacher_labels' is set but distillation_type is 'none'; choose 'hard' or "
+            "'soft', or drop teacher_labels.",
+        ),
+        (
+            not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", c.device),
+            f"'device' is {c.device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.",
+        ),
     ]
-    return [e for e in (*checks, *_data_set_options(c)) if e]
+    return [sentence for bad, sentence in wrong if bad] + _data_set_options(c)
+
+
+def _model_problem(name: str) -> str | None:
+    return None if name else "'model' is empty; name a model, e.g. deit_tiny_patch16_224."
+
+
+def _pair_problem(v: list[float] | None) -> str | None:
+    if v is None or (len(v) == 2 and all(0 <= x <= 1 for x in v) and v[0] <= v[1]):
+        return None
+    return f"'cutmix_minmax' is {v} but must be two increasing values in [0, 1]."
 
 
 def data_set_problem(name: str) -> str | None:
@@ -203,7 +241,7 @@ def data_set_problem(name: str) -> str | None:
     return None
 
 
-def _data_set_options(c: Config) -> list[str | None]:
+def _data_set_options(c: Config) -> list[str]:
     """The options only some data sets take (an unknown name: :func:`data_set_problem`)."""
     from ..data.info import _canonical
 
@@ -211,7 +249,7 @@ def _data_set_options(c: Config) -> list[str | None]:
         key = _canonical(c.data_set)
     except ValueError:
         return []
-    errors: list[str | None] = []
+    errors: list[str] = []
     if c.skip_corrupt and key not in ("folder", "imagenet", "inat18", "inat19"):
         errors.append(
             f"'skip_corrupt' applies to image files (folder, imagenet, inat18, inat19), not to "
@@ -232,3 +270,14 @@ def opt_problem(name: str) -> str | None:
     close = difflib.get_close_matches(name.lower(), sorted(known), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"'opt' is {name!r}, not a timm optimiser{hint}; use e.g. 'adamw' or 'sgd'."
+
+
+#: The checks of one value each that a range or a choice cannot state: the sentence of a bad
+#: value, ``None`` for a good one.
+VALUE_PROBLEMS = {
+    "model": _model_problem,
+    "seed": seed_problem,
+    "cutmix_minmax": _pair_problem,
+    "data_set": data_set_problem,
+    "opt": opt_problem,
+}

@@ -9,6 +9,7 @@ on a new, resolved copy). Every problem is one sentence naming the key
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,6 @@ from pydantic import (
     model_validator,
 )
 
-from .._checks import seed_problem
 from .._choices import (
     AMP,
     DISTILLATION_TYPES,
@@ -35,7 +35,7 @@ from .._choices import (
     TEACHER_PRECISIONS,
 )
 from .._write import atomic_write_text
-from .checks import ALIASES, combination_problems, data_set_problem, kind, opt_problem, sentences
+from .checks import ALIASES, VALUE_PROBLEMS, combination_problems, kind, sentences
 from .errors import ConfigError
 from .yamlfile import load_yaml_dict
 
@@ -71,20 +71,23 @@ Integers = Annotated[list[int], BeforeValidator(_tuple_as_list)]
 
 
 def _f(
+    group: str,
     default: Any,
     help: str,
     *,
-    group: str,
     flags: list[str] | None = None,
     metavar: str | None = None,
-    fix: str = "",
     **bounds: float,
 ) -> Any:
     """A field with its help text, its range (``ge``/``gt``/``le``/``lt``) and what the command
-    line needs: its argument ``group``, extra option strings (``flags``), ``metavar``; ``fix``
-    ends the sentence of a value below its lower bound."""
-    extra = {"group": group, "flags": flags or [], "metavar": metavar, "fix": fix}
+    line needs: its argument ``group``, extra option strings (``flags``), ``metavar``."""
+    extra = {"group": group, "flags": flags or [], "metavar": metavar}
     return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+_model, _optimizer, _schedule = (partial(_f, g) for g in ("model", "optimizer", "schedule"))
+_augment, _mixup, _distil = (partial(_f, g) for g in ("augmentation", "mixup", "distillation"))
+_data, _run = partial(_f, "data"), partial(_f, "run")
 
 
 _MIXUP_MODES = ("batch", "pair", "elem")
@@ -116,267 +119,192 @@ class Config(BaseModel):
     _validated: bool = PrivateAttr(default=False)
 
     # --- model
-    model: str = _f("deit_base_patch16_224", "Model name (DeiT registry or timm).", group="model")
-    input_size: int | None = _f(
+    model: str = _model("deit_base_patch16_224", "Model name (DeiT registry or timm).")
+    input_size: int | None = _model(
         None,
         "Input image side in pixels (none = the model's own, e.g. 28 for deit_tiny_patch4_28).",
-        group="model",
         ge=1,
-        fix=" pixel; give the image side in pixels",
     )
-    drop: Number = _f(0.0, "Dropout rate.", group="model", metavar="PCT", ge=0, lt=1)
-    drop_path: Number = _f(0.1, "Stochastic depth rate.", group="model", metavar="PCT", ge=0, lt=1)
-    finetune: str = _f("", "Checkpoint to fine-tune from ('' = none).", group="model")
-    finetune_img_size: Integers | None = _f(
+    drop: Number = _model(0.0, "Dropout rate.", metavar="PCT", ge=0, lt=1)
+    drop_path: Number = _model(0.1, "Stochastic depth rate.", metavar="PCT", ge=0, lt=1)
+    finetune: str = _model("", "Checkpoint to fine-tune from ('' = none).")
+    finetune_img_size: Integers | None = _model(
         None,
         "Image size (H W, pixels) the --finetune weights were trained at, for files that do "
         "not record it and whose position grid is ambiguous (None = recorded or square).",
-        group="model",
         metavar="PX",
     )
     # --- optimiser
-    opt: str = _f("adamw", "Optimiser (timm name).", group="optimizer")
-    opt_eps: Number | None = _f(
-        1e-8, "Optimiser epsilon ('none' = optimiser default).", group="optimizer", gt=0
+    opt: str = _optimizer("adamw", "Optimiser (timm name).")
+    opt_eps: Number | None = _optimizer(
+        1e-8, "Optimiser epsilon ('none' = optimiser default).", gt=0
     )
-    opt_betas: Numbers | None = _f(
-        None, "Optimiser betas (default: optimiser's).", group="optimizer"
-    )
-    momentum: Number = _f(0.9, "SGD momentum.", group="optimizer", ge=0, le=1)
-    weight_decay: Number = _f(
+    opt_betas: Numbers | None = _optimizer(None, "Optimiser betas (default: optimiser's).")
+    momentum: Number = _optimizer(0.9, "SGD momentum.", ge=0, le=1)
+    weight_decay: Number = _optimizer(
         0.05,
         "Weight decay (not on biases, norms, tokens, pos_embed).",
-        group="optimizer",
         ge=0,
-        fix="; use 0 to turn weight decay off",
     )
-    clip_grad: Number | None = _f(
-        None, "Gradient-norm clipping ('none' = off).", group="optimizer", gt=0
-    )
+    clip_grad: Number | None = _optimizer(None, "Gradient-norm clipping ('none' = off).", gt=0)
     # --- schedule
-    sched: Literal[_SCHEDS] = _f("cosine", "LR schedule (timm name).", group="schedule")
-    lr: Number = _f(5e-4, "Peak learning rate at global batch 512.", group="schedule", gt=0)
-    unscale_lr: bool = _f(
-        False, "Use lr as given, without scaling by global batch / 512.", group="schedule"
-    )
-    lr_noise: Numbers | None = _f(None, "LR noise on/off epochs as fractions.", group="schedule")
-    lr_noise_pct: Number = _f(0.67, "LR noise limit percent.", group="schedule")
-    lr_noise_std: Number = _f(1.0, "LR noise std-dev.", group="schedule")
-    warmup_lr: Number = _f(
+    sched: Literal[_SCHEDS] = _schedule("cosine", "LR schedule (timm name).")
+    lr: Number = _schedule(5e-4, "Peak learning rate at global batch 512.", gt=0)
+    unscale_lr: bool = _schedule(False, "Use lr as given, without scaling by global batch / 512.")
+    lr_noise: Numbers | None = _schedule(None, "LR noise on/off epochs as fractions.")
+    lr_noise_pct: Number = _schedule(0.67, "LR noise limit percent.")
+    lr_noise_std: Number = _schedule(1.0, "LR noise std-dev.")
+    warmup_lr: Number = _schedule(
         1e-6,
         "Learning rate at the start of the warm-up.",
-        group="schedule",
         ge=0,
-        fix="; use 0 or a positive learning rate",
     )
-    min_lr: Number = _f(
+    min_lr: Number = _schedule(
         1e-5,
         "Floor of the cosine schedule.",
-        group="schedule",
         ge=0,
-        fix="; use 0 or a positive learning rate",
     )
-    decay_epochs: Number = _f(
-        30.0, "Epoch interval of step decay ('step' schedule).", group="schedule", gt=0
+    decay_epochs: Number = _schedule(30.0, "Epoch interval of step decay ('step' schedule).", gt=0)
+    warmup_epochs: int = _schedule(5, "Epochs of linear warm-up.", ge=0)
+    cooldown_epochs: int = _schedule(
+        10, "Epochs at min_lr after the cycle (timm; not trained).", ge=0
     )
-    warmup_epochs: int = _f(5, "Epochs of linear warm-up.", group="schedule", ge=0)
-    cooldown_epochs: int = _f(
-        10, "Epochs at min_lr after the cycle (timm; not trained).", group="schedule", ge=0
+    patience_epochs: int = _schedule(10, "Patience of the 'plateau' schedule.", ge=0)
+    decay_rate: Number = _schedule(
+        0.1, "LR decay rate ('step'/'plateau').", flags=["--dr"], gt=0, le=1
     )
-    patience_epochs: int = _f(10, "Patience of the 'plateau' schedule.", group="schedule", ge=0)
-    decay_rate: Number = _f(
-        0.1, "LR decay rate ('step'/'plateau').", group="schedule", flags=["--dr"], gt=0, le=1
-    )
-    epochs: int = _f(
-        300, "Training epochs.", group="schedule", ge=1, fix="; train for at least one epoch"
-    )
-    sched_per_step: bool = _f(
-        True, "Update the LR every optimiser step (else per epoch, as official).", group="schedule"
+    epochs: int = _schedule(300, "Training epochs.", ge=1)
+    sched_per_step: bool = _schedule(
+        True, "Update the LR every optimiser step (else per epoch, as official)."
     )
     # --- augmentation
-    color_jitter: Number | None = _f(
-        0.3, "Colour jitter factor (unused with --aa).", group="augmentation", ge=0
+    color_jitter: Number | None = _augment(0.3, "Colour jitter factor (unused with --aa).", ge=0)
+    aa: str | None = _augment("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' = off).")
+    smoothing: Number = _augment(0.1, "Label smoothing.", ge=0, lt=1)
+    train_interpolation: Literal[_INTERPOLATIONS] = _augment(
+        "bicubic", "Training resize interpolation."
     )
-    aa: str | None = _f(
-        "rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' = off).", group="augmentation"
-    )
-    smoothing: Number = _f(0.1, "Label smoothing.", group="augmentation", ge=0, lt=1)
-    train_interpolation: Literal[_INTERPOLATIONS] = _f(
-        "bicubic", "Training resize interpolation.", group="augmentation"
-    )
-    hflip: Number = _f(
-        0.5, "Horizontal flip probability (0 for digits).", group="augmentation", ge=0, le=1
-    )
-    repeated_aug: bool = _f(
-        True, "Repeated augmentation (timm RepeatAugSampler).", group="augmentation"
-    )
-    num_repeats: int = _f(3, "Repeats per image with --repeated-aug.", group="augmentation", ge=1)
-    reprob: Number = _f(
-        0.25, "Random erasing probability.", group="augmentation", metavar="PCT", ge=0, le=1
-    )
-    remode: Literal[_REMODES] = _f("pixel", "Random erasing mode.", group="augmentation")
-    recount: int = _f(1, "Random erasing count.", group="augmentation", ge=1)
-    eval_crop_ratio: Number = _f(
-        0.875, "Evaluation centre-crop ratio.", group="augmentation", gt=0, le=1
-    )
-    crop_padding: int = _f(
-        4, "Padding of the random crop used for inputs <= 32 px.", group="augmentation", ge=0
-    )
+    hflip: Number = _augment(0.5, "Horizontal flip probability (0 for digits).", ge=0, le=1)
+    repeated_aug: bool = _augment(True, "Repeated augmentation (timm RepeatAugSampler).")
+    num_repeats: int = _augment(3, "Repeats per image with --repeated-aug.", ge=1)
+    reprob: Number = _augment(0.25, "Random erasing probability.", metavar="PCT", ge=0, le=1)
+    remode: Literal[_REMODES] = _augment("pixel", "Random erasing mode.")
+    recount: int = _augment(1, "Random erasing count.", ge=1)
+    eval_crop_ratio: Number = _augment(0.875, "Evaluation centre-crop ratio.", gt=0, le=1)
+    crop_padding: int = _augment(4, "Padding of the random crop used for inputs <= 32 px.", ge=0)
     # --- mixup / cutmix
-    mixup: Number = _f(
-        0.8, "Mixup alpha (0 = off).", group="mixup", ge=0, fix="; use 0 to turn Mixup off"
-    )
-    cutmix: Number = _f(
-        1.0, "CutMix alpha (0 = off).", group="mixup", ge=0, fix="; use 0 to turn CutMix off"
-    )
-    cutmix_minmax: Numbers | None = _f(
-        None, "CutMix min/max box ratio (overrides alpha).", group="mixup"
-    )
-    mixup_prob: Number = _f(1.0, "Probability of mixing a batch.", group="mixup", ge=0, le=1)
-    mixup_switch_prob: Number = _f(
-        0.5, "Probability of CutMix when both are on.", group="mixup", ge=0, le=1
-    )
-    mixup_mode: Literal[_MIXUP_MODES] = _f("batch", "Mixing granularity.", group="mixup")
+    mixup: Number = _mixup(0.8, "Mixup alpha (0 = off).", ge=0)
+    cutmix: Number = _mixup(1.0, "CutMix alpha (0 = off).", ge=0)
+    cutmix_minmax: Numbers | None = _mixup(None, "CutMix min/max box ratio (overrides alpha).")
+    mixup_prob: Number = _mixup(1.0, "Probability of mixing a batch.", ge=0, le=1)
+    mixup_switch_prob: Number = _mixup(0.5, "Probability of CutMix when both are on.", ge=0, le=1)
+    mixup_mode: Literal[_MIXUP_MODES] = _mixup("batch", "Mixing granularity.")
     # --- distillation
-    teacher_model: str = _f("regnety_160", "Teacher model name.", group="distillation")
-    teacher_path: str = _f("", "Teacher checkpoint file.", group="distillation")
-    distillation_type: Literal[DISTILLATION_TYPES] = _f(
-        "none", "Distillation loss.", group="distillation"
-    )
-    distillation_alpha: Number = _f(
-        0.5, "Weight of the teacher term, in [0, 1].", group="distillation", ge=0, le=1
-    )
-    distillation_tau: Number = _f(
-        1.0, "Soft-distillation temperature (> 0).", group="distillation", gt=0
-    )
-    kl_reduction: Literal[KL_REDUCTIONS] = _f(
+    teacher_model: str = _distil("regnety_160", "Teacher model name.")
+    teacher_path: str = _distil("", "Teacher checkpoint file.")
+    distillation_type: Literal[DISTILLATION_TYPES] = _distil("none", "Distillation loss.")
+    distillation_alpha: Number = _distil(0.5, "Weight of the teacher term, in [0, 1].", ge=0, le=1)
+    distillation_tau: Number = _distil(1.0, "Soft-distillation temperature (> 0).", gt=0)
+    kl_reduction: Literal[KL_REDUCTIONS] = _distil(
         "mean",
         "Soft KL reduction: 'mean' = official (sum / (B*C)), 'batchmean' = sum / B.",
-        group="distillation",
     )
-    channels_last_teacher: bool = _f(
+    channels_last_teacher: bool = _distil(
         False,
         "Run the fp32 teacher in channels-last memory format (the fast paths of "
         "--teacher-precision always are).",
-        group="distillation",
     )
-    teacher_labels: str = _f(
+    teacher_labels: str = _distil(
         "",
         "Stored teacher labels of this run's views (`deit teacher-labels`); the teacher is not "
         "run ('' = run it).",
-        group="distillation",
     )
-    teacher_precision: Literal[TEACHER_PRECISIONS] = _f(
+    teacher_precision: Literal[TEACHER_PRECISIONS] = _distil(
         "auto",
         "Frozen teacher's fast path: auto = fastest native format whose targets match fp32's "
         "on 256 training views (else fp32); fp32, bf16, fp16 (CUDA) or int8 (x86 CPU) force one.",
-        group="distillation",
     )
     # --- data
-    data_set: str = _f("imagenet", "Data set name (see deit.data.list_datasets).", group="data")
-    data_path: str = _f(
-        "", "Data set root folder (official default was a cluster path).", group="data"
-    )
-    inat_category: Literal[INAT_CATEGORIES] = _f("name", "iNaturalist class level.", group="data")
-    mean: Numbers | None = _f(
+    data_set: str = _data("imagenet", "Data set name (see deit.data.list_datasets).")
+    data_path: str = _data("", "Data set root folder (official default was a cluster path).")
+    inat_category: Literal[INAT_CATEGORIES] = _data("name", "iNaturalist class level.")
+    mean: Numbers | None = _data(
         None,
         "Normalisation mean per channel, [0, 1] units (none = the fine-tuned weights' own, "
         "else the data set's).",
-        group="data",
     )
-    std: Numbers | None = _f(
-        None, "Normalisation std per channel (none = chosen like --mean).", group="data"
+    std: Numbers | None = _data(None, "Normalisation std per channel (none = chosen like --mean).")
+    skip_corrupt: bool = _data(
+        False, "Skip unreadable image files with a warning (folder, imagenet, inat)."
     )
-    skip_corrupt: bool = _f(
-        False, "Skip unreadable image files with a warning (folder, imagenet, inat).", group="data"
-    )
-    train_subset: int = _f(
+    train_subset: int = _data(
         0,
         "Train on a fixed random subset of N images (0 = all; quick runs).",
-        group="data",
         ge=0,
-        fix="; use 0 to train on every image",
     )
-    eval_unused: bool = _f(
+    eval_unused: bool = _data(
         False,
         "With --train-subset, also evaluate on the training images the subset leaves out.",
-        group="data",
     )
-    val_images: int = _f(
+    val_images: int = _data(
         0,
         "With --train-subset, hold out the first K training images the subset leaves out as "
         "validation: the run evaluates on them alone (for choosing settings), or with "
         "--eval-unused they are kept out of the evaluated images (0 = none).",
-        group="data",
         ge=0,
-        fix="; use 0 to hold out no validation images",
     )
-    batch_size: int = _f(
+    batch_size: int = _data(
         64,
         "Batch size per process.",
-        group="data",
         ge=1,
-        fix="; use a positive batch size per process",
     )
-    num_workers: int = _f(
+    num_workers: int = _data(
         -1,
         "Data-loading workers per process (-1 = auto: the cores this process's share leaves "
         "free of compute threads, at most 10).",
-        group="data",
         flags=["--num-workers"],
         ge=-1,
-        fix="; use -1 for the automatic count or 0 to load in this process",
     )
-    pin_mem: bool = _f(True, "Pin CPU memory in the data loader.", group="data")
+    pin_mem: bool = _data(True, "Pin CPU memory in the data loader.")
     # --- run
-    output_dir: str = _f(
-        "", "Folder for checkpoints and logs ('' = none).", group="run", flags=["--output-dir"]
+    output_dir: str = _run(
+        "", "Folder for checkpoints and logs ('' = none).", flags=["--output-dir"]
     )
-    device: str = _f("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.", group="run")
-    seed: int = _f(0, "Random seed.", group="run")
-    resume: str = _f("", "Checkpoint to resume from.", group="run")
-    auto_resume: bool = _f(
-        False, "Resume from <output_dir>/checkpoint.pth when present.", group="run"
-    )
-    overwrite: bool = _f(
+    device: str = _run("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    seed: int = _run(0, "Random seed.")
+    resume: str = _run("", "Checkpoint to resume from.")
+    auto_resume: bool = _run(False, "Resume from <output_dir>/checkpoint.pth when present.")
+    overwrite: bool = _run(
         False,
         "Replace a run already in output_dir (its checkpoints, log and config) instead of "
         "refusing.",
-        group="run",
     )
-    new_schedule: bool = _f(
+    new_schedule: bool = _run(
         False,
         "On resume, accept schedule settings (lr, warm-up, epochs, batch size, processes, "
         "seed) that differ from the checkpoint's: the schedule restarts from the same epoch.",
-        group="run",
     )
-    eval: bool = _f(False, "Evaluate only.", group="run")
-    dist_eval: bool = _f(
+    eval: bool = _run(False, "Evaluate only.")
+    dist_eval: bool = _run(
         False,
         "Split evaluation over processes (each image once); else every process evaluates all.",
-        group="run",
     )
-    eval_interval: int = _f(
+    eval_interval: int = _run(
         1,
         "Evaluate every N epochs and after the last (0 = after the last only).",
-        group="run",
         ge=0,
-        fix="; use 0 to evaluate after the last epoch only",
     )
-    model_ema: bool = _f(True, "Keep an EMA of the weights.", group="run")
-    model_ema_decay: Number = _f(0.99996, "EMA decay.", group="run", gt=0, lt=1)
-    model_ema_force_cpu: bool = _f(False, "Keep the EMA on the CPU.", group="run")
-    amp: Literal[AMP] = _f(
-        "auto", "Mixed precision: auto = bf16/fp16 on GPU, fp32 on CPU.", group="run"
+    model_ema: bool = _run(True, "Keep an EMA of the weights.")
+    model_ema_decay: Number = _run(0.99996, "EMA decay.", gt=0, lt=1)
+    model_ema_force_cpu: bool = _run(False, "Keep the EMA on the CPU.")
+    amp: Literal[AMP] = _run("auto", "Mixed precision: auto = bf16/fp16 on GPU, fp32 on CPU.")
+    compile: bool = _run(False, "torch.compile the model.")
+    log_interval: int = _run(
+        10, "Refresh the progress bar's loss, lr and speed every N steps.", ge=1
     )
-    compile: bool = _f(False, "torch.compile the model.", group="run")
-    log_interval: int = _f(
-        10, "Refresh the progress bar's loss, lr and speed every N steps.", group="run", ge=1
-    )
-    eval_head: Literal[HEAD_CHOICES] = _f(
+    eval_head: Literal[HEAD_CHOICES] = _run(
         "both",
         "Head reported as acc1 for a distilled model: averaged, class or distillation head.",
-        group="run",
     )
 
     # ---------------------------------------------------------------- validation
@@ -395,36 +323,10 @@ class Config(BaseModel):
     # pydantic's own validation (model_validate, with its context) does not go through it
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
-    @field_validator("model")
+    @field_validator(*VALUE_PROBLEMS)
     @classmethod
-    def _model_named(cls, value: str) -> str:
-        if not value:
-            raise ValueError("'model' is empty; name a model, e.g. deit_tiny_patch16_224.")
-        return value
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_in_range(cls, value: int) -> int:
-        problem = seed_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("cutmix_minmax")
-    @classmethod
-    def _increasing_pair(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (
-            len(value) != 2 or not all(0 <= x <= 1 for x in value) or value[0] > value[1]
-        ):
-            raise ValueError(
-                f"'cutmix_minmax' is {value} but must be two increasing values in [0, 1]."
-            )
-        return value
-
-    @field_validator("data_set", "opt")
-    @classmethod
-    def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        problem = data_set_problem(value) if info.field_name == "data_set" else opt_problem(value)
+    def _value(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = VALUE_PROBLEMS[info.field_name](value)
         if problem:
             raise ValueError(problem)
         return value

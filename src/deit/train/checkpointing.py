@@ -146,15 +146,15 @@ def resume(state: RunState) -> None:
             f"--resume {path!r} holds a {ck.model_name} but --model is {cfg.model}."
         )
     rebuilt = False if cfg.eval else _check_resume(state, ck, path)  # evaluating trains nothing
-    optim, done = state.optim, state.progress
+    step, done = state.step, state.progress
     state.student.model.load_state_dict(ck.model)
-    optim.optimizer.load_state_dict(ck.optimizer)
+    state.optimizer.load_state_dict(ck.optimizer)
     saved_scheduler = None if rebuilt else ck.scheduler
-    for part, saved in ((optim.scheduler, saved_scheduler), (optim.scaler, ck.scaler)):
+    for part, saved in ((step.scheduler, saved_scheduler), (step.scaler, ck.scaler)):
         if part is not None and saved:
             part.load_state_dict(saved)
-    if optim.ema is not None and ck.model_ema is not None:
-        optim.ema.module.load_state_dict(ck.model_ema)
+    if step.model_ema is not None and ck.model_ema is not None:
+        step.model_ema.module.load_state_dict(ck.model_ema)
     done.start_epoch, done.num_updates, done.skip_batches = ck.epoch, ck.step, ck.batches_done
     done.partial_stats = ck.epoch_stats if ck.batches_done else None
     done.best_acc1, done.history = ck.best_acc1, list(ck.history)
@@ -165,11 +165,11 @@ def resume(state: RunState) -> None:
         done.partial_stats = None
     elif ck.rng and env.world_size == ck.world_size:
         set_rng_state(ck.rng[env.rank] if isinstance(ck.rng, list) else ck.rng)
-    if optim.scheduler is not None:
+    if step.scheduler is not None:
         if cfg.sched_per_step:
-            optim.scheduler.step_update(done.num_updates)
+            step.scheduler.step_update(done.num_updates)
         else:
-            optim.scheduler.step(done.start_epoch)
+            step.scheduler.step(done.start_epoch)
     if env.is_main:
         where = f"in epoch {ck.epoch + 1}" if ck.batches_done else f"after epoch {ck.epoch}"
         print(f"Resumed from {path} {where}, update {ck.step}.", file=sys.stderr)
@@ -198,7 +198,7 @@ def save(
     if state.lock is not None and not state.lock.held():
         when = f" (found saving epoch {epoch + (batches_done > 0)})"
         raise state.lock.gone_error(when)
-    cfg, data, optim, done = state.cfg, state.data, state.optim, state.progress
+    cfg, data, step, done = state.cfg, state.data, state.step, state.progress
     RunCheckpoint(
         model=state.student.model.state_dict(),
         model_name=cfg.model,
@@ -211,10 +211,10 @@ def save(
         crop_pct=cfg.eval_crop_ratio,
         data_set=cfg.data_set,
         config=cfg.to_dict(),
-        optimizer=optim.optimizer.state_dict(),
-        scheduler=_state_dict(optim.scheduler),
-        scaler=_state_dict(optim.scaler),
-        model_ema=_state_dict(optim.ema.module if optim.ema is not None else None),
+        optimizer=state.optimizer.state_dict(),
+        scheduler=_state_dict(step.scheduler),
+        scaler=_state_dict(step.scaler),
+        model_ema=_state_dict(step.model_ema.module if step.model_ema is not None else None),
         epoch=epoch,
         step=done.num_updates,
         batches_done=batches_done,

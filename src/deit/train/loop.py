@@ -42,21 +42,21 @@ def _evaluate(
 
 def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> dict[str, float]:
     """One epoch of :func:`deit.engine.train_one_epoch` with the run's task and step options."""
-    cfg, done, optim = state.cfg, state.progress, state.optim
+    cfg, done, step = state.cfg, state.progress, state.step
     # resuming mid-epoch, the sampler starts after the batches already trained
     state.data.sampler_train.set_epoch(epoch, done.skip_batches * cfg.batch_size)
-    if optim.scheduler is not None and not cfg.sched_per_step:
-        optim.scheduler.step(epoch)
+    if step.scheduler is not None and not cfg.sched_per_step:
+        step.scheduler.step(epoch)
     loader = state.data.loader_train
     bar = _progress(len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
     try:
         stats = train_one_epoch(
             state.student.task,
             loader,
-            optim.optimizer,
+            state.optimizer,
             state.device,
             epoch,
-            optim.step,
+            step,
             num_updates=done.num_updates,
             first_batch=done.skip_batches,
             progress=bar,
@@ -72,7 +72,7 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
             state.device,
             epoch + 1,
             state.precision.name,
-            optim.ema is not None,
+            step.model_ema is not None,
         ) from None
     finally:
         if bar is not None:
@@ -108,9 +108,9 @@ def _from_rank_0(state: RunState, value: Any) -> Any:
 def _ema_on_run_device(state: RunState) -> bool:
     """Whether the run has an EMA on its own device (``--model-ema-force-cpu`` keeps it on the
     CPU: its evaluation would meet the device's images with CPU weights)."""
-    if state.optim.ema is None:
+    if state.step.model_ema is None:
         return False
-    weights = next(state.optim.ema.module.parameters(), None)
+    weights = next(state.step.model_ema.module.parameters(), None)
     return weights is None or weights.device.type == state.device.type
 
 
@@ -125,7 +125,7 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
         final = _evaluate(state, state.student.eval_model)
         ema = {}
         if _ema_on_run_device(state):  # an EMA forced to the CPU is not evaluated (timm)
-            ema["test_ema_acc1"] = _evaluate(state, state.optim.ema.module)["acc1"]
+            ema["test_ema_acc1"] = _evaluate(state, state.step.model_ema.module)["acc1"]
         # rank 0's figures on every rank: without --dist-eval each rank scored the whole set
         # (other kernels may score it otherwise), and saving a new best is a collective
         done.final, ema = _from_rank_0(state, (final, ema))

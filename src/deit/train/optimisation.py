@@ -15,7 +15,6 @@ from ..engine import StepOptions
 from ..optim import build_ema, build_optimizer, build_scheduler
 from ..precision import Precision
 from .distributed import DistEnv
-from .state import Optimisation
 
 __all__ = ["build_optimisation"]
 
@@ -28,10 +27,10 @@ def build_optimisation(
     device: torch.device,
     precision: Precision,
     mixup_fn: Mixup | None = None,
-) -> Optimisation:
-    """Optimiser, learning-rate schedule (``len(loader_train)`` steps an epoch), gradient
-    scaler (fp16 only) and weight EMA (timm) of ``model``, and the step options they make with
-    ``precision`` and ``mixup_fn``.
+) -> tuple[torch.optim.Optimizer, StepOptions]:
+    """The optimiser of ``model`` and the options of every training step: its learning-rate
+    schedule (``len(loader_train)`` steps an epoch), gradient scaler (fp16 only) and weight EMA
+    (each timm's), ``precision`` and ``mixup_fn``.
 
     Raises:
         ValueError: fewer training images than one batch; a batch of one for a model with
@@ -71,4 +70,4 @@ def build_optimisation(
         model_ema=ema,
         log_interval=cfg.log_interval,
     )
-    return Optimisation(optimizer, scheduler, scaler, ema, step)
+    return optimizer, step

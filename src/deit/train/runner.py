@@ -39,11 +39,8 @@ def run(
     max_epochs_this_run: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says; see the module docstring.
-
-    The steps: :func:`resolve_config`, :func:`build_data`, :func:`build_student` (with the
-    distillation task), :func:`build_optimisation`, held in one :class:`RunState`; then
-    :func:`resume` and :func:`fit` (which :func:`save` s).
+    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says: build the run
+    (:func:`_build`), :func:`resume`, :func:`fit`; see the module docstring.
 
     Args:
         cfg: the configuration (validated here).
@@ -105,12 +102,12 @@ def _build(cfg: Config, env: DistEnv, device: torch.device, lock: OutputLock | N
         torch.manual_seed(cfg.seed)
         student = build_student(cfg, data, env, device)
     precision = resolve_precision(cfg.amp, device)
-    optim = build_optimisation(
+    optimizer, step = build_optimisation(
         cfg, student.model, data.loader_train, env, device, precision, data.mixup_fn
     )
     seed_everything(cfg.seed + env.rank)  # training's draws depend on the config only
     out = checked if env.is_main else None
-    return RunState(cfg, env, device, precision, out, lock, data, student, optim)
+    return RunState(cfg, env, device, precision, out, lock, data, student, optimizer, step)
 
 
 def _train(state: RunState, max_epochs_this_run: int | None, progress: bool) -> None:
@@ -118,7 +115,7 @@ def _train(state: RunState, max_epochs_this_run: int | None, progress: bool) -> 
     _open_output(state)
     _warmup_note(state)  # after every input is checked: a run that cannot start
     if state.env.is_main:
-        ema = state.optim.ema is not None
+        ema = state.step.model_ema is not None
         batch, amp = state.cfg.batch_size, state.precision.name
         check_step_memory(state.student.model, batch, state.device, amp, ema)
     try:  # prints its error alone

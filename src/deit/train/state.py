@@ -1,12 +1,5 @@
-"""The typed state of one run: what its steps build, once, and the progress the loop updates.
-
-:func:`deit.train.run` builds, in order and each once: the run's configuration with the
-model's defaults filled in (:func:`~deit.train.data.resolve_config`), its :class:`RunData`
-(:func:`~deit.train.data.build_data`), its :class:`Student` with the distillation task
-(:func:`~deit.train.model.build_student`), its :class:`Optimisation`
-(:func:`~deit.train.optimisation.build_optimisation`), and holds them in one :class:`RunState`;
-only its :class:`Progress` (and the TensorBoard writer, opened with the output folder) change
-while it trains.
+"""The typed state of one run: the parts :func:`deit.train.run` builds once (:class:`RunData`,
+:class:`Student`, the optimiser and step options) and the :class:`Progress` the loop updates.
 """
 
 from __future__ import annotations
@@ -17,8 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.data import Mixup
-from timm.scheduler.scheduler import Scheduler
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -34,7 +25,7 @@ from .lock import OutputLock
 if TYPE_CHECKING:  # the tensorboard extra is optional
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["BEST", "LAST", "Optimisation", "Progress", "RunData", "RunState", "Student"]
+__all__ = ["BEST", "LAST", "Progress", "RunData", "RunState", "Student"]
 
 LAST = "checkpoint.pth"
 BEST = "best_checkpoint.pth"
@@ -88,19 +79,6 @@ class Student:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
-@dataclass(frozen=True)
-class Optimisation:
-    """The run's optimiser, learning-rate schedule, fp16 gradient scaler and weight EMA (each
-    timm's; ``None`` when the run has none), and the :class:`deit.engine.StepOptions` every
-    epoch's steps take (:func:`~deit.train.optimisation.build_optimisation`)."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler | None
-    scaler: torch.amp.GradScaler | None
-    ema: ModelEmaV3 | None
-    step: StepOptions
-
-
 @dataclass
 class Progress:
     """Where the run stands: set by :func:`~deit.train.resume`, updated by the epoch loop."""
@@ -129,6 +107,7 @@ class RunState:
     lock: OutputLock | None
     data: RunData
     student: Student
-    optim: Optimisation
+    optimizer: torch.optim.Optimizer
+    step: StepOptions  # the schedule, scaler and EMA with the other options of every step
     progress: Progress = field(default_factory=Progress)
     writer: SummaryWriter | None = None  # None without the tensorboard extra
