@@ -121,6 +121,32 @@ def test_logs_and_checkpoint_contents(data_root, tmp_path):
     assert best["best_acc1"] == max(x["test_acc1"] for x in lines)
 
 
+@pytest.mark.parametrize("distil", [False, True])
+def test_grad_accum_steps_make_one_larger_batch(data_root, teacher_ckpt, tmp_path, distil):
+    """--grad-accum-steps 4 at batch 8 trains as batch 32 in one step (no Mixup, dropout or
+    drop path; SGD, whose update is the gradient): the same weights, EMA and optimiser steps
+    after three epochs, with and without a distillation teacher."""
+    kw = dict(epochs=3, mixup=0.0, cutmix=0.0, drop_path=0.0, opt="sgd", lr=0.5)
+    if distil:
+        kw.update(distillation_type="hard", teacher_model="resnet10t")
+        kw.update(teacher_path=str(teacher_ckpt), teacher_precision="fp32")
+    runs = {}
+    for batch, n in ((32, 1), (8, 4)):
+        out = tmp_path / f"b{batch}"
+        cfg = _cfg(data_root, out, batch_size=batch, grad_accum_steps=n, **kw)
+        runs[n] = run(cfg, progress=False)
+        runs[n]["ck"] = safe_torch_load(out / LAST)
+    one, four = runs[1], runs[4]
+    assert [h["train_num_updates"] for h in four["history"]] == [1.0, 2.0, 3.0]
+    assert [h["train_num_updates"] for h in one["history"]] == [1.0, 2.0, 3.0]
+    for key in ("model", "model_ema"):
+        worst = max((four["ck"][key][k] - v).abs().max().item() for k, v in one["ck"][key].items())
+        assert worst <= 1e-6, key
+    assert four["history"][-1]["train_loss"] == pytest.approx(
+        one["history"][-1]["train_loss"], rel=1e-5
+    )
+
+
 def test_non_finite_loss_stops_with_step(data_root, tmp_path):
     model = deit.create_model(STUDENT, num_classes=4)
     model.set_distilled_training(True)

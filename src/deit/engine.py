@@ -6,6 +6,7 @@ Precision and device choice live in :mod:`deit.precision` (re-exported here).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -60,8 +61,14 @@ class _Tally:
         self.checked = num_updates  # updates before the range the next check covers
         self.steps = self.images = 0
 
+    @property
+    def totals(self) -> torch.Tensor:
+        """The sums in :data:`STAT_NAMES`' order, one tensor."""
+        return torch.stack(list(self.sums.values()))
+
     def add(self, out: StepOutput, images: int, epoch: int, updates: int, every: int) -> None:
-        """Count one step's detached outputs (``None`` ones skipped); check every ``every``."""
+        """Count one batch's detached outputs (``None`` ones skipped); check when ``updates`` is
+        a multiple of ``every`` (0: no check, the optimiser step is still to come)."""
         for name, value in out._asdict().items():
             if value is not None:
                 self.sums[name] += value.detach()
@@ -69,7 +76,7 @@ class _Tally:
         self.images += images
         if self.bad is not None:
             self.bad |= ~torch.isfinite(out.loss.detach())
-            if updates % max(every, 1) == 0:
+            if every and updates % every == 0:
                 self.check(epoch, updates)
 
     def check(self, epoch: int, updates: int) -> None:
@@ -87,11 +94,12 @@ class _Tally:
     def means(self, device: torch.device) -> dict[str, float]:
         """The epoch's statistics by name (:data:`STAT_NAMES`): means over the steps of every
         process (the disagreement in %)."""
-        names = list(self.sums)
-        values = torch.stack([self.sums[n] for n in names]).tolist()
-        *values, n = _sum_across_processes([*values, float(self.steps)], device)
+        values = [*self.totals.tolist(), float(self.steps)]
+        *values, n = _sum_across_processes(values, device)
         scale = {"disagreement": 100.0}  # a fraction per step, a percentage per epoch
-        return {STAT_NAMES[k]: scale.get(k, 1.0) * v / max(n, 1.0) for k, v in zip(names, values)}
+        return {
+            STAT_NAMES[k]: scale.get(k, 1.0) * v / max(n, 1.0) for k, v in zip(self.sums, values)
+        }
 
 
 #: The epoch statistic of each :class:`~deit.distillation.StepOutput` field (``log.txt``'s
@@ -148,6 +156,9 @@ class StepOptions:
         sched_per_step: update the learning rate every step.
         model_ema: timm ``ModelEmaV3`` updated after each step, or ``None``.
         log_interval: refresh the progress bar's loss / lr / images-per-second every N steps.
+        grad_accum_steps: batches whose gradients make one optimiser step (timm's name); the
+            epoch's last step takes the batches left. Each batch's loss is divided by the
+            batches of its step, so a step of N batches of B images is one of N x B.
     """
 
     precision: Precision | None = None
@@ -158,25 +169,45 @@ class StepOptions:
     sched_per_step: bool = True
     model_ema: ModelEmaV3 | None = None
     log_interval: int = 10
+    grad_accum_steps: int = 1
 
 
 def _backward_and_step(
-    loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    opts: StepOptions,
+    first: bool = True,
+    last: bool = True,
 ) -> None:
-    """Backward (scaled for fp16), optional gradient-norm clipping, optimiser step."""
-    optimizer.zero_grad(set_to_none=True)
+    """Backward (scaled for fp16) into gradients zeroed at the ``first`` batch of an optimiser
+    step; at its ``last`` batch, optional gradient-norm clipping and the optimiser step (under
+    DDP the gradients are all-reduced then only)."""
+    if first:
+        optimizer.zero_grad(set_to_none=True)
+    with contextlib.nullcontext() if last else _no_sync(model):
+        (opts.scaler.scale(loss) if opts.scaler is not None else loss).backward()
+    if not last:
+        return
     if opts.scaler is not None:
-        opts.scaler.scale(loss).backward()
         if opts.clip_grad:
             opts.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
         opts.scaler.step(optimizer)
         opts.scaler.update()
         return
-    loss.backward()
     if opts.clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
     optimizer.step()
+
+
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` (through a ``torch.compile`` wrapper): no gradient all-reduce for a
+    batch whose optimiser step is still to come; nothing for a model in one process."""
+    for m in (model, getattr(model, "_orig_mod", None)):
+        if isinstance(m, nn.parallel.DistributedDataParallel):
+            return m.no_sync()
+    return contextlib.nullcontext()
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, index: int, num_updates: int) -> None:
@@ -206,11 +237,11 @@ def train_one_epoch(
     progress: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    """Train for one epoch (or until ``should_stop()``), one optimiser step per batch: fetch the
-    batch, mix it (Mixup/CutMix), ``task(images, targets, epoch, index)`` under autocast (the
-    student's outputs and the loss, :class:`deit.distillation.DistillationTask`), backward
-    (scaled for fp16), optional gradient-norm clipping, optimiser step, per-step learning rate
-    and EMA, and the step's outputs tallied by name.
+    """Train for one epoch (or until ``should_stop()``): fetch a batch, mix it (Mixup/CutMix),
+    ``task(images, targets, epoch, index)`` under autocast (the student's outputs and the loss,
+    :class:`deit.distillation.DistillationTask`), backward (scaled for fp16), and every
+    ``grad_accum_steps`` batches optional gradient-norm clipping, the optimiser step, the
+    per-step learning rate and the EMA; each batch's outputs are tallied by name.
 
     Args:
         task: the student (possibly DDP-wrapped), its loss and its teacher.
@@ -219,17 +250,18 @@ def train_one_epoch(
         num_updates: optimiser steps done before this epoch (drives the per-step schedule and
             the EMA warm-up).
         first_batch: index within the epoch of the loader's first batch (resuming mid-epoch,
-            the loader starts after the batches already trained; it keys Mixup/CutMix and the
-            stored teacher labels).
+            the loader starts after the batches already trained, at an optimiser step; it keys
+            Mixup/CutMix and the stored teacher labels).
         progress: a tqdm-like object with ``update()``/``set_postfix()``, or ``None``.
-        should_stop: polled after each step; ``True`` ends the epoch early (pre-emption).
+        should_stop: polled after each optimiser step; ``True`` ends the epoch early there
+            (pre-emption).
 
     Returns:
         ``loss``, ``loss_base``, ``loss_distillation`` (means over the epoch, averaged across
         processes), ``teacher_disagreement`` (% of training views whose teacher top-1 differs
         from the dominant label; 0 without a teacher), ``lr`` (last), ``images_per_s`` (this
-        process), ``steps`` (done this call), ``num_updates`` and ``completed`` (1.0 when the
-        loader was exhausted).
+        process), ``steps`` (batches done this call), ``num_updates`` (optimiser steps) and
+        ``completed`` (1.0 when the loader was exhausted).
 
     No host synchronisation per step: the step's outputs are summed on the device and read at
     the progress bar's ``log_interval`` and at the end.
@@ -241,7 +273,8 @@ def train_one_epoch(
     """
     opts = options or StepOptions()
     precision = opts.precision or Precision("fp32", None, device.type)
-    model = task.student
+    model, accum = task.student, opts.grad_accum_steps
+    batches = first_batch + len(loader)  # the epoch's: its last optimiser step takes the rest
     model.train()
     tally, completed, start = _Tally(device, num_updates), True, time.perf_counter()
     for i, (samples, targets) in enumerate(loader, start=first_batch):
@@ -251,16 +284,20 @@ def train_one_epoch(
         with precision.autocast():
             out = task(samples, targets, epoch, i)
         _check_finite(out.loss, epoch, i, num_updates)
-        _backward_and_step(out.loss, model, optimizer, opts)
-        num_updates += 1
-        if opts.scheduler is not None and opts.sched_per_step:
-            opts.scheduler.step_update(num_updates=num_updates)
-        if opts.model_ema is not None:
-            opts.model_ema.update(unwrap_model(model), step=num_updates)
-        tally.add(out, samples.shape[0], epoch, num_updates, opts.log_interval)
+        begin, end = i - i % accum, min(i - i % accum + accum, batches)  # this step's batches
+        loss = out.loss / (end - begin) if end - begin > 1 else out.loss
+        _backward_and_step(loss, model, optimizer, opts, first=i == begin, last=i + 1 == end)
+        if i + 1 == end:
+            num_updates += 1
+            if opts.scheduler is not None and opts.sched_per_step:
+                opts.scheduler.step_update(num_updates=num_updates)
+            if opts.model_ema is not None:
+                opts.model_ema.update(unwrap_model(model), step=num_updates)
+        every = opts.log_interval if i + 1 == end else 0
+        tally.add(out, samples.shape[0], epoch, num_updates, every)
         if progress is not None:
             _show_progress(progress, tally, optimizer, start, opts.log_interval)
-        if should_stop is not None and should_stop():
+        if i + 1 == end and should_stop is not None and should_stop():
             completed = False
             break
     tally.check(epoch, num_updates)

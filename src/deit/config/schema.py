@@ -146,6 +146,12 @@ class Config(BaseModel):
         "Weight decay (not on biases, norms, tokens, pos_embed).",
         ge=0,
     )
+    grad_accum_steps: int = _optimizer(
+        1,
+        "Batches whose gradients make one optimiser step (timm's name); the global batch is "
+        "batch_size x N x processes and lr scales with it.",
+        ge=1,
+    )
     clip_grad: Number | None = _optimizer(None, "Gradient-norm clipping ('none' = off).", gt=0)
     # --- schedule
     sched: Literal[_SCHEDS] = _schedule("cosine", "LR schedule (timm name).")

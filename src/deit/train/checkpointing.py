@@ -6,6 +6,7 @@ that would make the continued run differ from an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ RESUME_SCHEDULE = (
     "lr", "unscale_lr", "sched", "sched_per_step", "warmup_lr", "warmup_epochs", "min_lr",
     "decay_epochs", "decay_rate", "cooldown_epochs", "patience_epochs", "lr_noise",
     "lr_noise_pct", "lr_noise_std", "epochs", "batch_size", "seed", "repeated_aug",
-    "num_repeats",
+    "num_repeats", "grad_accum_steps",
 )  # fmt: skip
 RESUME_DATA = ("data_set", "train_subset", "input_size", "opt", "distillation_type")
 
@@ -161,7 +162,8 @@ def resume(state: RunState) -> None:
     if rebuilt:  # the new schedule starts at the epoch boundary, counted in its own steps
         if ck.batches_done and env.is_main:
             print_note(f"epoch {ck.epoch + 1} restarts from its beginning.")
-        done.num_updates, done.skip_batches = ck.epoch * len(state.data.loader_train), 0
+        updates = math.ceil(len(state.data.loader_train) / cfg.grad_accum_steps)  # an epoch
+        done.num_updates, done.skip_batches = ck.epoch * updates, 0
         done.partial_stats = None
     elif ck.rng and env.world_size == ck.world_size:
         set_rng_state(ck.rng[env.rank] if isinstance(ck.rng, list) else ck.rng)

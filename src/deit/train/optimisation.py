@@ -4,6 +4,8 @@ and weight EMA, all timm's (:mod:`deit.optim`), and the options of every trainin
 
 from __future__ import annotations
 
+import math
+
 import torch
 from timm.data import Mixup
 from torch import nn
@@ -29,8 +31,8 @@ def build_optimisation(
     mixup_fn: Mixup | None = None,
 ) -> tuple[torch.optim.Optimizer, StepOptions]:
     """The optimiser of ``model`` and the options of every training step: its learning-rate
-    schedule (``len(loader_train)`` steps an epoch), gradient scaler (fp16 only) and weight EMA
-    (each timm's), ``precision`` and ``mixup_fn``.
+    schedule (an epoch's optimiser steps: ``len(loader_train) / cfg.grad_accum_steps``, rounded
+    up), gradient scaler (fp16 only) and weight EMA (each timm's), ``precision``, ``mixup_fn``.
 
     Raises:
         ValueError: fewer training images than one batch; a batch of one for a model with
@@ -48,7 +50,8 @@ def build_optimisation(
             "image per training batch to normalise; use --batch-size 2 or more."
         )
     optimizer = build_optimizer(cfg, model, world_size=env.world_size)
-    scheduler = build_scheduler(cfg, optimizer, len(loader_train))
+    updates = math.ceil(len(loader_train) / cfg.grad_accum_steps)  # the last takes the rest
+    scheduler = build_scheduler(cfg, optimizer, updates)
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
     ema = build_ema(
         model,
@@ -69,5 +72,6 @@ def build_optimisation(
         sched_per_step=cfg.sched_per_step,
         model_ema=ema,
         log_interval=cfg.log_interval,
+        grad_accum_steps=cfg.grad_accum_steps,
     )
     return optimizer, step
