@@ -23,7 +23,7 @@ from torch import nn
 from ._choices import HEAD_CHOICES
 from .data.transforms import mix_batch
 from .distillation import DistillationTask, StepOutput
-from .inference import InferenceModel
+from .inference import DistilledInferenceModel
 from .models.distilled import DistilledVisionTransformer, late_fusion
 from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
 
@@ -60,6 +60,7 @@ class _Tally:
         self.bad = None if cpu else torch.zeros((), dtype=torch.bool, device=device)
         self.checked = num_updates  # updates before the range the next check covers
         self.steps = self.images = 0
+        self.start = time.perf_counter()
 
     @property
     def totals(self) -> torch.Tensor:
@@ -91,14 +92,26 @@ class _Tally:
             )
         self.checked = updates
 
-    def means(self, device: torch.device) -> dict[str, float]:
-        """The epoch's statistics by name (:data:`STAT_NAMES`): means over the steps of every
-        process (the disagreement in %)."""
+    def stats(
+        self, device: torch.device, optimizer: torch.optim.Optimizer, updates: int, completed: bool
+    ) -> dict[str, float]:
+        """The epoch's statistics (see :func:`train_one_epoch`): the means by name
+        (:data:`STAT_NAMES`) over the batches of every process (the disagreement in %), then
+        this process's."""
+        elapsed = time.perf_counter() - self.start
         values = [*self.totals.tolist(), float(self.steps)]
         *values, n = _sum_across_processes(values, device)
-        scale = {"disagreement": 100.0}  # a fraction per step, a percentage per epoch
+        scale = {"disagreement": 100.0}  # a fraction per batch, a percentage per epoch
         return {
-            STAT_NAMES[k]: scale.get(k, 1.0) * v / max(n, 1.0) for k, v in zip(self.sums, values)
+            **{
+                STAT_NAMES[k]: scale.get(k, 1.0) * v / max(n, 1.0)
+                for k, v in zip(self.sums, values)
+            },
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": self.images / max(elapsed, 1e-9),
+            "steps": float(self.steps),
+            "num_updates": float(updates),
+            "completed": float(completed),
         }
 
 
@@ -276,7 +289,7 @@ def train_one_epoch(
     model, accum = task.student, opts.grad_accum_steps
     batches = first_batch + len(loader)  # the epoch's: its last optimiser step takes the rest
     model.train()
-    tally, completed, start = _Tally(device, num_updates), True, time.perf_counter()
+    tally, completed = _Tally(device, num_updates), True
     for i, (samples, targets) in enumerate(loader, start=first_batch):
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -285,41 +298,31 @@ def train_one_epoch(
             out = task(samples, targets, epoch, i)
         _check_finite(out.loss, epoch, i, num_updates)
         begin, end = i - i % accum, min(i - i % accum + accum, batches)  # this step's batches
+        stepped = i + 1 == end
         loss = out.loss / (end - begin) if end - begin > 1 else out.loss
-        _backward_and_step(loss, model, optimizer, opts, first=i == begin, last=i + 1 == end)
-        if i + 1 == end:
+        _backward_and_step(loss, model, optimizer, opts, first=i == begin, last=stepped)
+        if stepped:
             num_updates += 1
             if opts.scheduler is not None and opts.sched_per_step:
                 opts.scheduler.step_update(num_updates=num_updates)
             if opts.model_ema is not None:
                 opts.model_ema.update(unwrap_model(model), step=num_updates)
-        every = opts.log_interval if i + 1 == end else 0
-        tally.add(out, samples.shape[0], epoch, num_updates, every)
+        tally.add(out, samples.shape[0], epoch, num_updates, opts.log_interval if stepped else 0)
         if progress is not None:
-            _show_progress(progress, tally, optimizer, start, opts.log_interval)
-        if i + 1 == end and should_stop is not None and should_stop():
+            _show_progress(progress, tally, optimizer, opts.log_interval)
+        if stepped and should_stop is not None and should_stop():
             completed = False
             break
     tally.check(epoch, num_updates)
-    elapsed = time.perf_counter() - start
-    return {
-        **tally.means(device),
-        "lr": optimizer.param_groups[0]["lr"],
-        "images_per_s": tally.images / max(elapsed, 1e-9),
-        "steps": float(tally.steps),
-        "num_updates": float(num_updates),
-        "completed": float(completed),
-    }
+    return tally.stats(device, optimizer, num_updates, completed)
 
 
-def _show_progress(
-    bar: Any, tally: _Tally, optimizer: torch.optim.Optimizer, start: float, every: int
-) -> None:
+def _show_progress(bar: Any, tally: _Tally, optimizer: torch.optim.Optimizer, every: int) -> None:
     """Advance the bar; every ``every`` steps show mean loss, lr and images per second (the
     ``.item()`` there is the only host read of the running sums)."""
     bar.update(1)
     if (tally.steps - 1) % max(every, 1) == 0:
-        rate = tally.images / max(time.perf_counter() - start, 1e-9)
+        rate = tally.images / max(time.perf_counter() - tally.start, 1e-9)
         bar.set_postfix(
             loss=f"{tally.sums['loss'].item() / tally.steps:.4f}",
             lr=f"{optimizer.param_groups[0]['lr']:.2e}",
@@ -360,13 +363,12 @@ def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ..
 
 
 def _two_heads(model: nn.Module) -> Callable | None:
-    """``forward_heads`` of a distilled DeiT (through DDP / compile wrappers and
-    :class:`~deit.inference.InferenceModel`): images to both heads' logits; ``None`` for any
-    other classifier."""
+    """``forward_heads`` of a distilled DeiT (through DDP / compile wrappers, or its
+    :class:`~deit.inference.DistilledInferenceModel`): images to both heads' logits; ``None``
+    for any other classifier."""
     inner = unwrap_model(model)
-    if isinstance(inner, InferenceModel) and isinstance(inner.model, DistilledVisionTransformer):
-        return inner.forward_heads
-    return inner.forward_heads if isinstance(inner, DistilledVisionTransformer) else None
+    distilled = isinstance(inner, DistilledVisionTransformer | DistilledInferenceModel)
+    return inner.forward_heads if distilled else None
 
 
 @torch.inference_mode()
