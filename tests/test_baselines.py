@@ -60,3 +60,12 @@ def test_baselines_score_the_held_out_digits():
     for r in records.values():
         assert r["train_images"] == 200 and r["test_images"] == 1000 and r["seconds"] >= 0
     assert records["svm"]["top1"] > 80.0 and records["logistic_regression"]["top1"] > 75.0
+
+
+def test_without_validation_digits_the_baselines_score_the_test_split():
+    """``--train-subset N`` alone evaluates on the test split; the baselines hold out the same
+    digits (the quick demo's set-up)."""
+    _, _, xt, yt = digit_arrays("mnist5k", 200, 0, eval_unused=False)
+    test = build_dataset("mnist5k", None, "val")
+    assert xt.shape == (1000, 28 * 28) and np.array_equal(yt, np.asarray(test.targets))
+    np.testing.assert_allclose(xt[3], np.asarray(test.data[3]).reshape(-1) / 255.0, rtol=1e-6)

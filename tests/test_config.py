@@ -163,7 +163,7 @@ def test_validate_reports_all_problems() -> None:
 
 def test_presets_and_their_yaml_files() -> None:
     assert list_presets() == [*PRESETS, "demo_teacher", "demo_student"]
-    assert list(PRESETS) == ["imagenet", "finetune384", "cifar", "small"]
+    assert list(PRESETS) == ["imagenet", "finetune384", "cifar", "deit3", "small"]
     for name in PRESETS:  # the demo's presets follow its settings: no file to go stale
         from_file = Config.from_yaml(CONFIGS / f"{name}.yaml")
         assert from_file == get_preset(name), name

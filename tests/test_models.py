@@ -22,9 +22,23 @@ PARAMS = {
 }
 
 
+# DeiT III (timm's deit3_*): parameter counts with 1000 classes, equal to timm's (checked below).
+DEIT3_PARAMS = {
+    "deit3_small_patch16_224": 22_059_496,
+    "deit3_small_patch16_384": 22_205_416,
+    "deit3_medium_patch16_224": 38_849_512,
+    "deit3_base_patch16_224": 86_585_320,
+    "deit3_base_patch16_384": 86_877_160,
+    "deit3_large_patch16_224": 304_374_760,
+    "deit3_large_patch16_384": 304_763_880,
+    "deit3_huge_patch14_224": 632_126_440,
+}
+
+
 def test_official_names_registered():
-    assert set(deit.list_models("*patch16*")) == set(PARAMS)
-    assert set(deit.list_models(pretrained=True)) == set(PARAMS)
+    assert set(deit.list_models("deit_*patch16*")) == set(PARAMS)
+    assert set(deit.list_models(pretrained=True)) == set(PARAMS) | set(DEIT3_PARAMS)
+    assert set(deit.list_models("deit3_*_patch1[46]_*")) == set(DEIT3_PARAMS)
     small = deit.list_models("*patch4*")
     assert "deit_tiny_patch4_32" in small and "deit_tiny_distilled_patch4_32" in small
 
@@ -254,3 +268,84 @@ def test_list_datasets_names_each_one_and_where_its_images_come_from(capsys):
     rows = {line.split()[0]: line for line in lines[1:]}
     assert rows["mnist5k"].split()[1:3] == ["10", "28"] and "bundled" in rows["mnist5k"]
     assert "cifar-10-batches-py/" in rows["cifar10"] and "--data-path" in rows["imagenet"]
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+@pytest.mark.usefixtures("one_thread")
+def test_dynamic_img_size_and_intermediates_equal_timms(name):
+    """``dynamic_img_size=True`` and ``forward_intermediates`` against timm's model of the same
+    weights at two sizes, larger and smaller than the built one (3 blocks keep it fast)."""
+    torch.manual_seed(0)
+    model = deit.create_model(name, depth=3, dynamic_img_size=True).eval()
+    ref = timm.create_model(name, depth=3, dynamic_img_size=True).eval()
+    ref.load_state_dict(model.state_dict())
+    for h, w in ((256, 240), (160, 192)):
+        x = torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            assert (model(x) - ref(x)).abs().max().item() <= 1e-5
+            ours = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+            theirs = ref.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+            assert [tuple(y.shape) for y in ours] == [(2, 192, h // 16, w // 16)] * 2
+            for a, b in zip(ours, theirs):
+                assert (a - b).abs().max().item() <= 1e-5
+            kw = dict(indices=2, norm=True, output_fmt="NLC", return_prefix_tokens=True)
+            final, pairs = model.forward_intermediates(x, **kw)
+            ref_final, ref_pairs = ref.forward_intermediates(x, **kw)
+            assert (final - ref_final).abs().max().item() <= 1e-5
+            assert pairs[0][1].shape == (2, model.num_prefix_tokens, 192)
+            for (a, pa), (b, pb) in zip(pairs, ref_pairs):
+                assert max((a - b).abs().max(), (pa - pb).abs().max()).item() <= 1e-5
+    # the built size needs no interpolation: the same logits as a plain model of these weights
+    plain = deit.create_model(name, depth=3).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+    with pytest.raises(ValueError, match=r"not a multiple of the patch size.*resize or pad"):
+        model(torch.randn(1, 3, 200, 224))
+    with pytest.raises(ValueError, match=r"indices=5 do not fit a model of 3 blocks"):
+        model.forward_intermediates(x, indices=5)
+    with pytest.raises(ValueError, match="output_fmt must be"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_deit3_parameter_counts_and_keys_equal_timms():
+    # built on the meta device: no memory, no initialisation, all eight in about a second
+    with torch.device("meta"):
+        for name, count in DEIT3_PARAMS.items():
+            ours, theirs = deit.create_model(name), timm.create_model(name)
+            assert sum(p.numel() for p in ours.parameters()) == count, name
+            assert sum(p.numel() for p in theirs.parameters()) == count, name
+            assert ours.state_dict().keys() == theirs.state_dict().keys(), name
+            assert ours.pos_embed.shape[1] == ours.patch_embed.num_patches  # no_embed_class
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_deit3_logits_and_official_file_equal_timms(tmp_path):
+    """A DeiT III model with timm's weights (LayerScale away from its 1e-6 start, so it counts)
+    and the same weights in the official file layout (``gamma_1``/``gamma_2`` under ``model``)
+    give timm's logits; the prefix-only inference seam gives them too."""
+    torch.manual_seed(0)
+    ref = timm.create_model("deit3_small_patch16_224", depth=2, num_classes=10).eval()
+    for name, p in ref.named_parameters():
+        if name.endswith("gamma"):
+            p.data.uniform_(0.5, 1.5)
+    official = {
+        k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2"): v
+        for k, v in ref.state_dict().items()
+    }
+    torch.save({"model": official}, tmp_path / "deit_3_small_224_1k.pth")
+    model = deit.create_model(
+        "deit3_small_patch16_224",
+        depth=2,
+        num_classes=10,
+        checkpoint_path=tmp_path / "deit_3_small_224_1k.pth",
+    ).eval()
+    assert model.blocks[1].ls2.gamma.min() >= 0.5
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = ref(x)
+        assert (model(x) - expected).abs().max().item() <= 1e-5
+        fast = deit.optimize_for_inference(model)
+        assert (fast(x) - expected).abs().max().item() <= 1e-5

@@ -43,7 +43,7 @@ def test_every_help_screen_prints_and_version_comes_from_metadata(capsys):
         assert out.startswith(f"usage: deit {argv[0] if len(argv) == 2 else ''}".rstrip()), argv
     # the "95 % CI" of deit demo's one-line help, which argparse once read as a format code
     main_help = build_parser().format_help()
-    assert "distillation gain, 95 % CI" in " ".join(main_help.split())
+    assert "the paper's claims, 95 % CI" in " ".join(main_help.split())
     # a bare `deit`: the same help, exit status 2
     assert main([]) == 2
     assert capsys.readouterr().out == main_help

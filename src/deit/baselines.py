@@ -42,8 +42,8 @@ def digit_arrays(
         n: training images (``--train-subset``).
         val_images: ``--val-images``.
         eval_unused: ``--eval-unused``: held-out = the test split plus the unused training
-            images after the validation ones; without it (and ``val_images`` > 0) the
-            validation images alone.
+            images after the validation ones; without it the validation images alone, or
+            the test split when ``val_images`` is 0 (as ``deit train`` evaluates).
 
     Returns:
         ``(x_train (n, P), y_train (n,), x_test (M, P), y_test (M,))``: float32 pixels in
@@ -58,10 +58,11 @@ def digit_arrays(
         raise ValueError(f"baselines need an in-memory data set (mnist5k, digits), not {data_set}.")
     tr, val, rest = subset_split(len(train), n, val_images)
     x, y = np.asarray(train.data), np.asarray(train.targets)
-    if eval_unused:
+    if eval_unused or not val_images:
         test = build_dataset(data_set, None, "val")
-        xt = np.concatenate([np.asarray(test.data), x[rest]])
-        yt = np.concatenate([np.asarray(test.targets), y[rest]])
+        xt, yt = np.asarray(test.data), np.asarray(test.targets)
+        if eval_unused:
+            xt, yt = np.concatenate([xt, x[rest]]), np.concatenate([yt, y[rest]])
     else:
         xt, yt = x[val], y[val]
 

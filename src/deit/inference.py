@@ -38,8 +38,8 @@ def _last_block_prefix(block: Block, x: torch.Tensor, n: int) -> torch.Tensor:
     qkv = attn.qkv(block.norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q[:, :, :n], k, v)  # (B, H, n, d)
-    x = x[:, :n] + attn.proj(out.transpose(1, 2).reshape(B, n, D))
-    return x + block.mlp(block.norm2(x))
+    x = x[:, :n] + block.ls1(attn.proj(out.transpose(1, 2).reshape(B, n, D)))
+    return x + block.ls2(block.mlp(block.norm2(x)))
 
 
 def prefix_tokens(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ def _source_grid(
             that the row count leaves ambiguous (a non-square model grid of the same count, or a
             count that is not a square); the message names ``source_img_size``.
     """
-    n = sd["pos_embed"].shape[1] - model.num_prefix_tokens
+    n = sd["pos_embed"].shape[1] - model.num_pos_prefix_tokens
     size = meta.get("image_size")
     if size is not None:
         proj = sd.get("patch_embed.proj.weight")
@@ -154,7 +154,7 @@ def _adapt(
     if sd["pos_embed"].shape[-1] == model.pos_embed.shape[-1]:  # else a width mismatch
         grid = _source_grid(sd, model, meta, source)
         if grid != tuple(model.grid_size):
-            prefix = model.num_prefix_tokens
+            prefix = model.num_pos_prefix_tokens  # 0 for DeiT III (no_embed_class)
             sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], model.grid_size, prefix, grid)
             new = tuple(model.grid_size)
             report.add(

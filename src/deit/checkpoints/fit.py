@@ -137,10 +137,10 @@ def load_state_dict_into(
         raise error
     model.load_state_dict(adapted, strict=not finetune)
     eps = meta.get("layer_norm_eps")
-    if eps is not None:
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.eps = eps
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    if eps is not None and any(m.eps != eps for m in norms):  # a note only when it changes
+        for m in norms:
+            m.eps = eps
         report.add(f"LayerNorm eps set to {eps} as in the Hugging Face config.")
     if meta.get("class_names"):
         model.class_names = list(meta["class_names"])

@@ -36,17 +36,20 @@ def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
 def _guess_vit(sd: dict[str, torch.Tensor]) -> tuple[str | None, str]:
     dim, patch = sd["cls_token"].shape[-1], sd["patch_embed.proj.weight"].shape[-1]
     depth, distilled = _count(sd, "blocks."), "dist_token" in sd
-    rows = sd["pos_embed"].shape[1] - (2 if distilled else 1) if "pos_embed" in sd else -1
+    layer_scale = "blocks.0.ls1.gamma" in sd  # DeiT III: no position rows for the class token
+    prefix = 0 if layer_scale else (2 if distilled else 1)
+    rows = sd["pos_embed"].shape[1] - prefix if "pos_embed" in sd else -1
     specs = [get_model_spec(n) for n in list_models()]
     same = [
         s
         for s in specs
         if s.distilled == distilled
+        and ("init_values" in s.kwargs) == layer_scale
         and (s.kwargs["embed_dim"], s.kwargs["depth"], s.kwargs["patch_size"])
         == (dim, depth, patch)
     ]
     same.sort(key=lambda s: (s.img_size // patch) ** 2 != rows)  # the recorded grid first
-    kind = "distilled DeiT" if distilled else "ViT/DeiT"
+    kind = "DeiT III" if layer_scale else "distilled DeiT" if distilled else "ViT/DeiT"
     return (same[0].name if same else None), f"a {kind} (D {dim}, depth {depth}, patch {patch})"
 
 

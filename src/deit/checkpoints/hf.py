@@ -1,4 +1,5 @@
-"""Hugging Face transformers DeiT/ViT state dicts renamed to DeiT keys: :func:`convert_hf_deit`.
+"""Hugging Face transformers DeiT/ViT state dicts renamed to DeiT keys (:func:`convert_hf_deit`)
+and back (:func:`to_hf_deit`).
 
 Only the key mapping lives here; reading a ``save_pretrained`` folder (its ``config.json`` and
 weights file) is :func:`deit.checkpoints.read_weights`'s.
@@ -10,7 +11,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["convert_hf_deit"]
+__all__ = ["convert_hf_deit", "to_hf_deit"]
 
 
 def _hf_prefix(hf: dict[str, torch.Tensor]) -> str:
@@ -84,3 +85,50 @@ def _convert_hf(hf: dict[str, torch.Tensor], p: str) -> dict[str, torch.Tensor]:
             if "dist_token" in out:
                 out[f"head_dist.{t}"] = hf[f"classifier.{t}"].clone()
     return out
+
+
+def to_hf_deit(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a DeiT state dict to transformers' names, the inverse of :func:`convert_hf_deit`:
+    a distilled model (``dist_token``) to ``DeiTForImageClassificationWithTeacher`` (keys under
+    ``deit.``, heads ``cls_classifier``/``distillation_classifier``), a plain one to
+    ``ViTForImageClassification`` (under ``vit.``, head ``classifier``). The fused ``attn.qkv``
+    is split into query, key and value (rows q, k, v). ``pos_embed`` must have a row per token,
+    class and distillation tokens included (as transformers adds one to every token).
+
+    Raises:
+        CheckpointError: a key a DeiT has is missing (not a DeiT/ViT state dict).
+    """
+    p = "deit." if "dist_token" in sd else "vit."
+    try:
+        out = {f"{p}embeddings.cls_token": sd["cls_token"]}
+        if "dist_token" in sd:
+            out[f"{p}embeddings.distillation_token"] = sd["dist_token"]
+        out[f"{p}embeddings.position_embeddings"] = sd["pos_embed"]
+        for t in ("weight", "bias"):
+            out[f"{p}embeddings.patch_embeddings.projection.{t}"] = sd[f"patch_embed.proj.{t}"]
+        i = 0
+        while f"blocks.{i}.norm1.weight" in sd:
+            src, dst = f"blocks.{i}.", f"{p}encoder.layer.{i}."
+            for t in ("weight", "bias"):
+                q, k, v = sd[src + f"attn.qkv.{t}"].chunk(3)
+                att = dst + "attention.attention."
+                out.update({att + f"query.{t}": q, att + f"key.{t}": k, att + f"value.{t}": v})
+                out[dst + f"attention.output.dense.{t}"] = sd[src + f"attn.proj.{t}"]
+                out[dst + f"layernorm_before.{t}"] = sd[src + f"norm1.{t}"]
+                out[dst + f"layernorm_after.{t}"] = sd[src + f"norm2.{t}"]
+                out[dst + f"intermediate.dense.{t}"] = sd[src + f"mlp.fc1.{t}"]
+                out[dst + f"output.dense.{t}"] = sd[src + f"mlp.fc2.{t}"]
+            i += 1
+        for t in ("weight", "bias"):
+            out[f"{p}layernorm.{t}"] = sd[f"norm.{t}"]
+            if "dist_token" in sd:
+                out[f"cls_classifier.{t}"] = sd[f"head.{t}"]
+                out[f"distillation_classifier.{t}"] = sd[f"head_dist.{t}"]
+            else:
+                out[f"classifier.{t}"] = sd[f"head.{t}"]
+    except KeyError as e:
+        raise CheckpointError(
+            f"The state dict has no {e.args[0]!r}, which a DeiT/ViT has; convert the state dict "
+            "of a DeiT model (with a classification head)."
+        ) from None
+    return {k: v.contiguous() for k, v in out.items()}

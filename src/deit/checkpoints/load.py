@@ -115,7 +115,7 @@ class ModelInfo:
 
 
 def _recorded_name(weights: Weights, model_name: str | None) -> str:
-    recorded = weights.run.model_name if weights.run else None
+    recorded = weights.run.model_name if weights.run else weights.meta.get("model_name")
     if model_name and recorded and model_name != recorded:
         raise CheckpointError(
             f"{weights.source!r} holds a {recorded} but the model asked for is {model_name}; "

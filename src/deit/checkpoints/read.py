@@ -9,6 +9,7 @@ DeiT ``.pth``, a plain or timm state dict, a ``.safetensors`` file and a Hugging
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .errors import CheckpointError
 from .fetch import local_file
 from .finite import refuse_non_finite
 from .hf import convert_hf_deit
+from .hub import hub_architecture, hub_folder, hub_weights_file, is_hub_id
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
 from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, safe_torch_load
 
@@ -43,7 +45,15 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             f"{str(path)!r} holds no state dict (expected a dict of tensors, possibly under "
             "'model'); pass a weights file saved from a DeiT/ViT model."
         )
-    return strip_ddp_prefix(obj)
+    return _layer_scale_names(strip_ddp_prefix(obj))
+
+
+def _layer_scale_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official DeiT III files' LayerScale ``blocks.{i}.gamma_1``/``gamma_2`` renamed to
+    timm's ``blocks.{i}.ls1.gamma``/``ls2.gamma`` (timm's ``checkpoint_filter_fn`` does the same)."""
+    if not any(k.endswith(".gamma_1") for k in sd):
+        return sd
+    return {re.sub(r"\.gamma_([12])$", r".ls\1.gamma", k): v for k, v in sd.items()}
 
 
 def strip_ddp_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -154,26 +164,52 @@ def read_weights(path: str | Path, use_ema: bool = False) -> Weights:
     Accepted: a ``deit train`` checkpoint (:class:`RunCheckpoint`, any version), an official
     DeiT ``.pth`` (dict with ``model``), a plain or timm state dict (``.pth``/``.pt``/``.bin``,
     possibly under ``state_dict``/``model_state_dict``, possibly with DDP's ``module.``
-    prefix), a ``.safetensors`` file, or a Hugging Face transformers ``save_pretrained`` folder
-    (converted with :func:`convert_hf_deit`).
+    prefix), a ``.safetensors`` file, a Hugging Face transformers ``save_pretrained`` folder
+    (converted with :func:`convert_hf_deit`), or a Hub name ``hf-hub:ORG/NAME`` of either
+    (through ``huggingface_hub``'s cache, :mod:`deit.checkpoints.hub`).
 
     Args:
-        path: the file or folder, or a URL (fetched once into torch.hub's cache,
-            :func:`deit.checkpoints.fetch.local_file`).
+        path: the file or folder, a Hub name (``hf-hub:ORG/NAME``), or a URL (fetched once
+            into torch.hub's cache, :func:`deit.checkpoints.fetch.local_file`).
         use_ema: take the EMA weights (``model_ema``) of a training checkpoint when present.
 
     Returns:
         :class:`Weights`.
 
     Raises:
-        CheckpointError: missing, unreadable or unsafe file, no state dict inside, or a NaN or
-            infinite value in a tensor (the first such tensor is named).
+        CheckpointError: missing, unreadable or unsafe file, no state dict inside, a NaN or
+            infinite value in a tensor (the first such tensor is named), or a Hub name that is
+            neither cached nor reachable (the sentence says what to run).
     """
+    if is_hub_id(path):
+        return _read_hub(str(path))
     path = Path(local_file(path))  # a URL: torch.hub's cached copy, as the official code
     if path.is_dir():
         return _read_hf_folder(path)
     weights = _read_file(path, use_ema)
     refuse_non_finite(weights.state_dict, weights.source)
+    return weights
+
+
+def _read_hub(hub_id: str) -> Weights:
+    """:func:`read_weights` of a Hub name: a transformers repository as a ``save_pretrained``
+    folder, a timm one as its weights file with its ``config.json``'s input size and class
+    names; ``meta["model_name"]`` is the registered configuration it holds
+    (:func:`~deit.checkpoints.hub.hub_architecture`)."""
+    folder = hub_folder(hub_id)
+    config = json.loads((folder / "config.json").read_text())
+    if "architecture" not in config:
+        weights = _read_hf_folder(folder)
+    else:
+        weights = _read_file(hub_weights_file(hub_id), use_ema=False)
+        refuse_non_finite(weights.state_dict, hub_id)
+        size = config.get("pretrained_cfg", {}).get("input_size")
+        if size:
+            weights.meta["image_size"] = _image_size(size[-2:])
+        if config.get("label_names"):
+            weights.meta["class_names"] = list(config["label_names"])
+    weights.meta["model_name"] = hub_architecture(hub_id, config)[0]
+    weights.source = hub_id
     return weights
 
 

@@ -31,21 +31,41 @@ def _parse_size(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected SIZE or HxW in pixels, got {text!r}")
 
 
+_EXPORT = command("deit.export", "_run")
+_EXPORT_HF = command("deit.hf_export", "_run")
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    """The handler of the chosen format: a Hugging Face folder or a file."""
+    return (_EXPORT_HF if args.format == "hf" else _EXPORT)(args)
+
+
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``deit export`` on the ``deit`` parser's subparsers."""
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript (checked against PyTorch)",
+        help="export a checkpoint to ONNX or TorchScript (checked against PyTorch), or to a "
+        "Hugging Face folder (hf)",
         description="Export the inference output (distilled: both heads averaged unless "
-        "--head) with a dynamic batch axis, then check it against PyTorch on a random batch.",
+        "--head) with a dynamic batch axis, then check it against PyTorch on a random batch. "
+        "--format hf writes a transformers save_pretrained folder instead (config.json, "
+        "model.safetensors, preprocessor_config.json, README.md model card), checked against "
+        "deit's logits.",
     )
     p.add_argument("checkpoint", help="checkpoint written by deit train, or any weights file")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="default onnx")
-    p.add_argument("--output", required=True, help="file to write (.onnx / .pt)")
+    p.add_argument(
+        "--format",
+        choices=[*EXPORT_FORMATS, "hf"],
+        default="onnx",
+        help="default onnx; hf: a Hugging Face transformers folder",
+    )
+    p.add_argument(
+        "--output", required=True, help="file to write (.onnx / .pt), or the folder for hf"
+    )
     p.add_argument("--head", choices=HEAD_CHOICES, default="both", help="distilled models")
     p.add_argument("--model", help="architecture of a weights file without metadata")
     p.add_argument(
         "--input-size", type=_parse_size, help="SIZE or HxW, for models that do not record it"
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.set_defaults(func=command("deit.export", "_run"))
+    p.set_defaults(func=_run)

@@ -198,6 +198,12 @@ def combination_problems(c: Config) -> list[str]:
             f"'mean'/'std' are {c.mean}/{c.std} but need 3 values each (std above 0).",
         ),
         (
+            c.bce_loss and c.smoothing > 0 and mixing,
+            f"'bce_loss' makes every Mixup/CutMix target above 0 a 1 (official DeiT III), so "
+            f"'smoothing' {c.smoothing} would make all targets 1; set --smoothing 0 (the DeiT III "
+            "recipe) or drop --bce-loss.",
+        ),
+        (
             c.batch_size % 2 != 0 and mixing,
             f"'batch_size' is {c.batch_size} but Mixup/CutMix needs an even batch (timm mixes "
             "each image with the batch reversed); use an even batch size or --mixup 0 --cutmix 0.",

@@ -198,6 +198,21 @@ class Config(BaseModel):
     recount: int = _augment(1, "Random erasing count.", ge=1)
     eval_crop_ratio: Number = _augment(0.875, "Evaluation centre-crop ratio.", gt=0, le=1)
     crop_padding: int = _augment(4, "Padding of the random crop used for inputs <= 32 px.", ge=0)
+    ThreeAugment: bool = _augment(  # the official flag's spelling (DeiT III)
+        False,
+        "3-Augment (DeiT III): per image one of grayscale, solarisation or Gaussian blur (timm's "
+        "'3a' policy), then --color-jitter; takes the place of --aa.",
+    )
+    src: bool = _augment(
+        False,
+        "Simple random crop (DeiT III): resize, random crop with 4 px reflect padding, flip, "
+        "instead of RandomResizedCrop.",
+    )
+    bce_loss: bool = _augment(
+        False,
+        "Binary cross-entropy (DeiT III) on the targets, Mixup/CutMix ones made 0/1 at > 0 as "
+        "the official code does (use with --smoothing 0).",
+    )
     # --- mixup / cutmix
     mixup: Number = _mixup(0.8, "Mixup alpha (0 = off).", ge=0)
     cutmix: Number = _mixup(1.0, "CutMix alpha (0 = off).", ge=0)

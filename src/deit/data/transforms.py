@@ -118,18 +118,19 @@ def _fast_parts(t: transforms.Compose) -> None:
 
 
 def _train_transform(
-    input_size: int, small: bool, crop_padding: int, timm_kw: dict[str, Any]
+    input_size: int, small: bool, crop_padding: int, timm_kw: dict[str, Any], src: bool = False
 ) -> transforms.Compose:
-    """timm's training transform; for small inputs its RandomResizedCrop becomes
+    """timm's training transform; for small inputs (or ``src``) its RandomResizedCrop becomes
     Resize + RandomCrop(padding) (see :func:`build_transform`)."""
     t = create_transform(input_size=input_size, is_training=True, **timm_kw)
     _patch_posterize(t)
     _fast_parts(t)
-    if small:
+    if small or src:  # src: the official DeiT III simple random crop, reflect-padded by 4 px
+        pad = dict(padding=4, padding_mode="reflect") if src else dict(padding=crop_padding)
         bicubic = transforms.InterpolationMode.BICUBIC
         t.transforms[0:1] = [
             transforms.Resize(input_size, interpolation=bicubic),
-            _SkipIdentityCrop(input_size, padding=crop_padding),
+            _SkipIdentityCrop(input_size, **pad),
         ]
     return t
 
@@ -152,6 +153,8 @@ def build_transform(
     eval_interpolation: str = "bicubic",
     crop_padding: int = 4,
     small_images: bool | None = None,
+    three_augment: bool = False,
+    src: bool = False,
 ) -> transforms.Compose:
     """Training or evaluation transform: PIL RGB image → normalised ``(3, input_size, input_size)``.
 
@@ -171,6 +174,10 @@ def build_transform(
     ``int(input_size / crop_pct)`` (``eval_interpolation``) → CenterCrop ``input_size`` →
     ToTensor → Normalize; small images take ``crop_pct`` 1 (the whole image, as the official).
 
+    DeiT III (Touvron et al. 2022, official ``augment.py``): ``three_augment``: timm's ``'3a'``
+    policy (one of grayscale, solarisation, Gaussian blur) for ``aa``, then ``color_jitter``;
+    ``src``: the crop becomes Resize + ``RandomCrop(padding=4, padding_mode="reflect")``.
+
     Args:
         is_train: training (random) or evaluation (deterministic) pipeline.
         input_size: output side in pixels.
@@ -185,6 +192,7 @@ def build_transform(
         scale: RandomResizedCrop area range.
         eval_interpolation: interpolation of the evaluation resize.
         crop_padding, small_images: the small-image crop's padding (px); whether to use it.
+        three_augment, src: DeiT III's 3-Augment and simple random crop (above).
 
     Returns:
         A :class:`torchvision.transforms.Compose`.
@@ -200,15 +208,27 @@ def build_transform(
         aa = None
     small = input_size <= SMALL_INPUT_MAX if small_images is None else small_images
     if is_train:
+        aa = "3a" if three_augment else aa  # timm keeps the colour jitter with its 3a policy
         timm_kw = dict(scale=scale, hflip=hflip, color_jitter=color_jitter, auto_augment=aa)
         timm_kw.update(interpolation=train_interpolation, mean=tuple(mean), std=tuple(std))
         timm_kw.update(re_prob=reprob, re_mode=remode, re_count=recount)
-        return _train_transform(input_size, small, crop_padding, timm_kw)
+        return _train_transform(input_size, small, crop_padding, timm_kw, src)
+    return _eval_transform(input_size, eval_interpolation, 1.0 if small else crop_pct, mean, std)
+
+
+def _eval_transform(
+    input_size: int,
+    interpolation: str,
+    crop_pct: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> transforms.Compose:
+    """timm's evaluation transform (see :func:`build_transform`)."""
     t = create_transform(
         input_size=input_size,
         is_training=False,
-        interpolation=eval_interpolation,
-        crop_pct=1.0 if small else crop_pct,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
         mean=tuple(mean),
         std=tuple(std),
     )
@@ -225,8 +245,9 @@ def build_transform_from_config(
 ) -> transforms.Compose:
     """:func:`build_transform` with the fields of a config (``input_size``, ``aa``,
     ``color_jitter``, ``reprob``, ``remode``, ``recount``, ``train_interpolation``,
-    ``eval_crop_ratio``, ``hflip``); ``mean``/``std`` usually come from the data set's
-    :class:`~deit.data.datasets.DatasetInfo` (or the model's pretrained configuration). Images
+    ``eval_crop_ratio``, ``hflip``, ``ThreeAugment``, ``src``); ``mean``/``std`` usually come
+    from the data set's :class:`~deit.data.datasets.DatasetInfo` (or the model's pretrained
+    configuration). Images
     of a data set whose native side is at most 32 px keep the small-image pipeline at any
     input size (:func:`uses_small_image_crop`)."""
     return build_transform(
@@ -244,6 +265,8 @@ def build_transform_from_config(
         hflip=getattr(cfg, "hflip", 0.5),
         crop_padding=getattr(cfg, "crop_padding", 4),
         small_images=uses_small_image_crop(cfg),
+        three_augment=getattr(cfg, "ThreeAugment", False),
+        src=getattr(cfg, "src", False),
     )
 
 

@@ -32,6 +32,8 @@ def run_label(entry: dict[str, Any]) -> str:
     label = Variant.of(entry).label
     if entry.get("finetune"):
         return f"{label}, fine-tuned at {entry.get('input_size', 28)} px"
+    if entry.get("input_size", 28) != 28:
+        label += f", at {entry['input_size']} px"
     budget = entry.get("budget", 1.0)
     if budget != 1:
         label += f", {budget:g}× budget"
@@ -43,6 +45,8 @@ def run_label(entry: dict[str, Any]) -> str:
 
 
 def _teacher_label(key: str) -> str:
+    if key.startswith("teacher_") and key.endswith("px"):
+        return f"the CNN at {key[len('teacher_') : -2]} px"
     if key.startswith("teacher_x"):
         return f"the CNN at {key.removeprefix('teacher_x')}× its budget"
     if key.startswith("none"):

@@ -115,6 +115,8 @@ class RunSpec:
         key = self.variant.key
         if self.finetune:
             return f"{key}_ft{self.input_size}"
+        if self.input_size != 28:
+            key += f"_{self.input_size}px"
         if self.budget != 1:
             key += f"_x{self.budget:g}"
         if not self.mix:
@@ -183,6 +185,14 @@ def claims(s: DemoSettings) -> dict[str, Claim]:
     deit_teacher = RunSpec(NONE, budget=2.0)  # the plain DeiT trained twice as long
     cnn_matched = RunSpec(TEACHER, budget=s.matched_teacher_budget)
     up, same = s.finetune_size, 28
+    # the 28 px CNN scores near chance on upscaled digits: the fine-tuned student's teacher is
+    # the same CNN trained at the larger size (a teacher at the student's resolution)
+    up_teacher = RunSpec(TEACHER, input_size=up)
+
+    def tuned(v: Variant, size: int) -> RunSpec:
+        teacher = up_teacher.key if size != 28 else "teacher"
+        return RunSpec(v, finetune=v.key, input_size=size, teacher=teacher)
+
     return {
         "headline": Claim(
             "headline",
@@ -226,16 +236,9 @@ def claims(s: DemoSettings) -> dict[str, Claim]:
         "finetune": Claim(
             "finetune",
             f"fine-tuning at {up} px vs the same students fine-tuned as long at {same} px",
-            tuple(
-                (
-                    RunSpec(v, budget=1.0, finetune=v.key, input_size=up),
-                    RunSpec(v, budget=1.0, finetune=v.key, input_size=same),
-                )
-                for v in (NONE, LEADING)
-            )
-            + tuple(
-                (RunSpec(v, finetune=v.key, input_size=up), RunSpec(v)) for v in (NONE, LEADING)
-            ),
+            tuple((tuned(v, up), tuned(v, same)) for v in (NONE, LEADING))
+            + tuple((tuned(v, up), RunSpec(v)) for v in (NONE, LEADING)),
+            extra=(up_teacher,),
         ),
     }
 
@@ -278,12 +281,15 @@ class DemoSettings:
     teacher_lr: float = 8e-3  # x 64/512 -> 1e-3 applied
     batch_size: int = 32
     lr: float = 3.2e-2  # x 32/512 -> 2e-3 applied
-    #: the CNN teacher cut to the transformer teacher's accuracy (x teacher_images), matched
-    #: on the validation digits of the tuning seeds (docs/demo.md)
-    matched_teacher_budget: float = 0.25
+    #: the CNN teacher cut to the transformer teacher's accuracy (x teacher_images): 20,000
+    #: image-steps gave 92.55 on the tuning seeds' validation digits, and the plain DeiT at
+    #: twice its budget 92.55 too (docs/demo.md)
+    matched_teacher_budget: float = 0.625
     finetune_size: int = 42  # px: 6x6 patches of 7 px instead of 4x4
     finetune_images: int = 16_000  # image-steps of a fine-tuning run
-    finetune_lr: float = 3.2e-3  # x 16/512 -> 1e-4 applied
+    # the students' own lr (x 32/512 -> 2e-3 applied): on the tuning seeds' validation digits
+    # plain students fine-tuned at 42 px kept 89.35 at it, 87.0 at 1e-2, 79.9 at 3.2e-3
+    finetune_lr: float = 3.2e-2
     # unused training digits held out for choosing settings (benchmarks/demo_curves.py),
     # never scored here: the demo reports on the test split plus the unused digits after them
     val_images: int = 1000
@@ -309,7 +315,8 @@ class DemoSettings:
             student_images=400,
             finetune_images=200,
             curve_points=1,
-            eval_unused=False,
+            eval_unused=False,  # and no validation digits: the 1,000 test digits alone
+            val_images=0,
             quick_run=True,
         )
         return cls(**{**base, **kw})

@@ -2,7 +2,11 @@
 
 The eight official configurations of the paper (Table 1) keep their official names; the
 small-image configurations follow the same pattern (``deit_{size}[_distilled]_patch{p}_{img}``)
-for 28–32 px data sets such as MNIST and CIFAR.
+for 28–32 px data sets such as MNIST and CIFAR. The DeiT III models ("DeiT III: Revenge of the
+ViT", Touvron et al. 2022) keep timm's names (``deit3_{size}_patch{p}_{img}``): plain ViT blocks
+with LayerScale (``init_values`` 1e-6) and position embeddings for the patch tokens only
+(``no_embed_class``), no distillation token; ``deit3_{nano,pico}_patch{4,7}_28`` are small-image
+ones for digits.
 """
 
 from __future__ import annotations
@@ -76,6 +80,20 @@ _OFFICIAL = {
     "deit_base_distilled_patch16_224": "deit_base_distilled_patch16_224-df68dfff.pth",
     "deit_base_distilled_patch16_384": "deit_base_distilled_patch16_384-d0272ac0.pth",
 }
+# DeiT III (timm's deit3_* and the official deit_3_*_1k.pth files): name -> (embed_dim, depth,
+# heads, patch, img_size, official file). Official files name LayerScale gamma_1/gamma_2 (read as
+# ls1.gamma/ls2.gamma by deit.checkpoints).
+_DEIT3 = {
+    "deit3_small_patch16_224": (384, 12, 6, 16, 224, "deit_3_small_224_1k.pth"),
+    "deit3_small_patch16_384": (384, 12, 6, 16, 384, "deit_3_small_384_1k.pth"),
+    "deit3_medium_patch16_224": (512, 12, 8, 16, 224, "deit_3_medium_224_1k.pth"),
+    "deit3_base_patch16_224": (768, 12, 12, 16, 224, "deit_3_base_224_1k.pth"),
+    "deit3_base_patch16_384": (768, 12, 12, 16, 384, "deit_3_base_384_1k.pth"),
+    "deit3_large_patch16_224": (1024, 24, 16, 16, 224, "deit_3_large_224_1k.pth"),
+    "deit3_large_patch16_384": (1024, 24, 16, 16, 384, "deit_3_large_384_1k.pth"),
+    "deit3_huge_patch14_224": (1280, 32, 16, 14, 224, "deit_3_huge_224_1k.pth"),
+}
+_DEIT3_KW = dict(init_values=1e-6, no_embed_class=True)
 # Small-image configurations: (size, patch, img_size, depth override or None).
 # "pico" (D 128, 2 heads, 6 blocks) and "nano" (D 64, 2 heads, 6 blocks) keep CPU-only
 # training of 28 px digits within minutes.
@@ -114,6 +132,13 @@ def _register() -> dict[str, ModelSpec]:
         for distilled in (False, True):
             name = f"deit_{size}{'_distilled' if distilled else ''}_patch{patch}_{img}"
             specs[name] = ModelSpec(name, distilled, kwargs, crop_pct=1.0)
+        if size in ("nano", "pico"):
+            name = f"deit3_{size}_patch{patch}_{img}"
+            specs[name] = ModelSpec(name, False, {**kwargs, **_DEIT3_KW}, crop_pct=1.0)
+    for name, (dim, depth, heads, patch, img, fname) in _DEIT3.items():
+        kwargs = dict(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads)
+        crop = 1.0 if img == 384 else 0.875
+        specs[name] = ModelSpec(name, False, {**kwargs, **_DEIT3_KW}, _URL + fname, crop_pct=crop)
     return dict(sorted(specs.items()))
 
 

@@ -8,12 +8,23 @@ Parameter names match the official DeiT code and timm (``cls_token``, ``pos_embe
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerScale, resample_abs_pos_embed
+from timm.models._features import feature_take_indices
 from torch import nn
 
-__all__ = ["PatchEmbed", "Attention", "Mlp", "DropPath", "Block", "VisionTransformer"]
+__all__ = [
+    "PatchEmbed",
+    "Attention",
+    "Mlp",
+    "DropPath",
+    "Block",
+    "VisionTransformer",
+    "resample_pos_embed_to_grid",
+]
 
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
@@ -29,12 +40,15 @@ class PatchEmbed(nn.Module):
         img_size, patch_size: input (H, W) and patch side in pixels (ints for squares); the patch
             side must divide both image sides.
         in_chans, embed_dim: input channels; token width D.
+        strict_img_size: accept only ``img_size`` inputs (timm's name); ``False`` takes any
+            size the patch divides (a model built with ``dynamic_img_size``).
 
     Shapes: ``(B, in_chans, H, W)`` -> ``(B, N, D)`` with ``N = (H / p) * (W / p)``.
 
     Raises:
         ValueError: at construction when the patch size does not divide the image size; in
-            ``forward`` when the input is not ``(B, in_chans, H, W)`` at the configured size.
+            ``forward`` when the input is not ``(B, in_chans, H, W)`` at the configured size
+            (with ``strict_img_size=False``: at a size the patch divides).
     """
 
     def __init__(
@@ -43,8 +57,10 @@ class PatchEmbed(nn.Module):
         patch_size: int = 16,
         in_chans: int = 3,
         embed_dim: int = 768,
+        strict_img_size: bool = True,
     ) -> None:
         super().__init__()
+        self.strict_img_size = strict_img_size
         self.img_size = _pair(img_size)
         self.patch_size = _pair(patch_size)
         if self.img_size[0] % self.patch_size[0] or self.img_size[1] % self.patch_size[1]:
@@ -64,12 +80,19 @@ class PatchEmbed(nn.Module):
                 f"Expected images with {self.in_chans} channels but got {tuple(x.shape)}; convert "
                 f"the images or build the model with in_chans={x.shape[1]}."
             )
-        if x.ndim != 4 or tuple(x.shape[2:]) != self.img_size:
+        if not self.strict_img_size and x.ndim == 4:
+            if x.shape[2] % self.patch_size[0] or x.shape[3] % self.patch_size[1]:
+                raise ValueError(
+                    f"Image size {tuple(x.shape[2:])} is not a multiple of the patch size "
+                    f"{self.patch_size}; resize or pad the input to a multiple of the patch."
+                )
+        elif x.ndim != 4 or tuple(x.shape[2:]) != self.img_size:
             expected = (self.in_chans, *self.img_size)
             raise ValueError(
                 f"Expected images of shape (B, {', '.join(map(str, expected))}) but got "
                 f"{tuple(x.shape)}; resize the input or build the model with that img_size "
-                "(position embeddings are interpolated when a checkpoint is loaded)."
+                "(position embeddings are interpolated when a checkpoint is loaded), or with "
+                "dynamic_img_size=True."
             )
         return self.proj(x).flatten(2).transpose(1, 2)
 
@@ -176,6 +199,10 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block (paper section 3, "Transformer block for images"):
     ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``. Shapes: ``(B, N, D)`` -> ``(B, N, D)``.
+
+    With ``init_values`` each branch is scaled per channel by a learned LayerScale ``gamma``
+    (timm's ``LayerScale``, ``ls1``/``ls2``) initialised to that value: the blocks of DeiT III
+    ("DeiT III: Revenge of the ViT", Touvron et al. 2022, after CaiT), ``init_values`` 1e-6.
     """
 
     def __init__(
@@ -187,19 +214,22 @@ class Block(nn.Module):
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        init_values: float | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Transform tokens ``x`` ``(B, N, D)``."""
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
 
 
@@ -219,9 +249,18 @@ class VisionTransformer(nn.Module):
             attention weights (DeiT: both 0, paper Table 9).
         drop_path_rate: stochastic-depth rate of the last block; block ``i`` gets
             ``drop_path_rate * i / (depth - 1)`` (linear rule of the official code).
+        init_values: LayerScale initial value of every block (DeiT III: 1e-6); ``None`` for
+            none (DeiT).
+        no_embed_class: position embeddings for the patch tokens only, added before the prefix
+            tokens are prepended (DeiT III; timm's name): ``pos_embed`` has ``N`` rows, not
+            ``num_prefix_tokens + N``.
+        dynamic_img_size: accept any input size the patch divides; the position embeddings are
+            resampled to the input's patch grid at forward time (timm's ``dynamic_img_size``:
+            bicubic with antialiasing, prefix rows kept; :func:`resample_pos_embed_to_grid`).
 
     Shapes: ``forward``: ``(B, in_chans, H, W)`` -> ``(B, num_classes)``;
-    ``forward_features``: -> ``(B, num_prefix_tokens + N, D)`` (all tokens, final norm applied).
+    ``forward_features``: -> ``(B, num_prefix_tokens + N, D)`` (all tokens, final norm applied);
+    ``forward_intermediates``: see the method.
 
     Raises:
         ValueError: for impossible sizes or rates (see :class:`PatchEmbed`, :class:`DropPath`).
@@ -243,6 +282,9 @@ class VisionTransformer(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        init_values: float | None = None,
+        no_embed_class: bool = False,
+        dynamic_img_size: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 0:
@@ -250,16 +292,21 @@ class VisionTransformer(nn.Module):
         _check_rates(drop_rate, attn_drop_rate, drop_path_rate)
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.no_embed_class = no_embed_class
+        self.dynamic_img_size = dynamic_img_size
+        self.patch_embed = PatchEmbed(
+            img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self._init_extra_tokens()
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim)
-        )
+        rows = self.patch_embed.num_patches + self.num_pos_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, rows, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         args = (embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate)
-        self.blocks = nn.Sequential(*[Block(*args, drop_path=rate) for rate in dpr])
+        self.blocks = nn.Sequential(
+            *[Block(*args, drop_path=rate, init_values=init_values) for rate in dpr]
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
@@ -298,15 +345,83 @@ class VisionTransformer(nn.Module):
     def _prefix_tokens(self, batch: int) -> torch.Tensor:
         return self.cls_token.expand(batch, -1, -1)
 
+    @property
+    def num_pos_prefix_tokens(self) -> int:
+        """Rows of ``pos_embed`` before the patch rows: the prefix tokens, or 0 with
+        ``no_embed_class``."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
+
+    def _input_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The patch grid ``(H / p, W / p)`` of images ``x`` ``(B, C, H, W)``."""
+        p = self.patch_embed.patch_size
+        return x.shape[-2] // p[0], x.shape[-1] // p[1]
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` -> prefix and patch tokens with position embeddings."""
-        x = self.patch_embed(x)
-        x = torch.cat((self._prefix_tokens(x.shape[0]), x), dim=1) + self.pos_embed
+        tokens = self.patch_embed(x)
+        pos = self.pos_embed
+        if self.dynamic_img_size:
+            grid = self._input_grid(x)
+            pos = resample_pos_embed_to_grid(pos, grid, self.grid_size, self.num_pos_prefix_tokens)
+        prefix = self._prefix_tokens(tokens.shape[0])
+        if self.no_embed_class:
+            x = torch.cat((prefix, tokens + pos), dim=1)
+        else:
+            x = torch.cat((prefix, tokens), dim=1) + pos
         return self.pos_drop(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the final norm: ``(B, C, H, W)`` -> ``(B, num_prefix_tokens + N, D)``."""
         return self.norm(self.blocks(self._embed(x)))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """The outputs of chosen blocks, for a backbone (timm's ``forward_intermediates``).
+
+        Args:
+            x: images ``(B, C, H, W)``.
+            indices: ``None`` all blocks; an int ``n`` the last ``n``; a list the blocks of those
+                indices (negative ones count from the end).
+            return_prefix_tokens: pair each output with its prefix tokens
+                ``(B, num_prefix_tokens, D)``.
+            norm: apply the final norm to each output.
+            stop_early: run the blocks only up to the last one asked for.
+            output_fmt: ``"NCHW"`` maps ``(B, D, H / p, W / p)``; ``"NLC"`` patch tokens
+                ``(B, N, D)``.
+            intermediates_only: return the list alone.
+
+        Returns:
+            ``(tokens, outputs)``: the final-normed tokens ``(B, num_prefix_tokens + N, D)`` (of
+            the last block run) and the list of outputs; or the list alone.
+
+        Raises:
+            ValueError: an ``output_fmt`` other than the two, or indices outside the blocks.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        take, last = _take_indices(len(self.blocks), indices)
+        B, (h, w) = x.shape[0], self._input_grid(x)
+        x = self._embed(x)
+        outputs = []
+        for i, block in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = block(x)
+            if i in take:
+                outputs.append(self.norm(x) if norm else x)
+        n = self.num_prefix_tokens
+        prefix, outputs = [y[:, :n] for y in outputs], [y[:, n:] for y in outputs]
+        if output_fmt == "NCHW":
+            outputs = [y.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous() for y in outputs]
+        if return_prefix_tokens:
+            outputs = list(zip(outputs, prefix))
+        return outputs if intermediates_only else (self.norm(x), outputs)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Class-token logits from tokens ``(B, N', D)`` -> ``(B, num_classes)`` (or ``(B, D)``
@@ -345,3 +460,40 @@ def _check_rates(*rates: float) -> None:
     for name, value in zip(("drop_rate", "attn_drop_rate", "drop_path_rate"), rates):
         if not (0.0 <= value < 1.0) or math.isnan(value):
             raise ValueError(f"{name} must be in [0, 1), got {value}.")
+
+
+def resample_pos_embed_to_grid(
+    pos_embed: torch.Tensor,
+    grid: tuple[int, int],
+    old_grid: tuple[int, int],
+    num_prefix_tokens: int,
+) -> torch.Tensor:
+    """Position embeddings for another patch grid at forward time, as timm's
+    ``dynamic_img_size`` computes them (its ``resample_abs_pos_embed``: bicubic, antialiased
+    when shrinking; the ``num_prefix_tokens`` leading rows kept). The one place a model resizes
+    its position embeddings; checkpoints are resampled when loaded (:mod:`deit.checkpoints`).
+
+    Shapes: ``(1, num_prefix_tokens + H0 * W0, D)`` -> ``(1, num_prefix_tokens + H1 * W1, D)``
+    for ``old_grid`` ``(H0, W0)`` and ``grid`` ``(H1, W1)``; unchanged when they are equal.
+    """
+    if tuple(grid) == tuple(old_grid):
+        return pos_embed
+    return resample_abs_pos_embed(
+        pos_embed, list(grid), list(old_grid), num_prefix_tokens=num_prefix_tokens
+    )
+
+
+def _take_indices(depth: int, indices: int | list[int] | None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices`` (absolute block indices to keep, and the largest), with
+    a one-sentence error.
+
+    Raises:
+        ValueError: a count outside 1..depth or an index outside the blocks.
+    """
+    try:
+        return feature_take_indices(depth, indices)
+    except AssertionError as e:
+        raise ValueError(
+            f"indices={indices!r} do not fit a model of {depth} blocks ({e}); pass a count from "
+            f"1 to {depth} or block indices from {-depth} to {depth - 1}."
+        ) from None

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..checkpoints import Weights, fit_weights, read_weights
 from ..checkpoints.fetch import local_file
+from ..checkpoints.hub import is_hub_id
 from ..checkpoints.safe_load import checkpoint_path_error
 from ..models.distilled import DistilledVisionTransformer
 from ..models.registry import build_classifier
@@ -64,6 +65,8 @@ def _check_head(
 def _read_teacher_weights(path: Path | None) -> Weights | None:
     if path is None:
         return None
+    if is_hub_id(path):  # hf-hub:ORG/NAME, through huggingface_hub's cache
+        return read_weights(str(path))
     fix = "pass the path of the teacher's trained weights (--teacher-path)"
     error = checkpoint_path_error(path, "Teacher checkpoint", fix, hf_folder=True)
     if error is not None:

@@ -38,6 +38,7 @@ import torch
 
 from .._write import DISK_ERRNOS, atomic_write_text, reserve, write_error
 from ..checkpoints.fetch import local_file
+from ..checkpoints.hub import hub_weights_file, is_hub_id
 from ..config import Config
 
 __all__ = [
@@ -84,6 +85,9 @@ VIEW_FIELDS = (
     "mean",
     "std",
 )
+#: View fields recorded only when switched on, so that stores written before they existed still
+#: match runs without them (DeiT III's 3-Augment and simple random crop).
+OPTIONAL_VIEW_FIELDS = ("ThreeAugment", "src")
 _NPY_HEADER = 128  # bytes of a .npy header for these shapes (format 1.0, padded to 64)
 
 
@@ -124,17 +128,20 @@ def run_manifest(cfg: Config, num_classes: int, train_images: int, world_size: i
     the SHA-256 of its checkpoint when the run names one (``cfg.teacher_path``)."""
     fields: dict[str, Any] = {"format_version": FORMAT_VERSION}
     fields.update({k: getattr(cfg, k) for k in VIEW_FIELDS})
+    fields.update({k: True for k in OPTIONAL_VIEW_FIELDS if getattr(cfg, k)})
     fields.update(num_classes=num_classes, train_images=train_images, world_size=world_size)
     if cfg.teacher_model:
         fields["teacher_model"] = cfg.teacher_model
     if cfg.teacher_path:
-        fields["teacher_sha256"] = file_sha256(cfg.teacher_path)
+        path = cfg.teacher_path  # a Hub name: its cached weights file
+        fields["teacher_sha256"] = file_sha256(hub_weights_file(path) if is_hub_id(path) else path)
     return fields
 
 
 def _first_difference(stored: dict[str, Any], run: dict[str, Any]) -> str | None:
-    for key, value in run.items():
-        if stored.get(key) != value:
+    for key in dict.fromkeys([*run, *OPTIONAL_VIEW_FIELDS]):
+        off = False if key in OPTIONAL_VIEW_FIELDS else None  # unrecorded: switched off
+        if stored.get(key, off) != run.get(key, off):
             return key
     return None
 
@@ -277,7 +284,7 @@ class TeacherLabelStore:
         if key is not None:
             raise ValueError(
                 f"{where} was made for {key} {self.manifest.get(key)!r} but this run has "
-                f"{run[key]!r}; recompute it with `deit teacher-labels --config <this run's "
+                f"{run.get(key, False)!r}; recompute it with `deit teacher-labels --config <this run's "
                 f"config.yaml> --output DIR` or set {key} back."
             )
         if cfg.distillation_type == "soft" and self.kind == "top1":

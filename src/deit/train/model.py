@@ -118,8 +118,13 @@ def _load_finetune(model: nn.Module, cfg: Config) -> list[str]:
 
 
 def _base_criterion(cfg: Config, mixup: Mixup | None) -> nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+    if cfg.bce_loss:  # DeiT III: official `targets.gt(0.0)` then BCEWithLogitsLoss
+        mixed = mixup is not None
+        return BinaryCrossEntropy(
+            smoothing=0.0 if mixed else cfg.smoothing, target_threshold=0.0 if mixed else None
+        )
     if mixup is not None:  # smoothing is folded into the mixed targets
         return SoftTargetCrossEntropy()
     if cfg.smoothing > 0:
