@@ -221,7 +221,7 @@ def bare_side(case: Case, cfg: Config) -> Callable[[], float]:
         with precision.autocast():
             outputs = model(x[i])
             if case.distilled:
-                loss = criterion.compute(x[i], outputs, y[i], teacher_outputs=t_logits[i])[0]
+                loss = criterion.compute(x[i], outputs, y[i], teacher_outputs=t_logits[i]).total
             else:
                 loss = soft(outputs, y[i])
         optimizer.zero_grad(set_to_none=True)

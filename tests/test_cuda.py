@@ -29,7 +29,7 @@ import deit  # noqa: E402
 from deit.checkpoints import safe_torch_load  # noqa: E402
 from deit.config import Config  # noqa: E402
 from deit.data.transforms import SeededMixup  # noqa: E402
-from deit.distillation import DistillationLoss  # noqa: E402
+from deit.distillation import DistillationTask  # noqa: E402
 from deit.engine import StepOptions, _backward_and_step, train_one_epoch  # noqa: E402
 from deit.label_pass import compute_teacher_labels  # noqa: E402
 from deit.optim import build_optimizer  # noqa: E402
@@ -198,17 +198,18 @@ def _ddp_vs_plain(init_file: Path) -> float:
         (torch.randn(8, 3, 28, 28, device="cuda"), torch.arange(8, device="cuda") % 4)
         for _ in range(3)
     ]
-    crit = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
     device = torch.device("cuda", 0)
     model.set_distilled_training(True)
-    train_one_epoch(model, crit, batches, torch.optim.SGD(model.parameters(), lr=0.5), device, 0)
+    task = DistillationTask(model, nn.CrossEntropyLoss())
+    train_one_epoch(task, batches, torch.optim.SGD(model.parameters(), lr=0.5), device, 0)
     twin = deit.create_model(STUDENT, num_classes=4).cuda()
     twin.load_state_dict(state)
     twin.set_distilled_training(True)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=0, world_size=1)
     try:
         ddp = wrap_ddp(twin, device, "none")
-        train_one_epoch(ddp, crit, batches, torch.optim.SGD(twin.parameters(), lr=0.5), device, 0)
+        task = DistillationTask(ddp, nn.CrossEntropyLoss())
+        train_one_epoch(task, batches, torch.optim.SGD(twin.parameters(), lr=0.5), device, 0)
     finally:
         dist.destroy_process_group()
     return max((twin.state_dict()[k] - v).abs().max().item() for k, v in model.state_dict().items())
@@ -328,7 +329,7 @@ def _epoch_syncs(amp: str, steps: int, monkeypatch) -> tuple[int, int]:
     precision = resolve_precision(amp, device)
     scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
     mix = SeededMixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10, seed=0)
-    crit = DistillationLoss(SoftTargetCrossEntropy(), teacher, "hard")
+    task = DistillationTask(model, SoftTargetCrossEntropy(), teacher, "hard")
     opts = StepOptions(
         precision=precision,
         mixup_fn=mix,
@@ -342,7 +343,7 @@ def _epoch_syncs(amp: str, steps: int, monkeypatch) -> tuple[int, int]:
         (torch.randn(8, 3, 28, 28, device=device), torch.arange(8, device=device) % 10)
         for _ in range(steps)
     ]
-    train_one_epoch(model, crit, batches[:1], opt, device, 0, opts)  # warm-up
+    train_one_epoch(task, batches[:1], opt, device, 0, opts)  # warm-up
     torch.cuda.synchronize()
     calls = [0]
     item = torch.Tensor.item
@@ -359,7 +360,7 @@ def _epoch_syncs(amp: str, steps: int, monkeypatch) -> tuple[int, int]:
     try:
         with warnings.catch_warnings(record=True) as seen, sdpa_kernel(backends):
             warnings.simplefilter("always")
-            train_one_epoch(model, crit, batches, opt, device, 1, opts)
+            train_one_epoch(task, batches, opt, device, 1, opts)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         monkeypatch.undo()

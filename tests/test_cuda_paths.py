@@ -125,7 +125,7 @@ def test_ddp_looks_for_unused_parameters_only_where_some_are(tmp_path, model_nam
     """DDP set up as a run sets it up (issue 32, item 8): ``find_unused_parameters`` only where a
     parameter really has no gradient; two steps without it succeed (an unused parameter would
     fail the second: "Expected to have finished reduction in the prior iteration")."""
-    from deit.distillation import DistillationLoss, check_student
+    from deit.distillation import DistillationTask, prepare_student
     from deit.engine import train_one_epoch
     from deit.teacher import Teacher
     from deit.train import wrap_ddp
@@ -134,17 +134,17 @@ def test_ddp_looks_for_unused_parameters_only_where_some_are(tmp_path, model_nam
     name, _, pair = model_name.partition(":")
     model = deit.create_model(name, num_classes=4)
     teacher = Teacher(deit.build_classifier("test_resnet", 4)) if kind != "none" else None
-    check_student(model, kind, teacher)
+    prepare_student(model, kind, teacher)
     if pair:
         model.set_distilled_training(True)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         ddp = wrap_ddp(model, torch.device("cpu"), kind)
         assert ddp.find_unused_parameters is unused
-        crit = DistillationLoss(nn.CrossEntropyLoss(), teacher, kind)
+        task = DistillationTask(ddp, nn.CrossEntropyLoss(), teacher, kind)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         batches = [(torch.randn(2, 3, 28, 28), torch.tensor([0, 3]))] * 2
-        stats = train_one_epoch(ddp, crit, batches, opt, torch.device("cpu"), 0)
+        stats = train_one_epoch(task, batches, opt, torch.device("cpu"), 0)
         assert stats["steps"] == 2.0
     finally:
         dist.destroy_process_group()
@@ -162,9 +162,10 @@ def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch,
 
     cfg = _cfg(model_ema=True, model_ema_force_cpu=True).validate()
     device = torch.device(run_device, 0 if run_device == "cuda" else None)
-    state = RunState(cfg, DistEnv(), device, Precision("fp32", None, run_device), None)
-    state.eval_model = nn.Linear(2, 2)
-    state.ema = SimpleNamespace(module=nn.Linear(2, 2))  # timm's ModelEmaV3, on the CPU
+    student = SimpleNamespace(eval_model=nn.Linear(2, 2), n_parameters=0)
+    step = SimpleNamespace(model_ema=SimpleNamespace(module=nn.Linear(2, 2)))  # on the CPU
+    data, precision = SimpleNamespace(train_images=0), Precision("fp32", None, run_device)
+    state = RunState(cfg, DistEnv(), device, precision, None, None, data, student, None, step)
     evaluated: list[nn.Module] = []
 
     def evaluate(_state, model, teacher=None):
@@ -174,10 +175,12 @@ def test_ema_forced_to_the_cpu_is_not_evaluated_with_the_gpu_images(monkeypatch,
     monkeypatch.setattr(loop, "_evaluate", evaluate)
     loop._end_epoch(state, 0, {"loss": 1.0, "images_per_s": 1.0}, time.time())
     if run_device == "cuda":
-        assert evaluated == [state.eval_model] and "test_ema_acc1" not in state.history[-1]
+        assert (
+            evaluated == [student.eval_model] and "test_ema_acc1" not in state.progress.history[-1]
+        )
     else:
-        assert evaluated == [state.eval_model, state.ema.module]
-        assert state.history[-1]["test_ema_acc1"] == 50.0
+        assert evaluated == [student.eval_model, step.model_ema.module]
+        assert state.progress.history[-1]["test_ema_acc1"] == 50.0
 
 
 @pytest.fixture
@@ -214,13 +217,12 @@ def test_cuda_runs_autotune_cudnn_and_keep_pytorchs_tf32(monkeypatch, _backends)
     assert set_cuda_backends(torch.device("cuda", 0))["cudnn_benchmark"] is False
 
 
-def _meta_state(**kw: object) -> RunState:
-    cfg = _cfg(**kw).validate()
-    state = RunState(
-        cfg, DistEnv(0, 2, 0, True), torch.device("meta"), Precision("fp32", None, "cpu"), None
-    )
-    state.class_names = list("abcd")
-    return state
+def _meta_student(**kw: object):
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(num_classes=4, mixup_fn=None)
+    env, device = DistEnv(0, 2, 0, True), torch.device("meta")
+    return train_model_mod.build_student(_cfg(**kw).validate(), data, env, device)
 
 
 def test_ddp_wraps_the_student_after_it_is_on_the_device_then_compile(monkeypatch):
@@ -237,13 +239,11 @@ def test_ddp_wraps_the_student_after_it_is_on_the_device_then_compile(monkeypatc
 
     monkeypatch.setattr(train_model_mod, "wrap_ddp", ddp)
     monkeypatch.setattr(torch, "compile", lambda m, **kw: Wrapped("compiled", m))
-    state = _meta_state()  # the meta device: a model not moved yet would still be on the CPU
-    train_model_mod.build_model_and_teacher(state)
+    state = _meta_student()  # the meta device: a model not moved yet would still be on the CPU
     assert seen == [("ddp", torch.device("meta"))]
     assert state.train_model.kind == "ddp" and state.train_model.inner is state.model
     assert state.eval_model is state.model  # evaluation: no collectives
-    state = _meta_state(compile=True)
-    train_model_mod.build_model_and_teacher(state)
+    state = _meta_student(compile=True)
     t, e = state.train_model, state.eval_model
     assert (t.kind, t.inner.kind, t.inner.inner) == ("compiled", "ddp", state.model)
     assert (e.kind, e.inner) == ("compiled", state.model)
@@ -289,10 +289,10 @@ def test_gradscaler_with_fp16_only(monkeypatch):
         ("fp16", torch.float16, "scaler"),
     ):
         cfg = _cfg(amp="fp32").validate()
-        state = RunState(cfg, DistEnv(), torch.device("cpu"), Precision(name, dtype, "cuda"), None)
-        state.model = nn.Linear(3, 2)
-        state.loader_train = [0, 1]  # two batches: the schedule's length
-        build_optimisation(state)
+        precision = Precision(name, dtype, "cuda")
+        loader = [0, 1]  # two batches: the schedule's length
+        cpu = torch.device("cpu")
+        _, state = build_optimisation(cfg, nn.Linear(3, 2), loader, DistEnv(), cpu, precision)
         assert state.scaler == scaler, name
     assert made == ["cpu"]  # the run's device type
 

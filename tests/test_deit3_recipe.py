@@ -102,7 +102,8 @@ def test_bce_loss_by_hand_and_with_smoothing_refused():
     )
     assert loss.item() == pytest.approx(by_hand / 6, rel=1e-6)
     labels = torch.tensor([0, 2])
-    smoothed = _base_criterion(Config(bce_loss=True, smoothing=0.3), mixup=None)(z, labels)
+    unmixed = Config(bce_loss=True, smoothing=0.3, mixup=0.0, cutmix=0.0)  # smoothing applies
+    smoothed = _base_criterion(unmixed, mixup=None)(z, labels)
     target = torch.full((2, 3), 0.1).scatter_(1, labels[:, None], 0.8)
     assert smoothed.item() == pytest.approx(F.binary_cross_entropy_with_logits(z, target).item())
     with pytest.raises(

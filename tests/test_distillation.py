@@ -15,7 +15,7 @@ from timm.task import TokenDistillationTask
 from torch import nn
 
 from deit.checkpoints import CheckpointError, create_model
-from deit.distillation import DistillationLoss, LossOutput, check_student
+from deit.distillation import DistillationLoss, LossOutput, prepare_student
 from deit.teacher import Teacher, build_teacher
 
 
@@ -314,7 +314,7 @@ def test_gradients_reach_student_only_and_teacher_is_unchanged():
     student = create_model("deit_pico_distilled_patch4_28", num_classes=5, depth=1)
     teacher = _quiet_build("resnet10t", num_classes=5)  # has BatchNorm: eval mode matters
     assert all(not p.requires_grad for p in teacher.parameters())
-    check_student(student, "hard", teacher)
+    prepare_student(student, "hard", teacher)
     fn = DistillationLoss(LabelSmoothingCrossEntropy(0.1), teacher, "hard")
     parent = nn.ModuleDict({"student": student, "criterion": fn})
     parent.train()
@@ -370,7 +370,7 @@ def test_training_drives_distillation_head_to_teacher():
     student = create_model(
         "deit_pico_distilled_patch4_28", num_classes=c, img_size=16, depth=1, embed_dim=32
     )
-    check_student(student, "hard", teacher)
+    prepare_student(student, "hard", teacher)
 
     def agreement() -> float:
         student.eval()
@@ -567,10 +567,10 @@ def test_grayscale_teacher_uses_one_channel_normalisation():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_check_student_rejects_non_distilled_model():
+def test_prepare_student_rejects_non_distilled_model():
     model = create_model("deit_pico_patch4_28", num_classes=3, depth=1)
     with pytest.raises(ValueError) as e:
-        check_student(model, "hard")
+        prepare_student(model, "hard")
     assert str(e.value) == (
         "Distillation (hard) needs a student with a distillation token and head, but "
         "deit_pico_patch4_28 has none; train its distilled twin deit_pico_distilled_patch4_28 "
@@ -578,8 +578,8 @@ def test_check_student_rejects_non_distilled_model():
     )
     cnn = timm.create_model("test_resnet", num_classes=3)
     with pytest.raises(ValueError, match="test_resnet has none; train a distilled DeiT such as"):
-        check_student(cnn, "soft")
-    check_student(model, "none")  # fine without distillation
+        prepare_student(cnn, "soft")
+    prepare_student(model, "none")  # fine without distillation
 
 
 def test_plain_deit_student_asked_to_distil_is_refused_before_anything_is_built(
@@ -619,16 +619,16 @@ def test_demo_student_preset_without_its_teacher_names_the_teacher_preset(tmp_pa
     )
 
 
-def test_check_student_enables_pair_output_and_checks_classes():
+def test_prepare_student_enables_pair_output_and_checks_classes():
     model = create_model("deit_pico_distilled_patch4_28", num_classes=3, depth=1).train()
     assert isinstance(model(torch.randn(1, 3, 28, 28)), torch.Tensor)
-    check_student(model, "soft", Teacher(FixedLogits([[0.0, 1.0, 2.0]])))
+    prepare_student(model, "soft", Teacher(FixedLogits([[0.0, 1.0, 2.0]])))
     out = model(torch.randn(1, 3, 28, 28))
     assert isinstance(out, tuple) and out[0].shape == out[1].shape == (1, 3)
     with pytest.raises(ValueError, match="teacher predicts 4 classes but the student 3"):
-        check_student(model, "hard", Teacher(FixedLogits([[0.0, 1.0, 2.0, 3.0]])))
+        prepare_student(model, "hard", Teacher(FixedLogits([[0.0, 1.0, 2.0, 3.0]])))
     with pytest.raises(ValueError, match="Unknown distillation type 'medium'"):
-        check_student(model, "medium")
+        prepare_student(model, "medium")
 
 
 def test_single_tensor_output_while_distilling_is_an_error():

@@ -53,6 +53,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _nan_on_rank_1(rank: int, tmp: Path) -> dict:
     """A DDP step per batch; rank 1's loss is NaN at batch 2 (CPU: checked every step), then
     the accelerators' check (a flag read every log interval) set on rank 1 only."""
+    from deit.distillation import DistillationTask
     from deit.engine import NonFiniteLossError, _Tally, train_one_epoch
 
     record: dict = {}
@@ -61,14 +62,15 @@ def _nan_on_rank_1(rank: int, tmp: Path) -> dict:
     batches = [(torch.randn(2, 4), torch.tensor([0, 2]))] * 4
     calls = {"n": 0}
 
-    def criterion(images, outputs, targets):
+    def criterion(outputs, targets):
         calls["n"] += 1
         loss = nn.functional.cross_entropy(outputs, targets)
         return loss * float("nan") if rank == 1 and calls["n"] == 2 else loss
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    task = DistillationTask(model, criterion)
     for key, work in (
-        ("cpu", lambda: train_one_epoch(model, criterion, batches, opt, torch.device("cpu"), 0)),
+        ("cpu", lambda: train_one_epoch(task, batches, opt, torch.device("cpu"), 0)),
         ("device", lambda: _device_check(_Tally, rank)),
     ):
         try:

@@ -1,4 +1,4 @@
-"""Issue 13, checkpoint items: fine-tuning across the plain/distilled variants from every file
+"""Checkpoints as inputs: fine-tuning across the plain/distilled variants from every file
 kind (5), Hugging Face ViT-format folders (6), the position grid of non-square files (8) and
 one-sentence misfit messages for teachers and students (11)."""
 

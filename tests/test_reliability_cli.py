@@ -1,4 +1,4 @@
-"""Issue 19, the command line and its outputs: every help screen and ``--version`` (1), weights
+"""The command line and its outputs: every help screen and ``--version`` (1), weights
 with NaN/inf and valid, rounded JSON (5), ``deit benchmark --batch-size`` below 1 (7), and the
 smaller things of 8 (predict's progress bar and natural order, the fine-tuning note, analyze's
 panel titles, ``export --output`` onto a folder, ``--num_workers`` spellings)."""

@@ -1,4 +1,4 @@
-"""Issue 13, data inputs: unreadable images under workers, --skip-corrupt, every PIL mode as a
+"""Data inputs: unreadable images under workers, --skip-corrupt, every PIL mode as a
 viewer shows it, input defaults from the model, the normalisation of plain state dicts, and a
 checkpoint evaluated on another data set."""
 

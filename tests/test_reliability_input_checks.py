@@ -1,4 +1,4 @@
-"""Issue 34, fifth round (inputs): folder walks, split names, decompression bombs, checkpoint
+"""Inputs checked before anything runs: folder walks, split names, decompression bombs, checkpoint
 paths, device names, batch sizes, the label store's lock, file names that are not UTF-8 and
 paths too long for the file system.
 

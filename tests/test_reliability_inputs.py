@@ -1,4 +1,4 @@
-"""Issue 19, items 2, 3, 4 and 6: two runs into one folder, folder data sets whose classes do not
+"""Two runs into one folder, folder data sets whose classes do not
 match, damaged teacher-label stores, bad configuration files; each with its expected value."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 34, fifth round (runs): a seed out of range, out of memory, the output folder deleted
+"""Runs that cannot go on: a seed out of range, out of memory, the output folder deleted
 mid-run, a truncated ``checkpoint.pth`` on ``--auto-resume`` and ``--train-subset`` above the
 data.
 

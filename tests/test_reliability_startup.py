@@ -1,4 +1,4 @@
-"""Issue 28, 2 and 4: the command line starts without torch, and a run that cannot start prints
+"""The command line starts without torch, and a run that cannot start prints
 its error alone.
 
 ``deit --help`` took 4.7 s and 860 MB when every command imported torch and timm to build its

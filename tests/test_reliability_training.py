@@ -1,4 +1,4 @@
-"""Issue 13's training cases: each bad input or interruption a user met, with the expected value.
+"""Training's bad inputs and interruptions: each bad input or interruption a user met, with the expected value.
 
 Seeds (3), resume with changed settings (4), BatchNorm at batch 1 (7), the NaN stop message (8),
 reruns into a finished run (9), exit status and whole-epoch log lines after a stop (10), one-line

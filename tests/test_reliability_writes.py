@@ -1,4 +1,4 @@
-"""Issue 28, 1: a full disk or a read-only folder, for every writer.
+"""A full disk or a read-only folder, for every writer.
 
 ``torch.save`` on a full disk ended a run with a 20-line ``RuntimeError: [enforce fail at
 inline_container.cc:672] unexpected pos``. Every writer now goes through

@@ -20,7 +20,7 @@ from conftest import write_image_tree
 from deit.checkpoints import safe_torch_load
 from deit.cli import main
 from deit.config import Config
-from deit.distillation import DistillationLoss
+from deit.distillation import DistillationTask
 from deit.engine import StepOptions, evaluate, resolve_precision, train_one_epoch
 from deit.train import LAST, run, wrap_ddp
 
@@ -121,16 +121,42 @@ def test_logs_and_checkpoint_contents(data_root, tmp_path):
     assert best["best_acc1"] == max(x["test_acc1"] for x in lines)
 
 
+@pytest.mark.parametrize("distil", [False, True])
+def test_grad_accum_steps_make_one_larger_batch(data_root, teacher_ckpt, tmp_path, distil):
+    """--grad-accum-steps 4 at batch 8 trains as batch 32 in one step (no Mixup, dropout or
+    drop path; SGD, whose update is the gradient): the same weights, EMA and optimiser steps
+    after three epochs, with and without a distillation teacher."""
+    kw = dict(epochs=3, mixup=0.0, cutmix=0.0, drop_path=0.0, opt="sgd", lr=0.5)
+    if distil:
+        kw.update(distillation_type="hard", teacher_model="resnet10t")
+        kw.update(teacher_path=str(teacher_ckpt), teacher_precision="fp32")
+    runs = {}
+    for batch, n in ((32, 1), (8, 4)):
+        out = tmp_path / f"b{batch}"
+        cfg = _cfg(data_root, out, batch_size=batch, grad_accum_steps=n, **kw)
+        runs[n] = run(cfg, progress=False)
+        runs[n]["ck"] = safe_torch_load(out / LAST)
+    one, four = runs[1], runs[4]
+    assert [h["train_num_updates"] for h in four["history"]] == [1.0, 2.0, 3.0]
+    assert [h["train_num_updates"] for h in one["history"]] == [1.0, 2.0, 3.0]
+    for key in ("model", "model_ema"):
+        worst = max((four["ck"][key][k] - v).abs().max().item() for k, v in one["ck"][key].items())
+        assert worst <= 1e-6, key
+    assert four["history"][-1]["train_loss"] == pytest.approx(
+        one["history"][-1]["train_loss"], rel=1e-5
+    )
+
+
 def test_non_finite_loss_stops_with_step(data_root, tmp_path):
     model = deit.create_model(STUDENT, num_classes=4)
     model.set_distilled_training(True)
     model.train()
-    criterion = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
+    task = DistillationTask(model, nn.CrossEntropyLoss())
     batch = [(torch.full((2, 3, 28, 28), float("nan")), torch.tensor([0, 1]))]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.cls_token.detach().clone()
     with pytest.raises(FloatingPointError, match="epoch 4, batch 1"):
-        train_one_epoch(model, criterion, batch, opt, torch.device("cpu"), 3)
+        train_one_epoch(task, batch, opt, torch.device("cpu"), 3)
     assert torch.equal(model.cls_token, before)
 
 
@@ -167,9 +193,9 @@ def _ddp_worker(rank, world, init_file, x, y, state, out):
     model.set_distilled_training(True)
     ddp = wrap_ddp(model, torch.device("cpu"), "none")
     opt = _sgd(model)
-    crit = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
+    task = DistillationTask(ddp, nn.CrossEntropyLoss())
     half = slice(rank * 4, rank * 4 + 4)
-    train_one_epoch(ddp, crit, [(x[half], y[half])], opt, torch.device("cpu"), 0)
+    train_one_epoch(task, [(x[half], y[half])], opt, torch.device("cpu"), 0)
     if rank == 0:
         torch.save(model.state_dict(), out)
     dist.destroy_process_group()
@@ -182,8 +208,8 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     x, y = torch.randn(8, 3, 28, 28), torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     model.set_distilled_training(True)
     opt = _sgd(model)
-    crit = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
-    train_one_epoch(model, crit, [(x, y)], opt, torch.device("cpu"), 0)
+    task = DistillationTask(model, nn.CrossEntropyLoss())
+    train_one_epoch(task, [(x, y)], opt, torch.device("cpu"), 0)
     out = tmp_path / "ddp.pth"
     mp.spawn(_ddp_worker, args=(2, tmp_path / "init", x, y, state, out), nprocs=2, join=True)
     ddp_state = torch.load(out, weights_only=True)
@@ -389,11 +415,11 @@ def test_log_interval_sets_how_often_the_bar_shows_the_loss():
             self.postfixes += 1
 
     model = deit.create_model(STUDENT, num_classes=4)
-    crit = DistillationLoss(nn.CrossEntropyLoss(), None, "none")
+    task = DistillationTask(model, nn.CrossEntropyLoss())
     batches = [(torch.randn(2, 3, 28, 28), torch.tensor([0, 1]))] * 7
     bar = Bar()
     opts = StepOptions(log_interval=3)
-    train_one_epoch(model, crit, batches, _sgd(model), torch.device("cpu"), 0, opts, progress=bar)
+    train_one_epoch(task, batches, _sgd(model), torch.device("cpu"), 0, opts, progress=bar)
     assert (bar.updates, bar.postfixes) == (7, 3)  # steps 1, 4 and 7
 
 

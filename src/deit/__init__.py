@@ -1,5 +1,10 @@
 """deit: DeiT vision transformers and distillation through attention (Touvron et al., 2021).
 
+One training step reads in three modules: the loop, :func:`deit.engine.train_one_epoch`; the
+task, :class:`deit.distillation.DistillationTask` (student, loss and teacher, returning the
+named ``StepOutput``); and the model, :mod:`deit.models.distilled`. ``docs/recipe.md`` follows
+it from ``deit train`` to ``optimizer.step()``.
+
 Importing the package changes nothing global (no environment variable, no torch setting) and
 loads torch only when a name below is first used, so the ``deit`` command can set
 ``OMP_WAIT_POLICY`` before torch starts (see :mod:`deit.cli`).
@@ -21,9 +26,9 @@ _EXPORTS = {
     "build_sampler": "data",
     "build_transform": "data",
     "DistillationLoss": "distillation",
+    "DistillationTask": "distillation",
     "Teacher": "teacher",
     "build_teacher": "teacher",
-    "check_student": "distillation",
     "optimize_for_inference": "inference",
     "CheckpointError": "checkpoints",
     "create_model": "checkpoints",

@@ -2,7 +2,7 @@
 
 The command line builds its parser (``deit --help``, ``deit <command> --help``, argument errors)
 from these without importing torch or timm; the modules that use a value import it from here
-under its usual name (``deit.engine.EVAL_HEADS``, ``deit.precision.AMP``, ...).
+under its usual name (``deit.models.HEAD_CHOICES``, ``deit.precision.AMP``, ...).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 __all__ = [
     "AMP",
     "DISTILLATION_TYPES",
-    "EVAL_HEADS",
     "EXPORT_FORMATS",
     "HEAD_CHOICES",
     "INAT_CATEGORIES",
@@ -30,11 +29,9 @@ DISTILLATION_TYPES = ("none", "soft", "hard")
 #: Normalisations of the soft (KL) term: ``"mean"`` divides the summed KL by ``B * C`` (official
 #: DeiT code), ``"batchmean"`` by ``B`` (the mathematical KL per sample; timm's token distillation).
 KL_REDUCTIONS = ("mean", "batchmean")
-#: What :func:`deit.engine.evaluate` reports as ``acc1``/``acc5``/``loss`` for a distilled model:
-#: the averaged heads (the paper's late fusion, section 5.2), the class head or the distillation
-#: head.
-EVAL_HEADS = ("both", "cls", "dist")
-#: Heads of a distilled model that inference can return (``--head`` of predict, export).
+#: The outputs of a distilled model: the averaged heads (the paper's late fusion, section 5.2),
+#: the class head or the distillation head -- what inference returns (``--head`` of predict and
+#: export) and what :func:`deit.engine.evaluate` reports as ``acc1`` (``--eval-head``).
 HEAD_CHOICES = ("both", "cls", "dist")
 #: Autocast precisions of ``deit benchmark`` (``--precision``, besides ``auto``).
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if TYPE_CHECKING:
+    from .distillation import DistillationLoss
 
 __all__ = ["BatchedStudents", "batched_train_step"]
 
@@ -152,7 +155,7 @@ def _check_same_architecture(models: list[nn.Module]) -> None:
 
 def batched_train_step(
     students: BatchedStudents,
-    criteria: Sequence[Callable],
+    criteria: Sequence[DistillationLoss],
     images: torch.Tensor,
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
@@ -161,9 +164,8 @@ def batched_train_step(
 ) -> torch.Tensor:
     """One optimiser step of every student on its own batch.
 
-    Student ``k``'s loss is ``criteria[k]`` on its images, outputs and targets (a
-    :class:`deit.distillation.DistillationLoss`'s ``compute``, its first term, or any callable
-    ``(images, outputs, targets) -> loss``); the losses are summed for one backward pass, which
+    Student ``k``'s loss is ``criteria[k]`` (a :class:`deit.distillation.DistillationLoss`)
+    on its images, outputs and targets, the ``total`` of its ``compute``; the losses are summed for one backward pass, which
     gives each student exactly its own gradient (the students share no weight).
 
     Args:
@@ -186,12 +188,8 @@ def batched_train_step(
     losses = []
     for i, criterion in enumerate(criteria):
         out = tuple(o[i] for o in outputs) if isinstance(outputs, tuple) else outputs[i]
-        if hasattr(criterion, "compute"):
-            stored = teacher_outputs[i] if teacher_outputs is not None else None
-            loss = criterion.compute(images[i], out, targets[i], teacher_outputs=stored)[0]
-        else:
-            loss = criterion(images[i], out, targets[i])
-        losses.append(loss)
+        stored = teacher_outputs[i] if teacher_outputs is not None else None
+        losses.append(criterion.compute(images[i], out, targets[i], teacher_outputs=stored).total)
     loss_k = torch.stack(losses)
     optimizer.zero_grad(set_to_none=True)
     loss_k.sum().backward()

@@ -165,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit code 2 instead of a traceback; set ``DEIT_DEBUG=1`` to see the traceback.
     """
     # libgomp (torch's OpenMP runtime) spin-waits at every parallel region by default; on a CPU
-    # shared with anything else (a data-loader worker, another job) that made training here
-    # 5-20x slower, while passive waiting costs little on an idle machine. libgomp reads the
+    # shared with anything else (a data-loader worker, another job) that slows training several
+    # times over (benchmarks/README.md), while passive waiting costs little on an idle machine. libgomp reads the
     # variable when torch loads it, so it is set here, before the subcommands import torch (the
     # deit package imports nothing at start-up), and only for the command: a library import
     # changes nothing global. Set OMP_WAIT_POLICY yourself to override.

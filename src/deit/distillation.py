@@ -1,8 +1,9 @@
-"""Distillation through attention: the DeiT losses (paper section 4).
+"""Distillation through attention (paper section 4): the loss and the task that owns a step.
 
 The student is a distilled DeiT whose training-mode output is the pair
-``(cls_logits, dist_logits)``, each ``(B, num_classes)``. :class:`DistillationLoss` trains the
-class head on the labels and the distillation head on the teacher:
+``(cls_logits, dist_logits)``, each ``(B, num_classes)``. :class:`DistillationLoss` (the
+official ``losses.py``) trains the class head on the labels and the distillation head on the
+teacher:
 
 - ``"none"``: ``L = base(cls_logits, y)``;
 - ``"soft"`` (paper eq. 2): ``L = (1 - alpha) * base(cls_logits, y)
@@ -14,42 +15,45 @@ class head on the labels and the distillation head on the teacher:
 label smoothing otherwise); the teacher term never uses label smoothing. The teacher sees the
 same (mixed) images as the student, in eval mode, without gradients.
 
-:func:`check_student` validates a student before training. The frozen teacher itself
-(:class:`deit.teacher.Teacher`, :func:`deit.teacher.build_teacher`) lives in :mod:`deit.teacher`;
-the loss wraps a bare module in a :class:`~deit.teacher.Teacher`.
+:class:`DistillationTask` is one training step's computation (as timm's
+``TokenDistillationTask``): it holds the student, the loss and one :class:`TeacherSource` -- the
+frozen teacher (:class:`deit.teacher.Teacher`), its fast path (:class:`deit.teacher.FastTeacher`)
+or the teacher's stored answers (:class:`deit.teacher.TeacherLabelStore`) -- and
+``task(images, targets, epoch, index)`` returns the named :class:`StepOutput`.
 
-Example (what the trainer does)::
+Example::
 
     teacher = build_teacher("regnety_160", "regnety_160.pth", num_classes=1000,
                             student_mean=mean, student_std=std, device=device)
-    check_student(model, "hard", teacher)          # also enables the (cls, dist) output
-    criterion = DistillationLoss(SoftTargetCrossEntropy(), teacher, "hard", alpha=0.5)
-    loss = criterion(images, model(images), targets)          # the scalar total
-    out = criterion.compute(images, model(images), targets)   # LossOutput(total, base, ...)
+    task = DistillationTask(model, SoftTargetCrossEntropy(), teacher, "hard", alpha=0.5)
+    out = task(images, targets)        # StepOutput(loss, base, distillation, disagreement)
+    out.loss.backward()
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from timm.utils import unwrap_model
 from torch import nn
 
-# the frozen wrapper depends on the models only: the loss sits above it, the rest of the
-# teacher package (building, fast path, label store) does not import the loss
 from ._choices import DISTILLATION_TYPES, KL_REDUCTIONS
+from .models.distilled import DistilledVisionTransformer
 from .teacher.frozen import Teacher
 
 __all__ = [
     "DISTILLATION_TYPES",
     "KL_REDUCTIONS",
     "DistillationLoss",
+    "DistillationTask",
     "LossOutput",
-    "check_student",
+    "StepOutput",
+    "TeacherSource",
+    "prepare_student",
 ]
 
 
@@ -59,11 +63,6 @@ def _check_type(distillation_type: str) -> None:
             f"Unknown distillation type {distillation_type!r}; choose one of "
             f"{', '.join(repr(t) for t in DISTILLATION_TYPES)}."
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Student check and loss
-# --------------------------------------------------------------------------------------------
 
 
 def not_distilled_message(name: str, distillation_type: str) -> str:
@@ -84,33 +83,47 @@ def not_distilled_message(name: str, distillation_type: str) -> str:
     )
 
 
-def check_student(
-    model: nn.Module, distillation_type: str, teacher: nn.Module | None = None
+class TeacherSource(Protocol):
+    """What a :class:`DistillationTask` asks of its teacher, whichever it is: the frozen teacher
+    run on the views (:class:`deit.teacher.Teacher`), its fast path
+    (:class:`deit.teacher.FastTeacher`), or its answers computed once and read back
+    (:class:`deit.teacher.TeacherLabelStore`)."""
+
+    #: The teacher's class count (``None``: unknown).
+    num_classes: int | None
+
+    def answer(self, images: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
+        """The teacher's answer on ``images`` ``(B, C, H, W)``, batch ``index`` of ``epoch``:
+        ``(B, num_classes)`` logits, or ``(B,)`` top-1 classes (hard distillation only)."""
+        ...
+
+
+def prepare_student(
+    model: nn.Module, distillation_type: str, teacher: TeacherSource | None = None
 ) -> None:
-    """Validate a student before training and, for ``"soft"``/``"hard"``, switch on its
+    """Check a student before training and, for ``"soft"``/``"hard"``, switch on its
     training-mode ``(cls_logits, dist_logits)`` output (``set_distilled_training(True)``).
 
     Wrappers (DistributedDataParallel, ``torch.compile``) are looked through.
 
     Raises:
         ValueError: unknown ``distillation_type``; distillation asked of a model without a
-            distillation token and head (naming its distilled twin); a ``teacher`` whose ``num_classes`` differs from the
-            student's.
+            distillation token and head (naming its distilled twin); a ``teacher`` whose
+            ``num_classes`` differs from the student's.
     """
     _check_type(distillation_type)
     student = unwrap_model(model)
     if distillation_type == "none":
         return
-    if not hasattr(student, "set_distilled_training"):
+    if not isinstance(student, DistilledVisionTransformer):
         cfg = getattr(student, "default_cfg", None) or getattr(student, "pretrained_cfg", {})
         name = cfg.get("architecture", type(student).__name__)
         raise ValueError(not_distilled_message(name, distillation_type))
-    s_nc = getattr(student, "num_classes", None)
-    t_nc = getattr(teacher, "num_classes", None) if teacher is not None else None
-    if s_nc is not None and t_nc is not None and int(s_nc) != int(t_nc):
+    t_nc = teacher.num_classes if teacher is not None else None
+    if t_nc is not None and int(student.num_classes) != int(t_nc):
         raise ValueError(
-            f"The teacher predicts {t_nc} classes but the student {s_nc}; use a teacher trained "
-            "on the student's classes."
+            f"The teacher predicts {t_nc} classes but the student {student.num_classes}; use a "
+            "teacher trained on the student's classes."
         )
     student.set_distilled_training(True)
 
@@ -143,8 +156,9 @@ class DistillationLoss(nn.Module):
             ``SoftTargetCrossEntropy`` with ``(B, C)`` Mixup/CutMix targets (smoothing folded
             in), ``LabelSmoothingCrossEntropy`` or ``nn.CrossEntropyLoss`` with ``(B,)`` labels.
         teacher: the teacher (any ``nn.Module``; wrapped in a frozen :class:`Teacher` unless it
-            is one). ``None`` for ``"none"``, or when every :meth:`compute` call is given the
-            teacher's outputs (a stored label set).
+            is one), the official ``DistillationLoss(base, teacher_model, ...)`` convention.
+            ``None`` for ``"none"``, or when every :meth:`compute` call is given the
+            teacher's outputs (as :class:`DistillationTask` gives them).
         distillation_type: ``"none"``, ``"soft"`` (paper eq. 2) or ``"hard"`` (eq. 3).
         alpha: weight of the distillation term, in [0, 1]; the base term gets ``1 - alpha``.
             0.5 (default) is the paper's hard-distillation setting; its soft setting is 0.1.
@@ -159,7 +173,7 @@ class DistillationLoss(nn.Module):
     logits (computed in float32). Hard term: ``CE(Z_d, argmax_c Z_t)`` without label smoothing.
 
     ``loss(images, outputs, targets)`` is the scalar total; :meth:`compute` returns it with
-    its terms (:class:`LossOutput`), which is what the training loop logs.
+    its terms (:class:`LossOutput`).
 
     Raises:
         ValueError: unknown ``distillation_type`` or ``kl_reduction``; ``alpha`` outside [0, 1];
@@ -260,7 +274,7 @@ class DistillationLoss(nn.Module):
                 f"distillation_type={self.distillation_type!r} needs the student's "
                 f"(cls_logits, dist_logits) pair but got one tensor of shape "
                 f"{tuple(cls_out.shape)}; use a distilled model in training mode with "
-                "set_distilled_training(True) (check_student does this)."
+                "set_distilled_training(True) (prepare_student does this)."
             )
         if teacher_outputs is None:
             if self.teacher is None:
@@ -271,22 +285,36 @@ class DistillationLoss(nn.Module):
                 )
             with torch.no_grad():
                 teacher_outputs = self.teacher(inputs)
+        top1 = self._teacher_top1(teacher_outputs, dist_out)
+        if self.distillation_type == "hard":  # paper eq. 3, the teacher's class unsmoothed
+            dist = F.cross_entropy(dist_out, top1)
+        else:
+            dist = self._soft(dist_out, teacher_outputs)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
-        if teacher_outputs.ndim == 1:
-            return self._hard_from_labels(base, dist_out, teacher_outputs, labels)
-        teacher_out = teacher_outputs
-        if teacher_out.shape != dist_out.shape:
+        disagreement = (top1 != labels).float().mean().detach()
+        total = base * (1.0 - self.alpha) + dist * self.alpha
+        return LossOutput(total, base.detach(), dist.detach(), disagreement)
+
+    def _teacher_top1(self, answer: torch.Tensor, dist_out: torch.Tensor) -> torch.Tensor:
+        """The teacher's ``(B,)`` top-1 classes from its logits or its stored classes, checked
+        against the distillation head's ``(B, C)`` logits."""
+        if answer.ndim == 1 and self.distillation_type != "hard":
             raise ValueError(
-                f"The teacher's logits have shape {tuple(teacher_out.shape)} but the student's "
+                "Teacher top-1 classes (a (B,) tensor) can only drive hard distillation; soft "
+                "distillation needs the teacher's (B, num_classes) logits."
+            )
+        if answer.ndim == 1 and answer.shape != dist_out.shape[:1]:
+            raise ValueError(
+                f"Got {tuple(answer.shape)} teacher labels for a batch of "
+                f"{dist_out.shape[0]}; give one teacher class per view."
+            )
+        if answer.ndim != 1 and answer.shape != dist_out.shape:
+            raise ValueError(
+                f"The teacher's logits have shape {tuple(answer.shape)} but the student's "
                 f"distillation head {tuple(dist_out.shape)}; use a teacher trained on the "
                 "student's classes."
             )
-        if self.distillation_type == "hard":
-            return self._hard_from_labels(base, dist_out, teacher_out.argmax(dim=1), labels)
-        dist = self._soft(dist_out, teacher_out)
-        disagreement = (teacher_out.argmax(dim=1) != labels).float().mean().detach()
-        total = base * (1.0 - self.alpha) + dist * self.alpha
-        return LossOutput(total, base.detach(), dist.detach(), disagreement)
+        return answer.long() if answer.ndim == 1 else answer.argmax(dim=1)
 
     def _soft(self, dist_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
         """Paper eq. 2's KL term, ``tau^2 * KL(psi(Z_t/tau) || psi(Z_d/tau))`` summed and divided
@@ -301,31 +329,76 @@ class DistillationLoss(nn.Module):
         denom = dist_out.numel() if self.kl_reduction == "mean" else dist_out.shape[0]
         return kl * (t * t) / denom
 
-    def _hard_from_labels(
-        self,
-        base: torch.Tensor,
-        dist_out: torch.Tensor,
-        teacher_labels: torch.Tensor,
-        labels: torch.Tensor,
-    ) -> LossOutput:
-        """Paper eq. 3 from the teacher's ``(B,)`` top-1 classes: ``CE(Z_d, y_t)``, unsmoothed."""
-        if self.distillation_type != "hard":
-            raise ValueError(
-                "Teacher top-1 classes (a (B,) tensor) can only drive hard distillation; soft "
-                "distillation needs the teacher's (B, num_classes) logits."
-            )
-        if teacher_labels.shape != dist_out.shape[:1]:
-            raise ValueError(
-                f"Got {tuple(teacher_labels.shape)} teacher labels for a batch of "
-                f"{dist_out.shape[0]}; give one teacher class per view."
-            )
-        dist = F.cross_entropy(dist_out, teacher_labels.long())
-        disagreement = (teacher_labels != labels).float().mean().detach()
-        total = base * (1.0 - self.alpha) + dist * self.alpha
-        return LossOutput(total, base.detach(), dist.detach(), disagreement)
-
     def extra_repr(self) -> str:
         return (
             f"distillation_type={self.distillation_type!r}, alpha={self.alpha}, tau={self.tau}, "
             f"kl_reduction={self.kl_reduction!r}"
         )
+
+
+class StepOutput(NamedTuple):
+    """What one :class:`DistillationTask` step gives: ``loss`` (with gradient) and, detached,
+    its unweighted terms ``base`` and ``distillation`` and the teacher's ``disagreement`` (the
+    fraction of views whose teacher top-1 differs from the dominant label); the last two are
+    ``None`` without distillation. Scalar tensors on the logits' device."""
+
+    loss: torch.Tensor
+    base: torch.Tensor
+    distillation: torch.Tensor | None
+    disagreement: torch.Tensor | None
+
+
+class DistillationTask:
+    """One training step's computation: the student's outputs on a batch, the teacher's answer
+    on the same views, and the loss (paper section 4). Modelled on timm's
+    ``TokenDistillationTask``, whose ``forward`` also returns the loss with its named parts.
+
+    Args:
+        student: the model trained (possibly DDP-wrapped or compiled); switched to its
+            ``(cls_logits, dist_logits)`` training output when distilling
+            (:func:`prepare_student`).
+        base_criterion: the loss on the class head, ``(B, C)`` logits and the targets.
+        teacher: a :class:`TeacherSource` (``None`` for ``"none"``).
+        distillation_type, alpha, tau, kl_reduction: as :class:`DistillationLoss`.
+
+    Raises:
+        ValueError: what :class:`DistillationLoss` and :func:`prepare_student` raise; a
+            distillation type other than ``"none"`` without a teacher.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        base_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        teacher: TeacherSource | None = None,
+        distillation_type: str = "none",
+        alpha: float = 0.5,
+        tau: float = 1.0,
+        kl_reduction: str = "mean",
+    ) -> None:
+        self.loss = DistillationLoss(
+            base_criterion, None, distillation_type, alpha, tau, kl_reduction
+        )
+        if distillation_type != "none" and teacher is None:
+            raise ValueError(
+                f"distillation_type={distillation_type!r} needs a teacher: a frozen teacher "
+                "(deit.teacher.build_teacher) or a store of its labels (TeacherLabelStore)."
+            )
+        prepare_student(student, distillation_type, teacher)
+        self.student = student
+        self.teacher = teacher if distillation_type != "none" else None
+
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor, epoch: int = 0, index: int = 0
+    ) -> StepOutput:
+        """The step's loss and terms for ``images`` ``(B, C, H, W)`` (already mixed) and
+        ``targets`` (``(B,)`` labels or ``(B, num_classes)`` mixed targets), batch ``index`` of
+        ``epoch`` (the key of a teacher's stored answers).
+
+        Raises:
+            ValueError: see :meth:`DistillationLoss.compute`.
+        """
+        outputs = self.student(images)
+        answer = self.teacher.answer(images, epoch, index) if self.teacher is not None else None
+        parts = self.loss.compute(images, outputs, targets, teacher_outputs=answer)
+        return StepOutput(parts.total, parts.base, parts.distillation, parts.teacher_disagreement)

@@ -6,7 +6,7 @@ Precision and device choice live in :mod:`deit.precision` (re-exported here).
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -15,15 +15,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from timm.utils import unwrap_model
+from timm.data import Mixup
+from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3, unwrap_model
 from torch import nn
 
-from ._choices import EVAL_HEADS
+from ._choices import HEAD_CHOICES
 from .data.transforms import mix_batch
+from .distillation import DistillationTask, StepOutput
+from .inference import DistilledInferenceModel
+from .models.distilled import DistilledVisionTransformer, late_fusion
 from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
 
 __all__ = [
-    "EVAL_HEADS",
     "NonFiniteLossError",
     "Precision",
     "StepOptions",
@@ -44,29 +48,36 @@ _ADVICE = "lower --lr, enable --clip-grad, or check the data."
 
 
 class _Tally:
-    """An epoch's running sums, kept on the device so that no step waits for it: the loss
-    terms ``(total, base, distillation, teacher disagreement)``, steps and images; on
-    accelerators also whether a loss was non-finite (read by :meth:`check`)."""
+    """An epoch's running sums of the step outputs by name, kept on the device so that no step
+    waits for them, with the steps and images; on accelerators also whether a loss was
+    non-finite (read by :meth:`check`)."""
 
     def __init__(self, device: torch.device, num_updates: int) -> None:
-        self.totals = torch.zeros(4, dtype=torch.float64, device=device)
-        cpu = device.type == "cpu"  # there _train_step checks every loss before its step
+        self.sums = {
+            name: torch.zeros((), dtype=torch.float64, device=device) for name in STAT_NAMES
+        }
+        cpu = device.type == "cpu"  # there the loop checks every loss before its step
         self.bad = None if cpu else torch.zeros((), dtype=torch.bool, device=device)
         self.checked = num_updates  # updates before the range the next check covers
         self.steps = self.images = 0
+        self.start = time.perf_counter()
 
-    def add(
-        self, terms: tuple[Any, ...], images: int, epoch: int, updates: int, every: int
-    ) -> None:
-        """Count one step's detached terms (``None`` ones skipped); check every ``every``."""
-        for j, term in enumerate(terms):
-            if term is not None:
-                self.totals[j] += term
+    @property
+    def totals(self) -> torch.Tensor:
+        """The sums in :data:`STAT_NAMES`' order, one tensor."""
+        return torch.stack(list(self.sums.values()))
+
+    def add(self, out: StepOutput, images: int, epoch: int, updates: int, every: int) -> None:
+        """Count one batch's detached outputs (``None`` ones skipped); check when ``updates`` is
+        a multiple of ``every`` (0: no check, the optimiser step is still to come)."""
+        for name, value in out._asdict().items():
+            if value is not None:
+                self.sums[name] += value.detach()
         self.steps += 1
         self.images += images
         if self.bad is not None:
-            self.bad |= ~torch.isfinite(terms[0])
-            if updates % max(every, 1) == 0:
+            self.bad |= ~torch.isfinite(out.loss.detach())
+            if every and updates % every == 0:
                 self.check(epoch, updates)
 
     def check(self, epoch: int, updates: int) -> None:
@@ -80,6 +91,38 @@ class _Tally:
                 f"device); {_ADVICE}"
             )
         self.checked = updates
+
+    def stats(
+        self, device: torch.device, optimizer: torch.optim.Optimizer, updates: int, completed: bool
+    ) -> dict[str, float]:
+        """The epoch's statistics (see :func:`train_one_epoch`): the means by name
+        (:data:`STAT_NAMES`) over the batches of every process (the disagreement in %), then
+        this process's."""
+        elapsed = time.perf_counter() - self.start
+        values = [*self.totals.tolist(), float(self.steps)]
+        *values, n = _sum_across_processes(values, device)
+        scale = {"disagreement": 100.0}  # a fraction per batch, a percentage per epoch
+        return {
+            **{
+                STAT_NAMES[k]: scale.get(k, 1.0) * v / max(n, 1.0)
+                for k, v in zip(self.sums, values)
+            },
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": self.images / max(elapsed, 1e-9),
+            "steps": float(self.steps),
+            "num_updates": float(updates),
+            "completed": float(completed),
+        }
+
+
+#: The epoch statistic of each :class:`~deit.distillation.StepOutput` field (``log.txt``'s
+#: ``train_<statistic>``).
+STAT_NAMES = {
+    "loss": "loss",
+    "base": "loss_base",
+    "distillation": "loss_distillation",
+    "disagreement": "teacher_disagreement",
+}
 
 
 def _ranks_with(flag: torch.Tensor) -> list[int]:
@@ -110,10 +153,10 @@ def _sum_across_processes(values: list[float], device: torch.device) -> list[flo
     return t.tolist()
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepOptions:
-    """How :func:`train_one_epoch` takes each optimiser step, besides model, loss, data and
-    optimiser.
+    """How :func:`train_one_epoch` takes each optimiser step, besides the task, the data and
+    the optimiser.
 
     Attributes:
         precision: autocast setting (default fp32).
@@ -126,88 +169,76 @@ class StepOptions:
         sched_per_step: update the learning rate every step.
         model_ema: timm ``ModelEmaV3`` updated after each step, or ``None``.
         log_interval: refresh the progress bar's loss / lr / images-per-second every N steps.
-        teacher_labels: stored teacher outputs (a :class:`deit.teacher.TeacherLabelStore`,
-            ``batch(epoch, index, device)``) handed to the loss instead of running a teacher.
+        grad_accum_steps: batches whose gradients make one optimiser step (timm's name); the
+            epoch's last step takes the batches left. Each batch's loss is divided by the
+            batches of its step, so a step of N batches of B images is one of N x B.
     """
 
     precision: Precision | None = None
-    mixup_fn: Callable | None = None
+    mixup_fn: Mixup | None = None
     scaler: torch.amp.GradScaler | None = None
     clip_grad: float | None = None
-    scheduler: Any = None
+    scheduler: Scheduler | None = None
     sched_per_step: bool = True
-    model_ema: Any = None
+    model_ema: ModelEmaV3 | None = None
     log_interval: int = 10
-    teacher_labels: Any = None
+    grad_accum_steps: int = 1
 
 
 def _backward_and_step(
-    loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    opts: StepOptions,
+    first: bool = True,
+    last: bool = True,
 ) -> None:
-    """Backward (scaled for fp16), optional gradient-norm clipping, optimiser step."""
-    optimizer.zero_grad(set_to_none=True)
+    """Backward (scaled for fp16) into gradients zeroed at the ``first`` batch of an optimiser
+    step; at its ``last`` batch, optional gradient-norm clipping and the optimiser step (under
+    DDP the gradients are all-reduced then only)."""
+    if first:
+        optimizer.zero_grad(set_to_none=True)
+    with contextlib.nullcontext() if last else _no_sync(model):
+        (opts.scaler.scale(loss) if opts.scaler is not None else loss).backward()
+    if not last:
+        return
     if opts.scaler is not None:
-        opts.scaler.scale(loss).backward()
         if opts.clip_grad:
             opts.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
         opts.scaler.step(optimizer)
         opts.scaler.update()
         return
-    loss.backward()
     if opts.clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
     optimizer.step()
 
 
-def _train_step(
-    model: nn.Module,
-    criterion: Callable,
-    batch: tuple[torch.Tensor, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    opts: StepOptions,
-    where: tuple[int, int, int],
-) -> tuple[Any, ...]:
-    """One optimiser step on ``batch`` (already on the device); ``where`` is ``(epoch, batch
-    index, updates done)`` for the error message. Returns the detached ``(total, base,
-    distillation, teacher_disagreement)``; a criterion without ``compute`` (any callable taking
-    ``(images, outputs, targets)``) gives its value as total and base."""
-    samples, targets = batch
-    samples, targets = mix_batch(opts.mixup_fn, samples, targets, where[:2])
-    with opts.precision.autocast():
-        outputs = model(samples)
-        if hasattr(criterion, "compute"):
-            stored = opts.teacher_labels
-            t_out = stored.batch(*where[:2], samples.device) if stored is not None else None
-            terms = tuple(criterion.compute(samples, outputs, targets, teacher_outputs=t_out))
-        else:
-            loss = criterion(samples, outputs, targets)
-            terms = (loss, loss.detach(), None, None)
-    loss = terms[0]
-    # on the CPU reading the loss waits for nothing: check before the step is applied (as the
-    # official code does), agreed by every rank (one that stopped alone would leave the others
-    # waiting in the gradient all-reduce); on accelerators train_one_epoch checks once per log
-    # interval
+def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` (through a ``torch.compile`` wrapper): no gradient all-reduce for a
+    batch whose optimiser step is still to come; nothing for a model in one process."""
+    for m in (model, getattr(model, "_orig_mod", None)):
+        if isinstance(m, nn.parallel.DistributedDataParallel):
+            return m.no_sync()
+    return contextlib.nullcontext()
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, index: int, num_updates: int) -> None:
+    """On the CPU, where reading the loss waits for nothing, refuse a non-finite one before its
+    step is applied (as the official code does), agreed by every rank (one that stopped alone
+    would leave the others waiting in the gradient all-reduce); on accelerators the tally checks
+    once per log interval."""
     bad = _ranks_with(~torch.isfinite(loss.detach())) if loss.device.type == "cpu" else []
     if bad:
-        epoch, i, num_updates = where
         value = loss.item() if not math.isfinite(loss.item()) else "non-finite"
         raise NonFiniteLossError(
-            f"The training loss is {value}{_on(bad)} at epoch {epoch + 1}, batch {i + 1} "
+            f"The training loss is {value}{_on(bad)} at epoch {epoch + 1}, batch {index + 1} "
             f"(update {num_updates + 1}); {_ADVICE}"
         )
-    _backward_and_step(loss, model, optimizer, opts)
-    num_updates = where[2] + 1
-    if opts.scheduler is not None and opts.sched_per_step:
-        opts.scheduler.step_update(num_updates=num_updates)
-    if opts.model_ema is not None:
-        opts.model_ema.update(unwrap_model(model), step=num_updates)
-    return (loss.detach(), *terms[1:])
 
 
 def train_one_epoch(
-    model: nn.Module,
-    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor],
+    task: DistillationTask,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
@@ -219,33 +250,34 @@ def train_one_epoch(
     progress: Any = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    """Train for one epoch (or until ``should_stop()``), one optimiser step per batch.
-
-    Per batch: move to ``device`` (non-blocking), Mixup/CutMix, forward under autocast, loss
-    ``criterion.compute(images, outputs, targets)`` (a :class:`deit.distillation.DistillationLoss`:
-    the teacher sees the same mixed images; paper section 4), backward (scaled for fp16),
-    optional gradient-norm clipping, optimiser step, per-step learning-rate update, EMA update.
+    """Train for one epoch (or until ``should_stop()``): fetch a batch, mix it (Mixup/CutMix),
+    ``task(images, targets, epoch, index)`` under autocast (the student's outputs and the loss,
+    :class:`deit.distillation.DistillationTask`), backward (scaled for fp16), and every
+    ``grad_accum_steps`` batches optional gradient-norm clipping, the optimiser step, the
+    per-step learning rate and the EMA; each batch's outputs are tallied by name.
 
     Args:
-        model: the student (possibly DDP-wrapped), in training mode.
+        task: the student (possibly DDP-wrapped), its loss and its teacher.
         loader: yields ``(images (B, C, H, W), labels (B,))``.
         options: see :class:`StepOptions` (default: fp32, no Mixup, no clipping, no EMA).
         num_updates: optimiser steps done before this epoch (drives the per-step schedule and
             the EMA warm-up).
         first_batch: index within the epoch of the loader's first batch (resuming mid-epoch,
-            the loader starts after the batches already trained; it keys Mixup/CutMix).
+            the loader starts after the batches already trained, at an optimiser step; it keys
+            Mixup/CutMix and the stored teacher labels).
         progress: a tqdm-like object with ``update()``/``set_postfix()``, or ``None``.
-        should_stop: polled after each step; ``True`` ends the epoch early (pre-emption).
+        should_stop: polled after each optimiser step; ``True`` ends the epoch early there
+            (pre-emption).
 
     Returns:
         ``loss``, ``loss_base``, ``loss_distillation`` (means over the epoch, averaged across
         processes), ``teacher_disagreement`` (% of training views whose teacher top-1 differs
         from the dominant label; 0 without a teacher), ``lr`` (last), ``images_per_s`` (this
-        process), ``steps`` (done this call), ``num_updates`` and ``completed`` (1.0 when the
-        loader was exhausted).
+        process), ``steps`` (batches done this call), ``num_updates`` (optimiser steps) and
+        ``completed`` (1.0 when the loader was exhausted).
 
-    No host synchronisation per step: the loss terms are summed on the device and read at the
-    progress bar's ``log_interval`` and at the end.
+    No host synchronisation per step: the step's outputs are summed on the device and read at
+    the progress bar's ``log_interval`` and at the end.
 
     Raises:
         NonFiniteLossError: the loss is NaN/inf on any process (all raise at the same step):
@@ -253,50 +285,46 @@ def train_one_epoch(
             steps on accelerators (naming the range of updates), so no step waits for them.
     """
     opts = options or StepOptions()
-    if opts.precision is None:
-        opts = dataclasses.replace(opts, precision=Precision("fp32", None, device.type))
+    precision = opts.precision or Precision("fp32", None, device.type)
+    model, accum = task.student, opts.grad_accum_steps
+    batches = first_batch + len(loader)  # the epoch's: its last optimiser step takes the rest
     model.train()
-    tally = _Tally(device, num_updates)
-    completed = True
-    start = time.perf_counter()
+    tally, completed = _Tally(device, num_updates), True
     for i, (samples, targets) in enumerate(loader, start=first_batch):
-        batch = (samples.to(device, non_blocking=True), targets.to(device, non_blocking=True))
-        terms = _train_step(model, criterion, batch, optimizer, opts, (epoch, i, num_updates))
-        num_updates += 1
-        tally.add(terms, samples.shape[0], epoch, num_updates, opts.log_interval)
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        samples, targets = mix_batch(opts.mixup_fn, samples, targets, (epoch, i))
+        with precision.autocast():
+            out = task(samples, targets, epoch, i)
+        _check_finite(out.loss, epoch, i, num_updates)
+        begin, end = i - i % accum, min(i - i % accum + accum, batches)  # this step's batches
+        stepped = i + 1 == end
+        loss = out.loss / (end - begin) if end - begin > 1 else out.loss
+        _backward_and_step(loss, model, optimizer, opts, first=i == begin, last=stepped)
+        if stepped:
+            num_updates += 1
+            if opts.scheduler is not None and opts.sched_per_step:
+                opts.scheduler.step_update(num_updates=num_updates)
+            if opts.model_ema is not None:
+                opts.model_ema.update(unwrap_model(model), step=num_updates)
+        tally.add(out, samples.shape[0], epoch, num_updates, opts.log_interval if stepped else 0)
         if progress is not None:
-            _show_progress(progress, tally, optimizer, start, opts.log_interval)
-        if should_stop is not None and should_stop():
+            _show_progress(progress, tally, optimizer, opts.log_interval)
+        if stepped and should_stop is not None and should_stop():
             completed = False
             break
     tally.check(epoch, num_updates)
-    elapsed = time.perf_counter() - start
-    steps, images = tally.steps, tally.images
-    sums = _sum_across_processes([*tally.totals.tolist(), float(steps)], device)
-    n = max(sums[4], 1.0)
-    return {
-        "loss": sums[0] / n,
-        "loss_base": sums[1] / n,
-        "loss_distillation": sums[2] / n,
-        "teacher_disagreement": 100.0 * sums[3] / n,
-        "lr": optimizer.param_groups[0]["lr"],
-        "images_per_s": images / max(elapsed, 1e-9),
-        "steps": float(steps),
-        "num_updates": float(num_updates),
-        "completed": float(completed),
-    }
+    return tally.stats(device, optimizer, num_updates, completed)
 
 
-def _show_progress(
-    bar: Any, tally: _Tally, optimizer: torch.optim.Optimizer, start: float, every: int
-) -> None:
+def _show_progress(bar: Any, tally: _Tally, optimizer: torch.optim.Optimizer, every: int) -> None:
     """Advance the bar; every ``every`` steps show mean loss, lr and images per second (the
     ``.item()`` there is the only host read of the running sums)."""
     bar.update(1)
     if (tally.steps - 1) % max(every, 1) == 0:
-        rate = tally.images / max(time.perf_counter() - start, 1e-9)
+        rate = tally.images / max(time.perf_counter() - tally.start, 1e-9)
         bar.set_postfix(
-            loss=f"{tally.totals[0].item() / tally.steps:.4f}",
+            loss=f"{tally.sums['loss'].item() / tally.steps:.4f}",
             lr=f"{optimizer.param_groups[0]['lr']:.2e}",
             img_s=f"{rate:.1f}",
         )
@@ -334,6 +362,15 @@ def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ..
     return [int(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
 
 
+def _two_heads(model: nn.Module) -> Callable | None:
+    """``forward_heads`` of a distilled DeiT (through DDP / compile wrappers, or its
+    :class:`~deit.inference.DistilledInferenceModel`): images to both heads' logits; ``None``
+    for any other classifier."""
+    inner = unwrap_model(model)
+    distilled = isinstance(inner, DistilledVisionTransformer | DistilledInferenceModel)
+    return inner.forward_heads if distilled else None
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -357,10 +394,10 @@ def evaluate(
     teacher's top-1 agree).
 
     Args:
-        model: any classifier ``(B, C, H, W) -> (B, num_classes)``; distilled DeiT models are
-            detected through their ``forward_heads``.
+        model: any classifier ``(B, C, H, W) -> (B, num_classes)``; a distilled DeiT (bare,
+            wrapped, or in an :class:`~deit.inference.InferenceModel`) is run for both heads.
         loader: yields ``(images, labels (B,))``.
-        head: one of :data:`EVAL_HEADS`; ignored for a model without a distillation head.
+        head: one of :data:`~deit.models.HEAD_CHOICES`; ignored for a model without a distillation head.
         sum_across_processes: the loader holds this process's share of the data: counts are
             summed over the process group when one is up. ``False``: every process evaluated
             the whole set, nothing is summed.
@@ -369,14 +406,14 @@ def evaluate(
         Metrics in percent (accuracies, agreements) and nats (loss), plus ``n`` (images).
 
     Raises:
-        ValueError: ``head`` not one of :data:`EVAL_HEADS`.
+        ValueError: ``head`` not one of :data:`~deit.models.HEAD_CHOICES`.
     """
-    if head not in EVAL_HEADS:
-        raise ValueError(f"head is {head!r}; use one of {', '.join(EVAL_HEADS)}.")
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head is {head!r}; use one of {', '.join(HEAD_CHOICES)}.")
     precision = precision or Precision("fp32", None, device.type)
     model.eval()
-    inner = unwrap_model(model)
-    distilled = hasattr(inner, "forward_heads")
+    forward_heads = _two_heads(model)
+    distilled = forward_heads is not None
     names = ["loss", "acc1", "acc5"]
     if distilled:
         names += ["acc1_cls", "acc5_cls", "acc1_dist", "acc5_dist", "head_agreement"]
@@ -389,10 +426,10 @@ def evaluate(
         targets = targets.to(device, non_blocking=True)
         with precision.autocast():
             if distilled:
-                cls_logits, dist_logits = inner.forward_heads(samples)
+                cls_logits, dist_logits = forward_heads(samples)
                 logits = {"cls": cls_logits, "dist": dist_logits}.get(head)
                 if logits is None:
-                    logits = (cls_logits + dist_logits) / 2
+                    logits = late_fusion(cls_logits, dist_logits)
             else:
                 logits = model(samples)
             t_logits = teacher(samples) if teacher is not None else None

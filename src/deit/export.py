@@ -41,6 +41,7 @@ from ._write import atomic_write_bytes
 from .checkpoints import CheckpointError, ModelInfo
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES
+from .models.distilled import late_fusion
 from .predict import ModelLike, _set_head, info_from_model, resolve_model
 
 __all__ = [
@@ -134,7 +135,7 @@ class InferenceWrapper(nn.Module):
         """Logits ``(B, num_classes)`` for normalised images ``(B, C, H, W)``."""
         out = self.fast(images)
         if isinstance(out, tuple):
-            out = (out[0] + out[1]) / 2
+            out = late_fusion(*out)
         return out
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from .models import DistilledVisionTransformer, VisionTransformer
 from .models.vision_transformer import Block
 
-__all__ = ["InferenceModel", "optimize_for_inference", "prefix_tokens"]
+__all__ = ["DistilledInferenceModel", "InferenceModel", "optimize_for_inference", "prefix_tokens"]
 
 
 def _last_block_prefix(block: Block, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -80,8 +80,6 @@ class InferenceModel(nn.Module):
             # freezing: weights become graph constants (pre-packed for oneDNN on CPU)
             run = torch.compile(run, dynamic=False, options={"freezing": True})
         self._run = run  # images -> prefix tokens (DeiT models) or outputs (others)
-        if isinstance(model, DistilledVisionTransformer):
-            self.forward_heads = self._forward_heads  # what deit.engine.evaluate looks for
 
     def _prefix_tokens(self, images: torch.Tensor) -> torch.Tensor:
         return prefix_tokens(self.model, images)
@@ -92,11 +90,6 @@ class InferenceModel(nn.Module):
             out = self._run(images)
             return self.model.forward_head(out) if self.prefix else out
 
-    def _forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            x = self._run(images)
-            return self.model.head(x[:, 0]), self.model.head_dist(x[:, 1])
-
     def train(self, mode: bool = True) -> InferenceModel:
         """Stays in eval mode.
 
@@ -106,6 +99,16 @@ class InferenceModel(nn.Module):
         if mode:
             raise ValueError("An InferenceModel cannot be trained; train the model it wraps.")
         return super().train(False)
+
+
+class DistilledInferenceModel(InferenceModel):
+    """An :class:`InferenceModel` of a distilled DeiT, which also gives both heads' logits."""
+
+    def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' logits ``((B, C), (B, C))`` of ``images`` ``(B, C, H, W)``."""
+        with torch.no_grad():
+            x = self._run(images)
+            return self.model.head(x[:, 0]), self.model.head_dist(x[:, 1])
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = False) -> InferenceModel:
@@ -123,6 +126,9 @@ def optimize_for_inference(model: nn.Module, compile: bool = False) -> Inference
             freezing; needs a C++ compiler on CPU; compiles on the first call of each shape.
 
     Returns:
-        :class:`InferenceModel` sharing ``model``'s parameters.
+        :class:`InferenceModel` sharing ``model``'s parameters (a
+        :class:`DistilledInferenceModel` for a distilled DeiT).
     """
+    if isinstance(model, DistilledVisionTransformer):
+        return DistilledInferenceModel(model, compile=compile)
     return InferenceModel(model, compile=compile)

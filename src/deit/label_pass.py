@@ -10,6 +10,7 @@ store's format is described in :mod:`deit.teacher.store`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -26,19 +27,20 @@ from ._checks import check_batch_size
 from ._notes import print_note
 from .config import Config, config_from_args
 from .data.transforms import mix_batch
+from .precision import resolve_precision
 from .teacher.for_run import build_run_teacher
 from .teacher.frozen import Teacher
 from .teacher.store import StoreWriter, run_manifest
 from .train.data import batches_loader, label_pass_state
 from .train.distributed import DistEnv, init_distributed
 from .train.output import lock_folder
-from .train.state import RunState
+from .train.state import RunData
 
 __all__ = ["compute_teacher_labels"]
 
 
 def _teacher_pass(
-    state: RunState,
+    state: RunData,
     teacher: Teacher,
     writer: StoreWriter,
     chunk: int,
@@ -52,6 +54,7 @@ def _teacher_pass(
     teacher's seconds."""
     state.sampler_train.set_epoch(epoch)
     size = state.cfg.batch_size
+    precision = resolve_precision(state.cfg.amp, state.device)
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     written, seconds = 0, 0.0
 
@@ -61,7 +64,7 @@ def _teacher_pass(
             return 0.0
         t0 = time.perf_counter()
         mixed = [mix_batch(state.mixup_fn, x, y, (epoch, i))[0] for i, x, y in pending]
-        with torch.inference_mode(), state.precision.autocast():
+        with torch.inference_mode(), precision.autocast():
             logits = teacher(torch.cat(mixed).to(state.device, non_blocking=True))
         writer.write(epoch, written * size, logits)
         written, pending = written + len(pending), []
@@ -148,7 +151,7 @@ def _check_pass(cfg: Config, top_k: int | None, teacher_batch_size: int) -> None
 
 
 def _all_epochs(
-    state: RunState,
+    state: RunData,
     teacher: Teacher,
     writer: StoreWriter,
     chunk: int,
@@ -167,7 +170,7 @@ def _all_epochs(
 
 
 def _split_pass(
-    state: RunState,
+    state: RunData,
     env: DistEnv,
     teacher: Teacher,
     out: Path,
@@ -189,7 +192,7 @@ def _split_pass(
     )
     try:
         if env.distributed:  # the views of this rank's batches only
-            state.loader_train = batches_loader(state, mine)
+            state = dataclasses.replace(state, loader_train=batches_loader(state, mine))
         say = progress and env.is_main
         seconds = _all_epochs(state, teacher, part or store, chunk, mine, say)
         seconds = _max_over_ranks(seconds, env.distributed)
@@ -323,8 +326,8 @@ def _label_pass(
         views_per_epoch=views,
         teacher=teacher.model_name,
         teacher_model=cfg.teacher_model or teacher.model_name,
-        amp=state.precision.name,
-        teacher_path=getattr(teacher, "name", "fp32"),  # the fast path --teacher-precision chose
+        amp=resolve_precision(cfg.amp, state.device).name,
+        teacher_path=teacher.name,  # the fast path --teacher-precision chose
         teacher_seconds=seconds,
         processes=env.world_size,
     )

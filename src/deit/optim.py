@@ -74,11 +74,13 @@ def scale_lr(lr: float, global_batch_size: int, base_batch_size: int = BASE_BATC
 
 def effective_lr(cfg: Any, world_size: int = 1) -> float:
     """Peak learning rate actually used: ``cfg.lr`` scaled by the global batch
-    ``cfg.batch_size * world_size`` (:func:`scale_lr`), or ``cfg.lr`` as is when
-    ``cfg.unscale_lr``. ``warmup_lr`` and ``min_lr`` are never scaled (official behaviour)."""
-    if getattr(cfg, "unscale_lr", False):
+    ``cfg.batch_size * cfg.grad_accum_steps * world_size`` (:func:`scale_lr`), or ``cfg.lr`` as
+    is when ``cfg.unscale_lr``. ``warmup_lr`` and ``min_lr`` are never scaled (official
+    behaviour)."""
+    if cfg.unscale_lr:
         return float(cfg.lr)
-    return scale_lr(float(cfg.lr), int(cfg.batch_size) * int(world_size))
+    batch = int(cfg.batch_size) * int(cfg.grad_accum_steps) * int(world_size)
+    return scale_lr(float(cfg.lr), batch)
 
 
 def _no_weight_decay(model: nn.Module) -> set[str]:
@@ -146,9 +148,8 @@ def optimizer_impl(opt: str, model: nn.Module) -> dict[str, bool]:
       one kernel for all parameters (torch picks the multi-tensor ``foreach`` path there by
       default; fused rounds differently in the last bits).
     - CPU, and the class takes ``foreach``: ``{"foreach": True}``. torch leaves CPU tensors on
-      the per-tensor loop by default; ``foreach`` gives bit-identical weights and cut the
-      AdamW step of ``deit_nano_patch7_28`` (batch 16, one thread) from 16.6 to 14.7 ms.
-      (CPU ``fused`` is not bit-identical to either.)
+      the per-tensor loop by default; ``foreach`` gives bit-identical weights in less time
+      (``benchmarks/README.md``). (CPU ``fused`` is not bit-identical to either.)
     - otherwise (timm's own optimisers too) ``{}``: the class's default.
     """
     params = list(model.parameters())

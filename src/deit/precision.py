@@ -46,8 +46,7 @@ def cpu_flags() -> frozenset[str]:
 def fast_int8_available() -> bool:
     """Whether this CPU has the instructions PyTorch's x86 int8 kernels (fbgemm / oneDNN) run
     on: ``/proc/cpuinfo`` flags ``avx2`` (8-bit multiply-adds) or the faster ``avx512_vnni``,
-    ``avx_vnni``, ``amx_int8``. On this project's AVX2-only EPYC an int8 RegNetY-16GF teacher
-    made the distillation step 1.32x faster than the fp32 fast path (``benchmarks/README.md``)."""
+    ``avx_vnni``, ``amx_int8`` (what an int8 teacher gains there: ``benchmarks/README.md``)."""
     return bool(cpu_flags() & {"avx2", "avx512_vnni", "avx_vnni", "amx_int8"})
 
 

@@ -31,6 +31,7 @@ from ._notes import _print_notes
 from .checkpoints import ModelInfo, load_model
 from .inference import optimize_for_inference
 from .models import HEAD_CHOICES, DistilledVisionTransformer
+from .models.distilled import late_fusion
 from .precision import resolve_device
 
 __all__ = [
@@ -359,7 +360,7 @@ def classify(model: nn.Module, images: torch.Tensor, topk: int = 5) -> tuple[tor
     """
     logits = model(images)
     if isinstance(logits, tuple):  # a distilled model left in distilled-training mode
-        logits = (logits[0] + logits[1]) / 2
+        logits = late_fusion(*logits)
     probs = logits.float().softmax(dim=-1)
     return probs.topk(min(topk, probs.shape[-1]), dim=-1)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import DistilledVisionTransformer
+from ..models.distilled import late_fusion
 from .attention import _check_vit, _is_distilled, collect_attention
 
 __all__ = [
@@ -181,7 +182,7 @@ def head_agreement(
             tx = (teacher_images if teacher_images is not None else images)[i : i + batch_size]
             t_logits = teacher(tx)
             if isinstance(t_logits, tuple):
-                t_logits = (t_logits[0] + t_logits[1]) / 2
+                t_logits = late_fusion(*t_logits)
             if t_logits.shape[-1] != n_cls:
                 raise ValueError(
                     f"The teacher has {t_logits.shape[-1]} classes and the model {n_cls}; "

@@ -1,9 +1,9 @@
 """One typed configuration for a DeiT run: defaults, presets, YAML and command-line flags.
 
-:class:`Config` is a flat dataclass whose field names are the ``dest`` names of the official
-DeiT ``main.py`` argparse parser (``args.lr``, ``args.drop_path``, ``args.data_set``, ...), so
-code written against the official ``args`` reads a ``Config`` unchanged. Defaults are the
-official defaults (the paper's recipe, Table 9) except where noted in a field's help
+:class:`Config` is a flat, frozen pydantic model whose field names are the ``dest`` names of
+the official DeiT ``main.py`` argparse parser (``args.lr``, ``args.drop_path``, ``args.data_set``,
+...), so code written against the official ``args`` reads a ``Config`` unchanged. Defaults are
+the official defaults (the paper's recipe, Table 9) except where noted in a field's help
 (``device='auto'``, ``data_path=''``).
 
 Precedence, lowest first: field defaults < ``--preset NAME`` < ``--config FILE.yaml`` <
@@ -16,8 +16,9 @@ saying why they are unused (:data:`RETIRED`). Presets live in :data:`PRESETS` al
 are up to date).
 
 Modules, one concern each (lowest first): :mod:`~deit.config.errors` (:class:`ConfigError`),
-:mod:`~deit.config.checks` (ranges, choices, combinations), :mod:`~deit.config.yamlfile`
-(reading a YAML file), :mod:`~deit.config.schema` (the fields; types checked by pydantic),
+:mod:`~deit.config.checks` (names, combinations, and the sentence of each problem),
+:mod:`~deit.config.yamlfile` (reading a YAML file), :mod:`~deit.config.schema` (the fields with
+their types, ranges and choices, validated by pydantic),
 :mod:`~deit.config.presets` and :mod:`~deit.config.flags` (the command line).
 
 Example::

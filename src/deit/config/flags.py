@@ -7,9 +7,10 @@ precedence, lowest first: field defaults < ``--preset NAME`` < ``--config FILE.y
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 from typing import Any
+
+from pydantic.fields import FieldInfo
 
 from .._notes import print_note
 from .errors import ConfigError
@@ -41,10 +42,10 @@ def _none_or(tp: type) -> Any:
     return parse
 
 
-def _help(f: dataclasses.Field, value: Any, preset: str = "") -> str:
+def _help(f: FieldInfo, value: Any, preset: str = "") -> str:
     """A field's help line with the value a run takes when the flag is not given."""
     where = f", from --preset {preset}" if preset else ""
-    return f"{f.metadata['help']} (default: {value!r}{where})"
+    return f"{f.description} (default: {value!r}{where})"
 
 
 class _PresetAction(argparse.Action):
@@ -53,32 +54,32 @@ class _PresetAction(argparse.Action):
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
         setattr(namespace, self.dest, values)
-        fields = {f.name: f for f in dataclasses.fields(Config)}
+        fields = Config.model_fields
         preset = preset_overrides(values)
         for action in parser._actions:
             if action.dest in preset and action.dest in fields:
                 action.help = _help(fields[action.dest], preset[action.dest], values)
 
 
-def _add_field(group: Any, f: dataclasses.Field, default: Any) -> None:
+def _add_field(group: Any, name: str, f: FieldInfo, default: Any) -> None:
     """Add the flag of one field to ``group`` (the spellings, type, choices and help)."""
-    meta = f.metadata
-    flags = [_flag(f.name), *meta.get("flags", [])]
-    kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=_help(f, default))
-    if "metavar" in meta:
+    meta = f.json_schema_extra
+    flags = [_flag(name), *meta["flags"]]
+    kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=_help(f, default))
+    if meta["metavar"]:
         kw["metavar"] = meta["metavar"]
-    tp, several, optional = field_kind(f)
-    if tp is bool:
+    kind = field_kind(name)
+    if kind.type is bool:
         group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         return
-    if several:
-        kw.update(nargs="+", type=tp)
-    elif optional:
-        kw["type"] = _none_or(tp)
+    if kind.several:
+        kw.update(nargs="+", type=kind.type)
+    elif kind.optional:
+        kw["type"] = _none_or(kind.type)
     else:
-        kw["type"] = tp
-        if "choices" in meta:
-            kw["choices"] = list(meta["choices"])
+        kw["type"] = kind.type
+        if kind.choices:
+            kw["choices"] = list(kind.choices)
     group.add_argument(*flags, **kw)
 
 
@@ -110,12 +111,12 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="YAML file of config keys (over the preset, under flags).",
     )
     groups: dict[str, Any] = {}
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        name = f.metadata.get("group", "run")
-        if name not in groups:
-            groups[name] = parser.add_argument_group(name)
-        _add_field(groups[name], f, getattr(defaults, f.name))
+    defaults = Config.model_construct()  # unchecked: the checks of names would import timm
+    for name, f in Config.model_fields.items():
+        title = f.json_schema_extra["group"]
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        _add_field(groups[title], name, f, getattr(defaults, name))
     retired = parser.add_argument_group("official flags not used by deit")
     for name, why in RETIRED.items():
         flags = [f"--{name}", f"--{name.replace('_', '-')}"] if "_" in name else [f"--{name}"]
@@ -166,11 +167,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if f"retired_{name}" in ns:
             print_note(f"--{name} is not used: {why}.")
     try:
-        cfg = Config.from_dict(merged)
+        return Config.from_dict(merged, set_by=set_by)
     except ConfigError as e:
         raise ConfigError(*(_from_where(p, origin) for p in e.problems)) from None
-    cfg.set_by = set_by
-    return cfg
 
 
 def _from_where(problem: str, origin: dict[str, str]) -> str:

@@ -1,42 +1,41 @@
-"""The fields of :class:`Config` and their validation by pydantic.
+"""The fields of :class:`Config`, each with its type, range or choices, validated by pydantic.
 
-:class:`Config` is a plain dataclass (constructing one checks nothing, as with the official
-``args``); :meth:`Config.from_dict`, :meth:`Config.from_yaml` and :meth:`Config.validate` check
-it. Types are pydantic's job: each field is annotated with one of the types below (a strict
-pydantic type), and :func:`_read` turns pydantic's ``ValidationError`` into one sentence per
-bad key. Ranges, choices and combinations are :mod:`deit.config.checks`.
+:class:`Config` is a frozen pydantic model (``extra="forbid"``, strict types): constructing one
+validates it once -- types, ranges (``Field(ge=...)``), choices (``Literal``), then the names
+and combinations of :mod:`deit.config.checks` -- and it never changes afterwards (a run works
+on a new, resolved copy). Every problem is one sentence naming the key
+(:func:`deit.config.checks.sentences`), raised together as one :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import functools
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BaseModel,
     BeforeValidator,
-    Strict,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    TypeAdapter,
+    ConfigDict,
+    Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 
 from .._choices import (
     AMP,
     DISTILLATION_TYPES,
-    EVAL_HEADS,
+    HEAD_CHOICES,
     INAT_CATEGORIES,
     KL_REDUCTIONS,
     TEACHER_PRECISIONS,
 )
 from .._write import atomic_write_text
-from .checks import all_checks, value_checks
+from .checks import ALIASES, VALUE_PROBLEMS, combination_problems, kind, sentences
 from .errors import ConfigError
 from .yamlfile import load_yaml_dict
 
@@ -64,37 +63,33 @@ def _tuple_as_list(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-# The value types of the fields, as pydantic checks them: no conversion but a number written as
-# text (or an integer) for a float, and a tuple for a list. Names in messages: _KINDS.
-Text = StrictStr
-Integer = StrictInt
-Flag = StrictBool
-Number = Annotated[float, Strict(), BeforeValidator(_number_text)]
-Numbers = Annotated[list[Number], Strict(), BeforeValidator(_tuple_as_list)]
-Integers = Annotated[list[Integer], Strict(), BeforeValidator(_tuple_as_list)]
-
-#: Per type name above: the Python type of a value (of each item for lists), whether the field is
-#: a list, and how messages name it.
-_KINDS: dict[str, tuple[type, bool, str]] = {
-    "Text": (str, False, "a string"),
-    "Integer": (int, False, "an integer"),
-    "Flag": (bool, False, "true or false"),
-    "Number": (float, False, "a number"),
-    "Numbers": (float, True, "a list of numbers"),
-    "Integers": (int, True, "a list of integers"),
-}
+# Besides the strict types: a number written as text (or an integer) for a float, a tuple for
+# a list.
+Number = Annotated[float, BeforeValidator(_number_text)]
+Numbers = Annotated[list[Number], BeforeValidator(_tuple_as_list)]
+Integers = Annotated[list[int], BeforeValidator(_tuple_as_list)]
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field carrying its help text and command-line metadata.
+def _f(
+    group: str,
+    default: Any,
+    help: str,
+    *,
+    flags: list[str] | None = None,
+    metavar: str | None = None,
+    **bounds: float,
+) -> Any:
+    """A field with its help text, its range (``ge``/``gt``/``le``/``lt``) and what the command
+    line needs: its argument ``group``, extra option strings (``flags``), ``metavar``."""
+    extra = {"group": group, "flags": flags or [], "metavar": metavar}
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
 
-    ``meta`` keys: ``flags`` (extra option strings), ``choices``, ``group``, ``metavar``.
-    """
-    return field(default=default, metadata={"help": help, **meta})
+
+_model, _optimizer, _schedule = (partial(_f, g) for g in ("model", "optimizer", "schedule"))
+_augment, _mixup, _distil = (partial(_f, g) for g in ("augmentation", "mixup", "distillation"))
+_data, _run = partial(_f, "data"), partial(_f, "run")
 
 
-# Choice lists: defined once, here or in the module that acts on the value; the dataclass field
-# carries them (metadata 'choices'), and both validation and argparse read them from there.
 _MIXUP_MODES = ("batch", "pair", "elem")
 _REMODES = ("pixel", "rand", "const")
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
@@ -102,8 +97,7 @@ _SCHEDS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsq
 _SCHEDS = _SCHEDS + ("none",)
 
 
-@dataclass
-class Config:
+class Config(BaseModel):
     """All settings of a run (flat; names = official DeiT argparse ``dest`` names).
 
     Units: learning rates are per-parameter step sizes at a global batch of 512 (scaled by
@@ -111,281 +105,318 @@ class Config:
     epochs are passes over the training set; ``batch_size`` is per process; ``input_size`` is
     the side in pixels.
 
-    Construct with keywords, :meth:`from_dict`, :meth:`from_yaml`, :func:`get_preset` or
-    :func:`config_from_args`; check with :meth:`validate`.
+    Construct with keywords (validated; :class:`ConfigError` lists every problem),
+    :meth:`from_dict`, :meth:`from_yaml`, :func:`get_preset` or :func:`config_from_args`;
+    :meth:`replace` gives a validated copy.
 
     ``set_by`` (not a field) maps a key to who set its value on the command line
     (``'--preset small'``, ``'--input-size'``, the YAML file's path), so that a run's notes name
     it; empty for a configuration built in Python.
     """
 
-    set_by: ClassVar[dict[str, str]] = {}
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    _set_by: dict[str, str] = PrivateAttr(default_factory=dict)
+    _validated: bool = PrivateAttr(default=False)
 
     # --- model
-    model: Text = _f("deit_base_patch16_224", "Model name (DeiT registry or timm).", group="model")
-    input_size: Integer | None = _f(
+    model: str = _model("deit_base_patch16_224", "Model name (DeiT registry or timm).")
+    input_size: int | None = _model(
         None,
         "Input image side in pixels (none = the model's own, e.g. 28 for deit_tiny_patch4_28).",
-        group="model",
+        ge=1,
     )
-    drop: Number = _f(0.0, "Dropout rate.", group="model", metavar="PCT")
-    drop_path: Number = _f(0.1, "Stochastic depth rate.", group="model", metavar="PCT")
-    finetune: Text = _f("", "Checkpoint to fine-tune from ('' = none).", group="model")
-    finetune_img_size: Integers | None = _f(
+    drop: Number = _model(0.0, "Dropout rate.", metavar="PCT", ge=0, lt=1)
+    drop_path: Number = _model(0.1, "Stochastic depth rate.", metavar="PCT", ge=0, lt=1)
+    finetune: str = _model("", "Checkpoint to fine-tune from ('' = none).")
+    finetune_img_size: Integers | None = _model(
         None,
         "Image size (H W, pixels) the --finetune weights were trained at, for files that do "
         "not record it and whose position grid is ambiguous (None = recorded or square).",
-        group="model",
         metavar="PX",
     )
     # --- optimiser
-    opt: Text = _f("adamw", "Optimiser (timm name).", group="optimizer")
-    opt_eps: Number | None = _f(
-        1e-8, "Optimiser epsilon ('none' = optimiser default).", group="optimizer"
+    opt: str = _optimizer("adamw", "Optimiser (timm name).")
+    opt_eps: Number | None = _optimizer(
+        1e-8, "Optimiser epsilon ('none' = optimiser default).", gt=0
     )
-    opt_betas: Numbers | None = _f(
-        None, "Optimiser betas (default: optimiser's).", group="optimizer"
+    opt_betas: Numbers | None = _optimizer(None, "Optimiser betas (default: optimiser's).")
+    momentum: Number = _optimizer(0.9, "SGD momentum.", ge=0, le=1)
+    weight_decay: Number = _optimizer(
+        0.05,
+        "Weight decay (not on biases, norms, tokens, pos_embed).",
+        ge=0,
     )
-    momentum: Number = _f(0.9, "SGD momentum.", group="optimizer")
-    weight_decay: Number = _f(
-        0.05, "Weight decay (not on biases, norms, tokens, pos_embed).", group="optimizer"
+    grad_accum_steps: int = _optimizer(
+        1,
+        "Batches whose gradients make one optimiser step (timm's name); the global batch is "
+        "batch_size x N x processes and lr scales with it.",
+        ge=1,
     )
-    clip_grad: Number | None = _f(None, "Gradient-norm clipping ('none' = off).", group="optimizer")
+    clip_grad: Number | None = _optimizer(None, "Gradient-norm clipping ('none' = off).", gt=0)
     # --- schedule
-    sched: Text = _f("cosine", "LR schedule (timm name).", group="schedule", choices=_SCHEDS)
-    lr: Number = _f(5e-4, "Peak learning rate at global batch 512.", group="schedule")
-    unscale_lr: Flag = _f(
-        False, "Use lr as given, without scaling by global batch / 512.", group="schedule"
+    sched: Literal[_SCHEDS] = _schedule("cosine", "LR schedule (timm name).")
+    lr: Number = _schedule(5e-4, "Peak learning rate at global batch 512.", gt=0)
+    unscale_lr: bool = _schedule(False, "Use lr as given, without scaling by global batch / 512.")
+    lr_noise: Numbers | None = _schedule(None, "LR noise on/off epochs as fractions.")
+    lr_noise_pct: Number = _schedule(0.67, "LR noise limit percent.")
+    lr_noise_std: Number = _schedule(1.0, "LR noise std-dev.")
+    warmup_lr: Number = _schedule(
+        1e-6,
+        "Learning rate at the start of the warm-up.",
+        ge=0,
     )
-    lr_noise: Numbers | None = _f(None, "LR noise on/off epochs as fractions.", group="schedule")
-    lr_noise_pct: Number = _f(0.67, "LR noise limit percent.", group="schedule")
-    lr_noise_std: Number = _f(1.0, "LR noise std-dev.", group="schedule")
-    warmup_lr: Number = _f(1e-6, "Learning rate at the start of the warm-up.", group="schedule")
-    min_lr: Number = _f(1e-5, "Floor of the cosine schedule.", group="schedule")
-    decay_epochs: Number = _f(
-        30.0, "Epoch interval of step decay ('step' schedule).", group="schedule"
+    min_lr: Number = _schedule(
+        1e-5,
+        "Floor of the cosine schedule.",
+        ge=0,
     )
-    warmup_epochs: Integer = _f(5, "Epochs of linear warm-up.", group="schedule")
-    cooldown_epochs: Integer = _f(
-        10, "Epochs at min_lr after the cycle (timm; not trained).", group="schedule"
+    decay_epochs: Number = _schedule(30.0, "Epoch interval of step decay ('step' schedule).", gt=0)
+    warmup_epochs: int = _schedule(5, "Epochs of linear warm-up.", ge=0)
+    cooldown_epochs: int = _schedule(
+        10, "Epochs at min_lr after the cycle (timm; not trained).", ge=0
     )
-    patience_epochs: Integer = _f(10, "Patience of the 'plateau' schedule.", group="schedule")
-    decay_rate: Number = _f(
-        0.1, "LR decay rate ('step'/'plateau').", group="schedule", flags=["--dr"]
+    patience_epochs: int = _schedule(10, "Patience of the 'plateau' schedule.", ge=0)
+    decay_rate: Number = _schedule(
+        0.1, "LR decay rate ('step'/'plateau').", flags=["--dr"], gt=0, le=1
     )
-    epochs: Integer = _f(300, "Training epochs.", group="schedule")
-    sched_per_step: Flag = _f(
-        True, "Update the LR every optimiser step (else per epoch, as official).", group="schedule"
+    epochs: int = _schedule(300, "Training epochs.", ge=1)
+    sched_per_step: bool = _schedule(
+        True, "Update the LR every optimiser step (else per epoch, as official)."
     )
     # --- augmentation
-    color_jitter: Number | None = _f(
-        0.3, "Colour jitter factor (unused with --aa).", group="augmentation"
+    color_jitter: Number | None = _augment(0.3, "Colour jitter factor (unused with --aa).", ge=0)
+    aa: str | None = _augment("rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' = off).")
+    smoothing: Number = _augment(0.1, "Label smoothing.", ge=0, lt=1)
+    train_interpolation: Literal[_INTERPOLATIONS] = _augment(
+        "bicubic", "Training resize interpolation."
     )
-    aa: Text | None = _f(
-        "rand-m9-mstd0.5-inc1", "timm auto-augment policy ('none' = off).", group="augmentation"
-    )
-    smoothing: Number = _f(0.1, "Label smoothing.", group="augmentation")
-    train_interpolation: Text = _f(
-        "bicubic", "Training resize interpolation.", group="augmentation", choices=_INTERPOLATIONS
-    )
-    hflip: Number = _f(0.5, "Horizontal flip probability (0 for digits).", group="augmentation")
-    repeated_aug: Flag = _f(
-        True, "Repeated augmentation (timm RepeatAugSampler).", group="augmentation"
-    )
-    num_repeats: Integer = _f(3, "Repeats per image with --repeated-aug.", group="augmentation")
-    reprob: Number = _f(0.25, "Random erasing probability.", group="augmentation", metavar="PCT")
-    remode: Text = _f("pixel", "Random erasing mode.", group="augmentation", choices=_REMODES)
-    recount: Integer = _f(1, "Random erasing count.", group="augmentation")
-    eval_crop_ratio: Number = _f(0.875, "Evaluation centre-crop ratio.", group="augmentation")
-    crop_padding: Integer = _f(
-        4, "Padding of the random crop used for inputs <= 32 px.", group="augmentation"
-    )
-    ThreeAugment: Flag = _f(  # the official flag's spelling (DeiT III)
+    hflip: Number = _augment(0.5, "Horizontal flip probability (0 for digits).", ge=0, le=1)
+    repeated_aug: bool = _augment(True, "Repeated augmentation (timm RepeatAugSampler).")
+    num_repeats: int = _augment(3, "Repeats per image with --repeated-aug.", ge=1)
+    reprob: Number = _augment(0.25, "Random erasing probability.", metavar="PCT", ge=0, le=1)
+    remode: Literal[_REMODES] = _augment("pixel", "Random erasing mode.")
+    recount: int = _augment(1, "Random erasing count.", ge=1)
+    eval_crop_ratio: Number = _augment(0.875, "Evaluation centre-crop ratio.", gt=0, le=1)
+    crop_padding: int = _augment(4, "Padding of the random crop used for inputs <= 32 px.", ge=0)
+    ThreeAugment: bool = _augment(  # the official flag's spelling (DeiT III)
         False,
         "3-Augment (DeiT III): per image one of grayscale, solarisation or Gaussian blur (timm's "
         "'3a' policy), then --color-jitter; takes the place of --aa.",
-        group="augmentation",
     )
-    src: Flag = _f(
+    src: bool = _augment(
         False,
         "Simple random crop (DeiT III): resize, random crop with 4 px reflect padding, flip, "
         "instead of RandomResizedCrop.",
-        group="augmentation",
     )
-    bce_loss: Flag = _f(
+    bce_loss: bool = _augment(
         False,
         "Binary cross-entropy (DeiT III) on the targets, Mixup/CutMix ones made 0/1 at > 0 as "
         "the official code does (use with --smoothing 0).",
-        group="augmentation",
     )
     # --- mixup / cutmix
-    mixup: Number = _f(0.8, "Mixup alpha (0 = off).", group="mixup")
-    cutmix: Number = _f(1.0, "CutMix alpha (0 = off).", group="mixup")
-    cutmix_minmax: Numbers | None = _f(
-        None, "CutMix min/max box ratio (overrides alpha).", group="mixup"
-    )
-    mixup_prob: Number = _f(1.0, "Probability of mixing a batch.", group="mixup")
-    mixup_switch_prob: Number = _f(0.5, "Probability of CutMix when both are on.", group="mixup")
-    mixup_mode: Text = _f("batch", "Mixing granularity.", group="mixup", choices=_MIXUP_MODES)
+    mixup: Number = _mixup(0.8, "Mixup alpha (0 = off).", ge=0)
+    cutmix: Number = _mixup(1.0, "CutMix alpha (0 = off).", ge=0)
+    cutmix_minmax: Numbers | None = _mixup(None, "CutMix min/max box ratio (overrides alpha).")
+    mixup_prob: Number = _mixup(1.0, "Probability of mixing a batch.", ge=0, le=1)
+    mixup_switch_prob: Number = _mixup(0.5, "Probability of CutMix when both are on.", ge=0, le=1)
+    mixup_mode: Literal[_MIXUP_MODES] = _mixup("batch", "Mixing granularity.")
     # --- distillation
-    teacher_model: Text = _f("regnety_160", "Teacher model name.", group="distillation")
-    teacher_path: Text = _f("", "Teacher checkpoint file.", group="distillation")
-    distillation_type: Text = _f(
-        "none", "Distillation loss.", group="distillation", choices=DISTILLATION_TYPES
-    )
-    distillation_alpha: Number = _f(
-        0.5, "Weight of the teacher term, in [0, 1].", group="distillation"
-    )
-    distillation_tau: Number = _f(1.0, "Soft-distillation temperature (> 0).", group="distillation")
-    kl_reduction: Text = _f(
+    teacher_model: str = _distil("regnety_160", "Teacher model name.")
+    teacher_path: str = _distil("", "Teacher checkpoint file.")
+    distillation_type: Literal[DISTILLATION_TYPES] = _distil("none", "Distillation loss.")
+    distillation_alpha: Number = _distil(0.5, "Weight of the teacher term, in [0, 1].", ge=0, le=1)
+    distillation_tau: Number = _distil(1.0, "Soft-distillation temperature (> 0).", gt=0)
+    kl_reduction: Literal[KL_REDUCTIONS] = _distil(
         "mean",
         "Soft KL reduction: 'mean' = official (sum / (B*C)), 'batchmean' = sum / B.",
-        group="distillation",
-        choices=KL_REDUCTIONS,
     )
-    channels_last_teacher: Flag = _f(
+    channels_last_teacher: bool = _distil(
         False,
         "Run the fp32 teacher in channels-last memory format (the fast paths of "
         "--teacher-precision always are).",
-        group="distillation",
     )
-    teacher_labels: Text = _f(
+    teacher_labels: str = _distil(
         "",
         "Stored teacher labels of this run's views (`deit teacher-labels`); the teacher is not "
         "run ('' = run it).",
-        group="distillation",
     )
-    teacher_precision: Text = _f(
+    teacher_precision: Literal[TEACHER_PRECISIONS] = _distil(
         "auto",
         "Frozen teacher's fast path: auto = fastest native format whose targets match fp32's "
-        "on 64 training views (else fp32); fp32, bf16, fp16 (CUDA) or int8 (x86 CPU) force one.",
-        group="distillation",
-        choices=TEACHER_PRECISIONS,
+        "on 256 training views (else fp32); fp32, bf16, fp16 (CUDA) or int8 (x86 CPU) force one.",
     )
     # --- data
-    data_set: Text = _f("imagenet", "Data set name (see deit.data.list_datasets).", group="data")
-    data_path: Text = _f(
-        "", "Data set root folder (official default was a cluster path).", group="data"
-    )
-    inat_category: Text = _f(
-        "name", "iNaturalist class level.", group="data", choices=INAT_CATEGORIES
-    )
-    mean: Numbers | None = _f(
+    data_set: str = _data("imagenet", "Data set name (see deit.data.list_datasets).")
+    data_path: str = _data("", "Data set root folder (official default was a cluster path).")
+    inat_category: Literal[INAT_CATEGORIES] = _data("name", "iNaturalist class level.")
+    mean: Numbers | None = _data(
         None,
         "Normalisation mean per channel, [0, 1] units (none = the fine-tuned weights' own, "
         "else the data set's).",
-        group="data",
     )
-    std: Numbers | None = _f(
-        None, "Normalisation std per channel (none = chosen like --mean).", group="data"
+    std: Numbers | None = _data(None, "Normalisation std per channel (none = chosen like --mean).")
+    skip_corrupt: bool = _data(
+        False, "Skip unreadable image files with a warning (folder, imagenet, inat)."
     )
-    skip_corrupt: Flag = _f(
-        False, "Skip unreadable image files with a warning (folder, imagenet, inat).", group="data"
+    train_subset: int = _data(
+        0,
+        "Train on a fixed random subset of N images (0 = all; quick runs).",
+        ge=0,
     )
-    train_subset: Integer = _f(
-        0, "Train on a fixed random subset of N images (0 = all; quick runs).", group="data"
-    )
-    eval_unused: Flag = _f(
+    eval_unused: bool = _data(
         False,
         "With --train-subset, also evaluate on the training images the subset leaves out.",
-        group="data",
     )
-    val_images: Integer = _f(
+    val_images: int = _data(
         0,
         "With --train-subset, hold out the first K training images the subset leaves out as "
         "validation: the run evaluates on them alone (for choosing settings), or with "
         "--eval-unused they are kept out of the evaluated images (0 = none).",
-        group="data",
+        ge=0,
     )
-    batch_size: Integer = _f(64, "Batch size per process.", group="data")
-    num_workers: Integer = _f(
+    batch_size: int = _data(
+        64,
+        "Batch size per process.",
+        ge=1,
+    )
+    num_workers: int = _data(
         -1,
         "Data-loading workers per process (-1 = auto: the cores this process's share leaves "
         "free of compute threads, at most 10).",
-        group="data",
         flags=["--num-workers"],
+        ge=-1,
     )
-    pin_mem: Flag = _f(True, "Pin CPU memory in the data loader.", group="data")
+    pin_mem: bool = _data(True, "Pin CPU memory in the data loader.")
     # --- run
-    output_dir: Text = _f(
-        "", "Folder for checkpoints and logs ('' = none).", group="run", flags=["--output-dir"]
+    output_dir: str = _run(
+        "", "Folder for checkpoints and logs ('' = none).", flags=["--output-dir"]
     )
-    device: Text = _f("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.", group="run")
-    seed: Integer = _f(0, "Random seed.", group="run")
-    resume: Text = _f("", "Checkpoint to resume from.", group="run")
-    auto_resume: Flag = _f(
-        False, "Resume from <output_dir>/checkpoint.pth when present.", group="run"
-    )
-    overwrite: Flag = _f(
+    device: str = _run("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    seed: int = _run(0, "Random seed.")
+    resume: str = _run("", "Checkpoint to resume from.")
+    auto_resume: bool = _run(False, "Resume from <output_dir>/checkpoint.pth when present.")
+    overwrite: bool = _run(
         False,
         "Replace a run already in output_dir (its checkpoints, log and config) instead of "
         "refusing.",
-        group="run",
     )
-    new_schedule: Flag = _f(
+    new_schedule: bool = _run(
         False,
         "On resume, accept schedule settings (lr, warm-up, epochs, batch size, processes, "
         "seed) that differ from the checkpoint's: the schedule restarts from the same epoch.",
-        group="run",
     )
-    eval: Flag = _f(False, "Evaluate only.", group="run")
-    dist_eval: Flag = _f(
+    eval: bool = _run(False, "Evaluate only.")
+    dist_eval: bool = _run(
         False,
         "Split evaluation over processes (each image once); else every process evaluates all.",
-        group="run",
     )
-    eval_interval: Integer = _f(
-        1, "Evaluate every N epochs and after the last (0 = after the last only).", group="run"
+    eval_interval: int = _run(
+        1,
+        "Evaluate every N epochs and after the last (0 = after the last only).",
+        ge=0,
     )
-    model_ema: Flag = _f(True, "Keep an EMA of the weights.", group="run")
-    model_ema_decay: Number = _f(0.99996, "EMA decay.", group="run")
-    model_ema_force_cpu: Flag = _f(False, "Keep the EMA on the CPU.", group="run")
-    amp: Text = _f(
-        "auto", "Mixed precision: auto = bf16/fp16 on GPU, fp32 on CPU.", group="run", choices=AMP
+    model_ema: bool = _run(True, "Keep an EMA of the weights.")
+    model_ema_decay: Number = _run(0.99996, "EMA decay.", gt=0, lt=1)
+    model_ema_force_cpu: bool = _run(False, "Keep the EMA on the CPU.")
+    amp: Literal[AMP] = _run("auto", "Mixed precision: auto = bf16/fp16 on GPU, fp32 on CPU.")
+    compile: bool = _run(False, "torch.compile the model.")
+    log_interval: int = _run(
+        10, "Refresh the progress bar's loss, lr and speed every N steps.", ge=1
     )
-    compile: Flag = _f(False, "torch.compile the model.", group="run")
-    log_interval: Integer = _f(
-        10, "Refresh the progress bar's loss, lr and speed every N steps.", group="run"
-    )
-    eval_head: Text = _f(
+    eval_head: Literal[HEAD_CHOICES] = _run(
         "both",
         "Head reported as acc1 for a distilled model: averaged, class or distillation head.",
-        group="run",
-        choices=EVAL_HEADS,
     )
+
+    # ---------------------------------------------------------------- validation
+    def __init__(self, **values: Any) -> None:
+        """Validate ``values`` (missing keys take the defaults).
+
+        Raises:
+            ConfigError: one sentence per problem (:func:`deit.config.checks.sentences`).
+        """
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(*sentences(e, values, type(self).model_fields)) from None
+        self._validated = True
+
+    # pydantic's own validation (model_validate, with its context) does not go through it
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @field_validator(*VALUE_PROBLEMS)
+    @classmethod
+    def _value(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = VALUE_PROBLEMS[info.field_name](value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self, info: ValidationInfo) -> Config:
+        if not (info.context or {}).get("alone"):  # a file's values are checked alone
+            problems = combination_problems(self)
+            if problems:
+                raise ConfigError(*problems)
+        return self
+
+    def validate(self) -> Config:
+        """``self``, validated when it was made; one built without checks
+        (``from_dict(..., validate=False)``) is validated now.
+
+        Raises:
+            ConfigError: wrong type or impossible value (one sentence each).
+        """
+        if not self._validated:
+            Config(**self.to_dict())
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        """Equal values (who set them is not compared)."""
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def set_by(self) -> dict[str, str]:
+        """Who set each key on the command line (see the class docstring)."""
+        return self._set_by
 
     # ---------------------------------------------------------------- dict / YAML
     @classmethod
     def field_names(cls) -> list[str]:
         """All field names, in declaration order."""
-        return [f.name for f in dataclasses.fields(cls)]
+        return list(cls.model_fields)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain ``{field: value}`` (lists copied); ``Config.from_dict(c.to_dict()) == c``."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, validate: bool = True) -> Config:
+    def from_dict(
+        cls, d: dict[str, Any], *, validate: bool = True, set_by: dict[str, str] | None = None
+    ) -> Config:
         """Config from a (possibly partial) mapping; missing keys take the defaults.
 
         Ints and numbers written as text (``"5e-4"``) are accepted for float fields and tuples
         for list fields; nothing else is converted. The keys of official flags that deit does
         not use (:data:`RETIRED`: ``start_epoch``, ``world_size``, ``dist_url``, ``resplit``;
-        found in ``config.yaml`` files of older runs) are dropped.
+        found in ``config.yaml`` files of older runs) are dropped. ``validate=False`` builds it
+        unchecked (pydantic's ``model_construct``; :meth:`validate` checks it later).
+        ``set_by``: who set each key (the command line's notes).
 
         Raises:
-            ConfigError: unknown keys (with the closest known key) and wrongly typed values
-                (each naming the key and the expected type), or, with ``validate``, an
-                impossible value (see :meth:`validate`).
+            ConfigError: unknown keys (with the closest known key), wrongly typed values (each
+                naming the key and the expected type), or an impossible value.
         """
         if not isinstance(d, dict):
             raise ConfigError(
                 f"A configuration must be a mapping of keys to values, not {type(d).__name__}."
             )
-        cfg, problems = _read({k: v for k, v in d.items() if k not in RETIRED})
-        if problems:
-            raise ConfigError(*problems)
-        return cfg.validate() if validate else cfg
+        known = {k: v for k, v in d.items() if k not in RETIRED}
+        cfg = cls(**known) if validate else cls.model_construct(**known)
+        cfg._set_by = dict(set_by or {})
+        return cfg
 
     def to_yaml(self, path: str | Path) -> Path:
         """Write every field to a YAML file (parents created); returns the path."""
@@ -413,24 +444,8 @@ class Config:
         return cls.from_dict(data, validate=validate)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with ``changes`` applied (type-checked and validated like :meth:`from_dict`)."""
-        return Config.from_dict({**self.to_dict(), **changes})
-
-    # ---------------------------------------------------------------- validation
-    def validate(self) -> Config:
-        """Check every value; return ``self`` or raise one :class:`ConfigError`.
-
-        Each problem is reported as one sentence naming the key and the fix; all problems
-        are listed together.
-
-        Raises:
-            ConfigError: wrong type or impossible value.
-        """
-        # types first (fields may have been assigned directly)
-        problems = _read(self.to_dict())[1] or all_checks(self)
-        if problems:
-            raise ConfigError(*problems)
-        return self
+        """A validated copy with ``changes`` applied (who set what is kept)."""
+        return Config.from_dict({**self.to_dict(), **changes}, set_by=self.set_by)
 
 
 #: Official DeiT flags that parse for compatibility but are not configuration: why each is unused.
@@ -441,87 +456,19 @@ RETIRED = {
     "resplit": "it only acts on AugMix splits, which the DeiT recipe does not use",
 }
 
-#: Usual spellings from other training code, for the "did you mean" hint.
-ALIASES = {
-    "learning_rate": "lr",
-    "base_lr": "lr",
-    "num_epochs": "epochs",
-    "max_epochs": "epochs",
-    "wd": "weight_decay",
-    "stochastic_depth": "drop_path",
-    "drop_path_rate": "drop_path",
-    "label_smoothing": "smoothing",
-    "workers": "num_workers",
-    "dataset": "data_set",
-    "teacher": "teacher_model",
-    "alpha": "distillation_alpha",
-    "tau": "distillation_tau",
-    "temperature": "distillation_tau",
-}
 
-
-def field_kind(f: dataclasses.Field) -> tuple[type, bool, bool]:
-    """What a :class:`Config` field holds: the type of a value (of each item for a list),
-    whether it is a list, and whether it may be ``None``."""
-    (tp, several, _), optional = _kind(f)
-    return tp, several, optional
-
-
-def _kind(f: dataclasses.Field) -> tuple[tuple[type, bool, str], bool]:
-    """The :data:`_KINDS` entry of a field's annotation (text: annotations are postponed), and
-    whether it allows ``None``."""
-    name, _, rest = str(f.type).partition(" | ")
-    return _KINDS[name], rest == "None"
-
-
-@functools.cache
-def _validator() -> TypeAdapter[Config]:
-    return TypeAdapter(Config)
-
-
-def _read(d: dict[Any, Any]) -> tuple[Config, list[str]]:
-    """Validate ``d``'s keys and types with pydantic.
-
-    Returns:
-        The :class:`Config` of the good keys (the others take the defaults), and one sentence
-        per problem: the unknown keys first, then each wrongly typed key in ``d``'s order.
-    """
-    names = Config.field_names()
-    unknown = [k for k in d if k not in names]
-    known = {k: v for k, v in d.items() if k in names}
-    problems = [_unknown_keys(unknown, names)] if unknown else []
-    try:
-        return _validator().validate_python(known), problems
-    except ValidationError as e:
-        bad = {error["loc"][0] for error in e.errors()}
-    problems += [_wrong_type(k, known[k]) for k in known if k in bad]
-    return _validator().validate_python({k: known[k] for k in known if k not in bad}), problems
-
-
-def _wrong_type(key: str, value: Any) -> str:
-    """One sentence for a value pydantic refused: the key, the type it needs, what it got."""
-    (_, _, want), optional = _kind(Config.__dataclass_fields__[key])
-    want += " or null" if optional else ""
-    return f"Config key '{key}' must be {want}, not {type(value).__name__} {value!r}."
-
-
-def _unknown_keys(keys: list[Any], names: list[str]) -> str:
-    """One sentence naming each unknown key once, with the closest field or usual alias."""
-    parts = []
-    for k in dict.fromkeys(str(k) for k in keys):
-        close = ALIASES.get(k) or next(iter(difflib.get_close_matches(k, names, n=1)), None)
-        parts.append(f"'{k}'" + (f" (did you mean '{close}'?)" if close else ""))
-    return (
-        f"Unknown config key(s) {', '.join(parts)}; remove it or use one of the fields of "
-        "deit.config.Config."
-    )
+def field_kind(name: str) -> Any:
+    """What field ``name`` of :class:`Config` holds (:class:`deit.config.checks.Kind`): the
+    type of a value (of each item for a list), whether it is a list, whether it may be
+    ``None``, and its choices."""
+    return kind(Config.model_fields[name].annotation)
 
 
 def check_config_file(data: dict[str, Any], path: str | Path) -> None:
-    """Check every key and value of a configuration file on its own: unknown keys, types and
-    the one-value checks of :meth:`Config.validate` (ranges, choices), even for keys a flag
-    will override (a wrong value in a file must not pass because a flag hid it). Checks that
-    involve several keys are left to :meth:`Config.validate` of the merged configuration.
+    """Check every key and value of a configuration file on its own: unknown keys, types,
+    ranges, choices and names, even for keys a flag will override (a wrong value in a file must
+    not pass because a flag hid it). Checks that involve several keys are left to the merged
+    configuration.
 
     Args:
         data: the file's mapping (:func:`load_yaml_dict`).
@@ -530,11 +477,12 @@ def check_config_file(data: dict[str, Any], path: str | Path) -> None:
     Raises:
         ConfigError: one sentence per problem, each naming the file and the key.
     """
-    cfg, problems = _read({k: v for k, v in data.items() if k not in RETIRED})
-    # the defaults pass every check, so each remaining problem is one of the file's values
-    problems += [e for e in value_checks(cfg) if e]
-    if problems:
-        raise ConfigError(*(f"In {path}, {p[0].lower()}{p[1:]}" for p in problems))
+    known = {k: v for k, v in data.items() if k not in RETIRED}
+    try:
+        Config.model_validate(known, context={"alone": True})
+    except ValidationError as e:
+        problems = sentences(e, known, Config.model_fields, every=True)
+        raise ConfigError(*(f"In {path}, {p[0].lower()}{p[1:]}" for p in problems)) from None
 
 
 def save_run_config(cfg: Config, output_dir: str | Path) -> Path:

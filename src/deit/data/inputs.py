@@ -86,7 +86,7 @@ def _fmt(values: Sequence[float]) -> str:
 def _who(cfg: Any, keys: list[str]) -> str:
     """Who set ``keys`` of ``cfg``: ``by --preset small`` (the command line records it in
     ``cfg.set_by``), else ``in the configuration (input_size)``."""
-    set_by = getattr(cfg, "set_by", {})
+    set_by = cfg.set_by
     if all(k in set_by for k in keys):
         return "by " + " and ".join(dict.fromkeys(set_by[k] for k in keys))
     return f"in the configuration ({'/'.join(keys)})"

@@ -450,8 +450,8 @@ def view_seed(seed: int, epoch: int, position: int, stream: int = _VIEW, rank: i
 @contextmanager
 def _rng_restored() -> Iterator[None]:
     """Python's ``random``, numpy's global RNG and torch's CPU generator as they were on entry,
-    after the block (saving and restoring them is most of a seeded view's RNG cost: ~85 us on
-    this project's CPU, against ~7 us to seed all three)."""
+    after the block (saving and restoring them costs more than seeding all three:
+    ``benchmarks/README.md``)."""
     py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         yield

@@ -14,7 +14,13 @@ from torch import nn
 from .._choices import HEAD_CHOICES
 from .vision_transformer import VisionTransformer
 
-__all__ = ["DistilledVisionTransformer", "HEAD_CHOICES"]
+__all__ = ["DistilledVisionTransformer", "HEAD_CHOICES", "late_fusion"]
+
+
+def late_fusion(cls_out: torch.Tensor, dist_out: torch.Tensor) -> torch.Tensor:
+    """The average of the class and distillation heads' outputs, the paper's test-time "late
+    fusion" (section 5.2, Table 3): ``(cls_out + dist_out) / 2``, any matching shapes."""
+    return (cls_out + dist_out) / 2
 
 
 class DistilledVisionTransformer(VisionTransformer):
@@ -78,7 +84,7 @@ class DistilledVisionTransformer(VisionTransformer):
         With ``pre_logits`` returns the mean of the two token features ``(B, D)``.
         """
         if pre_logits:
-            return (x[:, 0] + x[:, 1]) / 2
+            return late_fusion(x[:, 0], x[:, 1])
         x_cls = self.head(self.head_drop(x[:, 0]))
         x_dist = self.head_dist(self.head_drop(x[:, 1]))
         if self.distilled_training and self.training:
@@ -87,7 +93,7 @@ class DistilledVisionTransformer(VisionTransformer):
             return x_cls
         if self.head_choice == "dist":
             return x_dist
-        return (x_cls + x_dist) / 2
+        return late_fusion(x_cls, x_dist)
 
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads' logits ``((B, C), (B, C))`` for images ``(B, C, H, W)``, in any mode."""

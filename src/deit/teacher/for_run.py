@@ -75,7 +75,7 @@ def build_run_teacher(
     if cfg.teacher_precision == "fp32" or len(loader) == 0:  # (the latter: refused with its
         return teacher  # own message by the run's optimisation step)
     rng = rng_state()  # drawing the views leaves the run's own draws as they were
-    # 256 views to check: 99.5 % agreement then allows one disagreement (on 64 it allowed none)
+    # 256 views to check: 99.5 % agreement then allows one disagreement (64 would allow none)
     views = draw_views(loader, 32 + 256, device, mixup_fn)
     set_rng_state(rng)
     calibrate = min(32, len(views) // 4)  # disjoint from the views checked

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.distilled import DistilledVisionTransformer
+from ..models.distilled import DistilledVisionTransformer, late_fusion
 from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Teacher", "fp32_region"]
@@ -83,12 +83,15 @@ class Teacher(nn.Module):
 
     Attributes:
         num_classes (int | None), mean, std, student_mean, student_std (tuples or ``None``),
-        model_name, class_names.
+        model_name, class_names; ``name``, the path it runs (``"fp32"``; a
+        :class:`deit.teacher.FastTeacher` names its own).
 
     Raises:
         ValueError: ``mean``/``std`` (or the student's pair) of different lengths, a zero std,
             or channel counts that cannot broadcast.
     """
+
+    name = "fp32"
 
     def __init__(
         self,
@@ -177,6 +180,11 @@ class Teacher(nn.Module):
         with torch.no_grad(), fp32_region(x.device.type):
             return self._logits(x, self.model)
 
+    def answer(self, images: torch.Tensor, epoch: int = 0, index: int = 0) -> torch.Tensor:
+        """The teacher's logits on these views, whichever batch they are (the
+        :class:`deit.distillation.TeacherSource` a distillation task asks)."""
+        return self(images)
+
     def _logits(self, x: torch.Tensor, run: Callable[[torch.Tensor], Any]) -> torch.Tensor:
         """``run`` on ``x`` in the teacher's normalisation and memory format; a pair of heads
         averaged (late fusion)."""
@@ -184,7 +192,7 @@ class Teacher(nn.Module):
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         out = run(x)
-        return (out[0] + out[1]) / 2 if isinstance(out, tuple | list) else out
+        return late_fusion(*out) if isinstance(out, tuple | list) else out
 
     def extra_repr(self) -> str:
         conv = "none" if self.scale is None else "affine"

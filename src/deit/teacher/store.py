@@ -226,7 +226,8 @@ class TeacherLabelStore:
     """A store written by :func:`deit.label_pass.compute_teacher_labels`, read memory-mapped.
 
     :meth:`batch` gives the teacher's answer for batch ``index`` of ``epoch`` in the form
-    :meth:`deit.distillation.DistillationLoss.compute` takes as ``teacher_outputs``.
+    :meth:`deit.distillation.DistillationLoss.compute` takes as ``teacher_outputs``;
+    :meth:`answer` is the same for a distillation task (:class:`deit.distillation.TeacherSource`).
 
     Raises:
         ValueError: no manifest (not a store, or an interrupted pass), another format version,
@@ -292,6 +293,16 @@ class TeacherLabelStore:
                 "it with --top-k K (the class count for full logits) for soft distillation."
             )
 
+    @property
+    def num_classes(self) -> int:
+        """The class count of the teacher whose answers are stored."""
+        return int(self.manifest["num_classes"])
+
+    def answer(self, images: torch.Tensor, epoch: int, index: int) -> torch.Tensor:
+        """The stored answer for batch ``index`` of ``epoch`` (:meth:`batch`), on the images'
+        device; the images themselves are not looked at."""
+        return self.batch(epoch, index, images.device)
+
     def batch(self, epoch: int, index: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The teacher's answer for batch ``index`` of ``epoch``: ``(B,)`` int64 top-1 classes
         for a top-1 store, else ``(B, num_classes)`` float32 logits — the stored fp16 logits, or
@@ -306,7 +317,7 @@ class TeacherLabelStore:
             return _to(torch.from_numpy(np.array(self.arrays["top1"][epoch, rows])).long(), device)
         probs = torch.from_numpy(np.array(self.arrays["topk_probs"][epoch, rows])).float()
         classes = torch.from_numpy(np.array(self.arrays["topk_classes"][epoch, rows])).long()
-        c = int(self.manifest["num_classes"])
+        c = self.num_classes
         rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(1e-8) / max(c - probs.shape[1], 1)
         logits = rest.log().expand(-1, c).clone()
         logits.scatter_(1, classes, probs.clamp_min(1e-8).log())

@@ -6,6 +6,7 @@ that would make the continued run differ from an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ RESUME_SCHEDULE = (
     "lr", "unscale_lr", "sched", "sched_per_step", "warmup_lr", "warmup_epochs", "min_lr",
     "decay_epochs", "decay_rate", "cooldown_epochs", "patience_epochs", "lr_noise",
     "lr_noise_pct", "lr_noise_std", "epochs", "batch_size", "seed", "repeated_aug",
-    "num_repeats",
+    "num_repeats", "grad_accum_steps",
 )  # fmt: skip
 RESUME_DATA = ("data_set", "train_subset", "input_size", "opt", "distillation_type")
 
@@ -146,29 +147,31 @@ def resume(state: RunState) -> None:
             f"--resume {path!r} holds a {ck.model_name} but --model is {cfg.model}."
         )
     rebuilt = False if cfg.eval else _check_resume(state, ck, path)  # evaluating trains nothing
-    state.model.load_state_dict(ck.model)
+    step, done = state.step, state.progress
+    state.student.model.load_state_dict(ck.model)
     state.optimizer.load_state_dict(ck.optimizer)
     saved_scheduler = None if rebuilt else ck.scheduler
-    for part, saved in ((state.scheduler, saved_scheduler), (state.scaler, ck.scaler)):
+    for part, saved in ((step.scheduler, saved_scheduler), (step.scaler, ck.scaler)):
         if part is not None and saved:
             part.load_state_dict(saved)
-    if state.ema is not None and ck.model_ema is not None:
-        state.ema.module.load_state_dict(ck.model_ema)
-    state.start_epoch, state.num_updates, state.skip_batches = ck.epoch, ck.step, ck.batches_done
-    state.partial_stats = ck.epoch_stats if ck.batches_done else None
-    state.best_acc1, state.history = ck.best_acc1, list(ck.history)
+    if step.model_ema is not None and ck.model_ema is not None:
+        step.model_ema.module.load_state_dict(ck.model_ema)
+    done.start_epoch, done.num_updates, done.skip_batches = ck.epoch, ck.step, ck.batches_done
+    done.partial_stats = ck.epoch_stats if ck.batches_done else None
+    done.best_acc1, done.history = ck.best_acc1, list(ck.history)
     if rebuilt:  # the new schedule starts at the epoch boundary, counted in its own steps
         if ck.batches_done and env.is_main:
             print_note(f"epoch {ck.epoch + 1} restarts from its beginning.")
-        state.num_updates, state.skip_batches = ck.epoch * len(state.loader_train), 0
-        state.partial_stats = None
+        updates = math.ceil(len(state.data.loader_train) / cfg.grad_accum_steps)  # an epoch
+        done.num_updates, done.skip_batches = ck.epoch * updates, 0
+        done.partial_stats = None
     elif ck.rng and env.world_size == ck.world_size:
         set_rng_state(ck.rng[env.rank] if isinstance(ck.rng, list) else ck.rng)
-    if state.scheduler is not None:
+    if step.scheduler is not None:
         if cfg.sched_per_step:
-            state.scheduler.step_update(state.num_updates)
+            step.scheduler.step_update(done.num_updates)
         else:
-            state.scheduler.step(state.start_epoch)
+            step.scheduler.step(done.start_epoch)
     if env.is_main:
         where = f"in epoch {ck.epoch + 1}" if ck.batches_done else f"after epoch {ck.epoch}"
         print(f"Resumed from {path} {where}, update {ck.step}.", file=sys.stderr)
@@ -197,30 +200,30 @@ def save(
     if state.lock is not None and not state.lock.held():
         when = f" (found saving epoch {epoch + (batches_done > 0)})"
         raise state.lock.gone_error(when)
-    cfg = state.cfg
+    cfg, data, step, done = state.cfg, state.data, state.step, state.progress
     RunCheckpoint(
-        model=state.model.state_dict(),
+        model=state.student.model.state_dict(),
         model_name=cfg.model,
-        num_classes=state.num_classes,
+        num_classes=data.num_classes,
         img_size=cfg.input_size,
         in_chans=3,
-        class_names=state.class_names,
-        mean=list(state.mean),
-        std=list(state.std),
+        class_names=data.class_names,
+        mean=list(data.mean),
+        std=list(data.std),
         crop_pct=cfg.eval_crop_ratio,
         data_set=cfg.data_set,
         config=cfg.to_dict(),
         optimizer=state.optimizer.state_dict(),
-        scheduler=_state_dict(state.scheduler),
-        scaler=_state_dict(state.scaler),
-        model_ema=_state_dict(state.ema.module if state.ema is not None else None),
+        scheduler=_state_dict(step.scheduler),
+        scaler=_state_dict(step.scaler),
+        model_ema=_state_dict(step.model_ema.module if step.model_ema is not None else None),
         epoch=epoch,
-        step=state.num_updates,
+        step=done.num_updates,
         batches_done=batches_done,
         epoch_stats=epoch_stats,
-        best_acc1=state.best_acc1,
-        history=state.history,
+        best_acc1=done.best_acc1,
+        history=done.history,
         rng=rng,
         world_size=state.env.world_size,
-        n_parameters=state.n_parameters,
+        n_parameters=state.student.n_parameters,
     ).save(state.out / name)

@@ -4,7 +4,6 @@ recipe, each training view a pure function of ``(seed, epoch, position)``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -33,11 +32,17 @@ from ..data.transforms import (
     SeededViews,
     uses_small_image_crop,
 )
-from ..precision import resolve_device, resolve_precision
+from ..precision import resolve_device
 from .distributed import DistEnv
-from .state import RunState
+from .state import RunData
 
-__all__ = ["auto_num_workers", "batches_loader", "build_data", "label_pass_state"]
+__all__ = [
+    "auto_num_workers",
+    "batches_loader",
+    "build_data",
+    "label_pass_state",
+    "resolve_config",
+]
 
 
 def _dataset_kwargs(cfg: Config) -> dict[str, Any]:
@@ -141,9 +146,8 @@ def auto_num_workers(device: torch.device, local_processes: int | None = None) -
     A process's share is the cores it may run on (``os.sched_getaffinity``) over the processes
     on its node (``LOCAL_WORLD_SIZE``, set by torchrun; 1 otherwise). Compute takes
     ``torch.get_num_threads()`` of them on the CPU and one (the thread feeding the accelerator)
-    elsewhere. A worker only pays where it has a core of its own: on a 2-core CPU, 2 compute
-    threads and no worker beat 2 threads and 1 worker, and 1 thread with 1 worker beats both
-    (``benchmarks/README.md``, loader workers).
+    elsewhere. A worker only pays where it has a core of its own (``benchmarks/README.md``,
+    loader workers).
 
     Args:
         device: where the model computes.
@@ -162,36 +166,56 @@ def auto_num_workers(device: torch.device, local_processes: int | None = None) -
     return max(0, min(MAX_AUTO_WORKERS, share - compute))
 
 
-def build_data(state: RunState) -> None:
-    """Data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the recipe."""
-    cfg, env = state.cfg, state.env
-    if cfg.num_workers < 0:  # recorded resolved; a resume may use another count (same views)
-        cfg.num_workers = auto_num_workers(state.device)
+def resolve_config(cfg: Config, device: torch.device, say: bool = True) -> Config:
+    """The configuration a run (or a label pass) builds from: ``cfg`` validated, with the
+    input size and normalisation the model and data set give (``None`` in ``cfg``: see
+    :func:`deit.data.inputs.resolve_inputs`) and the worker count ``-1`` resolved
+    (:func:`auto_num_workers`); a new object, never changed afterwards. This is what
+    ``config.yaml`` and the checkpoints record (a resume may use another worker count: the
+    views are the same). ``say``: print the notes on the choices (rank 0).
+
+    Raises:
+        ConfigError: an invalid ``cfg``.
+    """
+    cfg.validate()
     inputs = resolve_inputs(cfg, dataset_info(cfg.data_set))  # None: the model's own
-    cfg.input_size, cfg.mean, cfg.std = inputs.input_size, list(inputs.mean), list(inputs.std)
-    state.mean, state.std = inputs.mean, inputs.std
-    notes = list(inputs.notes)
-    if cfg.input_size > SMALL_INPUT_MAX and uses_small_image_crop(cfg):
-        notes.append(
-            f"training crop: Resize({cfg.input_size}) + RandomCrop(padding {cfg.crop_padding}), "
-            f"the small-image recipe: {cfg.data_set}'s images are at most {SMALL_INPUT_MAX} px, "
-            "so RandomResizedCrop would keep as little as 8 % of a digit."
+    workers = auto_num_workers(device) if cfg.num_workers < 0 else cfg.num_workers
+    resolved = cfg.model_copy(  # who set what is kept, for the notes
+        update=dict(
+            input_size=inputs.input_size,
+            mean=list(inputs.mean),
+            std=list(inputs.std),
+            num_workers=workers,
         )
-    for note in notes if env.is_main else ():
+    )
+    notes = list(inputs.notes)
+    if resolved.input_size > SMALL_INPUT_MAX and uses_small_image_crop(resolved):
+        notes.append(
+            f"training crop: Resize({resolved.input_size}) + RandomCrop(padding "
+            f"{cfg.crop_padding}), the small-image recipe: {cfg.data_set}'s images are at most "
+            f"{SMALL_INPUT_MAX} px, so RandomResizedCrop would keep as little as 8 % of a digit."
+        )
+    for note in notes if say else ():
         print_note(note)
-    train_tf = build_transform_from_config(cfg, True, mean=state.mean, std=state.std)
-    val_tf = build_transform_from_config(cfg, False, mean=state.mean, std=state.std)
+    return resolved
+
+
+def build_data(cfg: Config, env: DistEnv, device: torch.device) -> RunData:
+    """Data sets, transforms (timm), samplers, loaders and Mixup/CutMix of the recipe, for a
+    configuration :func:`resolve_config` gave."""
+    mean, std = tuple(cfg.mean), tuple(cfg.std)
+    train_tf = build_transform_from_config(cfg, True, mean=mean, std=std)
+    val_tf = build_transform_from_config(cfg, False, mean=mean, std=std)
     root, kw = cfg.data_path or None, _dataset_kwargs(cfg)
     train_set = build_dataset(cfg.data_set, root, "train", transform=train_tf, **kw)
     val_set = build_dataset(cfg.data_set, root, "val", transform=val_tf, **kw)
     align_classes(train_set, val_set)  # before anything trains: val indexed by train's names
-    state.class_names = list(train_set.classes)
+    class_names = list(train_set.classes)
     train_set, val_set = _subset(cfg, train_set, val_set, val_tf)
-    state.train_images = len(train_set)  # unreadable files skipped (--skip-corrupt)
-    if env.is_main and cfg.train_subset > state.train_images:
+    if env.is_main and cfg.train_subset > len(train_set):
         print_note(
-            f"--train-subset {cfg.train_subset:,} is more than the {state.train_images:,} "
-            f"training images; all {state.train_images:,} are used."
+            f"--train-subset {cfg.train_subset:,} is more than the {len(train_set):,} "
+            f"training images; all {len(train_set):,} are used."
         )
     sampler = build_sampler(
         train_set,
@@ -204,13 +228,20 @@ def build_data(state: RunState) -> None:
         seed=cfg.seed,
     )
     # every view a pure function of (seed, epoch, position): see deit.data.transforms
-    state.sampler_train = PositionSampler(sampler)
+    sampler_train = PositionSampler(sampler)
     train_set = SeededViews(train_set, cfg.seed)
     val_set = _eval_share(val_set, env, cfg.dist_eval)
-    state.loader_train = _loader(train_set, state.sampler_train, cfg, state.device, train=True)
-    sampler_val = build_sampler(val_set, False)
-    state.loader_val = _loader(val_set, sampler_val, cfg, state.device, train=False)
-    state.mixup_fn = build_mixup_from_config(cfg, state.num_classes, cfg.seed, env.rank)
+    return RunData(
+        cfg,
+        device,
+        mean,
+        std,
+        class_names,
+        sampler_train,
+        _loader(train_set, sampler_train, cfg, device, train=True),
+        _loader(val_set, build_sampler(val_set, False), cfg, device, train=False),
+        build_mixup_from_config(cfg, len(class_names), cfg.seed, env.rank),
+    )
 
 
 class _Batches(Sampler):
@@ -231,21 +262,17 @@ class _Batches(Sampler):
                 yield key
 
 
-def batches_loader(state: RunState, batches: Sequence[int]) -> DataLoader:
-    """A training loader like ``state.loader_train`` that yields only the epoch's batches
-    ``batches`` (indices in the epoch; ``state.sampler_train.set_epoch`` still picks the
+def batches_loader(data: RunData, batches: Sequence[int]) -> DataLoader:
+    """A training loader like ``data.loader_train`` that yields only the epoch's batches
+    ``batches`` (indices in the epoch; ``data.sampler_train.set_epoch`` still picks the
     epoch): no other view is read or transformed."""
-    sampler = _Batches(state.sampler_train, state.cfg.batch_size, batches)
-    return _loader(state.loader_train.dataset, sampler, state.cfg, state.device, train=True)
+    sampler = _Batches(data.sampler_train, data.cfg.batch_size, batches)
+    return _loader(data.loader_train.dataset, sampler, data.cfg, data.device, train=True)
 
 
-def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunState:
-    """A single-process :class:`RunState` with the run's data built (:func:`build_data`),
-    nothing written: what :func:`deit.label_pass.compute_teacher_labels` iterates (on
-    ``device``, default ``cfg.device`` resolved; each rank of a split pass gives its own)."""
-    cfg, set_by = dataclasses.replace(cfg.validate()), cfg.set_by
-    cfg.set_by = set_by  # who set what, for the notes  # build_data fills in the model's defaults
+def label_pass_state(cfg: Config, device: torch.device | None = None) -> RunData:
+    """A single process's :class:`RunData` of the run ``cfg`` describes, nothing written: what
+    :func:`deit.label_pass.compute_teacher_labels` iterates (on ``device``, default
+    ``cfg.device`` resolved; each rank of a split pass gives its own)."""
     device = device if device is not None else resolve_device(cfg.device)
-    state = RunState(cfg, DistEnv(), device, resolve_precision(cfg.amp, device), None)
-    build_data(state)
-    return state
+    return build_data(resolve_config(cfg, device), DistEnv(), device)

@@ -92,7 +92,7 @@ def wrap_ddp(model: nn.Module, device: torch.device, distillation_type: str) -> 
     where some are: a distilled model whose training output is the pair ``(cls_logits,
     dist_logits)`` trained with ``distillation_type='none'``, whose loss reads the class head
     alone. A distilled model trained with ``'none'`` by :func:`deit.train.run` is not switched
-    to that output (:func:`deit.distillation.check_student`): its logits average both heads, and
+    to that output (:func:`deit.distillation.prepare_student`): its logits average both heads, and
     every parameter has a gradient at every step, as with ``'hard'``/``'soft'`` and plain models.
     """
     student = unwrap_model(model)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .._workers import LoaderWorkerError, loader_exit_codes, worker_death
-from ..engine import NonFiniteLossError, StepOptions, evaluate, train_one_epoch
+from ..engine import STAT_NAMES, NonFiniteLossError, evaluate, train_one_epoch
 from ..teacher.frozen import Teacher
 from .checkpointing import save
 from .distributed import _StopFlag
@@ -31,7 +31,7 @@ def _evaluate(
 ) -> dict[str, float]:
     return evaluate(
         model,
-        state.loader_val,
+        state.data.loader_val,
         state.device,
         teacher=teacher,
         precision=state.precision,
@@ -41,36 +41,24 @@ def _evaluate(
 
 
 def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> dict[str, float]:
-    """One epoch of :func:`deit.engine.train_one_epoch` with the run's settings."""
-    cfg = state.cfg
+    """One epoch of :func:`deit.engine.train_one_epoch` with the run's task and step options."""
+    cfg, done, step = state.cfg, state.progress, state.step
     # resuming mid-epoch, the sampler starts after the batches already trained
-    state.sampler_train.set_epoch(epoch, state.skip_batches * cfg.batch_size)
-    if state.scheduler is not None and not cfg.sched_per_step:
-        state.scheduler.step(epoch)
-    options = StepOptions(
-        precision=state.precision,
-        mixup_fn=state.mixup_fn,
-        scaler=state.scaler,
-        clip_grad=cfg.clip_grad,
-        scheduler=state.scheduler,
-        sched_per_step=cfg.sched_per_step,
-        model_ema=state.ema,
-        log_interval=cfg.log_interval,
-        teacher_labels=state.teacher_labels,
-    )
-    total = len(state.loader_train)  # the sampler starts after the batches already trained
-    bar = _progress(total, f"epoch {epoch + 1}/{cfg.epochs}", show)
+    state.data.sampler_train.set_epoch(epoch, done.skip_batches * cfg.batch_size)
+    if step.scheduler is not None and not cfg.sched_per_step:
+        step.scheduler.step(epoch)
+    loader = state.data.loader_train
+    bar = _progress(len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
     try:
         stats = train_one_epoch(
-            state.train_model,
-            state.criterion,
-            state.loader_train,
+            state.student.task,
+            loader,
             state.optimizer,
             state.device,
             epoch,
-            options,
-            num_updates=state.num_updates,
-            first_batch=state.skip_batches,
+            step,
+            num_updates=done.num_updates,
+            first_batch=done.skip_batches,
             progress=bar,
             should_stop=stop,
         )
@@ -78,19 +66,19 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
         if not is_out_of_memory(e):
             raise
         raise out_of_memory_error(
-            state.model,
+            state.student.model,
             cfg.batch_size,
             cfg.input_size,
             state.device,
             epoch + 1,
             state.precision.name,
-            state.ema is not None,
+            step.model_ema is not None,
         ) from None
     finally:
         if bar is not None:
             with contextlib.suppress(OSError):  # a terminal closed (SIGHUP) fails every write
                 bar.close()
-    state.num_updates = int(stats["num_updates"])
+    done.num_updates = int(stats["num_updates"])
     return stats
 
 
@@ -120,41 +108,41 @@ def _from_rank_0(state: RunState, value: Any) -> Any:
 def _ema_on_run_device(state: RunState) -> bool:
     """Whether the run has an EMA on its own device (``--model-ema-force-cpu`` keeps it on the
     CPU: its evaluation would meet the device's images with CPU weights)."""
-    if state.ema is None:
+    if state.step.model_ema is None:
         return False
-    weights = next(state.ema.module.parameters(), None)
+    weights = next(state.step.model_ema.module.parameters(), None)
     return weights is None or weights.device.type == state.device.type
 
 
 def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: float) -> None:
     """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
-    cfg = state.cfg
-    log = _train_log(train_stats, epoch, state.n_parameters, t0)
-    log["train_images"] = state.train_images
+    cfg, done = state.cfg, state.progress
+    log = _train_log(train_stats, epoch, state.student.n_parameters, t0)
+    log["train_images"] = state.data.train_images
     due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
     new_best = False
     if due or epoch + 1 == cfg.epochs:
-        final = _evaluate(state, state.eval_model)
+        final = _evaluate(state, state.student.eval_model)
         ema = {}
         if _ema_on_run_device(state):  # an EMA forced to the CPU is not evaluated (timm)
-            ema["test_ema_acc1"] = _evaluate(state, state.ema.module)["acc1"]
+            ema["test_ema_acc1"] = _evaluate(state, state.step.model_ema.module)["acc1"]
         # rank 0's figures on every rank: without --dist-eval each rank scored the whole set
         # (other kernels may score it otherwise), and saving a new best is a collective
-        state.final, ema = _from_rank_0(state, (final, ema))
-        log.update({f"test_{k}": v for k, v in state.final.items()})
+        done.final, ema = _from_rank_0(state, (final, ema))
+        log.update({f"test_{k}": v for k, v in done.final.items()})
         log.update(ema)
-        new_best = state.final["acc1"] > state.best_acc1
-        state.best_acc1 = max(state.best_acc1, state.final["acc1"])
-        log["best_acc1"] = state.best_acc1
-    state.history.append(log)
+        new_best = done.final["acc1"] > done.best_acc1
+        done.best_acc1 = max(done.best_acc1, done.final["acc1"])
+        log["best_acc1"] = done.best_acc1
+    done.history.append(log)
     save(state, epoch + 1, 0, LAST)
     if new_best:
         save(state, epoch + 1, 0, BEST)
     if state.env.is_main:
-        _write_log(state.out, state.writer, state.history)
+        _write_log(state.out, state.writer, done.history)
         acc = ""
         if "test_acc1" in log:
-            acc = f"test acc1 {log['test_acc1']:.2f}% (best {state.best_acc1:.2f}%), "
+            acc = f"test acc1 {log['test_acc1']:.2f}% (best {done.best_acc1:.2f}%), "
         print(
             f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats['loss']:.4f}, {acc}"
             f"{train_stats['images_per_s']:.1f} img/s",
@@ -174,7 +162,7 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
     cfg = state.cfg
     last_epoch = cfg.epochs
     if max_epochs_this_run is not None:
-        last_epoch = min(cfg.epochs, state.start_epoch + max_epochs_this_run)
+        last_epoch = min(cfg.epochs, state.progress.start_epoch + max_epochs_this_run)
     stop = _StopFlag(state.device, cfg.log_interval)
     stop.install()
     try:
@@ -182,7 +170,7 @@ def fit(state: RunState, max_epochs_this_run: int | None = None, progress: bool 
     except (NonFiniteLossError, StepOutOfMemoryError) as e:
         raise type(e)(f"{str(e).rstrip('.')}; the run stopped and {_kept(state)}.") from None
     except RuntimeError as e:
-        dead = worker_death(e, loader_exit_codes(state.loader_train, state.loader_val))
+        dead = worker_death(e, loader_exit_codes(state.data.loader_train, state.data.loader_val))
         if dead is None:
             raise
         raise LoaderWorkerError(
@@ -199,7 +187,7 @@ def _kept(state: RunState) -> str:
     return f"{last} is kept" if last is not None and last.is_file() else "no checkpoint was written"
 
 
-_MEAN_STATS = ("loss", "loss_base", "loss_distillation", "teacher_disagreement")
+_MEAN_STATS = tuple(STAT_NAMES.values())
 
 
 def _merge_stats(before: dict[str, float] | None, after: dict[str, float]) -> dict[str, float]:
@@ -217,26 +205,26 @@ def _merge_stats(before: dict[str, float] | None, after: dict[str, float]) -> di
 
 
 def _epochs(state: RunState, last_epoch: int, progress: bool, stop: _StopFlag) -> None:
-    """Epochs ``state.start_epoch`` to ``last_epoch - 1`` (counted from 1 in messages, from 0
-    in ``log.txt`` as the official code does); a stop signal saves mid-epoch."""
-    cfg, env = state.cfg, state.env
+    """Epochs ``start_epoch`` to ``last_epoch - 1`` (counted from 1 in messages, from 0 in
+    ``log.txt`` as the official code does); a stop signal saves mid-epoch."""
+    cfg, env, done = state.cfg, state.env, state.progress
     show = progress and env.is_main
-    for epoch in range(state.start_epoch, last_epoch):
+    for epoch in range(done.start_epoch, last_epoch):
         t0 = time.time()
         part = _train_epoch(state, epoch, show, stop)
-        stats = _merge_stats(state.partial_stats, part)
-        state.partial_stats = None
+        stats = _merge_stats(done.partial_stats, part)
+        done.partial_stats = None
         if not stats["completed"]:
-            done = state.skip_batches + int(part["steps"])
-            save(state, epoch, done, LAST, epoch_stats=stats)
-            state.status, state.stop_signal = "stopped", stop.signum or signal.SIGTERM
+            batches = done.skip_batches + int(part["steps"])
+            save(state, epoch, batches, LAST, epoch_stats=stats)
+            done.status, done.stop_signal = "stopped", stop.signum or signal.SIGTERM
             if env.is_main:
                 _say(
                     f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
-                    f"{state.num_updates}; checkpoint written, continue with --auto-resume."
+                    f"{done.num_updates}; checkpoint written, continue with --auto-resume."
                 )
             return
-        state.skip_batches = 0
+        done.skip_batches = 0
         _end_epoch(state, epoch, stats, t0)
     if last_epoch < cfg.epochs:
-        state.status = "paused"
+        done.status = "paused"

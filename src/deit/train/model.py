@@ -1,6 +1,6 @@
-"""The run's model step: the student (fine-tuned from ``--finetune`` when given), the frozen
-teacher or its stored labels, the DeiT loss (paper section 4), and the student's training and
-evaluation wrappers.
+"""The run's student step: the student (fine-tuned from ``--finetune`` when given), its
+training and evaluation wrappers, and the distillation task (paper section 4) with the run's
+teacher -- the frozen teacher, made fast when it can be, or its stored labels.
 """
 
 from __future__ import annotations
@@ -11,52 +11,57 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from .._rng import seed_everything
 from ..checkpoints import fit_weights, read_weights
 from ..config import Config
-from ..distillation import DistillationLoss, check_student
+from ..distillation import DistillationTask, TeacherSource, prepare_student
 from ..models import build_classifier, is_deit_model
 from ..teacher.for_run import build_run_teacher
 from ..teacher.store import TeacherLabelStore
-from .distributed import wrap_ddp
-from .state import RunState
+from .distributed import DistEnv, wrap_ddp
+from .state import RunData, Student
 
-__all__ = ["build_model_and_teacher"]
+__all__ = ["build_student"]
 
 
-def build_model_and_teacher(state: RunState) -> None:
-    """The student (fine-tuned from ``--finetune`` when given), the frozen teacher and the
-    DeiT loss (paper section 4); the training and evaluation wrappers of the student."""
-    cfg, device = state.cfg, state.device
-    # seeded here again, and before training in build_optimisation: lazy imports while the data
-    # was built (scikit-learn's data sets draw from `random`) must not change the run
-    seed_everything(cfg.seed)
-    state.model = _build_model(cfg, state.num_classes).to(device)
-    check_student(state.model, cfg.distillation_type)  # before the teacher is built
+def build_student(cfg: Config, data: RunData, env: DistEnv, device: torch.device) -> Student:
+    """The student (fine-tuned from ``--finetune`` when given) on ``device``, its training and
+    evaluation wrappers, the run's teacher and the distillation task (paper section 4). The
+    student's initial weights are drawn from the global RNG as it stands (the run seeds it).
+
+    Raises:
+        ValueError / CheckpointError: a student that cannot distil, a teacher or label store
+            that does not fit the run, an unreadable ``--finetune`` file.
+    """
+    model = _build_model(cfg, data.num_classes).to(device)
+    prepare_student(model, cfg.distillation_type)  # before the teacher is built
+    store, frozen = None, None
     if cfg.distillation_type != "none" and cfg.teacher_labels:
-        _open_teacher_labels(state)  # the teacher is not built
+        store = TeacherLabelStore(cfg.teacher_labels)  # the teacher is not built
+        store.check_run(cfg, data.num_classes, data.train_images, env.world_size)
     elif cfg.distillation_type != "none":
-        state.teacher = build_run_teacher(
+        frozen = build_run_teacher(
             cfg,
             device,
-            state.num_classes,
-            state.mean,
-            state.std,
-            state.loader_train,
-            state.mixup_fn,
-            verbose=state.env.is_main,
+            data.num_classes,
+            data.mean,
+            data.std,
+            data.loader_train,
+            data.mixup_fn,
+            verbose=env.is_main,
         )
-    check_student(state.model, cfg.distillation_type, state.teacher)
-    state.n_parameters = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
-    state.criterion = DistillationLoss(
-        _base_criterion(cfg, state.mixup_fn),
-        state.teacher,
+    teacher: TeacherSource | None = store if store is not None else frozen
+    prepare_student(model, cfg.distillation_type, teacher)  # before DDP looks at its output
+    train_model, eval_model = _wrappers(model, cfg, env.distributed, device)
+    task = DistillationTask(
+        train_model,
+        _base_criterion(cfg, data.mixup_fn),
+        teacher,
         cfg.distillation_type,
         alpha=cfg.distillation_alpha,
         tau=cfg.distillation_tau,
         kl_reduction=cfg.kl_reduction,
     )
-    state.train_model, state.eval_model = _wrappers(state.model, cfg, state.env.distributed, device)
+    return Student(model, train_model, eval_model, task, frozen)
 
 
 def _wrappers(
@@ -72,14 +77,6 @@ def _wrappers(
         return train_model, model
     eval_model = torch.compile(model)
     return (torch.compile(train_model) if distributed else eval_model), eval_model
-
-
-def _open_teacher_labels(state: RunState) -> None:
-    """``--teacher-labels DIR``: open the store and refuse it unless it matches the run."""
-    store = TeacherLabelStore(state.cfg.teacher_labels)
-    train_images = len(state.loader_train.dataset)
-    store.check_run(state.cfg, state.num_classes, train_images, state.env.world_size)
-    state.teacher_labels = store
 
 
 def _build_model(cfg: Config, num_classes: int) -> nn.Module:

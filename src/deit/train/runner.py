@@ -10,8 +10,9 @@ output folder is locked (:mod:`deit.train.lock`): a second run into it is refuse
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+import torch
 
 from .._json import dumps
 from .._notes import print_note
@@ -19,11 +20,12 @@ from .._rng import seed_everything
 from ..config import Config
 from ..precision import resolve_precision
 from .checkpointing import resume
-from .data import build_data
-from .distributed import init_distributed
+from .data import build_data, resolve_config
+from .distributed import DistEnv, init_distributed
+from .lock import OutputLock
 from .loop import _evaluate, fit
 from .memory import check_step_memory
-from .model import build_model_and_teacher
+from .model import build_student
 from .optimisation import build_optimisation
 from .output import _check_output_dir, _lock_output, _open_output
 from .state import RunState
@@ -37,10 +39,8 @@ def run(
     max_epochs_this_run: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says; see the module docstring.
-
-    The steps, over one :class:`RunState`: :func:`build_data`, :func:`build_model_and_teacher`,
-    :func:`build_optimisation`, :func:`resume`, :func:`fit` (which :func:`save` s).
+    """Train (or with ``cfg.eval`` only evaluate) as ``cfg`` says: build the run
+    (:func:`_build`), :func:`resume`, :func:`fit`; see the module docstring.
 
     Args:
         cfg: the configuration (validated here).
@@ -60,68 +60,74 @@ def run(
             an output folder another live run holds (its lock names its pid and host).
         NonFiniteLossError: the loss became NaN/inf; the last checkpoint is kept.
     """
-    state = _start(cfg)
-    try:
-        build_data(state)
-        build_model_and_teacher(state)
-        build_optimisation(state)
-        resume(state)
-        if cfg.eval:
-            state.final = _evaluate(state, state.eval_model, state.teacher)
-            state.status = "evaluated"
-            if state.env.is_main:
-                print(dumps({f"test_{k}": v for k, v in state.final.items()}))
-        else:
-            _open_output(state)
-            _warmup_note(state)  # after every input is checked: a run that cannot start
-            if state.env.is_main:
-                ema = state.ema is not None
-                batch, amp = state.cfg.batch_size, state.precision.name
-                check_step_memory(state.model, batch, state.device, amp, ema)
-            try:  # prints its error alone
-                fit(state, max_epochs_this_run, progress)
-            finally:
-                if state.writer is not None:
-                    state.writer.close()
-    finally:  # a folder created for the lock and still empty (the run failed before it
-        if state.lock is not None:  # wrote anything) is removed
-            state.lock.release(remove_created=True)
-    return {
-        "history": state.history,
-        "best_acc1": state.best_acc1,
-        "final": state.final,
-        "output_dir": state.out,
-        "status": state.status,
-        "stop_signal": int(state.stop_signal),
-        "n_parameters": state.n_parameters,
-    }
-
-
-def _start(cfg: Config) -> RunState:
-    """Validate, join the process group, check the output folder, seed, pick the precision.
-    The run works on a copy of ``cfg`` (:func:`build_data` fills in the model's defaults)."""
-    cfg, set_by = dataclasses.replace(cfg.validate()), cfg.set_by
-    cfg.set_by = set_by  # who set what, for the notes
+    cfg = cfg.validate()
     env, device = init_distributed(cfg.device)
     lock = _lock_output(cfg, env)
     try:  # whatever fails before the run starts leaves neither the lock nor a folder it made
-        checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
-        _check_student_name(cfg)
-        _check_teacher_given(cfg)
-        seed_everything(cfg.seed + env.rank)
-        out = checked if env.is_main else None
-        state = RunState(cfg, env, device, resolve_precision(cfg.amp, device), out)
-    except BaseException:
-        if lock is not None:
+        state = _build(cfg, env, device, lock)
+        resume(state)
+        progress_ = state.progress
+        if cfg.eval:
+            progress_.final = _evaluate(state, state.student.eval_model, state.student.teacher)
+            progress_.status = "evaluated"
+            if env.is_main:
+                print(dumps({f"test_{k}": v for k, v in progress_.final.items()}))
+        else:
+            _train(state, max_epochs_this_run, progress)
+    finally:  # a folder created for the lock and still empty (the run failed before it
+        if lock is not None:  # wrote anything) is removed
             lock.release(remove_created=True)
-        raise
-    state.lock = lock
-    return state
+    return {
+        "history": progress_.history,
+        "best_acc1": progress_.best_acc1,
+        "final": progress_.final,
+        "output_dir": state.out,
+        "status": progress_.status,
+        "stop_signal": int(progress_.stop_signal),
+        "n_parameters": state.student.n_parameters,
+    }
+
+
+def _build(cfg: Config, env: DistEnv, device: torch.device, lock: OutputLock | None) -> RunState:
+    """Check the output folder and the student's name, then build the run, each part once: the
+    resolved configuration, the data, the student with its task, the optimisation. The seed is
+    set here alone: the student's initial weights from ``cfg.seed`` (the same on every rank),
+    then every RNG from ``cfg.seed + rank`` for training's draws."""
+    checked = _check_output_dir(cfg)  # on every rank: all stop, none waits for the others
+    _check_student_name(cfg)
+    _check_teacher_given(cfg)
+    cfg = resolve_config(cfg, device, say=env.is_main)
+    data = build_data(cfg, env, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        student = build_student(cfg, data, env, device)
+    precision = resolve_precision(cfg.amp, device)
+    optimizer, step = build_optimisation(
+        cfg, student.model, data.loader_train, env, device, precision, data.mixup_fn
+    )
+    seed_everything(cfg.seed + env.rank)  # training's draws depend on the config only
+    out = checked if env.is_main else None
+    return RunState(cfg, env, device, precision, out, lock, data, student, optimizer, step)
+
+
+def _train(state: RunState, max_epochs_this_run: int | None, progress: bool) -> None:
+    """Open the output folder, note what the run should know, and :func:`fit`."""
+    _open_output(state)
+    _warmup_note(state)  # after every input is checked: a run that cannot start
+    if state.env.is_main:
+        ema = state.step.model_ema is not None
+        batch, amp = state.cfg.batch_size, state.precision.name
+        check_step_memory(state.student.model, batch, state.device, amp, ema)
+    try:  # prints its error alone
+        fit(state, max_epochs_this_run, progress)
+    finally:
+        if state.writer is not None:
+            state.writer.close()
 
 
 def _check_student_name(cfg: Config) -> None:
     """A DeiT student without a distillation token asked to distil: refused by its name, before
-    the data, the model or the teacher is built (other models: when built, by check_student)."""
+    the data, the model or the teacher is built (other models: when built, by prepare_student)."""
     from ..distillation import not_distilled_message
     from ..models.registry import get_model_spec, is_deit_model
 

@@ -1,4 +1,4 @@
-"""Issue 28, 3: notes in one form, ``deit train --eval``'s JSON, and resume's NaN check.
+"""Notes in one form, ``deit train --eval``'s JSON, and resume's refusal of NaN weights.
 
 Notes began ``note:`` in some commands and ``deit predict: note:`` in others; ``deit train
 --eval`` printed plain ``json.dumps`` (``NaN``, ``70.89999999999999``) where every ``--json`` is
