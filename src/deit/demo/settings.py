@@ -274,9 +274,9 @@ class DemoSettings:
     distilled_student: str = "deit_nano_distilled_patch7_28"
     teacher_images: int = 32_000
     # batch 32: on the validation digits of the tuning seeds it beat batch 16 and batch 64 at
-    # budgets of about equal seconds; 120,000 image-steps fit 5 seeds into 15 minutes on 2
-    # idle cores (140,000 took about 15.5 by the runs' CPU time: docs/demo.md)
-    student_images: int = 120_000
+    # budgets of about equal seconds; 110,000 image-steps fit 5 seeds into 15 minutes on 2
+    # idle cores (120,000 took 15.2 minutes: docs/demo.md)
+    student_images: int = 110_000
     student_warmup: float = 0.05  # warm-up share of the students' epochs (the teacher: 0.1)
     teacher_batch_size: int = 64
     teacher_lr: float = 8e-3  # x 64/512 -> 1e-3 applied
