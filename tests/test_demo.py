@@ -33,13 +33,14 @@ from deit.demo import (
     TEACHER,
     DemoSettings,
     RunSpec,
+    claim_figure,
     claims_figure,
     paired_gain,
     paired_interval,
     summarize,
-    top1_figure,
+    tokens_figure,
 )
-from deit.demo.study import _config, _Job, _jobs
+from deit.demo.study import _config, _critical_first, _Job, _jobs
 from deit.evaluate import evaluate_checkpoint
 from deit.predict import predict
 
@@ -230,6 +231,39 @@ def test_run_keys_name_each_departure():
     assert RunSpec(NONE, teacher="none_x2").key == "none"  # a plain student reads no teacher
 
 
+def _makespan(order, procs=2):
+    """Finish time of list scheduling on ``procs`` processes, each job's time its ``est``."""
+    free, done, pending = [0.0] * procs, {}, list(order)
+    while pending:
+        proc = min(range(procs), key=free.__getitem__)
+        ready = [j for j in pending if all(d in done for d in j.deps)]
+        job = ready[0] if ready else pending[0]
+        start = max([free[proc], *(done[d] for d in job.deps)])
+        done[job] = free[proc] = start + job.est
+        pending.remove(job)
+    return max(free)
+
+
+def test_teachers_then_the_longest_runs_first(tmp_path):
+    s = DemoSettings()
+    jobs = _jobs(s, tmp_path)
+    order = [j.spec.key for j in _critical_first(jobs)]
+    assert order == ["teacher"] * 5 + [LEADING.key] * 5 + ["none"] * 5
+    assert [j.seed for j in _critical_first(jobs)][:5] == [0, 1, 2, 3, 4]  # ties: study order
+    # on 2 processes the order saves the idle wait for each seed's teacher and the tail
+    est = {"teacher": 32_000, "none": 110_000, LEADING.key: 137_500}
+    assert {j.spec.key: j.est for j in jobs} == est
+    # by hand: teachers 0-1, 2-3 on both processes, then teacher 4 beside the first distilled
+    # student; the rest alternate: process 0 ends at 96k + 2 x 137.5k + 3 x 110k = 701k,
+    # 2,250 above the bound of half the total work (5 x 279.5k / 2 = 698.75k)
+    assert _makespan(_critical_first(jobs)) == 701_000
+    assert _makespan(jobs) > 701_000 + 30_000  # the study order waits on teachers
+    full = _jobs(DemoSettings.full(), tmp_path)
+    first = _critical_first(full)
+    assert sorted(map(id, first)) == sorted(map(id, full))
+    assert all(first.index(d) < first.index(j) for j in first for d in j.deps if d in first)
+
+
 def test_keys_follow_the_configuration_and_what_a_run_reads(tmp_path):
     s = DemoSettings.full(seeds=(0,), claim_seeds=(0,))
     base = {(j.n, j.seed, j.spec.key): j.key for j in _jobs(s, tmp_path)}
@@ -266,18 +300,31 @@ def test_results_md_says_design_machine_verdicts_and_smoke_run(full_dir, results
 
 
 def test_figures_show_intervals_from_zero(full_dir, results):
-    for name in ("top1.png", "claims.png"):
+    claim_files = [f"claim_{name}.png" for name in CLAIMS if name != "headline"]
+    for name in ("top1.png", "claims.png", "tokens.png", *claim_files):
         with Image.open(full_dir / name) as im:
-            assert im.size[0] > 800 and im.size[1] > 300
-    left, right = top1_figure(results).axes
+            assert im.size[0] > 500 and im.size[1] > 300
+    left, right = claim_figure(results, "headline").axes
     assert left.get_ylim()[0] == 0 and "95 % CI" in left.get_title()
     assert len(left.patches) == 3  # teacher + the headline pair
-    assert "gain" in right.get_ylabel()
+    svm = next(b["top1"] for b in results["baselines"] if b["variant"] == "svm")
+    (dashed,) = [line for line in left.lines if line.get_linestyle() == "--"]
+    assert dashed.get_ydata()[0] == svm  # the RBF-SVM on the same digits
+    assert "gain" in right.get_ylabel() and len(right.get_xticks()) == 1
+    losses, gains = claim_figure(results, "losses").axes
+    assert len(gains.get_xticks()) == 3  # hard, the paper's soft, the leading: each vs none
+    assert len(losses.patches) == 4  # their four students
+    curve, gains = claim_figure(results, "data").axes
+    assert curve.get_xscale() == "log" and len(curve.get_lines()) >= 2
+    assert [t.get_text() for t in gains.get_xticklabels()] == ["N=100", "N=200"]
     forest, data, tokens = claims_figure(results).axes
     assert len(forest.get_yticks()) == len(
         [c for c in results["comparisons"] if c["claim"] != "data"]
     )
     assert data.get_xscale() == "log" and "cosine" in tokens.get_ylabel()
+    (alone,) = tokens_figure(results).axes
+    probed = [e for e in results["summary"] if "token_cosine" in e]
+    assert len(alone.get_lines()) == len(probed) + 2  # one per student, the paper's two figures
 
 
 def test_checkpoints_kept_for_the_first_seed_only(full_dir):

@@ -272,7 +272,7 @@ def test_full_disk_keeps_the_previous_demo_results(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_run, "_prune", lambda s, r: None)
     monkeypatch.setattr(demo_run, "summarize", lambda r: {})
     monkeypatch.setattr(demo_run, "comparisons", lambda s, r: [])
-    monkeypatch.setattr(demo_run, "top1_figure", lambda r: _Figure())
+    monkeypatch.setattr(demo_run, "claim_figure", lambda r, name: _Figure())
     monkeypatch.setattr(demo_run, "markdown", lambda r: "# results\n")
     monkeypatch.setattr(deit.baselines, "fit_baselines", lambda *a: [])
     settings = DemoSettings.quick(output_dir=str(tmp_path), progress=False)

@@ -1,4 +1,4 @@
-"""The demo's figures: the headline (top-1 per model with the paired gain), and the claims
+"""The demo's figures: one per claim (its models' top-1 and its paired gains), and the overview
 (every paired gain, the gain against N, the token cosines through depth)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from .._optional import require
-from .report import run_label
+from .report import BASELINE_LABELS, run_label
 
-__all__ = ["claims_figure", "top1_figure"]
+__all__ = ["claim_figure", "claims_figure", "tokens_figure"]
 
 _COLORS = {"teacher": "#777777", "none": "#1f77b4", "hard": "#2ca02c", "soft": "#d62728"}
 
@@ -28,39 +28,6 @@ def _figure(width: float, panels: int) -> tuple[Any, list[Any]]:
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
 
-def top1_figure(results: dict[str, Any]) -> Any:
-    """Left: mean top-1 of each headline model with its 95 % interval (axis from 0). Right:
-    the headline comparisons' paired gains, per seed (x) and mean with 95 % interval (o)."""
-    n = results["settings"]["train_images"]
-    keys = {k for c in _claim(results, "headline") for k in (c["treatment"], c["control"])}
-    keys.add("teacher")
-    entries = [e for e in results["summary"] if e["train_images"] == n and e["key"] in keys]
-    fig, (ax, gx) = _figure(11, 2)
-    for i, e in enumerate(entries):
-        err = [[v] for v in _yerr(e, "mean", "mean_ci95")]
-        ax.bar(i, e["mean"], yerr=err, capsize=4, color=_COLORS[e["variant"]])
-        ax.text(i, e["mean"] / 2, f"{e['mean']:.1f}", ha="center", color="white")
-    ax.set_xticks(range(len(entries)), [run_label(e) for e in entries], rotation=20, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel(f"top-1 (%) on {_test_images(results, n)} held-out digits")
-    ax.set_title(f"mean over {len(results['settings']['seeds'])} seeds, 95 % CI (N={n})")
-    gains = [c for c in _claim(results, "headline") if c["train_images"] == n]
-    labels = {r["key"]: run_label(r) for r in results["runs"]}
-    for i, c in enumerate(gains):
-        err = [[v] for v in _yerr(c, "gain", "ci95")]
-        gx.errorbar(i, c["gain"], yerr=err, fmt="o", capsize=6, color="#d62728", ms=8)
-        gx.scatter([i + 0.15] * len(c["per_seed"]), c["per_seed"], color="#d62728", marker="x")
-    gx.axhline(0, color="black", lw=0.8)
-    gx.set_xticks(
-        range(len(gains)), [labels[c["treatment"]] for c in gains], rotation=20, ha="right"
-    )
-    gx.set_xlim(-0.5, max(len(gains), 1) - 0.5)
-    gx.set_ylabel("top-1 gain over no distillation (points)")
-    gx.set_title("paired gain: mean and 95 % CI (o), per seed (x)")
-    fig.tight_layout()
-    return fig
-
-
 def _claim(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return [c for c in results["comparisons"] if c["claim"] == name]
 
@@ -70,12 +37,93 @@ def _test_images(results: dict[str, Any], n: int) -> str:
     return "/".join(f"{x:,}" for x in sorted(sizes))
 
 
-def claims_figure(results: dict[str, Any]) -> Any:
-    """Left: every paired gain at the headline size with its 95 % interval, one row per
-    comparison (the data claim's are in the middle panel). Middle: the leading student's gain
-    against the training-set size N (log axis). Right: the class/distillation token cosine
-    through depth (depth 0: the learned tokens), one line per distilled student."""
-    fig, (fx, dx, tx) = _figure(16, 3)
+def _claim_entries(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The summary entries of the runs a claim compares or shows beside, at its sizes."""
+    rows = _claim(results, name)
+    keys = {k for c in rows for k in (c["treatment"], c["control"])}
+    keys |= set(results.get("beside", {}).get(name, []))
+    sizes = {c["train_images"] for c in rows}
+    return [e for e in results["summary"] if e["key"] in keys and e["train_images"] in sizes]
+
+
+def claim_figure(results: dict[str, Any], name: str) -> Any:
+    """One claim (a name of ``results["comparisons"]``). Left: the mean top-1 of each of its
+    models with the 95 % interval (bars from 0 at one size; against N, log axis, where the
+    claim spans sizes) and the RBF-SVM on the same digits (dashed). Right: its paired gains,
+    per seed (x) and mean with 95 % interval (o), one column per comparison or per N."""
+    rows = _claim(results, name)
+    fig, (ax, gx) = _figure(11, 2)
+    entries = _claim_entries(results, name)
+    sizes = sorted({c["train_images"] for c in rows})
+    svm = {b["train_images"]: b["top1"] for b in results["baselines"] if b["variant"] == "svm"}
+    if len(sizes) == 1:
+        _bars(ax, entries)
+        ax.axhline(
+            svm.get(sizes[0], 0), color="black", ls="--", lw=0.8, label=BASELINE_LABELS["svm"]
+        )
+        ax.set_ylabel(f"top-1 (%) on {_test_images(results, sizes[0])} held-out digits")
+        ax.set_title(f"mean over seeds, 95 % CI (N={sizes[0]})")
+    else:
+        _lines_against_n(ax, entries)
+        ax.plot(
+            sizes,
+            [svm.get(n, float("nan")) for n in sizes],
+            "k--",
+            lw=0.8,
+            label=BASELINE_LABELS["svm"],
+        )
+        ax.set_ylabel("top-1 (%) on the held-out digits")
+        ax.set_title("mean over seeds, 95 % CI")
+    ax.legend(fontsize=7, loc="lower right")
+    labels = {r["key"]: run_label(r) for r in results["runs"]}
+    ticks = [
+        f"N={c['train_images']}"
+        if len(sizes) > 1
+        else f"{labels[c['treatment']]}\nvs {labels[c['control']]}"
+        for c in rows
+    ]
+    for i, c in enumerate(rows):
+        err = [[v] for v in _yerr(c, "gain", "ci95")]
+        gx.errorbar(i, c["gain"], yerr=err, fmt="o", capsize=6, color="#d62728", ms=8)
+        gx.scatter([i + 0.15] * len(c["per_seed"]), c["per_seed"], color="#d62728", marker="x")
+    gx.axhline(0, color="black", lw=0.8)
+    gx.set_xticks(range(len(rows)), ticks, rotation=15, ha="right", fontsize=7)
+    gx.set_xlim(-0.5, max(len(rows), 1) - 0.5)
+    gx.set_ylabel("paired gain in top-1 (points)")
+    gx.set_title("paired gain: mean and 95 % CI (o), per seed (x)")
+    fig.tight_layout()
+    return fig
+
+
+def _bars(ax: Any, entries: list[dict[str, Any]]) -> None:
+    for i, e in enumerate(entries):
+        err = [[v] for v in _yerr(e, "mean", "mean_ci95")]
+        ax.bar(i, e["mean"], yerr=err, capsize=4, color=_COLORS[e["variant"]])
+        ax.text(i, e["mean"] / 2, f"{e['mean']:.1f}", ha="center", color="white")
+    ax.set_xticks(
+        range(len(entries)), [run_label(e) for e in entries], rotation=15, ha="right", fontsize=7
+    )
+    ax.set_ylim(0, 100)
+
+
+def _lines_against_n(ax: Any, entries: list[dict[str, Any]]) -> None:
+    for key in dict.fromkeys(e["key"] for e in entries):
+        line = sorted((e for e in entries if e["key"] == key), key=lambda e: e["train_images"])
+        err = list(zip(*(_yerr(e, "mean", "mean_ci95") for e in line)))
+        ax.errorbar(
+            [e["train_images"] for e in line],
+            [e["mean"] for e in line],
+            yerr=err,
+            marker="o",
+            capsize=4,
+            color=_COLORS[line[0]["variant"]],
+            label=run_label(line[0]),
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("training digits N (log scale)")
+
+
+def _forest(fx: Any, results: dict[str, Any]) -> None:
     labels = {r["key"]: run_label(r) for r in results["runs"]}
     rows = [c for c in results["comparisons"] if c["claim"] != "data"]
     for i, c in enumerate(reversed(rows)):
@@ -92,6 +140,9 @@ def claims_figure(results: dict[str, Any]) -> Any:
     )
     fx.axvline(0, color="black", lw=0.8)
     fx.set_xlabel("paired gain in top-1 (points), 95 % CI")
+
+
+def _data_gain(dx: Any, results: dict[str, Any]) -> None:
     data = sorted(_claim(results, "data"), key=lambda c: c["train_images"])
     if data:
         ns = [c["train_images"] for c in data]
@@ -102,12 +153,35 @@ def claims_figure(results: dict[str, Any]) -> Any:
     dx.set_xlabel("training digits N (log scale)")
     dx.set_ylabel("gain of distillation (points), 95 % CI")
     dx.set_title("data efficiency")
+
+
+def _tokens(tx: Any, results: dict[str, Any]) -> None:
     for e in (e for e in results["summary"] if "token_cosine" in e):
-        tx.plot(range(len(e["token_cosine"])), e["token_cosine"], marker="o", label=run_label(e))
+        label = f"{run_label(e)} (N={e['train_images']})"
+        tx.plot(range(len(e["token_cosine"])), e["token_cosine"], marker="o", label=label)
     tx.plot([0], [0.06], "k*", ms=10, label="paper: learned tokens 0.06")
     tx.axhline(0.93, color="black", ls=":", lw=0.8, label="paper: last block 0.93")
     tx.set_xlabel("depth (0: the learned tokens; d: after block d)")
     tx.set_ylabel("cosine(class token, distillation token)")
-    tx.legend(fontsize=6)
+    tx.legend(fontsize=5)
+
+
+def tokens_figure(results: dict[str, Any]) -> Any:
+    """The class/distillation token cosine through depth (depth 0: the learned tokens), one
+    line per distilled student and training-set size, with the paper's two figures."""
+    fig, (tx,) = _figure(7, 1)
+    _tokens(tx, results)
+    fig.tight_layout()
+    return fig
+
+
+def claims_figure(results: dict[str, Any]) -> Any:
+    """The overview. Left: every paired gain with its 95 % interval, one row per comparison
+    (the data claim's are in the middle panel). Middle: the leading student's gain against the
+    training-set size N (log axis). Right: the token cosines as :func:`tokens_figure`."""
+    fig, (fx, dx, tx) = _figure(16, 3)
+    _forest(fx, results)
+    _data_gain(dx, results)
+    _tokens(tx, results)
     fig.tight_layout()
     return fig

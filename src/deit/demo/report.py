@@ -118,17 +118,21 @@ def _header(results: dict[str, Any]) -> list[str]:
 
 
 def _summary_table(results: dict[str, Any], n: int) -> list[str]:
-    lines = ["| model | seeds | top-1 mean (%) | 95 % CI |", "|---|---|---|---|"]
+    lines = [
+        "| model | seeds | top-1 mean (%) | 95 % CI | teacher ≠ label on training views (%) |",
+        "|---|---|---|---|---|",
+    ]
     for e in results["summary"]:
         if e["train_images"] == n:
+            seen = e.get("teacher_disagreement")
             lines.append(
                 f"| {run_label(e)} | {e['seeds']} | {e['mean']:.2f} | "
-                f"{_interval(e['mean_ci95'], '')} |"
+                f"{_interval(e['mean_ci95'], '')} | {'—' if seen is None else f'{seen:.1f}'} |"
             )
     for b in results["baselines"]:
         if b["train_images"] == n:
             lines.append(
-                f"| {BASELINE_LABELS[b['variant']]} | — | {b['top1']:.2f} | deterministic |"
+                f"| {BASELINE_LABELS[b['variant']]} | — | {b['top1']:.2f} | deterministic | — |"
             )
     return lines
 

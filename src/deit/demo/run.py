@@ -26,12 +26,13 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .._write import atomic_write, atomic_write_text
-from .figures import claims_figure, top1_figure
+from .figures import claim_figure, claims_figure, tokens_figure
 from .report import machine, markdown
 from .settings import CLAIMS, DemoSettings, claims
 from .stats import paired_gain, summarize
@@ -129,14 +130,25 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
 
 def _figures(results: dict[str, Any], out: Path) -> None:
-    """``top1.png`` (the headline), and ``claims.png`` when more claims were measured."""
-    made = [("top1.png", top1_figure)]
-    if len(results["settings"]["claims"]) > 1:
-        made.append(("claims.png", claims_figure))
+    """One figure per claim (``top1.png`` for the headline, ``claim_<name>.png`` for the
+    others); with several claims also ``claims.png`` (the overview); ``tokens.png`` where
+    students were probed."""
+    measured = results["settings"]["claims"]
+    made: list[tuple[str, Callable[[], Any]]] = [
+        (
+            "top1.png" if name == "headline" else f"claim_{name}.png",
+            lambda name=name: claim_figure(results, name),
+        )
+        for name in measured
+    ]
+    if len(measured) > 1:
+        made.append(("claims.png", lambda: claims_figure(results)))
+    if any("token_cosine" in e for e in results["summary"]):
+        made.append(("tokens.png", lambda: tokens_figure(results)))
     for name, draw in made:
-        fig = draw(results)
+        fig = draw()
         atomic_write(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
-    results["figure"] = str(out / "top1.png")
+    results["figure"] = str(out / made[0][0])
 
 
 def _settings(args: argparse.Namespace) -> DemoSettings:

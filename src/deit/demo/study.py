@@ -28,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from .._notes import _notes_as_lines
 from .._write import atomic_write_text
 from ..config import Config, get_preset
 from .settings import TEACHER, DemoSettings, RunSpec, claims
@@ -227,8 +228,10 @@ def _train(cfg: dict[str, Any], tokens: bool = False) -> dict[str, Any]:
 
     start, cpu = time.time(), time.process_time()
     Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
-    # the run's per-epoch lines go to its folder: several runs share the console
-    with open(Path(cfg["output_dir"]) / "train.log", "a") as log, redirect_stderr(log):
+    # the run's per-epoch lines go to its folder: several runs share the console; its notes
+    # are printed as `deit train` prints them, each run's own (a worker runs several)
+    log_path = Path(cfg["output_dir"]) / "train.log"
+    with open(log_path, "a") as log, redirect_stderr(log), _notes_as_lines():
         result = run(Config.from_dict({**cfg, "overwrite": True}), progress=False)
     if result["status"] != "completed":
         raise StudyStopped(result.get("stop_signal") or signal.SIGTERM)
@@ -371,7 +374,7 @@ def _execute(
     procs, threads = _processes(s, len(todo))
     reused = len(jobs) - len(todo)
     say(f"{len(jobs)} runs: {reused} done earlier, {len(todo)} to run on {procs} process(es)")
-    pending, running = list(todo), {}
+    pending, running = _critical_first(todo), {}
     finished: list[tuple[_Job, float]] = []
     ctx = get_context("spawn")  # a fresh interpreter per worker: no state from the caller
     pool = ProcessPoolExecutor(
@@ -399,6 +402,25 @@ def _execute(
         raise
     pool.shutdown(wait=True)
     return [{**stored[j.key], "run_dir": str(j.run_dir)} for j in jobs], len(todo)
+
+
+def _critical_first(todo: list[_Job]) -> list[_Job]:
+    """``todo`` ordered by the longest chain of estimated cost (:attr:`_Job.est`) that starts
+    at each job, longest first: the teachers before the students that read them, then the
+    longer runs, so that the processes finish together (list scheduling on the critical path)."""
+    readers: dict[_Job, list[_Job]] = {j: [] for j in todo}
+    for job in todo:
+        for dep in job.deps:
+            if dep in readers:
+                readers[dep].append(job)
+    chain: dict[_Job, float] = {}
+
+    def length(job: _Job) -> float:
+        if job not in chain:
+            chain[job] = job.est + max((length(r) for r in readers[job]), default=0.0)
+        return chain[job]
+
+    return sorted(todo, key=length, reverse=True)  # stable: ties keep the study's order
 
 
 def _submit(
