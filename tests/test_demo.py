@@ -307,7 +307,10 @@ def test_figures_show_intervals_from_zero(full_dir, results):
     left, right = claim_figure(results, "headline").axes
     assert left.get_ylim()[0] == 0 and "95 % CI" in left.get_title()
     assert len(left.patches) == 3  # teacher + the headline pair
-    svm = next(b["top1"] for b in results["baselines"] if b["variant"] == "svm")
+    n = results["settings"]["train_images"]
+    svm = next(
+        b["top1"] for b in results["baselines"] if b["variant"] == "svm" and b["train_images"] == n
+    )
     (dashed,) = [line for line in left.lines if line.get_linestyle() == "--"]
     assert dashed.get_ydata()[0] == svm  # the RBF-SVM on the same digits
     assert "gain" in right.get_ylabel() and len(right.get_xticks()) == 1

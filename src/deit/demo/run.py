@@ -170,6 +170,10 @@ def _settings(args: argparse.Namespace) -> DemoSettings:
     return DemoSettings(**kw)
 
 
+def _words(values: tuple[int, ...]) -> str:
+    return " ".join(map(str, values))
+
+
 def _demo_cmd(args: argparse.Namespace) -> int:
     s = _settings(args)
     try:
@@ -207,16 +211,34 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
         help="every claim (default folder runs/demo_full): " + ", ".join(CLAIMS),
     )
     which.add_argument("--claims", nargs="+", choices=CLAIMS, help="the claims to measure")
-    p.add_argument("--seeds", type=int, nargs="+", help="the headline's seeds (default 0 1 2 3 4)")
+    d = DemoSettings()
+    p.add_argument(
+        "--seeds", type=int, nargs="+", help=f"the headline's seeds (default {_words(d.seeds)})"
+    )
     p.add_argument(
         "--claim-seeds", type=int, nargs="+", help="the other claims' seeds (default: first 3)"
     )
-    p.add_argument("--train-images", type=int, help="the headline's training digits (default 500)")
     p.add_argument(
-        "--curve-images", type=int, nargs="+", help="the data claim's sizes (250 500 1000 2000)"
+        "--train-images",
+        type=int,
+        help=f"the headline's training digits (default {d.train_images})",
     )
-    p.add_argument("--teacher-images", type=int, help="teacher budget in image-steps")
-    p.add_argument("--student-images", type=int, help="student budget in image-steps")
+    p.add_argument(
+        "--curve-images",
+        type=int,
+        nargs="+",
+        help=f"the data claim's sizes (default {_words(d.curve_images)})",
+    )
+    p.add_argument(
+        "--teacher-images",
+        type=int,
+        help=f"teacher budget in image-steps (default {d.teacher_images})",
+    )
+    p.add_argument(
+        "--student-images",
+        type=int,
+        help=f"student budget in image-steps (default {d.student_images})",
+    )
     p.add_argument("--processes", type=int, help="worker processes (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="print nothing while running")
     p.set_defaults(func=_demo_cmd)
