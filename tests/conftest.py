@@ -28,6 +28,24 @@ def write_image_tree(
     return root
 
 
+def abcd_tree(tmp_path_factory: pytest.TempPathFactory, train: int, val: int) -> Path:
+    """A fresh tree of 4 classes ``a``-``d`` with ``train`` training and ``val`` validation
+    images each, 28x28 (:func:`write_image_tree`)."""
+    counts = {"train": dict.fromkeys("abcd", train), "val": dict.fromkeys("abcd", val)}
+    return write_image_tree(tmp_path_factory.mktemp("tree"), counts, size=(28, 28))
+
+
+def tiny_train_argv(tree: Path, out: Path, *more: str) -> list[str]:
+    """``deit train`` on ``tree`` for one epoch of batch 4 on the CPU, the pico DeiT at 28 px,
+    without EMA, repeated augmentation, mixing, loader workers or progress bar; ``more``
+    appended."""
+    argv = ["train", "--model", "deit_pico_patch7_28", "--input-size", "28", "--data-set"]
+    argv += ["folder", "--data-path", str(tree), "--batch-size", "4", "--epochs", "1"]
+    argv += ["--device", "cpu", "--output_dir", str(out), "--no-progress", "--no-model-ema"]
+    argv += ["--no-repeated-aug", "--num_workers", "0", "--no-pin-mem", "--mixup", "0"]
+    return argv + ["--cutmix", "0", *more]
+
+
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """A tree with train: cat 3, dog 2, fish 4 images; val: cat 1, dog 1, fish 2 (20x16 RGB)."""

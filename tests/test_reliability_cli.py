@@ -18,7 +18,7 @@ from PIL import Image
 import deit
 import deit.evaluate
 import deit.predict
-from conftest import write_image_tree
+from conftest import abcd_tree
 from deit.benchmark import benchmark_model
 from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import build_parser, main
@@ -72,10 +72,7 @@ def test_benchmark_batch_size_below_one_is_one_sentence(size, capsys):
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """4 classes x 3 training and 2 validation images, 28x28."""
-    root = tmp_path_factory.mktemp("tree")
-    counts = {"train": dict.fromkeys("abcd", 3), "val": dict.fromkeys("abcd", 2)}
-    return write_image_tree(root, counts, size=(28, 28))
+    return abcd_tree(tmp_path_factory, train=3, val=2)
 
 
 def _pico_state_dict(num_classes: int = 4) -> dict[str, torch.Tensor]:

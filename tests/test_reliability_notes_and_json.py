@@ -18,7 +18,7 @@ import torch
 
 import deit
 import deit.train.runner as runner
-from conftest import write_image_tree
+from conftest import abcd_tree, tiny_train_argv, write_image_tree
 from deit._notes import _notes_as_lines, print_note
 from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import main
@@ -32,18 +32,7 @@ FSTRING_MIDDLE = getattr(tokenize, "FSTRING_MIDDLE", -2)
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """4 classes x 2 training and 1 validation image, 28x28."""
-    root = tmp_path_factory.mktemp("tree")
-    counts = {"train": dict.fromkeys("abcd", 2), "val": dict.fromkeys("abcd", 1)}
-    return write_image_tree(root, counts, size=(28, 28))
-
-
-def _train_argv(tree, out, *more: str) -> list[str]:
-    argv = ["train", "--model", MODEL, "--input-size", "28", "--data-set", "folder"]
-    argv += ["--data-path", str(tree), "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
-    argv += ["--output_dir", str(out), "--no-progress", "--no-model-ema", "--no-repeated-aug"]
-    argv += ["--num_workers", "0", "--no-pin-mem", "--mixup", "0", "--cutmix", "0"]
-    return argv + list(more)
+    return abcd_tree(tmp_path_factory, train=2, val=1)
 
 
 def _strict(text: str):
@@ -68,7 +57,7 @@ def test_every_note_has_one_form_in_every_command(tree, tmp_path, capsys):
                     assert text.startswith("note: "), f"{path}:{tok.start[0]}: {tok.line}"
                 prev = tok.type
     # train (a retired flag, a warm-up as long as the run) and predict (no class names)
-    argv = _train_argv(tree, tmp_path / "run", "--warmup-epochs", "1", "--start_epoch", "3")
+    argv = tiny_train_argv(tree, tmp_path / "run", "--warmup-epochs", "1", "--start_epoch", "3")
     assert main(argv) == 0
     train_err = capsys.readouterr().err.splitlines()
     torch.manual_seed(0)
@@ -119,14 +108,14 @@ def test_a_note_prints_once_per_command_and_every_time_for_python_callers(capsys
 )
 def test_train_eval_prints_strict_rounded_json(tree, tmp_path, monkeypatch, capsys, stats, want):
     monkeypatch.setattr(runner, "_evaluate", lambda *a, **k: dict(stats))
-    assert main(_train_argv(tree, tmp_path / "run", "--eval")) == 0
+    assert main(tiny_train_argv(tree, tmp_path / "run", "--eval")) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and _strict(out) == want
     assert "NaN" not in out and "Infinity" not in out
 
 
 def test_train_eval_json_of_a_real_evaluation_is_rounded(tree, tmp_path, capsys):
-    assert main(_train_argv(tree, tmp_path / "run", "--eval")) == 0
+    assert main(tiny_train_argv(tree, tmp_path / "run", "--eval")) == 0
     got = _strict(capsys.readouterr().out)
     assert set(got) >= {"test_acc1", "test_acc5", "test_loss"}
     for v in got.values():
@@ -141,7 +130,7 @@ def test_train_eval_json_of_a_real_evaluation_is_rounded(tree, tmp_path, capsys)
 def test_resume_refuses_non_finite_weights_naming_the_first_tensor(tree, tmp_path, capsys, where):
     out = tmp_path / "run"
     ema = ("--model-ema",) if where == "model_ema" else ()
-    assert main([*_train_argv(tree, out, "--warmup-epochs", "0"), *ema]) == 0
+    assert main([*tiny_train_argv(tree, out, "--warmup-epochs", "0"), *ema]) == 0
     capsys.readouterr()
     path = out / "checkpoint.pth"
     raw = torch.load(path, weights_only=True)
@@ -158,7 +147,7 @@ def test_resume_refuses_non_finite_weights_naming_the_first_tensor(tree, tmp_pat
     with pytest.raises(CheckpointError) as e:
         RunCheckpoint.load(path)
     assert str(e.value) == sentence
-    again = _train_argv(tree, tmp_path / "again", "--warmup-epochs", "0", "--resume", str(path))
+    again = tiny_train_argv(tree, tmp_path / "again", "--warmup-epochs", "0", "--resume", str(path))
     assert main([*again, *ema]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"deit train: error: {sentence}"
 

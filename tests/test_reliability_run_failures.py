@@ -16,7 +16,7 @@ import torch
 import deit
 import deit.train.loop as loop
 import deit.train.memory as memory
-from conftest import write_image_tree
+from conftest import abcd_tree, tiny_train_argv
 from deit.cli import main
 
 MODEL = "deit_pico_patch7_28"
@@ -24,18 +24,11 @@ MODEL = "deit_pico_patch7_28"
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """4 classes x 4 training and 2 validation images, 28x28."""
-    root = tmp_path_factory.mktemp("tree")
-    counts = {"train": dict.fromkeys("abcd", 4), "val": dict.fromkeys("abcd", 2)}
-    return write_image_tree(root, counts, size=(28, 28))
+    return abcd_tree(tmp_path_factory, train=4, val=2)
 
 
 def _train(tree, out, *more: str) -> list[str]:
-    argv = ["train", "--model", MODEL, "--input-size", "28", "--data-set", "folder"]
-    argv += ["--data-path", str(tree), "--batch-size", "4", "--epochs", "1", "--device", "cpu"]
-    argv += ["--output_dir", str(out), "--no-progress", "--no-model-ema", "--no-repeated-aug"]
-    argv += ["--num_workers", "0", "--no-pin-mem", "--mixup", "0", "--cutmix", "0"]
-    return argv + ["--warmup-epochs", "0", *more]
+    return tiny_train_argv(tree, out, "--warmup-epochs", "0", *more)
 
 
 def _last_line(capsys) -> str:

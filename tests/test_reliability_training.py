@@ -17,7 +17,7 @@ import torch
 
 import deit.train.data as train_data
 import deit.train.loop as train_loop
-from conftest import write_image_tree
+from conftest import abcd_tree
 from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import main
 from deit.config import Config
@@ -29,10 +29,7 @@ MODEL = "deit_pico_patch7_28"
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """4 classes x 8 training and 2 validation images, 28x28."""
-    root = tmp_path_factory.mktemp("tree")
-    counts = {"train": dict.fromkeys("abcd", 8), "val": dict.fromkeys("abcd", 2)}
-    return write_image_tree(root, counts, size=(28, 28))
+    return abcd_tree(tmp_path_factory, train=8, val=2)
 
 
 def _cfg(tree, out, **kw) -> Config:

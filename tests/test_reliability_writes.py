@@ -22,7 +22,7 @@ import torch
 import deit
 import deit._write as write_mod
 import deit.train.loop as train_loop
-from conftest import write_image_tree
+from conftest import abcd_tree
 from deit.checkpoints import RunCheckpoint, atomic_save
 from deit.cli import main
 from deit.config import Config
@@ -34,10 +34,7 @@ FREE = 4_096  # what the patched disk reports free
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """4 classes x 4 training and 2 validation images, 28x28."""
-    root = tmp_path_factory.mktemp("tree")
-    counts = {"train": dict.fromkeys("abcd", 4), "val": dict.fromkeys("abcd", 2)}
-    return write_image_tree(root, counts, size=(28, 28))
+    return abcd_tree(tmp_path_factory, train=4, val=2)
 
 
 def _cfg(tree, out, **kw) -> Config:

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import deit
-from conftest import write_image_tree
+from conftest import abcd_tree
 from deit.checkpoints import safe_torch_load
 from deit.cli import main
 from deit.config import Config
@@ -30,10 +30,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    """4 classes, 8 train and 2 val images each, 28x28 (PNG and JPEG)."""
-    root = tmp_path_factory.mktemp("tree")
-    counts = {"train": dict.fromkeys("abcd", 8), "val": dict.fromkeys("abcd", 2)}
-    return write_image_tree(root, counts, size=(28, 28))
+    return abcd_tree(tmp_path_factory, train=8, val=2)
 
 
 @pytest.fixture(scope="module")
