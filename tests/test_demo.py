@@ -35,6 +35,7 @@ from deit.demo import (
     RunSpec,
     claim_figure,
     claims_figure,
+    comparisons,
     paired_gain,
     paired_interval,
     summarize,
@@ -206,8 +207,27 @@ def test_paired_gain_by_hand():
     half = T_975[1] * statistics.stdev([5.0, 2.0]) / math.sqrt(2)
     assert g["per_seed"] == [5.0, 2.0] and g["gain"] == 3.5
     assert g["ci95"] == pytest.approx([3.5 - half, 3.5 + half], abs=0.006)
-    with pytest.raises(ValueError, match="a paired gain needs the same seeds"):
+    with pytest.raises(ValueError, match=r"a paired gain over seeds \[0, 1\] needs both"):
         paired_gain(runs[:3], "a", "b", 500)
+    # a control on more seeds (the headline's plain student) is paired on the claim's seeds
+    more = runs + [{"key": "b", "seed": 2, "train_images": 500, "top1": 70.0}]
+    assert paired_gain(more, "a", "b", 500, seeds=(0, 1)) == g
+    assert paired_gain(more, "a", "b", 500)["per_seed"] == [5.0, 2.0]  # the treatment's seeds
+
+
+def test_every_claim_pairs_on_its_own_seeds(tmp_path):
+    """The full study's design: the headline on 5 seeds, the other claims on 3 that share the
+    headline's runs (the plain student at N 500 is in both)."""
+    s = DemoSettings.full()
+    runs = [
+        {"key": j.spec.key, "seed": j.seed, "train_images": j.n, "top1": 80.0 + j.seed}
+        for j in _jobs(s, tmp_path)
+    ]
+    rows = comparisons(s, runs)
+    assert {c["claim"] for c in rows} == set(CLAIMS)
+    head = [c for c in rows if c["claim"] == "headline"]
+    assert [c["seeds"] for c in head] == [5]
+    assert all(c["seeds"] == 3 and c["gain"] == 0.0 for c in rows if c["claim"] != "headline")
 
 
 def test_summary_mean_and_interval_by_hand(results):

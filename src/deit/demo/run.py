@@ -67,10 +67,10 @@ def comparisons(s: DemoSettings, runs: list[dict[str, Any]]) -> list[dict[str, A
     known = claims(s)
     for name in s.claims:
         claim = known[name]
-        _, sizes = _seeds_and_sizes(s, claim)
+        seeds, sizes = _seeds_and_sizes(s, claim)
         for n in sizes:
             for treatment, control in claim.pairs:
-                gain = paired_gain(runs, treatment.key, control.key, n)
+                gain = paired_gain(runs, treatment.key, control.key, n, seeds)
                 out.append({"claim": name, "title": claim.title, **gain})
     return out
 
