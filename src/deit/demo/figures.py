@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from .._optional import require
@@ -24,7 +25,7 @@ def _figure(width: float, panels: int) -> tuple[Any, list[Any]]:
     require("matplotlib", "demo", "deit demo's figures")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, 4.5))
+    fig = Figure(figsize=(width, 5.5))
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
 
@@ -79,7 +80,7 @@ def claim_figure(results: dict[str, Any], name: str) -> Any:
     ticks = [
         f"N={c['train_images']}"
         if len(sizes) > 1
-        else f"{labels[c['treatment']]}\nvs {labels[c['control']]}"
+        else f"{_wrap(labels[c['treatment']])}\nvs {_wrap(labels[c['control']])}"
         for c in rows
     ]
     for i, c in enumerate(rows):
@@ -87,12 +88,16 @@ def claim_figure(results: dict[str, Any], name: str) -> Any:
         gx.errorbar(i, c["gain"], yerr=err, fmt="o", capsize=6, color="#d62728", ms=8)
         gx.scatter([i + 0.15] * len(c["per_seed"]), c["per_seed"], color="#d62728", marker="x")
     gx.axhline(0, color="black", lw=0.8)
-    gx.set_xticks(range(len(rows)), ticks, rotation=15, ha="right", fontsize=7)
+    gx.set_xticks(range(len(rows)), ticks, fontsize=6)
     gx.set_xlim(-0.5, max(len(rows), 1) - 0.5)
     gx.set_ylabel("paired gain in top-1 (points)")
-    gx.set_title("paired gain: mean and 95 % CI (o), per seed (x)")
+    gx.set_title("paired gain: mean, 95 % CI (o); per seed (x)")
     fig.tight_layout()
     return fig
+
+
+def _wrap(label: str) -> str:
+    return textwrap.fill(label, 22)
 
 
 def _bars(ax: Any, entries: list[dict[str, Any]]) -> None:
@@ -100,9 +105,7 @@ def _bars(ax: Any, entries: list[dict[str, Any]]) -> None:
         err = [[v] for v in _yerr(e, "mean", "mean_ci95")]
         ax.bar(i, e["mean"], yerr=err, capsize=4, color=_COLORS[e["variant"]])
         ax.text(i, e["mean"] / 2, f"{e['mean']:.1f}", ha="center", color="white")
-    ax.set_xticks(
-        range(len(entries)), [run_label(e) for e in entries], rotation=15, ha="right", fontsize=7
-    )
+    ax.set_xticks(range(len(entries)), [_wrap(run_label(e)) for e in entries], fontsize=6)
     ax.set_ylim(0, 100)
 
 
@@ -119,8 +122,14 @@ def _lines_against_n(ax: Any, entries: list[dict[str, Any]]) -> None:
             color=_COLORS[line[0]["variant"]],
             label=run_label(line[0]),
         )
-    ax.set_xscale("log")
+    _log_n_axis(ax, sorted({e["train_images"] for e in entries}))
     ax.set_xlabel("training digits N (log scale)")
+
+
+def _log_n_axis(ax: Any, sizes: list[int]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
 
 
 def _forest(fx: Any, results: dict[str, Any]) -> None:
@@ -148,7 +157,7 @@ def _data_gain(dx: Any, results: dict[str, Any]) -> None:
         ns = [c["train_images"] for c in data]
         err = list(zip(*(_yerr(c, "gain", "ci95") for c in data)))
         dx.errorbar(ns, [c["gain"] for c in data], yerr=err, marker="o", capsize=4)
-        dx.set_xscale("log")
+        _log_n_axis(dx, ns)
     dx.axhline(0, color="black", lw=0.8)
     dx.set_xlabel("training digits N (log scale)")
     dx.set_ylabel("gain of distillation (points), 95 % CI")
