@@ -40,6 +40,9 @@ def _both(rank: int, world: int, tmp: Path) -> None:
     for case, work in (("nan", _nan_on_rank_1), ("best", _best_on_rank_0)):
         (tmp / f"{case}{rank}.json").write_text(json.dumps(work(rank, tmp)))
     if dist.is_initialized():
+        # both ranks done before either tears down: a rank whose peer has closed the group
+        # while it still talks to it aborts ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
