@@ -8,10 +8,10 @@ mean top-1 and each comparison's paired gain with a 95 % t-interval over seeds, 
 scikit-learn baselines on the same pixels.
 
 The default run measures the headline pair (no distillation vs the leading soft setting) over
-5 seeds, in about 14 minutes on 2 idle cores. With --full (about 80 minutes) it measures every claim of the paper: hard vs soft vs none, hard
-distillation on unmixed views, a CNN vs a transformer teacher of matched accuracy, twice the
-training budget, the gain against the training-set size, fine-tuning at a larger input, and
-the class/distillation token cosines through depth (docs/demo.md). --claims picks some.
+5 seeds, in about 14 minutes on 2 idle cores. With --full (about 80 minutes) it measures
+every claim of the paper: hard vs soft vs none, hard distillation on unmixed views, a CNN vs
+a transformer teacher of matched accuracy, twice the training budget, the gain against the
+training-set size, fine-tuning at a larger input, and the class/distillation token cosines through depth (docs/demo.md). --claims picks some.
 
 Every run is a `deit train` run, recorded under the output folder when it finishes: the same
 command started again (after Ctrl-C, a reboot, or with more --seeds) runs only what is missing,
