@@ -16,9 +16,7 @@ label smoothing otherwise); the teacher term never uses label smoothing. The tea
 same (mixed) images as the student, in eval mode, without gradients.
 
 :class:`DistillationTask` is one training step's computation (as timm's
-``TokenDistillationTask``): it holds the student, the loss and one :class:`TeacherSource` -- the
-frozen teacher (:class:`deit.teacher.Teacher`), its fast path (:class:`deit.teacher.FastTeacher`)
-or the teacher's stored answers (:class:`deit.teacher.TeacherLabelStore`) -- and
+``TokenDistillationTask``): it holds the student, the loss and one :class:`TeacherSource`, and
 ``task(images, targets, epoch, index)`` returns the named :class:`StepOutput`.
 
 Example::
@@ -46,8 +44,6 @@ from .models.distilled import DistilledVisionTransformer
 from .teacher.frozen import Teacher
 
 __all__ = [
-    "DISTILLATION_TYPES",
-    "KL_REDUCTIONS",
     "DistillationLoss",
     "DistillationTask",
     "LossOutput",

@@ -25,18 +25,14 @@ from .data.transforms import mix_batch
 from .distillation import DistillationTask, StepOutput
 from .inference import DistilledInferenceModel
 from .models.distilled import DistilledVisionTransformer, late_fusion
-from .precision import Precision, cpu_flags, fast_bf16_available, resolve_precision
+from .precision import Precision, resolve_precision
 
 __all__ = [
     "NonFiniteLossError",
-    "Precision",
     "StepOptions",
-    "cpu_flags",
-    "fast_bf16_available",
     "resolve_precision",
     "train_one_epoch",
     "evaluate",
-    "unwrap_model",
 ]
 
 
@@ -339,27 +335,23 @@ def _accumulate(
 ) -> None:
     """Add one batch's summed loss, top-1/top-5 hits and agreements to ``sums``."""
     sums["loss"] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-    c1, c5 = _topk_correct(logits, targets, (1, 5))
-    sums["acc1"] += c1
-    sums["acc5"] += c5
+    _add_top1_top5(sums, "acc1", "acc5", logits, targets)
     if heads is not None:
         for key, out in zip(("cls", "dist"), heads):
-            a1, a5 = _topk_correct(out.float(), targets, (1, 5))
-            sums[f"acc1_{key}"] += a1
-            sums[f"acc5_{key}"] += a5
+            _add_top1_top5(sums, f"acc1_{key}", f"acc5_{key}", out.float(), targets)
         sums["head_agreement"] += int((heads[0].argmax(1) == heads[1].argmax(1)).sum())
     if t_logits is not None:
-        t1, t5 = _topk_correct(t_logits.float(), targets, (1, 5))
-        sums["teacher_acc1"] += t1
-        sums["teacher_acc5"] += t5
+        _add_top1_top5(sums, "teacher_acc1", "teacher_acc5", t_logits.float(), targets)
         sums["agreement"] += int((logits.argmax(1) == t_logits.argmax(1)).sum())
 
 
-def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
-    k = min(max(ks), logits.shape[1])
-    pred = logits.topk(k, dim=1).indices
-    hit = pred.eq(targets[:, None])
-    return [int(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
+def _add_top1_top5(
+    sums: dict[str, float], top1: str, top5: str, logits: torch.Tensor, targets: torch.Tensor
+) -> None:
+    """Add the batch's top-1 and top-5 hits (top-k of all classes when fewer) to ``sums``."""
+    hit = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+    sums[top1] += int(hit[:, :1].any(dim=1).sum())
+    sums[top5] += int(hit.any(dim=1).sum())
 
 
 def _two_heads(model: nn.Module) -> Callable | None:

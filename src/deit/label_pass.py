@@ -118,11 +118,6 @@ def _open_writers(
     return store, part
 
 
-def _barrier(distributed: bool) -> None:
-    if distributed:
-        dist.barrier()
-
-
 def _max_over_ranks(value: float, distributed: bool) -> float:
     """The largest of the ranks' ``value`` (the pass's wall time is the slowest rank's)."""
     if not distributed:
@@ -150,25 +145,6 @@ def _check_pass(cfg: Config, top_k: int | None, teacher_batch_size: int) -> None
         )
 
 
-def _all_epochs(
-    state: RunData,
-    teacher: Teacher,
-    writer: StoreWriter,
-    chunk: int,
-    batches: Sequence[int],
-    progress: bool,
-) -> float:
-    """Label this rank's ``batches`` of every epoch into ``writer``; return the seconds of
-    teacher forward."""
-    seconds = 0.0
-    for epoch in range(state.cfg.epochs):
-        seconds += _teacher_pass(state, teacher, writer, chunk, epoch, batches)
-        if progress:
-            print(f"teacher labels: epoch {epoch + 1}/{state.cfg.epochs}", file=sys.stderr)
-    writer.close()
-    return seconds
-
-
 def _split_pass(
     state: RunData,
     env: DistEnv,
@@ -193,10 +169,15 @@ def _split_pass(
     try:
         if env.distributed:  # the views of this rank's batches only
             state = dataclasses.replace(state, loader_train=batches_loader(state, mine))
-        say = progress and env.is_main
-        seconds = _all_epochs(state, teacher, part or store, chunk, mine, say)
+        writer, seconds = part or store, 0.0
+        for epoch in range(cfg.epochs):
+            seconds += _teacher_pass(state, teacher, writer, chunk, epoch, mine)
+            if progress and env.is_main:
+                print(f"teacher labels: epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr)
+        writer.close()
         seconds = _max_over_ranks(seconds, env.distributed)
-        _barrier(env.distributed)  # every rank's rows are on disk before they are merged
+        if env.distributed:  # every rank's rows are on disk before they are merged
+            dist.barrier()
         if store is not None and env.distributed:
             owned = (_own_batches(n, chunk, r, env.world_size) for r in range(env.world_size))
             store.merge([(r, _rows(b, cfg.batch_size)) for r, b in enumerate(owned)])

@@ -83,11 +83,6 @@ def effective_lr(cfg: Any, world_size: int = 1) -> float:
     return scale_lr(float(cfg.lr), batch)
 
 
-def _no_weight_decay(model: nn.Module) -> set[str]:
-    fn = getattr(model, "no_weight_decay", None)
-    return set(fn()) if callable(fn) else set()
-
-
 def param_groups_weight_decay(
     model: nn.Module,
     weight_decay: float = 0.05,
@@ -104,7 +99,8 @@ def param_groups_weight_decay(
         (empty groups omitted; one no-decay group when ``weight_decay`` is 0).
     """
     if no_weight_decay_list is None:
-        no_weight_decay_list = _no_weight_decay(model)
+        fn = getattr(model, "no_weight_decay", None)
+        no_weight_decay_list = set(fn()) if callable(fn) else set()
     return _timm_param_groups_weight_decay(
         model, weight_decay=weight_decay, no_weight_decay_list=no_weight_decay_list
     )

@@ -9,7 +9,6 @@ import contextlib
 import signal
 import sys
 import time
-from typing import Any
 
 import torch.distributed as dist
 from torch import nn
@@ -20,7 +19,7 @@ from ..teacher.frozen import Teacher
 from .checkpointing import save
 from .distributed import _StopFlag
 from .memory import StepOutOfMemoryError, is_out_of_memory, out_of_memory_error
-from .output import _train_log, _write_log
+from .output import _write_log
 from .state import BEST, LAST, RunState
 
 __all__ = ["fit"]
@@ -47,8 +46,12 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
     state.data.sampler_train.set_epoch(epoch, done.skip_batches * cfg.batch_size)
     if step.scheduler is not None and not cfg.sched_per_step:
         step.scheduler.step(epoch)
-    loader = state.data.loader_train
-    bar = _progress(len(loader), f"epoch {epoch + 1}/{cfg.epochs}", show)
+    loader, bar = state.data.loader_train, None
+    if show:
+        from tqdm.auto import tqdm
+
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        bar = tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
     try:
         stats = train_one_epoch(
             state.student.task,
@@ -82,29 +85,6 @@ def _train_epoch(state: RunState, epoch: int, show: bool, stop: _StopFlag) -> di
     return stats
 
 
-def _say(line: str) -> None:
-    """``line`` on stderr, unless stderr is gone (a closed terminal: the run stops cleanly)."""
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr)
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
-def _from_rank_0(state: RunState, value: Any) -> Any:
-    """``value`` as rank 0 has it (a broadcast under ``torch.distributed``; every rank calls)."""
-    if not state.env.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _ema_on_run_device(state: RunState) -> bool:
     """Whether the run has an EMA on its own device (``--model-ema-force-cpu`` keeps it on the
     CPU: its evaluation would meet the device's images with CPU weights)."""
@@ -117,8 +97,13 @@ def _ema_on_run_device(state: RunState) -> bool:
 def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: float) -> None:
     """Evaluate when due (every ``eval_interval`` epochs and after the last), log, checkpoint."""
     cfg, done = state.cfg, state.progress
-    log = _train_log(train_stats, epoch, state.student.n_parameters, t0)
-    log["train_images"] = state.data.train_images
+    log = {  # the official keys
+        **{f"train_{k}": v for k, v in train_stats.items() if k != "completed"},
+        "epoch": epoch,
+        "n_parameters": state.student.n_parameters,
+        "epoch_time_s": time.time() - t0,
+        "train_images": state.data.train_images,
+    }
     due = cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0
     new_best = False
     if due or epoch + 1 == cfg.epochs:
@@ -128,7 +113,10 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
             ema["test_ema_acc1"] = _evaluate(state, state.step.model_ema.module)["acc1"]
         # rank 0's figures on every rank: without --dist-eval each rank scored the whole set
         # (other kernels may score it otherwise), and saving a new best is a collective
-        done.final, ema = _from_rank_0(state, (final, ema))
+        box = [(final, ema)]
+        if state.env.distributed:
+            dist.broadcast_object_list(box, src=0)
+        done.final, ema = box[0]
         log.update({f"test_{k}": v for k, v in done.final.items()})
         log.update(ema)
         new_best = done.final["acc1"] > done.best_acc1
@@ -187,9 +175,6 @@ def _kept(state: RunState) -> str:
     return f"{last} is kept" if last is not None and last.is_file() else "no checkpoint was written"
 
 
-_MEAN_STATS = tuple(STAT_NAMES.values())
-
-
 def _merge_stats(before: dict[str, float] | None, after: dict[str, float]) -> dict[str, float]:
     """One epoch's statistics from the part trained before a stop and the part after it:
     step-weighted means, summed steps, images/s over both parts' time, the last lr."""
@@ -197,7 +182,7 @@ def _merge_stats(before: dict[str, float] | None, after: dict[str, float]) -> di
         return after
     n0, n1 = before["steps"], after["steps"]
     merged = dict(after, steps=n0 + n1)
-    for key in _MEAN_STATS:
+    for key in STAT_NAMES.values():
         merged[key] = (before[key] * n0 + after[key] * n1) / max(n0 + n1, 1.0)
     seconds = n0 / max(before["images_per_s"], 1e-9) + n1 / max(after["images_per_s"], 1e-9)
     merged["images_per_s"] = (n0 + n1) / max(seconds, 1e-9)  # equal batches: images ~ steps
@@ -219,10 +204,12 @@ def _epochs(state: RunState, last_epoch: int, progress: bool, stop: _StopFlag) -
             save(state, epoch, batches, LAST, epoch_stats=stats)
             done.status, done.stop_signal = "stopped", stop.signum or signal.SIGTERM
             if env.is_main:
-                _say(
-                    f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
-                    f"{done.num_updates}; checkpoint written, continue with --auto-resume."
-                )
+                with contextlib.suppress(OSError):  # stderr gone (a closed terminal): stop cleanly
+                    print(
+                        f"Stopped by a signal during epoch {epoch + 1}/{cfg.epochs} after update "
+                        f"{done.num_updates}; checkpoint written, continue with --auto-resume.",
+                        file=sys.stderr,
+                    )
             return
         done.skip_batches = 0
         _end_epoch(state, epoch, stats, t0)

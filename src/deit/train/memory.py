@@ -61,9 +61,10 @@ def step_memory_bytes(
     return int(activations + params + images)
 
 
-def _meminfo(key: str) -> int | None:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The ``key:`` line of a ``/proc`` file (in kB there) in bytes, or ``None``."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -88,13 +89,8 @@ def _address_space(total: bool) -> int | None:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY or total:
         return None if soft == resource.RLIM_INFINITY else soft
-    try:
-        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return max(soft - int(line.split()[1]) * 1024, 0)
-    except (OSError, ValueError, IndexError):
-        pass
-    return soft
+    mapped = _proc_bytes(f"/proc/{os.getpid()}/status", "VmSize")
+    return soft if mapped is None else max(soft - mapped, 0)
 
 
 def available_bytes(device: torch.device, total: bool = False) -> int | None:
@@ -103,9 +99,8 @@ def available_bytes(device: torch.device, total: bool = False) -> int | None:
     if device.type == "cuda":
         free, whole = torch.cuda.mem_get_info(device)
         return int(whole if total else free)
-    found = [_meminfo("MemTotal" if total else "MemAvailable"), _cgroup(total)]
-    found.append(_address_space(total))
-    known = [n for n in found if n is not None]
+    machine = _proc_bytes("/proc/meminfo", "MemTotal" if total else "MemAvailable")
+    known = [n for n in (machine, _cgroup(total), _address_space(total)) if n is not None]
     return min(known) if known else None
 
 

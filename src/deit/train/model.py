@@ -33,7 +33,7 @@ def build_student(cfg: Config, data: RunData, env: DistEnv, device: torch.device
             that does not fit the run, an unreadable ``--finetune`` file.
     """
     model = _build_model(cfg, data.num_classes).to(device)
-    prepare_student(model, cfg.distillation_type)  # before the teacher is built
+    prepare_student(model, cfg.distillation_type)  # before the teacher is built and DDP
     store, frozen = None, None
     if cfg.distillation_type != "none" and cfg.teacher_labels:
         store = TeacherLabelStore(cfg.teacher_labels)  # the teacher is not built
@@ -50,7 +50,6 @@ def build_student(cfg: Config, data: RunData, env: DistEnv, device: torch.device
             verbose=env.is_main,
         )
     teacher: TeacherSource | None = store if store is not None else frozen
-    prepare_student(model, cfg.distillation_type, teacher)  # before DDP looks at its output
     train_model, eval_model = _wrappers(model, cfg, env.distributed, device)
     task = DistillationTask(
         train_model,

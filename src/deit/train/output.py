@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,7 @@ def _check_output_path(cfg: Config) -> Path | None:
 
 def _check_output_dir(cfg: Config) -> Path | None:
     """The run's output folder, checked (:func:`_check_output_path`) but not created by this
-    function (:func:`_lock_output` creates it for its lock, :func:`_open_output` writes).
+    function (:func:`lock_folder` creates it for its lock, :func:`_open_output` writes).
 
     Raises:
         ValueError: the path is a file or cannot be created/written; it holds another run and
@@ -73,20 +72,6 @@ def _check_output_dir(cfg: Config) -> Path | None:
             "another --output_dir."
         )
     return out
-
-
-def _lock_output(cfg: Config, env: DistEnv) -> OutputLock | None:
-    """Lock the output folder for this run (rank 0 only; a training run, not ``--eval``), so
-    that a second run into it is refused naming this one; every rank learns the outcome and
-    stops with the same sentence. The folder is created for its lock file.
-
-    Raises:
-        ValueError: the folder is a file, not writable, or another live run holds its lock
-            (:class:`deit.train.lock.OutputFolderBusyError`, naming its pid and host).
-    """
-    if not cfg.output_dir or cfg.eval:
-        return None
-    return lock_folder(cfg.output_dir, env, lambda: _check_output_path(cfg))
 
 
 def lock_folder(
@@ -135,34 +120,15 @@ def _open_output(state: RunState) -> None:
             (state.out / name).unlink(missing_ok=True)
         shutil.rmtree(state.out / "tensorboard", ignore_errors=True)
     save_run_config(state.cfg, state.out)
-    state.writer = _tensorboard(state.out, state.env.is_main)
-
-
-def _train_log(
-    train_stats: dict[str, float], epoch: int, n_parameters: int, t0: float
-) -> dict[str, Any]:
-    """The training half of an epoch's ``log.txt`` line (official keys)."""
-    return {
-        **{f"train_{k}": v for k, v in train_stats.items() if k != "completed"},
-        "epoch": epoch,
-        "n_parameters": n_parameters,
-        "epoch_time_s": time.time() - t0,
-    }
-
-
-def _tensorboard(out: Path, say: bool) -> SummaryWriter | None:
-    """A TensorBoard writer for ``out/tensorboard``, or ``None`` (with a note) when the
-    ``tensorboard`` extra is not installed: log.txt holds the same scalars."""
-    try:
+    try:  # the tensorboard extra is optional: log.txt holds the same scalars
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        if say:
-            print_note(
-                "TensorBoard logging is off (log.txt has the same scalars); "
-                "pip install 'deit[tensorboard]' to turn it on."
-            )
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
+        print_note(
+            "TensorBoard logging is off (log.txt has the same scalars); "
+            "pip install 'deit[tensorboard]' to turn it on."
+        )
+        return
+    state.writer = SummaryWriter(str(state.out / "tensorboard"))
 
 
 def _write_log(

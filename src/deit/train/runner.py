@@ -27,7 +27,7 @@ from .loop import _evaluate, fit
 from .memory import check_step_memory
 from .model import build_student
 from .optimisation import build_optimisation
-from .output import _check_output_dir, _lock_output, _open_output
+from .output import _check_output_dir, _check_output_path, _open_output, lock_folder
 from .state import RunState
 
 __all__ = ["run"]
@@ -62,7 +62,9 @@ def run(
     """
     cfg = cfg.validate()
     env, device = init_distributed(cfg.device)
-    lock = _lock_output(cfg, env)
+    lock = None  # a training run (not --eval) locks its output folder: a second run is refused
+    if cfg.output_dir and not cfg.eval:
+        lock = lock_folder(cfg.output_dir, env, lambda: _check_output_path(cfg))
     try:  # whatever fails before the run starts leaves neither the lock nor a folder it made
         state = _build(cfg, env, device, lock)
         resume(state)
@@ -113,11 +115,15 @@ def _build(cfg: Config, env: DistEnv, device: torch.device, lock: OutputLock | N
 def _train(state: RunState, max_epochs_this_run: int | None, progress: bool) -> None:
     """Open the output folder, note what the run should know, and :func:`fit`."""
     _open_output(state)
-    _warmup_note(state)  # after every input is checked: a run that cannot start
-    if state.env.is_main:
-        ema = state.step.model_ema is not None
-        batch, amp = state.cfg.batch_size, state.precision.name
-        check_step_memory(state.student.model, batch, state.device, amp, ema)
+    cfg = state.cfg
+    if state.env.is_main:  # after every input is checked: a run that cannot start gets no note
+        if cfg.warmup_epochs >= cfg.epochs:
+            print_note(
+                f"the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
+                "than the run, so the learning rate never reaches --lr; lower --warmup-epochs."
+            )
+        ema, amp = state.step.model_ema is not None, state.precision.name
+        check_step_memory(state.student.model, cfg.batch_size, state.device, amp, ema)
     try:  # prints its error alone
         fit(state, max_epochs_this_run, progress)
     finally:
@@ -149,14 +155,4 @@ def _check_teacher_given(cfg: Config) -> None:
             f"--distillation-type {cfg.distillation_type} needs a trained teacher: pass "
             f"--teacher-path with its weights (train one with `deit train {how}`) "
             "or --teacher-labels with a store of its labels."
-        )
-
-
-def _warmup_note(state: RunState) -> None:
-    """Note a warm-up as long as the run (the learning rate never reaches ``--lr``)."""
-    cfg = state.cfg
-    if state.env.is_main and cfg.warmup_epochs >= cfg.epochs:
-        print_note(
-            f"the warm-up ({cfg.warmup_epochs} of {cfg.epochs} epochs) is not shorter "
-            "than the run, so the learning rate never reaches --lr; lower --warmup-epochs."
         )
