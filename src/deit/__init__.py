@@ -10,10 +10,7 @@ loads torch only when a name below is first used, so the ``deit`` command can se
 ``OMP_WAIT_POLICY`` before torch starts (see :mod:`deit.cli`).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from . import _lazy
 
 __version__ = "0.1.0"
 
@@ -43,22 +40,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import ``deit.<submodule>`` for a public name or a submodule on first access."""
-    if name.startswith("_"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    try:
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = _lazy.exports(globals(), _EXPORTS, submodules=True)

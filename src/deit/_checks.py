@@ -7,34 +7,24 @@ paths :func:`deit.checkpoints.safe_load.checkpoint_path_error`). Imports no torc
 
 from __future__ import annotations
 
-__all__ = ["SEED_RANGE", "batch_size_problem", "check_batch_size", "seed_problem"]
+__all__ = ["SEED_RANGE", "check_batch_size", "seed_problem"]
 
 #: The seeds a run takes: a signed 64-bit integer, as torch's generators store it (they refuse
 #: more than 2**64 - 1, and a run adds its rank and the epoch to the seed).
 SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
-def batch_size_problem(
-    value: int | None, fix: str = "pass a positive batch size", name: str = "batch_size"
-) -> str | None:
-    """The sentence for a batch size below 1 (``None``: the value is fine or left to the
-    default); ``fix`` ends it."""
-    if value is None or value >= 1:
-        return None
-    return f"'{name}' is {value} but must be at least 1; {fix}."
-
-
 def check_batch_size(
     value: int | None, fix: str = "pass a positive batch size", name: str = "batch_size"
 ) -> None:
-    """Refuse a batch size below 1 in one sentence (:func:`batch_size_problem`).
+    """Refuse a batch size below 1 in one sentence, ended by ``fix`` (``None``: left to the
+    default).
 
     Raises:
         ValueError: ``value`` < 1.
     """
-    problem = batch_size_problem(value, fix, name)
-    if problem:
-        raise ValueError(problem)
+    if value is not None and value < 1:
+        raise ValueError(f"'{name}' is {value} but must be at least 1; {fix}.")
 
 
 def seed_problem(value: int | None) -> str | None:

@@ -11,7 +11,7 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from ._notes import _notes_as_lines
@@ -19,8 +19,6 @@ from ._optional import MissingExtraError
 from ._write import too_long_message
 
 __all__ = ["main", "build_parser", "package_version"]
-
-Handler = Callable[[argparse.Namespace], int | None]
 
 
 def _list_models(args: argparse.Namespace) -> int:
@@ -113,7 +111,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Each job module registers its own subcommand through `add_subcommand(sub)` so this file does
-# not grow with their flags; modules missing in this build are skipped.
+# not grow with their flags.
 # The modules import neither torch nor timm (each command's own module is imported when it
 # runs), so help screens, --version and argument errors start in a fraction of a second.
 _JOB_MODULES = ("train.cli", "commands.teacher_labels", "commands.eval", "demo.run")
@@ -146,13 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list_models(sub)
     _add_list_datasets(sub)
     for mod in _JOB_MODULES:
-        try:
-            module = importlib.import_module(f"deit.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name not in (f"deit.{mod}", f"deit.{mod.split('.')[0]}"):
-                raise
-            continue
-        module.add_subcommand(sub)
+        importlib.import_module(f"deit.{mod}").add_subcommand(sub)
     return parser
 
 

@@ -1,7 +1,4 @@
-"""``deit analyze``: its flags; the command is :func:`deit.analysis.analyze`.
-
-Imports no torch: the command's module is imported when it runs (:func:`deit.commands.command`).
-"""
+"""``deit analyze``: its flags; the command is :func:`deit.analysis.analyze`."""
 
 from __future__ import annotations
 

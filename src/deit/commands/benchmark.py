@@ -1,7 +1,4 @@
-"""``deit benchmark``: its flags; the command is :func:`deit.benchmark.run_benchmark`.
-
-Imports no torch: the command's module is imported when it runs (:func:`deit.commands.command`).
-"""
+"""``deit benchmark``: its flags; the command is :func:`deit.benchmark.run_benchmark`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""``deit eval``: its flags; the command is :func:`deit.evaluate.evaluate_checkpoint`.
-
-Imports no torch: the command's module is imported when it runs (:func:`deit.commands.command`).
-"""
+"""``deit eval``: its flags; the command is :func:`deit.evaluate.evaluate_checkpoint`."""
 
 from __future__ import annotations
 

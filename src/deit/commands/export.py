@@ -1,7 +1,4 @@
-"""``deit export``: its flags; the command is :func:`deit.export.export_model`.
-
-Imports no torch: the command's module is imported when it runs (:func:`deit.commands.command`).
-"""
+"""``deit export``: its flags; the command is :func:`deit.export.export_model`."""
 
 from __future__ import annotations
 
@@ -31,13 +28,9 @@ def _parse_size(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected SIZE or HxW in pixels, got {text!r}")
 
 
-_EXPORT = command("deit.export", "_run")
-_EXPORT_HF = command("deit.hf_export", "_run")
-
-
 def _run(args: argparse.Namespace) -> int | None:
     """The handler of the chosen format: a Hugging Face folder or a file."""
-    return (_EXPORT_HF if args.format == "hf" else _EXPORT)(args)
+    return command("deit.hf_export" if args.format == "hf" else "deit.export", "_run")(args)
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,4 @@
-"""``deit predict``: its flags; the command is :func:`deit.predict.predict`.
-
-Imports no torch: the command's module is imported when it runs (:func:`deit.commands.command`).
-"""
+"""``deit predict``: its flags; the command is :func:`deit.predict.predict`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""``deit teacher-labels``: its flags; the command is :func:`deit.label_pass.compute_teacher_labels`.
-
-Imports no torch: the command's module is imported when it runs (:func:`deit.commands.command`).
-"""
+"""``deit teacher-labels``: its flags; the command is
+:func:`deit.label_pass.compute_teacher_labels`."""
 
 from __future__ import annotations
 

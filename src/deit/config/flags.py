@@ -13,9 +13,10 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from .._notes import print_note
+from .checks import kind
 from .errors import ConfigError
 from .presets import list_presets, preset_overrides
-from .schema import RETIRED, Config, check_config_file, field_kind
+from .schema import RETIRED, Config, check_config_file
 from .yamlfile import load_yaml_dict
 
 __all__ = ["add_config_args", "config_from_args"]
@@ -33,7 +34,6 @@ def _none_or(tp: type) -> Any:
     """An argparse ``type`` reading ``none``/``null``/empty as ``None``, else ``tp(text)``."""
 
     def parse(s: str) -> Any:
-        """``None`` for none/null/empty text, else the text as ``tp``."""
         if s.lower() in ("none", "null", ""):
             return None
         return tp(s)
@@ -68,18 +68,18 @@ def _add_field(group: Any, name: str, f: FieldInfo, default: Any) -> None:
     kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=_help(f, default))
     if meta["metavar"]:
         kw["metavar"] = meta["metavar"]
-    kind = field_kind(name)
-    if kind.type is bool:
+    holds = kind(f.annotation)
+    if holds.type is bool:
         group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         return
-    if kind.several:
-        kw.update(nargs="+", type=kind.type)
-    elif kind.optional:
-        kw["type"] = _none_or(kind.type)
+    if holds.several:
+        kw.update(nargs="+", type=holds.type)
+    elif holds.optional:
+        kw["type"] = _none_or(holds.type)
     else:
-        kw["type"] = kind.type
-        if kind.choices:
-            kw["choices"] = list(kind.choices)
+        kw["type"] = holds.type
+        if holds.choices:
+            kw["choices"] = list(holds.choices)
     group.add_argument(*flags, **kw)
 
 
@@ -120,13 +120,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     retired = parser.add_argument_group("official flags not used by deit")
     for name, why in RETIRED.items():
         flags = [f"--{name}", f"--{name.replace('_', '-')}"] if "_" in name else [f"--{name}"]
-        kind = {"action": "store_true"} if name == "resplit" else {"metavar": "VALUE"}
+        extra = {"action": "store_true"} if name == "resplit" else {"metavar": "VALUE"}
         retired.add_argument(
             *flags,
             dest=f"retired_{name}",
             default=argparse.SUPPRESS,
             help=f"Not used: {why}.",
-            **kind,
+            **extra,
         )
     return parser
 

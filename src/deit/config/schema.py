@@ -35,7 +35,7 @@ from .._choices import (
     TEACHER_PRECISIONS,
 )
 from .._write import atomic_write_text
-from .checks import ALIASES, VALUE_PROBLEMS, combination_problems, kind, sentences
+from .checks import ALIASES, VALUE_PROBLEMS, combination_problems, sentences
 from .errors import ConfigError
 from .yamlfile import load_yaml_dict
 
@@ -44,7 +44,6 @@ __all__ = [
     "Config",
     "RETIRED",
     "check_config_file",
-    "field_kind",
     "save_run_config",
 ]
 
@@ -455,13 +454,6 @@ RETIRED = {
     "dist_url": "torchrun or SLURM sets the rendezvous (env://)",
     "resplit": "it only acts on AugMix splits, which the DeiT recipe does not use",
 }
-
-
-def field_kind(name: str) -> Any:
-    """What field ``name`` of :class:`Config` holds (:class:`deit.config.checks.Kind`): the
-    type of a value (of each item for a list), whether it is a list, whether it may be
-    ``None``, and its choices."""
-    return kind(Config.model_fields[name].annotation)
 
 
 def check_config_file(data: dict[str, Any], path: str | Path) -> None:

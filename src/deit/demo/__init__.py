@@ -7,10 +7,7 @@ The study's parts: :mod:`.settings` (the runs, the claims as paired comparisons,
 docstring).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from .. import _lazy
 
 #: Public name -> the submodule that defines it (imported on first use, so that ``deit demo
 #: --help`` builds from :mod:`~deit.demo.run` without importing torch).
@@ -38,39 +35,6 @@ _EXPORTS = {
     "add_subcommand": "run",
 }
 
-__all__ = [
-    "Variant",
-    "TEACHER",
-    "NONE",
-    "HARD",
-    "PAPER_SOFT",
-    "LEADING",
-    "DemoSettings",
-    "RunSpec",
-    "Claim",
-    "CLAIMS",
-    "claims",
-    "paired_gain",
-    "paired_interval",
-    "summarize",
-    "run_demo",
-    "comparisons",
-    "claim_figure",
-    "tokens_figure",
-    "claims_figure",
-    "markdown",
-    "add_subcommand",
-]
+__all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import the submodule defining a public name on its first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = _lazy.exports(globals(), _EXPORTS)

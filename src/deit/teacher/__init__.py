@@ -14,10 +14,7 @@ The pass that fills a store runs over a run's views, so it lives above the run:
 (the loss needs :mod:`~deit.teacher.frozen` only) does not load the others.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from .. import _lazy
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -44,15 +41,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import the submodule defining a public name on first access."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = _lazy.exports(globals(), _EXPORTS)

@@ -10,10 +10,7 @@
 (:mod:`~deit.train.checkpointing`). The command line is :mod:`~deit.train.cli`.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from .. import _lazy
 
 #: Public name -> the submodule that defines it (imported on first use, so that the command line
 #: builds ``deit train``'s flags from :mod:`~deit.train.cli` without importing torch).
@@ -40,15 +37,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import the submodule defining a public name on its first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = _lazy.exports(globals(), _EXPORTS)
