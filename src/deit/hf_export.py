@@ -6,8 +6,7 @@ bicubic, centre crop, the checkpoint's mean and std: the evaluation transform of
 card ``README.md`` with the training configuration and the evaluation results the checkpoint
 records. A distilled model becomes ``DeiTForImageClassificationWithTeacher`` (its logits: the
 two heads averaged, the paper's late fusion), a plain one ``ViTForImageClassification``; a
-DeiT III model too, its LayerScale folded into the projections before it (exact up to float
-rounding) and a zero position row given to its class token (DeiT III adds none to it).
+DeiT III model too, its weights rewritten exactly up to float rounding (:func:`hf_state_dict`).
 
 Before anything is written the folder is loaded back with ``AutoModelForImageClassification``
 and its logits are compared with deit's on a random batch; the export fails beyond ``atol``.
