@@ -16,14 +16,13 @@ model is run on a random batch of another size than the traced one and compared 
 the maximum absolute difference is returned (and printed by the CLI).
 
 What a user of the file needs to feed it travels with it (:func:`export_metadata`): in an ONNX
-file as ``metadata_props``, in a TorchScript file as the extra file ``metadata.json``; each value
-a JSON text: ``model_name``, ``input_size`` ``[C, H, W]``, ``mean`` and ``std`` (per channel, on
-pixels scaled to [0, 1]), ``crop_pct``, ``head`` and ``class_names`` (index order).
+file as ``metadata_props``, in a TorchScript file as the extra file ``metadata.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -94,8 +93,8 @@ def export_metadata(
     """What an exported file carries so that it can be fed without this package: ``model_name``,
     ``input_size`` ``[C, H, W]``, ``mean`` and ``std`` (per channel, on pixels scaled to
     [0, 1]: ``(pixel / 255 - mean) / std``), ``crop_pct`` (the evaluation centre crop),
-    ``head`` and ``class_names``; each value a JSON text (ONNX ``metadata_props`` hold
-    strings). A module without :class:`ModelInfo` gets the input size and head only."""
+    ``head`` and ``class_names`` (index order); each value a JSON text (ONNX ``metadata_props``
+    hold strings). A module without :class:`ModelInfo` gets the input size and head only."""
     meta: dict = {"input_size": list(shape), "head": head}
     if info is not None:
         meta.update(
@@ -279,7 +278,10 @@ def export_model(
     else:
         model, info = _load(checkpoint_or_model, model_name)
     shape = _input_shape(model, info, input_size)
-    metadata = export_metadata(info or _info_or_none(model), shape, head)
+    if info is None:  # a bare module's export carries the input size and head only
+        with contextlib.suppress(ValueError):
+            info = info_from_model(model)
+    metadata = export_metadata(info, shape, head)
     previous = getattr(model, "head_choice", None)
     checks = (trace_batch, check_batch, atol)
     try:
@@ -287,15 +289,6 @@ def export_model(
     finally:
         if previous is not None:
             model.set_head(previous)
-
-
-def _info_or_none(model: nn.Module) -> ModelInfo | None:
-    """What a module built in Python tells of itself, or ``None`` (a bare module: its export
-    carries the input size and head only)."""
-    try:
-        return info_from_model(model)
-    except ValueError:
-        return None
 
 
 def _check_options(format: str, exporter: str, head: str) -> None:

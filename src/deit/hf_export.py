@@ -6,8 +6,7 @@ bicubic, centre crop, the checkpoint's mean and std: the evaluation transform of
 card ``README.md`` with the training configuration and the evaluation results the checkpoint
 records. A distilled model becomes ``DeiTForImageClassificationWithTeacher`` (its logits: the
 two heads averaged, the paper's late fusion), a plain one ``ViTForImageClassification``; a
-DeiT III model too, its LayerScale folded into the projections before it (exact up to float
-rounding) and a zero position row given to its class token (DeiT III adds none to it).
+DeiT III model too, its weights rewritten exactly up to float rounding (:func:`hf_state_dict`).
 
 Before anything is written the folder is loaded back with ``AutoModelForImageClassification``
 and its logits are compared with deit's on a random batch; the export fails beyond ``atol``.
@@ -31,6 +30,7 @@ import yaml
 from torch import nn
 
 from ._notes import _print_notes
+from ._write import _umask
 from .checkpoints import ModelInfo, RunCheckpoint, read_weights
 from .checkpoints.hf import to_hf_deit
 from .models import DistilledVisionTransformer, VisionTransformer
@@ -129,10 +129,9 @@ def _load_source(
     source: ModelLike, model_name: str | None, info: ModelInfo | None
 ) -> tuple[nn.Module, ModelInfo, RunCheckpoint | None]:
     """``(model, info, the deit train record or None)`` of what was passed."""
+    model, info = resolve_model(source, model_name, "cpu", info, warn_notes=False)
     if isinstance(source, nn.Module | tuple):
-        model, info = resolve_model(source, info=info, warn_notes=False)
         return model, info, None
-    model, info = resolve_model(source, model_name, "cpu", warn_notes=False)
     for note in info.notes:  # class names matter here: the folder's labels come from them
         warnings.warn(note, UserWarning, stacklevel=3)
     return model, info, read_weights(source).run
@@ -145,15 +144,6 @@ def _check_output(path: Path) -> None:
             f"The output {str(path)!r} exists and is not an empty folder; name a new folder for "
             "the Hugging Face files (config.json, model.safetensors, ...)."
         )
-
-
-def _logits_diff(model: nn.Module, hf_model: nn.Module, shape: tuple[int, ...]) -> float:
-    """max |transformers - deit| of the logits of a random batch ``(2, *shape)``."""
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = model.eval()(x)
-        theirs = hf_model.eval()(pixel_values=x).logits
-    return float((ours - theirs).abs().max())
 
 
 @torch.no_grad()
@@ -208,9 +198,7 @@ def export_hf(
         name = run.model_name if run else getattr(model, "default_cfg", {}).get("architecture")
         card = model_card(name or "deit", config.architectures[0], info, run, diff)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        mask = os.umask(0)
-        os.umask(mask)
-        tmp.chmod(0o777 & ~mask)  # mkdtemp's folder is private
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private
         if output.is_dir():
             output.rmdir()  # empty (checked above)
         os.replace(tmp, output)
@@ -244,7 +232,10 @@ def _write_folder(
             hf_logging.enable_progress_bar()
     if report.get("missing_keys") or report.get("unexpected_keys"):
         return float("inf")
-    return _logits_diff(model, loaded, (model.patch_embed.in_chans, *model.img_size))
+    shape = (2, model.patch_embed.in_chans, *model.img_size)  # a random batch of 2
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    theirs = loaded.eval()(pixel_values=x).logits
+    return float((model.eval()(x) - theirs).abs().max())
 
 
 def model_card(

@@ -166,7 +166,6 @@ def resolve_model(
     model_name: str | None = None,
     device: str | torch.device = "cpu",
     info: ModelInfo | None = None,
-    use_ema: bool = False,
     warn_notes: bool = True,
 ) -> tuple[nn.Module, ModelInfo]:
     """Turn what the user gave into ``(model in eval mode on device, ModelInfo)``.
@@ -178,7 +177,6 @@ def resolve_model(
         device: where the model runs.
         info: the :class:`ModelInfo` of a module passed directly; default
             :func:`info_from_model`.
-        use_ema: load a training checkpoint's EMA weights.
         warn_notes: issue every sentence of ``info.notes`` (e.g. "class indices are used
             instead") once as a :class:`UserWarning`.
 
@@ -195,9 +193,7 @@ def resolve_model(
         # load_model warns about each adaptation already; collect and re-issue every note once.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, info = load_model(
-                checkpoint_or_model, model_name=model_name, use_ema=use_ema, device=device
-            )
+            model, info = load_model(checkpoint_or_model, model_name=model_name, device=device)
     if warn_notes:
         for note in info.notes:
             warnings.warn(note, UserWarning, stacklevel=2)
@@ -339,11 +335,6 @@ def eval_transform(info: ModelInfo) -> Callable[[Any], torch.Tensor]:
     )
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 # -- prediction -----------------------------------------------------------------------------
 @torch.no_grad()
 def classify(model: nn.Module, images: torch.Tensor, topk: int = 5) -> tuple[torch.Tensor, ...]:
@@ -427,7 +418,8 @@ def predict(
     bar = _progress_bar(len(entries), progress)
     try:
         mode = "RGB" if info.in_chans == 3 else "L"
-        for chunk in _batches(entries, batch_size):
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start : start + batch_size]
             pil = [
                 to_display_mode(src, mode)
                 if isinstance(src, Image.Image)

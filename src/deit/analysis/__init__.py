@@ -9,11 +9,8 @@
   tokens, 0.93 after the last block); and between the weights of their two heads.
 - How often the two heads agree on the images, and with a teacher when one is given.
 
-Figures are built as :class:`matplotlib.figure.Figure` objects on the Agg canvas (no pyplot, no
-global backend change) and saved as PNG; the numbers go to ``summary.json``.
-
-Shapes: images ``(B, C, H, W)``, tokens ``(B, N, D)`` with ``N = prefix + patches``, attention
-``(B, heads, N, N)`` (row = query token, column = key token).
+Figures (:mod:`.figures`) are saved as PNG; the numbers go to ``summary.json``. Shapes: see
+:mod:`.attention`.
 """
 
 from .attention import TOKEN_NAMES, attention_maps, attention_rollout, collect_attention

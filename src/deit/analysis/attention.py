@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..models import DistilledVisionTransformer, VisionTransformer
+from ..models import VisionTransformer
 
 __all__ = ["TOKEN_NAMES", "attention_maps", "attention_rollout", "collect_attention"]
 
@@ -27,10 +27,6 @@ def _check_vit(model: nn.Module) -> VisionTransformer:
             f"{type(model).__name__}; pass a DeiT checkpoint."
         )
     return model
-
-
-def _is_distilled(model: nn.Module) -> bool:
-    return isinstance(model, DistilledVisionTransformer)
 
 
 # -- tensors --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .._json import printable
 from .._notes import _print_notes
 from .._write import atomic_write_text
 from ..checkpoints import ModelInfo
-from ..models import VisionTransformer
+from ..models import DistilledVisionTransformer, VisionTransformer
 from ..precision import resolve_device
 from ..predict import (
     ModelLike,
@@ -31,7 +31,7 @@ from ..predict import (
     resolve_model,
 )
 from ..train.lock import folder_lock
-from .attention import _check_vit, _is_distilled, attention_maps, collect_attention
+from .attention import _check_vit, attention_maps, collect_attention
 from .figures import _save, attention_figure, similarity_figure
 from .similarity import (
     PAPER_TOKEN_SIMILARITY,
@@ -129,32 +129,16 @@ def analyze(
     if not os.access(out, os.W_OK):
         raise PermissionError(f"Output folder {str(out)!r} cannot be written.")
     with folder_lock(out, "analysis", "--output-dir"):  # a second one would mix their figures
-        return _analyze_files(
-            vit, info, files, out, batch_size, max_figures, device, t_model, t_info
-        )
-
-
-def _analyze_files(
-    vit: VisionTransformer,
-    info: ModelInfo,
-    files: list[Path],
-    out: Path,
-    batch_size: int,
-    max_figures: int,
-    device: torch.device,
-    t_model: nn.Module | None,
-    t_info: ModelInfo | None,
-) -> dict[str, Any]:
-    """:func:`analyze` once everything is loaded and its folder locked: the figures and
-    ``summary.json``."""
-    totals = _Totals()
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        _analyze_batch(totals, vit, info, chunk, start, out, max_figures, device, t_model, t_info)
-    summary = _summary(vit, info, files, totals, out)
-    summary["teacher"] = t_info.model_name if t_info is not None else None
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+        totals = _Totals()
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            _analyze_batch(
+                totals, vit, info, chunk, start, out, max_figures, device, t_model, t_info
+            )
+        summary = _summary(vit, info, files, totals, out)
+        summary["teacher"] = t_info.model_name if t_info is not None else None
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 @dataclass
@@ -197,7 +181,7 @@ def _analyze_batch(
             totals.figures.append(
                 _save(fig, out / f"attention_{start + j:03d}_{_safe_stem(f)}.png")
             )
-    distilled = _is_distilled(vit)
+    distilled = isinstance(vit, DistilledVisionTransformer)
     if distilled:
         s = _cosine_per_layer(tokens).sum(dim=1)
         totals.similarity = s if totals.similarity is None else totals.similarity + s
@@ -217,7 +201,7 @@ def _summary(
     vit: VisionTransformer, info: ModelInfo, files: list[Path], totals: _Totals, out: Path
 ) -> dict[str, Any]:
     """The summary dict of :func:`analyze` (without ``teacher``); writes the similarity figure."""
-    distilled = _is_distilled(vit)
+    distilled = isinstance(vit, DistilledVisionTransformer)
     n = totals.n
     skipped: list[str] = []
     summary: dict[str, Any] = {

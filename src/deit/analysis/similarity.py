@@ -13,7 +13,7 @@ from torch import nn
 
 from ..models import DistilledVisionTransformer
 from ..models.distilled import late_fusion
-from .attention import _check_vit, _is_distilled, collect_attention
+from .attention import _check_vit, collect_attention
 
 __all__ = [
     "PAPER_TOKEN_SIMILARITY",
@@ -57,7 +57,7 @@ def token_similarity(
         ValueError: the model has no distillation token.
     """
     _check_vit(model)
-    if not _is_distilled(model):
+    if not isinstance(model, DistilledVisionTransformer):
         raise ValueError(
             "Token similarity needs a distilled model: this one has no distillation token."
         )
@@ -77,7 +77,7 @@ def learned_token_similarity(model: DistilledVisionTransformer) -> float:
     Raises:
         ValueError: the model has no distillation token.
     """
-    if not _is_distilled(model):
+    if not isinstance(model, DistilledVisionTransformer):
         raise ValueError("Token similarity needs a distilled model: it has no distillation token.")
     a, b = model.cls_token.detach().flatten(), model.dist_token.detach().flatten()
     return float(F.cosine_similarity(a.float(), b.float(), dim=0))
@@ -129,7 +129,7 @@ def head_weight_similarity(model: DistilledVisionTransformer) -> dict[str, float
     Raises:
         ValueError: the model has no distillation head.
     """
-    if not _is_distilled(model) or not isinstance(model.head, nn.Linear):
+    if not isinstance(model, DistilledVisionTransformer) or not isinstance(model.head, nn.Linear):
         raise ValueError("Head similarity needs a distilled model with two linear heads.")
     w_cls, w_dist = model.head.weight.detach().float(), model.head_dist.weight.detach().float()
     flat = F.cosine_similarity(w_cls.flatten(), w_dist.flatten(), dim=0)
@@ -162,7 +162,7 @@ def head_agreement(
         ValueError: teacher and student disagree on the number of classes, or nothing to
             compare (not distilled and no teacher).
     """
-    distilled = _is_distilled(model)
+    distilled = isinstance(model, DistilledVisionTransformer)
     if not distilled and teacher is None:
         raise ValueError("Head agreement needs a distilled model or a teacher.")
     preds: dict[str, list[torch.Tensor]] = {}

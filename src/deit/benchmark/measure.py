@@ -18,8 +18,7 @@ from torch import nn
 from .._checks import check_batch_size
 from .._choices import PRECISIONS
 from ..inference import optimize_for_inference
-from ..precision import fast_bf16_available
-from ..precision import resolve_device as _resolve_device
+from ..precision import fast_bf16_available, resolve_device
 from .flops import _input_channels, _input_hw, _unwrap, count_gmacs
 
 __all__ = [
@@ -53,22 +52,10 @@ PAPER_TOP1 = dict(zip(OFFICIAL_MODELS, (72.2, 79.8, 81.8, 83.1, 74.5, 81.2, 83.4
 PAPER_THROUGHPUT = dict(
     zip(OFFICIAL_MODELS, (2536.0, 940.0, 292.0, 85.9, 2529.0, 936.0, 290.0, 85.8))
 )
-#: Accepted ``precision`` values.
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DEFAULT_CPU_BATCH = 32
 
 
 # -- device and precision ---------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else -> ``torch.device``
-    (:func:`deit.precision.resolve_device`, the device check of every command).
-
-    Raises:
-        ValueError: an unknown device name, or one this machine does not have.
-    """
-    return _resolve_device(device)
-
-
 def default_precision(device: str | torch.device = "cpu") -> str:
     """The precision to use when the user does not choose: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
 
@@ -147,15 +134,6 @@ def time_call(fn: Callable[[], Any], warmup: int = 1, min_time: float = 1.0) -> 
     return list(timer.blocked_autorange(min_run_time=min_time).times)
 
 
-def _cuda_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
-    """Peak CUDA memory of one call of ``fn`` (MiB, weights included)."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
 # -- the benchmark --------------------------------------------------------------------------------
 @dataclass
 class BenchmarkResult:
@@ -209,12 +187,10 @@ class BenchmarkResult:
         return asdict(self)
 
 
-def _largest_cuda_batch(
-    fn: Callable[[int], Any], device: torch.device, start: int = 1, limit: int = 4096
-) -> int:
-    """The largest power of two ``<= limit`` for which ``fn(batch)`` runs without CUDA OOM."""
-    best, bs = 0, start
-    while bs <= limit:
+def _largest_cuda_batch(fn: Callable[[int], Any], device: torch.device) -> int:
+    """The largest power of two ``<= 4096`` for which ``fn(batch)`` runs without CUDA OOM."""
+    best, bs = 0, 1
+    while bs <= 4096:
         try:
             fn(bs)
             torch.cuda.synchronize(device)
@@ -229,13 +205,18 @@ def _largest_cuda_batch(
     return best
 
 
-def _check_batch_size(batch_size: int | None) -> None:
-    """Refuse a batch size below 1 in one sentence (``None`` picks the default)."""
+def _checked(
+    batch_size: int | None, device: str | torch.device, precision: str
+) -> tuple[torch.device, str]:
+    """``(device, precision)`` with ``"auto"`` resolved, once a batch size below 1 is refused in
+    one sentence (``None`` picks the default)."""
     check_batch_size(
         batch_size,
         "pass a positive batch size, or leave it out for the default (the largest power of two "
         "that fits on CUDA, 32 on CPU)",
     )
+    dev = resolve_device(device)
+    return dev, default_precision(dev) if precision == "auto" else _check_precision(precision)
 
 
 def benchmark_model(
@@ -282,9 +263,7 @@ def benchmark_model(
     """
     from ..models import build_classifier
 
-    _check_batch_size(batch_size)
-    dev = resolve_device(device)
-    precision = default_precision(dev) if precision == "auto" else _check_precision(precision)
+    dev, precision = _checked(batch_size, device, precision)
     if isinstance(model, str):
         label = name or model
         model = build_classifier(model, num_classes, img_size=img_size)
@@ -334,7 +313,7 @@ def _time_inference(
     """Fill ``result``'s batch size, throughput, compile time, latency and peak memory by timing
     ``infer`` on random images of ``shape`` ``(C, H, W)`` (see :func:`benchmark_model`)."""
     if batch_size is None:
-        batch_size = _DEFAULT_CPU_BATCH
+        batch_size = 32  # on CPU
         if dev.type == "cuda":
             probe = lambda b: infer(torch.randn(b, *shape, device=dev))  # noqa: E731
             batch_size = _largest_cuda_batch(probe, dev)
@@ -352,5 +331,9 @@ def _time_inference(
     if latency:
         x1 = x[:1].clone()
         result.latency_ms = 1e3 * statistics.median(time_call(lambda: infer(x1), warmup, min_time))
-    if memory and dev.type == "cuda":
-        result.peak_memory_mib = _cuda_peak_mib(lambda: infer(x), dev)
+    if memory and dev.type == "cuda":  # one call's peak, weights included
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        infer(x)
+        torch.cuda.synchronize(dev)
+        result.peak_memory_mib = torch.cuda.max_memory_allocated(dev) / 2**20

@@ -24,6 +24,8 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_
 
 
 def _fmt(v: float | None, spec: str) -> str:
+    if spec == "M":  # the parameter count, in millions
+        return f"{v / 1e6:.2f}"
     return "-" if v is None else format(v, spec)
 
 
@@ -32,7 +34,7 @@ _COLUMNS = (
     ("batch", "batch_size", "d"),
     ("images/s", "throughput", ".1f"),
     ("latency ms", "latency_ms", ".1f"),
-    ("params M", "params", ""),
+    ("params M", "params", "M"),
     ("GMACs", "gmacs", ".2f"),
     ("peak MiB", "peak_memory_mib", ".0f"),
     ("top-1", "top1", ".1f"),
@@ -43,17 +45,7 @@ _COLUMNS = (
 def format_table(results: Sequence[BenchmarkResult]) -> str:
     """A fixed-width text table of ``results`` (units in the headers) with a caption line."""
     rows = [[h for h, _, _ in _COLUMNS]]
-    for r in results:
-        row = []
-        for _, attr, spec in _COLUMNS:
-            v = getattr(r, attr)
-            if attr == "params":
-                row.append(f"{v / 1e6:.2f}")
-            elif spec == "s":
-                row.append(str(v))
-            else:
-                row.append(_fmt(v, spec))
-        rows.append(row)
+    rows += [[_fmt(getattr(r, attr), spec) for _, attr, spec in _COLUMNS] for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))

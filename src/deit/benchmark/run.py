@@ -12,15 +12,7 @@ import torch
 
 from ..precision import set_cuda_backends
 from ..train.lock import folder_lock
-from .measure import (
-    OFFICIAL_MODELS,
-    BenchmarkResult,
-    _check_batch_size,
-    _check_precision,
-    benchmark_model,
-    default_precision,
-    resolve_device,
-)
+from .measure import OFFICIAL_MODELS, BenchmarkResult, _checked, benchmark_model
 from .report import format_table, plot_throughput_accuracy, write_csv, write_json
 
 __all__ = ["run_benchmark"]
@@ -55,9 +47,7 @@ def run_benchmark(
     """
     from ..models import get_model_spec, list_models
 
-    _check_batch_size(kwargs.get("batch_size"))
-    dev = resolve_device(device)
-    precision = default_precision(dev) if precision == "auto" else _check_precision(precision)
+    dev, precision = _checked(kwargs.get("batch_size"), device, precision)
     models = list(models or OFFICIAL_MODELS)
     for m in set(models) - set(list_models()):
         get_model_spec(m)  # raises with close matches

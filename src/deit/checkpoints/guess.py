@@ -39,10 +39,9 @@ def _guess_vit(sd: dict[str, torch.Tensor]) -> tuple[str | None, str]:
     layer_scale = "blocks.0.ls1.gamma" in sd  # DeiT III: no position rows for the class token
     prefix = 0 if layer_scale else (2 if distilled else 1)
     rows = sd["pos_embed"].shape[1] - prefix if "pos_embed" in sd else -1
-    specs = [get_model_spec(n) for n in list_models()]
     same = [
         s
-        for s in specs
+        for s in map(get_model_spec, list_models())
         if s.distilled == distilled
         and ("init_values" in s.kwargs) == layer_scale
         and (s.kwargs["embed_dim"], s.kwargs["depth"], s.kwargs["patch_size"])

@@ -118,9 +118,6 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-_HF_MODEL_TYPES = ("deit", "vit")
-
-
 def _read_hf_folder(path: Path) -> Weights:
     cfg_file = path / "config.json"
     weights = [path / "model.safetensors", path / "pytorch_model.bin"]
@@ -134,7 +131,7 @@ def _read_hf_folder(path: Path) -> Weights:
         )
     config = json.loads(cfg_file.read_text())
     kind = config.get("model_type")
-    if kind not in _HF_MODEL_TYPES:
+    if kind not in ("deit", "vit"):
         raise CheckpointError(
             f"Folder {str(path)!r} holds a Hugging Face {kind!r} model; only DeiT and ViT "
             "(model_type 'deit' or 'vit') convert to DeiT weights."
