@@ -57,46 +57,24 @@ class DatasetInfo:
     source: str = ""
 
 
-_TREE = "train/<class>/*.jpg and val/<class>/*.jpg"
+def _photos(name: str, num_classes: int | None, size: int | None, source: str) -> DatasetInfo:
+    """A photographic data set: ImageNet's statistics (see :class:`DatasetInfo`)."""
+    return DatasetInfo(name, num_classes, IMAGENET_MEAN, IMAGENET_STD, size, source=source)
+
+
+_TREE = "--data-path ROOT with train/<class>/*.jpg and val/<class>/*.jpg"
+_INAT = "--data-path ROOT with train{0}.json, val{0}.json, categories.json and the images"
 _INFO = {
-    "folder": DatasetInfo(
-        "folder", None, IMAGENET_MEAN, IMAGENET_STD, None, source=f"--data-path ROOT with {_TREE}"
+    "folder": _photos("folder", None, None, _TREE),
+    "imagenet": _photos("imagenet", 1000, None, _TREE),
+    "cifar10": _photos(
+        "cifar10", 10, 32, "--data-path ROOT holding cifar-10-batches-py/ (the python batches)"
     ),
-    "imagenet": DatasetInfo(
-        "imagenet", 1000, IMAGENET_MEAN, IMAGENET_STD, None, source=f"--data-path ROOT with {_TREE}"
+    "cifar100": _photos(
+        "cifar100", 100, 32, "--data-path ROOT holding cifar-100-python/ (the python batches)"
     ),
-    "cifar10": DatasetInfo(
-        "cifar10",
-        10,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        32,
-        source="--data-path ROOT holding cifar-10-batches-py/ (the python batches)",
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100",
-        100,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        32,
-        source="--data-path ROOT holding cifar-100-python/ (the python batches)",
-    ),
-    "inat18": DatasetInfo(
-        "inat18",
-        8142,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        None,
-        source="--data-path ROOT with train2018.json, val2018.json, categories.json and the images",
-    ),
-    "inat19": DatasetInfo(
-        "inat19",
-        1010,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        None,
-        source="--data-path ROOT with train2019.json, val2019.json, categories.json and the images",
-    ),
+    "inat18": _photos("inat18", 8142, None, _INAT.format(2018)),
+    "inat19": _photos("inat19", 1010, None, _INAT.format(2019)),
     "mnist5k": DatasetInfo(
         "mnist5k",
         10,

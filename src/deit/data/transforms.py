@@ -2,11 +2,8 @@
 
 - :func:`build_transform`: ``timm.data.create_transform`` with the official DeiT arguments
   (``datasets.py::build_transform`` of facebookresearch/deit).
-- :func:`build_mixup`: ``timm.data.Mixup`` (per-batch Mixup α 0.8 / CutMix α 1.0, label
-  smoothing folded into the soft targets), or ``None`` when switched off.
-- :func:`build_sampler`: ``timm.data.distributed_sampler.RepeatAugSampler`` (repeated
-  augmentation, 3 repeats), also in a single process; ``DistributedSampler`` otherwise when
-  distributed; ``RandomSampler`` / ``SequentialSampler`` in one process.
+- :func:`build_mixup`: ``timm.data.Mixup``; :func:`build_sampler`: timm's ``RepeatAugSampler``
+  (repeated augmentation) or torch's samplers.
 - Deterministic training views: :class:`SeededViews` + :class:`PositionSampler` make each
   training view a pure function of ``(seed, epoch, position in the epoch's order)``, and
   :class:`SeededMixup` each batch's Mixup/CutMix of ``(seed, epoch, batch index)``, whatever the
@@ -79,13 +76,6 @@ def _posterize_compat(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Im
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def _patch_posterize(t: transforms.Compose) -> None:
-    for x in t.transforms:
-        for op in getattr(x, "ops", ()):
-            if getattr(op, "aug_fn", None) is _timm_aa.posterize:
-                op.aug_fn = _posterize_compat
-
-
 class _FastToTensor(MaybeToTensor):
     """timm's ``MaybeToTensor`` with a shorter path for 8-bit RGB/grey PIL images: the same
     ``float32(uint8) / 255`` (identical values, contiguous ``(C, H, W)``) without torchvision's
@@ -112,19 +102,24 @@ class _SkipIdentityCrop(transforms.RandomCrop):
         return super().forward(img)
 
 
-def _fast_parts(t: transforms.Compose) -> None:
-    """Swap ``MaybeToTensor`` for :class:`_FastToTensor` (same output, fewer copies)."""
-    t.transforms = [_FastToTensor() if type(x) is MaybeToTensor else x for x in t.transforms]
-
-
-def _train_transform(
-    input_size: int, small: bool, crop_padding: int, timm_kw: dict[str, Any], src: bool = False
+def _timm_transform(
+    input_size: int,
+    is_train: bool,
+    timm_kw: dict[str, Any],
+    small: bool = False,
+    crop_padding: int = 4,
+    src: bool = False,
 ) -> transforms.Compose:
-    """timm's training transform; for small inputs (or ``src``) its RandomResizedCrop becomes
-    Resize + RandomCrop(padding) (see :func:`build_transform`)."""
-    t = create_transform(input_size=input_size, is_training=True, **timm_kw)
-    _patch_posterize(t)
-    _fast_parts(t)
+    """timm's training or evaluation transform with RandAugment's posterize made
+    :func:`_posterize_compat` and ``MaybeToTensor`` swapped for :class:`_FastToTensor` (same
+    output, fewer copies); for small inputs (or ``src``) its RandomResizedCrop becomes Resize +
+    RandomCrop(padding) (see :func:`build_transform`)."""
+    t = create_transform(input_size=input_size, is_training=is_train, **timm_kw)
+    for x in t.transforms:
+        for op in getattr(x, "ops", ()):
+            if getattr(op, "aug_fn", None) is _timm_aa.posterize:
+                op.aug_fn = _posterize_compat
+    t.transforms = [_FastToTensor() if type(x) is MaybeToTensor else x for x in t.transforms]
     if small or src:  # src: the official DeiT III simple random crop, reflect-padded by 4 px
         pad = dict(padding=4, padding_mode="reflect") if src else dict(padding=crop_padding)
         bicubic = transforms.InterpolationMode.BICUBIC
@@ -212,28 +207,9 @@ def build_transform(
         timm_kw = dict(scale=scale, hflip=hflip, color_jitter=color_jitter, auto_augment=aa)
         timm_kw.update(interpolation=train_interpolation, mean=tuple(mean), std=tuple(std))
         timm_kw.update(re_prob=reprob, re_mode=remode, re_count=recount)
-        return _train_transform(input_size, small, crop_padding, timm_kw, src)
-    return _eval_transform(input_size, eval_interpolation, 1.0 if small else crop_pct, mean, std)
-
-
-def _eval_transform(
-    input_size: int,
-    interpolation: str,
-    crop_pct: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> transforms.Compose:
-    """timm's evaluation transform (see :func:`build_transform`)."""
-    t = create_transform(
-        input_size=input_size,
-        is_training=False,
-        interpolation=interpolation,
-        crop_pct=crop_pct,
-        mean=tuple(mean),
-        std=tuple(std),
-    )
-    _fast_parts(t)
-    return t
+        return _timm_transform(input_size, True, timm_kw, small, crop_padding, src)
+    eval_kw = dict(interpolation=eval_interpolation, crop_pct=1.0 if small else crop_pct)
+    return _timm_transform(input_size, False, {**eval_kw, "mean": tuple(mean), "std": tuple(std)})
 
 
 def build_transform_from_config(
@@ -402,15 +378,12 @@ def build_sampler(
     Raises:
         ValueError: ``num_repeats < 1`` with ``repeated_aug``, or ``rank`` outside the world.
     """
-    if num_replicas is None or rank is None:
-        if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-            num_replicas = (
-                torch.distributed.get_world_size() if num_replicas is None else num_replicas
-            )
-            rank = torch.distributed.get_rank() if rank is None else rank
-        else:
-            num_replicas = 1 if num_replicas is None else num_replicas
-            rank = 0 if rank is None else rank
+    dist = torch.distributed
+    initialised = distributed and dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
     if not 0 <= rank < num_replicas:
         raise ValueError(f"rank {rank} is outside a world of {num_replicas} process(es).")
     if is_train:
@@ -495,9 +468,7 @@ class SeededViews(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int, int]) -> Any:
-        epoch, position, index = key
-        with seeded_rng(view_seed(self.seed, epoch, position)):
-            return self.dataset[index]
+        return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: Sequence[tuple[int, int, int]]) -> list[Any]:
         """The items of a batch of keys, as ``[self[key] for key in keys]`` gives them (what a

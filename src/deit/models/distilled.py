@@ -49,9 +49,6 @@ class DistilledVisionTransformer(VisionTransformer):
     def _init_extra_tokens(self) -> None:
         self.dist_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
 
-    def _prefix_params(self) -> list[nn.Parameter]:
-        return [self.cls_token, self.dist_token]
-
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides biases and norms."""
         return {"pos_embed", "cls_token", "dist_token"}

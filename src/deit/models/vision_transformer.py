@@ -7,11 +7,11 @@ Parameter names match the official DeiT code and timm (``cls_token``, ``pos_embe
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath as _TimmDropPath
 from timm.layers import LayerScale, resample_abs_pos_embed
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -169,7 +169,7 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
-class DropPath(nn.Module):
+class DropPath(_TimmDropPath):
     """Stochastic depth (Huang et al. 2016; paper section 6 and Table 9): in training, each
     sample's residual branch is zeroed with probability ``drop_prob``, else scaled by
     ``1 / (1 - drop_prob)``; identity in eval mode. Shapes: ``(B, ...)`` -> ``(B, ...)``.
@@ -179,18 +179,9 @@ class DropPath(nn.Module):
     """
 
     def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_prob}.")
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Drop residual branches of ``x`` ``(B, ...)`` sample-wise."""
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+        super().__init__(drop_prob)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -289,7 +280,10 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}.")
-        _check_rates(drop_rate, attn_drop_rate, drop_path_rate)
+        rates = (drop_rate, attn_drop_rate, drop_path_rate)
+        for name, value in zip(("drop_rate", "attn_drop_rate", "drop_path_rate"), rates):
+            if not 0.0 <= value < 1.0:  # NaN too
+                raise ValueError(f"{name} must be in [0, 1), got {value}.")
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.no_embed_class = no_embed_class
@@ -315,9 +309,8 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """Truncated-normal (std 0.02) tokens, position embeddings and linear weights; zero
         biases; LayerNorm weight 1 and bias 0 (the official DeiT initialisation)."""
-        for p in self._prefix_params():
+        for p in self.parameters(recurse=False):  # the prefix tokens, then pos_embed
             nn.init.trunc_normal_(p, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -329,9 +322,6 @@ class VisionTransformer(nn.Module):
 
     def _init_extra_tokens(self) -> None:
         """Subclasses add their prefix tokens after the class token here."""
-
-    def _prefix_params(self) -> list[nn.Parameter]:
-        return [self.cls_token]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay besides biases and norms (read by timm's ``create_optimizer``)."""
@@ -407,7 +397,14 @@ class VisionTransformer(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
-        take, last = _take_indices(len(self.blocks), indices)
+        depth = len(self.blocks)
+        try:  # timm's, with a one-sentence error
+            take, last = feature_take_indices(depth, indices)
+        except AssertionError as e:
+            raise ValueError(
+                f"indices={indices!r} do not fit a model of {depth} blocks ({e}); pass a count "
+                f"from 1 to {depth} or block indices from {-depth} to {depth - 1}."
+            ) from None
         B, (h, w) = x.shape[0], self._input_grid(x)
         x = self._embed(x)
         outputs = []
@@ -456,12 +453,6 @@ class VisionTransformer(nn.Module):
         return self.patch_embed.grid_size
 
 
-def _check_rates(*rates: float) -> None:
-    for name, value in zip(("drop_rate", "attn_drop_rate", "drop_path_rate"), rates):
-        if not (0.0 <= value < 1.0) or math.isnan(value):
-            raise ValueError(f"{name} must be in [0, 1), got {value}.")
-
-
 def resample_pos_embed_to_grid(
     pos_embed: torch.Tensor,
     grid: tuple[int, int],
@@ -481,19 +472,3 @@ def resample_pos_embed_to_grid(
     return resample_abs_pos_embed(
         pos_embed, list(grid), list(old_grid), num_prefix_tokens=num_prefix_tokens
     )
-
-
-def _take_indices(depth: int, indices: int | list[int] | None) -> tuple[list[int], int]:
-    """timm's ``feature_take_indices`` (absolute block indices to keep, and the largest), with
-    a one-sentence error.
-
-    Raises:
-        ValueError: a count outside 1..depth or an index outside the blocks.
-    """
-    try:
-        return feature_take_indices(depth, indices)
-    except AssertionError as e:
-        raise ValueError(
-            f"indices={indices!r} do not fit a model of {depth} blocks ({e}); pass a count from "
-            f"1 to {depth} or block indices from {-depth} to {depth - 1}."
-        ) from None

@@ -38,30 +38,6 @@ def _as_size(value: Any) -> int | tuple[int, int] | None:
     return vals[0] if len(vals) == 1 or vals[0] == vals[1] else (vals[0], vals[1])
 
 
-def _classifier_key(model: nn.Module, num_classes: int) -> str | None:
-    """Name of the weight of the model's last ``Linear`` with ``num_classes`` outputs."""
-    key = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and m.out_features == num_classes:
-            key = f"{name}.weight"
-    return key
-
-
-def _check_head(
-    model: nn.Module, sd: dict[str, torch.Tensor], path: Path, num_classes: int
-) -> None:
-    """Raise a class-count error when the checkpoint's classifier has another output size."""
-    key = _classifier_key(model, num_classes)
-    if key is None:
-        return
-    w = sd.get(key, sd.get(f"module.{key}"))
-    if w is not None and w.shape[0] != num_classes:
-        raise ValueError(
-            f"Teacher checkpoint {str(path)!r} has {w.shape[0]} classes ({key}) but the student "
-            f"has {num_classes}; distil from a teacher trained on the same data."
-        )
-
-
 def _read_teacher_weights(path: Path | None) -> Weights | None:
     if path is None:
         return None
@@ -134,7 +110,16 @@ def _load_teacher_weights(
             stacklevel=3,
         )
         return
-    _check_head(model, weights.state_dict, Path(weights.source), num_classes)
+    sd, key = weights.state_dict, None  # key: the weight of the last num_classes-wide Linear
+    for module_name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and m.out_features == num_classes:
+            key = f"{module_name}.weight"
+    w = sd.get(key, sd.get(f"module.{key}")) if key is not None else None
+    if w is not None and w.shape[0] != num_classes:
+        raise ValueError(
+            f"Teacher checkpoint {str(Path(weights.source))!r} has {w.shape[0]} classes ({key}) "
+            f"but the student has {num_classes}; distil from a teacher trained on the same data."
+        )
     fit_weights(model, weights, flag="--teacher-model")
 
 

@@ -144,7 +144,7 @@ class FastTeacher(Teacher):
         self._run = run
         self.dtype = dtype
         self.name = name
-        self.to(teacher.scale.device if teacher.scale is not None else _device_of(teacher))
+        self.to(_device_of(teacher))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits ``(B, num_classes)`` in float32 for student-normalised images,
@@ -163,8 +163,10 @@ class FastTeacher(Teacher):
         return f"path={self.name!r}, " + super().extra_repr()
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    p = next(iter(module.parameters()), None)
+def _device_of(teacher: Teacher) -> torch.device:
+    if teacher.scale is not None:
+        return teacher.scale.device
+    p = next(iter(teacher.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
 
@@ -182,12 +184,6 @@ def _fold_bn(model: nn.Module) -> tuple[nn.Module, bool]:
         return model, False
 
 
-def _calibrate(model: Callable, views: torch.Tensor, batch: int = 32) -> None:
-    with torch.no_grad():
-        for chunk in views.split(batch):
-            model(chunk)
-
-
 def _int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
     """Post-training static int8 quantisation with PyTorch's FX graph mode for x86 (fbgemm/x86
     engine; conv + BN + ReLU fused by ``prepare_fx``), calibrated on ``calibration`` views
@@ -202,7 +198,8 @@ def _int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
             warnings.simplefilter("ignore")
             mapping = get_default_qconfig_mapping(engine)
             prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (calibration[:1],))
-            _calibrate(prepared, calibration)
+            for chunk in calibration.split(32):
+                prepared(chunk)
             quantised = convert_fx(prepared)
     finally:
         torch.backends.quantized.engine = before
@@ -408,18 +405,16 @@ def optimize_teacher(
         ValueError: an unknown or impossible ``precision`` for the teacher's device (one
             sentence, before any work), or ``int8`` without views to calibrate on.
     """
-    device = teacher.scale.device if teacher.scale is not None else _device_of(teacher)
-    candidates = teacher_candidates(precision, device)
+    candidates = teacher_candidates(precision, _device_of(teacher))
     if precision == "fp32":
         return teacher, TeacherReport("fp32", note="as asked")
     calibration = sample if calibration is None else calibration
     paths = candidates + (["fp32"] if precision == "auto" else [])
     if sample is None:
-        if precision != "auto":
-            fast = _build(teacher, precision, calibration, compile)
-            return fast, TeacherReport(fast.name, note="not checked: no sample views")
-        fast = _build(teacher, "fp32", None, compile)
-        return fast, TeacherReport(fast.name, note="fp32 numerics: no sample views to check")
+        auto = precision == "auto"
+        fast = _build(teacher, "fp32" if auto else precision, calibration, compile)
+        note = "fp32 numerics: no sample views to check" if auto else "not checked: no sample views"
+        return fast, TeacherReport(fast.name, note=note)
     fasts, failed = _build_paths(teacher, paths, calibration, compile, precision != "auto")
     tried = _check(teacher, fasts, sample, distillation_type, tau, timed) if fasts else []
     fast, report = _choose(teacher, _agreed_across_processes(tried), max_distance, len(sample))

@@ -158,9 +158,8 @@ class Teacher(nn.Module):
                 )
             mean_s, std_s = torch.tensor(self.student_mean), torch.tensor(self.student_std)
             mean_t, std_t = torch.tensor(self.mean), torch.tensor(self.std)
-            scale = (std_s / std_t).reshape(1, -1, 1, 1)
-            shift = ((mean_s - mean_t) / std_t).reshape(1, -1, 1, 1)
-            self.scale, self.shift = scale, shift
+            self.scale = (std_s / std_t).reshape(1, -1, 1, 1)
+            self.shift = ((mean_s - mean_t) / std_t).reshape(1, -1, 1, 1)
 
     def train(self, mode: bool = True) -> Teacher:
         """Keep eval mode whatever ``mode`` is (the teacher is never trained); returns ``self``."""
