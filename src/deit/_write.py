@@ -145,15 +145,20 @@ def _size_of(write: Callable[[Any], None]) -> int | None:
     return sink.n
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _make_temp(folder: Path, name: str) -> tuple[int, str]:
     """A new temporary file next to the destination: ``(fd, path)``, with the permissions a
     plain ``open`` would give it (``0o666`` less the umask), not mkstemp's private ``0o600``:
     the file it becomes is the user's to share like any other."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    mask = os.umask(0o022)  # the process's umask, read by setting it, then restored
-    os.umask(mask)
     try:
-        os.fchmod(fd, 0o666 & ~mask)
+        os.fchmod(fd, 0o666 & ~_umask())
     except BaseException:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)
