@@ -335,6 +335,11 @@ def eval_transform(info: ModelInfo) -> Callable[[Any], torch.Tensor]:
     )
 
 
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 # -- prediction -----------------------------------------------------------------------------
 @torch.no_grad()
 def classify(model: nn.Module, images: torch.Tensor, topk: int = 5) -> tuple[torch.Tensor, ...]:
@@ -418,8 +423,7 @@ def predict(
     bar = _progress_bar(len(entries), progress)
     try:
         mode = "RGB" if info.in_chans == 3 else "L"
-        for start in range(0, len(entries), batch_size):
-            chunk = entries[start : start + batch_size]
+        for chunk in _batches(entries, batch_size):
             pil = [
                 to_display_mode(src, mode)
                 if isinstance(src, Image.Image)
