@@ -55,11 +55,9 @@ def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
 
     CUDA: compute capability 8.0 or newer (``torch.cuda.is_bf16_supported()`` also counts the
     emulation of older GPUs such as the V100 and T4, which is slow). CPU: the ``/proc/cpuinfo``
-    flags ``amx_bf16``
-    (AMX tiles) or ``avx512_bf16`` (bf16 dot products); without either, oneDNN emulates bf16 and
-    matmuls run many times slower than fp32. ``DEIT_FAST_BF16=0`` or ``=1`` overrides the CPU
-    answer. This project's 2-core AMD EPYC (Zen 3) has AVX2 only, where bf16 is emulated and a
-    teacher forward runs many times slower than in fp32: the answer there is ``False``.
+    flags ``amx_bf16`` (AMX tiles) or ``avx512_bf16`` (bf16 dot products); without either (an
+    AVX2-only CPU), oneDNN emulates bf16 and matmuls run many times slower than fp32, so the
+    answer is ``False``. ``DEIT_FAST_BF16=0`` or ``=1`` overrides the CPU answer.
     """
     dev = torch.device(device)
     if dev.type == "cuda":  # native bf16 from Ampere (8.0) on; older GPUs emulate it
