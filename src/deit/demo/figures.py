@@ -1,5 +1,4 @@
-"""The demo's figures: one per claim (its models' top-1 and its paired gains), and the overview
-(every paired gain, the gain against N, the token cosines through depth)."""
+"""The demo's figures: one per claim (:func:`claim_figure`), the overview, the token cosines."""
 
 from __future__ import annotations
 
@@ -57,22 +56,15 @@ def claim_figure(results: dict[str, Any], name: str) -> Any:
     entries = _claim_entries(results, name)
     sizes = sorted({c["train_images"] for c in rows})
     svm = {b["train_images"]: b["top1"] for b in results["baselines"] if b["variant"] == "svm"}
+    svm_label = BASELINE_LABELS["svm"]
     if len(sizes) == 1:
         _bars(ax, entries)
-        ax.axhline(
-            svm.get(sizes[0], 0), color="black", ls="--", lw=0.8, label=BASELINE_LABELS["svm"]
-        )
+        ax.axhline(svm.get(sizes[0], 0), color="black", ls="--", lw=0.8, label=svm_label)
         ax.set_ylabel(f"top-1 (%) on {_test_images(results, sizes[0])} held-out digits")
         ax.set_title(f"mean over seeds, 95 % CI (N={sizes[0]})")
     else:
         _lines_against_n(ax, entries)
-        ax.plot(
-            sizes,
-            [svm.get(n, float("nan")) for n in sizes],
-            "k--",
-            lw=0.8,
-            label=BASELINE_LABELS["svm"],
-        )
+        ax.plot(sizes, [svm.get(n, float("nan")) for n in sizes], "k--", lw=0.8, label=svm_label)
         ax.set_ylabel("top-1 (%) on the held-out digits")
         ax.set_title("mean over seeds, 95 % CI")
     ax.legend(fontsize=7, loc="lower right")

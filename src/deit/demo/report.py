@@ -1,5 +1,4 @@
-"""``results.md``: the demo's design and machine, the headline table, one table per claim with
-its paired intervals, the token cosines, and every run."""
+"""``results.md`` (:func:`markdown`), and the run labels it shares with the figures."""
 
 from __future__ import annotations
 

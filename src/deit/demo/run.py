@@ -212,33 +212,15 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     )
     which.add_argument("--claims", nargs="+", choices=CLAIMS, help="the claims to measure")
     d = DemoSettings()
-    p.add_argument(
-        "--seeds", type=int, nargs="+", help=f"the headline's seeds (default {_words(d.seeds)})"
-    )
-    p.add_argument(
-        "--claim-seeds", type=int, nargs="+", help="the other claims' seeds (default: first 3)"
-    )
-    p.add_argument(
-        "--train-images",
-        type=int,
-        help=f"the headline's training digits (default {d.train_images})",
-    )
-    p.add_argument(
-        "--curve-images",
-        type=int,
-        nargs="+",
-        help=f"the data claim's sizes (default {_words(d.curve_images)})",
-    )
-    p.add_argument(
-        "--teacher-images",
-        type=int,
-        help=f"teacher budget in image-steps (default {d.teacher_images})",
-    )
-    p.add_argument(
-        "--student-images",
-        type=int,
-        help=f"student budget in image-steps (default {d.student_images})",
-    )
-    p.add_argument("--processes", type=int, help="worker processes (default: one per core)")
+    for flag, nargs, text in (
+        ("--seeds", "+", f"the headline's seeds (default {_words(d.seeds)})"),
+        ("--claim-seeds", "+", "the other claims' seeds (default: first 3)"),
+        ("--train-images", None, f"the headline's training digits (default {d.train_images})"),
+        ("--curve-images", "+", f"the data claim's sizes (default {_words(d.curve_images)})"),
+        ("--teacher-images", None, f"teacher budget in image-steps (default {d.teacher_images})"),
+        ("--student-images", None, f"student budget in image-steps (default {d.student_images})"),
+        ("--processes", None, "worker processes (default: one per core)"),
+    ):
+        p.add_argument(flag, type=int, nargs=nargs, help=text)
     p.add_argument("--no-progress", action="store_true", help="print nothing while running")
     p.set_defaults(func=_demo_cmd)

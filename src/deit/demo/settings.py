@@ -4,7 +4,7 @@ study's design and budget (:class:`DemoSettings`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -56,14 +56,7 @@ class Variant:
     def record(self) -> dict[str, Any]:
         """The variant's fields for ``results.json`` (soft variants name alpha, tau and the KL
         reduction)."""
-        if self.variant != "soft":
-            return {"variant": self.variant}
-        return {
-            "variant": "soft",
-            "alpha": self.alpha,
-            "tau": self.tau,
-            "kl_reduction": self.kl_reduction,
-        }
+        return asdict(self) if self.variant == "soft" else {"variant": self.variant}
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Variant:
@@ -121,7 +114,7 @@ class RunSpec:
             key += f"_x{self.budget:g}"
         if not self.mix:
             key += "_nomix"
-        if self.teacher != "teacher" and self.variant.variant not in ("teacher", "none"):
+        if self.teacher != "teacher" and self.distilled:
             key += f"_from_{self.teacher}"
         return key
 
@@ -171,11 +164,7 @@ class Claim:
 
     def runs(self) -> tuple[RunSpec, ...]:
         """Every run the claim reports, without duplicates, in order."""
-        out: list[RunSpec] = []
-        for spec in (*(s for pair in self.pairs for s in pair), *self.extra):
-            if spec not in out:
-                out.append(spec)
-        return tuple(out)
+        return tuple(dict.fromkeys((*(s for pair in self.pairs for s in pair), *self.extra)))
 
 
 def claims(s: DemoSettings) -> dict[str, Claim]:
@@ -325,8 +314,7 @@ class DemoSettings:
     @classmethod
     def full(cls, **kw: Any) -> DemoSettings:
         """Every claim of :data:`CLAIMS` (``deit demo --full``)."""
-        base: dict[str, Any] = dict(output_dir="runs/demo_full", claims=CLAIMS)
-        return cls(**{**base, **kw})
+        return cls(**{"output_dir": "runs/demo_full", "claims": CLAIMS, **kw})
 
     @property
     def claim_seed_list(self) -> tuple[int, ...]:

@@ -18,17 +18,17 @@ import os
 import shutil
 import signal
 import statistics
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import redirect_stderr
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from .._notes import _notes_as_lines
+from .._workers import _die_with_parent
 from .._write import atomic_write_text
 from ..config import Config, get_preset
 from .settings import TEACHER, DemoSettings, RunSpec, claims
@@ -124,10 +124,6 @@ def _config(s: DemoSettings, job: _Job) -> dict[str, Any]:
     return cfg
 
 
-def _folder(out: Path, n: int, seed: int, key: str) -> Path:
-    return out / f"n{n}" / f"seed{seed}" / key
-
-
 def _job_key(job: _Job, out: Path) -> str:
     """A hash of the run's configuration (the values that differ from :class:`Config`'s
     defaults, so that a new option left at its default keeps the key; paths relative to the
@@ -161,12 +157,17 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
     """Every run the settings' claims need, each once, a run after the runs it reads."""
     known = claims(s)
     jobs: dict[tuple[int, int, str], _Job] = {}
+    # the run each key names: the CNN teacher, or the first of the claims' runs called so
+    named = {"teacher": RunSpec(TEACHER)}
+    for claim in known.values():
+        for spec in claim.runs():
+            named.setdefault(spec.key, spec)
 
     def add(spec: RunSpec, n: int, seed: int) -> _Job:
         if (n, seed, spec.key) in jobs:
             return jobs[(n, seed, spec.key)]
-        deps = [add(_spec_of(known, d, s), n, seed) for d in spec.needs()]
-        job = _Job(spec, n, seed, _folder(out, n, seed, spec.key), deps=deps)
+        deps = [add(named[d], n, seed) for d in spec.needs()]
+        job = _Job(spec, n, seed, out / f"n{n}" / f"seed{seed}" / spec.key, deps=deps)
         job.cfg = _config(s, job)
         for dep in deps:
             if dep.spec.key == spec.finetune:
@@ -188,30 +189,8 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
     return list(jobs.values())
 
 
-def _spec_of(known: dict[str, Any], key: str, s: DemoSettings) -> RunSpec:
-    """The run a key names: the CNN teacher, or one of the claims' runs."""
-    if key == "teacher":
-        return RunSpec(TEACHER)
-    for claim in known.values():
-        for spec in claim.runs():
-            if spec.key == key:
-                return spec
-    raise ValueError(f"No run of the study is called {key!r}.")
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies (even by ``kill -9``)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 def _init_worker(threads: int, parent: int) -> None:
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
+    _die_with_parent(parent)  # Linux: killed by the kernel when the study dies (even kill -9)
     import torch
 
     torch.set_num_threads(threads)
@@ -280,21 +259,14 @@ def _token_record(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _processes(s: DemoSettings, jobs: int) -> tuple[int, int]:
-    cores = os.cpu_count() or 1
-    procs = max(1, min(s.processes or cores, jobs))
-    return procs, max(1, cores // procs)
-
-
 def _record_path(out: Path, job: _Job) -> Path:
     return out / "records" / f"{job.key}.json"
 
 
 def _stored(out: Path, job: _Job) -> dict[str, Any] | None:
     """The job's record when a finished run with its key left one."""
-    path = _record_path(out, job)
     try:
-        return json.loads(path.read_text())
+        return json.loads(_record_path(out, job).read_text())
     except (OSError, ValueError):
         return None
 
@@ -303,32 +275,27 @@ def _to_run(out: Path, jobs: list[_Job], stored: dict[str, dict[str, Any]]) -> l
     """The jobs without a record, and the recorded ones whose checkpoint a job to run reads
     but that was removed (a run is deterministic: it gives the same record again)."""
     todo = [j for j in jobs if j.key not in stored]
-    i = 0
-    while i < len(todo):
-        for dep in todo[i].deps:
+    for job in todo:  # the loop also visits the jobs it appends
+        for dep in job.deps:
             if dep not in todo and not dep.checkpoint.is_file():
                 todo.append(dep)
-        i += 1
     return [j for j in jobs if j in todo]
 
 
-class _Signals:
+@contextmanager
+def _signals() -> Iterator[None]:
     """While the study runs: SIGTERM and SIGHUP raise :class:`StudyStopped` in the main thread
     (Ctrl-C raises KeyboardInterrupt), so the workers are ended before the process exits."""
 
-    def __enter__(self) -> _Signals:
-        self.old: dict[int, Any] = {}
-        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                self.old[sig] = signal.signal(sig, self._raise)
-        return self
-
-    @staticmethod
-    def _raise(signum: int, _frame: Any) -> None:
+    def stop(signum: int, _frame: Any) -> None:
         raise StudyStopped(signum)
 
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self.old.items():
+    sigs = (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+    old = {sig: signal.signal(sig, stop) for sig in sigs if sig is not None}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
             signal.signal(sig, handler)
 
 
@@ -371,7 +338,9 @@ def _execute(
     """
     stored = {j.key: r for j in jobs if (r := _stored(out, j)) is not None}
     todo = _to_run(out, jobs, stored)
-    procs, threads = _processes(s, len(todo))
+    cores = os.cpu_count() or 1
+    procs = max(1, min(s.processes or cores, len(todo)))
+    threads = max(1, cores // procs)
     reused = len(jobs) - len(todo)
     say(f"{len(jobs)} runs: {reused} done earlier, {len(todo)} to run on {procs} process(es)")
     pending, running = _critical_first(todo), {}
@@ -381,7 +350,7 @@ def _execute(
         procs, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid())
     )
     try:
-        with _Signals():
+        with _signals():
             while pending or running:
                 _submit(pool, pending, running, procs, out)
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -391,7 +360,7 @@ def _execute(
                     atomic_write_text(_record_path(out, job), json.dumps(rec, indent=1) + "\n")
                     stored[job.key] = rec
                     finished.append((job, rec["seconds"]))
-                    left = pending + [j for j in running.values()]
+                    left = pending + list(running.values())
                     say(
                         f"N={job.n} seed {job.seed} {job.spec.key}: top-1 {rec['top1']:.2f}% "
                         f"({rec['seconds']:.0f} s; {len(finished)}/{len(todo)} "
