@@ -42,26 +42,34 @@ class BatchedStudents:
     Args:
         models: the students (same class, parameter names and shapes; same training flags such
             as ``set_distilled_training``). Their weights are copied into the stack; call
-            :meth:`write_back` to copy the trained weights into them.
-        randomness: ``torch.func.vmap``'s randomness for stochastic depth and dropout:
-            ``'different'`` (default) draws each student's masks independently.
+            :meth:`write_back` to copy the trained weights into them. Stochastic depth and
+            dropout masks are drawn for each student independently.
 
     Raises:
         ValueError: fewer than one model, or models whose classes or parameters differ.
     """
 
-    def __init__(self, models: Sequence[nn.Module], randomness: str = "different") -> None:
+    def __init__(self, models: Sequence[nn.Module]) -> None:
         models = list(models)
         if not models:
             raise ValueError("BatchedStudents needs at least one model.")
-        _check_same_architecture(models)
+        first = models[0]
+        shapes = {n: tuple(p.shape) for n, p in first.named_parameters()}
+        for i, m in enumerate(models[1:], start=1):
+            other = {n: tuple(p.shape) for n, p in m.named_parameters()}
+            if type(m) is not type(first) or other != shapes:
+                raise ValueError(
+                    f"Student {i} ({type(m).__name__}) differs from student 0 "
+                    f"({type(first).__name__}) in its class or parameters; batch only students "
+                    "of one architecture."
+                )
         params, buffers = stack_module_state(models)
         self.params: dict[str, nn.Parameter] = {k: nn.Parameter(v) for k, v in params.items()}
         self.buffers: dict[str, torch.Tensor] = buffers
         self.models = models
         # the module whose code runs; its own tensors are never read (meta device)
         self._base = copy.deepcopy(models[0]).to("meta")
-        self._call = vmap(self._one, randomness=randomness)
+        self._call = vmap(self._one, randomness="different")
 
     def __len__(self) -> int:
         return len(self.models)
@@ -138,19 +146,6 @@ class BatchedStudents:
                 t.copy_(self.params[name][k])
             for name, t in model.named_buffers():
                 t.copy_(self.buffers[name][k])
-
-
-def _check_same_architecture(models: list[nn.Module]) -> None:
-    first = models[0]
-    shapes = {n: tuple(p.shape) for n, p in first.named_parameters()}
-    for i, m in enumerate(models[1:], start=1):
-        other = {n: tuple(p.shape) for n, p in m.named_parameters()}
-        if type(m) is not type(first) or other != shapes:
-            raise ValueError(
-                f"Student {i} ({type(m).__name__}) differs from student 0 "
-                f"({type(first).__name__}) in its class or parameters; batch only students of "
-                "one architecture."
-            )
 
 
 def batched_train_step(

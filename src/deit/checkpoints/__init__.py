@@ -3,29 +3,27 @@
 Above :mod:`deit.models` (which never imports this package), one concern per module:
 
 - :mod:`.errors`: :class:`CheckpointError`, the one error of this layer.
-- :mod:`.safe_load`: :func:`safe_torch_load` (``torch.load(weights_only=True)``).
+- :mod:`.safe_load`: :func:`safe_torch_load` (``torch.load(weights_only=True)``),
+  :func:`refuse_non_finite`.
 - :mod:`.write`: :func:`atomic_save`, :func:`save_weights`.
 - :mod:`.run_checkpoint`: the file ``deit train`` writes, :class:`RunCheckpoint` (versioned).
 - :mod:`.hf`: :func:`convert_hf_deit` (Hugging Face key names to DeiT's).
 - :mod:`.read`: every file kind into :class:`Weights` (:func:`read_weights`).
 - :mod:`.adapt`: prefix tokens, position grid (:func:`resample_pos_embed`), heads.
-- :mod:`.guess`: :func:`guess_architecture` from a state dict's keys.
-- :mod:`.fit`: :func:`load_state_dict_into`, :func:`fit_weights`, :func:`mismatch`.
+- :mod:`.fit`: :func:`load_state_dict_into`, :func:`fit_weights`, :func:`mismatch`,
+  :func:`guess_architecture` from a state dict's keys.
 - :mod:`.load`: :func:`load_checkpoint`, :func:`load_pretrained`, :func:`load_model`,
-  :class:`ModelInfo`.
-- :mod:`.factory`: :func:`create_model` (the registry's bare model plus weights).
+  :class:`ModelInfo`, :func:`create_model` (the registry's bare model plus weights).
 """
 
 from .adapt import LoadReport, resample_pos_embed
 from .errors import CheckpointError
-from .factory import create_model
-from .fit import fit_weights, load_state_dict_into, mismatch
-from .guess import guess_architecture
+from .fit import fit_weights, guess_architecture, load_state_dict_into, mismatch
 from .hf import convert_hf_deit
-from .load import ModelInfo, load_checkpoint, load_model, load_pretrained
-from .read import Weights, read_state_dict, read_weights, refuse_non_finite, strip_ddp_prefix
+from .load import ModelInfo, create_model, load_checkpoint, load_model, load_pretrained
+from .read import Weights, read_state_dict, read_weights, strip_ddp_prefix
 from .run_checkpoint import RUN_CHECKPOINT_VERSION, RunCheckpoint, is_run_checkpoint
-from .safe_load import safe_torch_load
+from .safe_load import refuse_non_finite, safe_torch_load
 from .write import atomic_save, save_weights
 
 __all__ = [

@@ -1,6 +1,7 @@
 """Loading a state dict into a model, or saying in one sentence why it does not fit:
-:func:`load_state_dict_into` (DeiT/ViT, adapted first), :func:`fit_weights` (any model) and
-:func:`mismatch` (the counts and examples of a misfit)."""
+:func:`load_state_dict_into` (DeiT/ViT, adapted first), :func:`fit_weights` (any model),
+:func:`mismatch` (the counts and examples of a misfit) and :func:`guess_architecture` (what a
+state dict holds, judged by its key names and shapes, for the fix the sentence names)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,80 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.registry import get_model_spec, list_models
 from ..models.vision_transformer import VisionTransformer
 from .adapt import _HEAD_KEYS, LoadReport, _adapt
 from .errors import CheckpointError
-from .guess import guess_architecture
 from .read import Weights
 
-__all__ = ["fit_weights", "load_state_dict_into", "mismatch"]
+__all__ = ["fit_weights", "guess_architecture", "load_state_dict_into", "mismatch"]
+
+# ResNet signature (blocks per stage, bottleneck blocks, stem output channels) -> the
+# torchvision / timm name that builds it (timm's *d / *t / test_ models have a deep stem).
+_RESNETS = {
+    (2, 2, 2, 2, False, 64): "resnet18",
+    (3, 4, 6, 3, False, 64): "resnet34",
+    (3, 4, 6, 3, True, 64): "resnet50",
+    (3, 4, 23, 3, True, 64): "resnet101",
+    (3, 8, 36, 3, True, 64): "resnet152",
+    (1, 1, 1, 1, False, 24): "resnet10t",
+    (1, 1, 1, 1, True, 24): "resnet14t",
+    (2, 2, 2, 2, True, 24): "resnet26t",
+    (2, 2, 2, 2, False, 32): "resnet18d",
+    (2, 2, 2, 2, True, 32): "resnet26d",
+    (3, 4, 6, 3, False, 32): "resnet34d",
+    (3, 4, 6, 3, True, 32): "resnet50d",
+    (1, 1, 1, 1, False, 16): "test_resnet",
+}
+
+
+def _count(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    """Distinct indices right after ``prefix`` in the keys (blocks of a stage, layers, ...)."""
+    return len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def _guess_vit(sd: dict[str, torch.Tensor]) -> tuple[str | None, str]:
+    dim, patch = sd["cls_token"].shape[-1], sd["patch_embed.proj.weight"].shape[-1]
+    depth, distilled = _count(sd, "blocks."), "dist_token" in sd
+    layer_scale = "blocks.0.ls1.gamma" in sd  # DeiT III: no position rows for the class token
+    prefix = 0 if layer_scale else (2 if distilled else 1)
+    rows = sd["pos_embed"].shape[1] - prefix if "pos_embed" in sd else -1
+    same = [
+        s
+        for s in map(get_model_spec, list_models())
+        if s.distilled == distilled
+        and ("init_values" in s.kwargs) == layer_scale
+        and (s.kwargs["embed_dim"], s.kwargs["depth"], s.kwargs["patch_size"])
+        == (dim, depth, patch)
+    ]
+    same.sort(key=lambda s: (s.img_size // patch) ** 2 != rows)  # the recorded grid first
+    kind = "DeiT III" if layer_scale else "distilled DeiT" if distilled else "ViT/DeiT"
+    return (same[0].name if same else None), f"a {kind} (D {dim}, depth {depth}, patch {patch})"
+
+
+def guess_architecture(sd: dict[str, torch.Tensor]) -> tuple[str | None, str | None]:
+    """What architecture a state dict seems to hold, judging by its key names and shapes.
+
+    Returns:
+        ``(name, description)``: a model name that builds it (a registered DeiT name or a
+        torchvision/timm ResNet) or ``None``, and a short description of the family (e.g.
+        ``"a ResNet (basic blocks 1-1-1-1)"``) or ``None`` when the keys are not recognised.
+    """
+    if "cls_token" in sd and "patch_embed.proj.weight" in sd:
+        return _guess_vit(sd)
+    if "layer1.0.conv1.weight" in sd:
+        blocks = tuple(_count(sd, f"layer{i}.") for i in range(1, 5))
+        bottleneck = "layer1.0.conv3.weight" in sd
+        stem = sd.get("conv1.weight", sd.get("conv1.0.weight"))
+        width = int(stem.shape[0]) if stem is not None else 0
+        kind = "bottleneck" if bottleneck else "basic"
+        family = f"a ResNet with {kind} blocks {'-'.join(map(str, blocks))}"
+        return _RESNETS.get((*blocks, bottleneck, width)), family
+    if any(k.startswith("s1.b1.") for k in sd):
+        return None, "a RegNet (timm regnet*)"
+    if "conv_stem.weight" in sd:
+        return None, "an EfficientNet/MobileNet (timm)"
+    return None, None
 
 
 def _examples(groups: list[list[str]], limit: int = 3) -> list[list[str]]:
@@ -60,13 +128,7 @@ def mismatch(
     return parts, bool(parts) and only_heads
 
 
-def _model_name(model: nn.Module) -> str:
-    """The name a model was built from (DeiT registry / timm ``architecture``), else its class."""
-    cfg = getattr(model, "default_cfg", None) or getattr(model, "pretrained_cfg", None) or {}
-    return str(cfg.get("architecture") or type(model).__name__)
-
-
-def _misfit(
+def _refuse_misfit(
     source: str,
     model: nn.Module,
     sd: dict[str, torch.Tensor],
@@ -74,15 +136,18 @@ def _misfit(
     meta: dict[str, Any],
     flag: str,
     original: dict[str, torch.Tensor] | None = None,
-) -> CheckpointError | None:
-    """One sentence on why ``sd`` does not fit ``model`` (``None`` when it fits): counts and
+) -> None:
+    """Raise one sentence on why ``sd`` does not fit ``model`` (nothing when it fits): counts and
     examples (:func:`mismatch`), the architecture the file holds (recorded ``model_name``, else
     :func:`guess_architecture` of ``original``, the file's keys before any adaptation) and the
     fix, naming ``flag`` (``--model``, ``--teacher-model``)."""
     parts, only_heads = mismatch(model.state_dict(), sd, ignore)
     if not parts:
-        return None
-    target, recorded = _model_name(model), meta.get("model_name")
+        return
+    # the name the model was built from (DeiT registry / timm architecture), else its class
+    cfg = getattr(model, "default_cfg", None) or getattr(model, "pretrained_cfg", None) or {}
+    target = str(cfg.get("architecture") or type(model).__name__)
+    recorded = meta.get("model_name")
     name, family = (recorded, None) if recorded else guess_architecture(original or sd)
     how = " (recorded in the file)," if recorded else ", judging by its keys,"
     verb = "holds" if recorded else "looks like"
@@ -103,7 +168,7 @@ def _misfit(
         fix = f"it looks like {family}{how} not a {target}: pass the {flag} it was trained as"
     else:
         fix = f"pass the {flag} the file was trained as (not {target})"
-    return CheckpointError(f"{who}{source!r} does not fit this model: {', '.join(parts)}; {fix}.")
+    raise CheckpointError(f"{who}{source!r} does not fit this model: {', '.join(parts)}; {fix}.")
 
 
 def load_state_dict_into(
@@ -130,11 +195,9 @@ def load_state_dict_into(
     meta = meta or {}
     report = LoadReport()
     adapted = sd
-    if "pos_embed" in sd and "cls_token" in sd:  # else not a ViT: _misfit says what it holds
+    if "pos_embed" in sd and "cls_token" in sd:  # else not a ViT: _refuse_misfit says what it holds
         adapted = _adapt(sd, model, finetune, report, meta, source)
-    error = _misfit(source, model, adapted, _HEAD_KEYS if finetune else (), meta, flag, sd)
-    if error is not None:
-        raise error
+    _refuse_misfit(source, model, adapted, _HEAD_KEYS if finetune else (), meta, flag, sd)
     model.load_state_dict(adapted, strict=not finetune)
     eps = meta.get("layer_norm_eps")
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
@@ -189,8 +252,6 @@ def fit_weights(
     kept = {
         k: v for k, v in sd.items() if not (k in heads and k in own and v.shape != own[k].shape)
     }
-    error = _misfit(weights.source, model, kept, heads, weights.meta, flag, sd)
-    if error is not None:
-        raise error
+    _refuse_misfit(weights.source, model, kept, heads, weights.meta, flag, sd)
     model.load_state_dict(kept, strict=not finetune)
     return []

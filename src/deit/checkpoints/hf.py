@@ -43,48 +43,44 @@ def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         CheckpointError: when the keys are not those of a transformers DeiT/ViT model, or one
             DeiT needs is absent (e.g. a ViT built with ``qkv_bias=False``).
     """
+    p = _hf_prefix(hf)
     try:
-        return _convert_hf(hf, _hf_prefix(hf))
+        out: dict[str, torch.Tensor] = {"cls_token": hf[f"{p}embeddings.cls_token"]}
+        if f"{p}embeddings.distillation_token" in hf:
+            out["dist_token"] = hf[f"{p}embeddings.distillation_token"]
+        out["pos_embed"] = hf[f"{p}embeddings.position_embeddings"]
+        for t in ("weight", "bias"):
+            out[f"patch_embed.proj.{t}"] = hf[f"{p}embeddings.patch_embeddings.projection.{t}"]
+            out[f"norm.{t}"] = hf[f"{p}layernorm.{t}"]
+        i = 0
+        while f"{p}encoder.layer.{i}.layernorm_before.weight" in hf:
+            src, dst = f"{p}encoder.layer.{i}.", f"blocks.{i}."
+            for t in ("weight", "bias"):
+                att = src + "attention.attention."
+                out[dst + f"attn.qkv.{t}"] = torch.cat(
+                    [hf[att + f"query.{t}"], hf[att + f"key.{t}"], hf[att + f"value.{t}"]]
+                )
+                out[dst + f"attn.proj.{t}"] = hf[src + f"attention.output.dense.{t}"]
+                out[dst + f"norm1.{t}"] = hf[src + f"layernorm_before.{t}"]
+                out[dst + f"norm2.{t}"] = hf[src + f"layernorm_after.{t}"]
+                out[dst + f"mlp.fc1.{t}"] = hf[src + f"intermediate.dense.{t}"]
+                out[dst + f"mlp.fc2.{t}"] = hf[src + f"output.dense.{t}"]
+            i += 1
+        for t in ("weight", "bias"):
+            if f"cls_classifier.{t}" in hf:
+                out[f"head.{t}"] = hf[f"cls_classifier.{t}"]
+                out[f"head_dist.{t}"] = hf[f"distillation_classifier.{t}"]
+            elif f"classifier.{t}" in hf:
+                out[f"head.{t}"] = hf[f"classifier.{t}"]
+                if "dist_token" in out:
+                    out[f"head_dist.{t}"] = hf[f"classifier.{t}"].clone()
+        return out
     except KeyError as e:
         raise CheckpointError(
             f"The Hugging Face checkpoint has no {e.args[0]!r}, which a DeiT needs (a ViT "
             "built without query/key/value biases or another layout); convert a standard "
             "DeiT/ViT checkpoint."
         ) from None
-
-
-def _convert_hf(hf: dict[str, torch.Tensor], p: str) -> dict[str, torch.Tensor]:
-    """:func:`convert_hf_deit` for keys under prefix ``p``."""
-    out: dict[str, torch.Tensor] = {"cls_token": hf[f"{p}embeddings.cls_token"]}
-    if f"{p}embeddings.distillation_token" in hf:
-        out["dist_token"] = hf[f"{p}embeddings.distillation_token"]
-    out["pos_embed"] = hf[f"{p}embeddings.position_embeddings"]
-    for t in ("weight", "bias"):
-        out[f"patch_embed.proj.{t}"] = hf[f"{p}embeddings.patch_embeddings.projection.{t}"]
-        out[f"norm.{t}"] = hf[f"{p}layernorm.{t}"]
-    i = 0
-    while f"{p}encoder.layer.{i}.layernorm_before.weight" in hf:
-        src, dst = f"{p}encoder.layer.{i}.", f"blocks.{i}."
-        for t in ("weight", "bias"):
-            att = src + "attention.attention."
-            out[dst + f"attn.qkv.{t}"] = torch.cat(
-                [hf[att + f"query.{t}"], hf[att + f"key.{t}"], hf[att + f"value.{t}"]]
-            )
-            out[dst + f"attn.proj.{t}"] = hf[src + f"attention.output.dense.{t}"]
-            out[dst + f"norm1.{t}"] = hf[src + f"layernorm_before.{t}"]
-            out[dst + f"norm2.{t}"] = hf[src + f"layernorm_after.{t}"]
-            out[dst + f"mlp.fc1.{t}"] = hf[src + f"intermediate.dense.{t}"]
-            out[dst + f"mlp.fc2.{t}"] = hf[src + f"output.dense.{t}"]
-        i += 1
-    for t in ("weight", "bias"):
-        if f"cls_classifier.{t}" in hf:
-            out[f"head.{t}"] = hf[f"cls_classifier.{t}"]
-            out[f"head_dist.{t}"] = hf[f"distillation_classifier.{t}"]
-        elif f"classifier.{t}" in hf:
-            out[f"head.{t}"] = hf[f"classifier.{t}"]
-            if "dist_token" in out:
-                out[f"head_dist.{t}"] = hf[f"classifier.{t}"].clone()
-    return out
 
 
 def to_hf_deit(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -101,16 +101,15 @@ def _download(hub_id: str, filename: str, required: bool = True) -> Path | None:
         ) from None
 
 
-def hub_folder(hub_id: str, weights: bool = True) -> Path:
+def hub_folder(hub_id: str) -> Path:
     """The local folder (a snapshot of ``huggingface_hub``'s cache) holding the repository's
-    ``config.json`` and, with ``weights``, its weights file (``model.safetensors``, else
-    ``pytorch_model.bin``).
+    ``config.json`` and its weights file (``model.safetensors``, else ``pytorch_model.bin``).
 
     Raises:
         CheckpointError: see :func:`_download`; or no weights file in the repository.
     """
     folder = _download(hub_id, "config.json").parent
-    if not weights or any((folder / name).is_file() for name in WEIGHTS_FILES):
+    if any((folder / name).is_file() for name in WEIGHTS_FILES):
         return folder
     for name in WEIGHTS_FILES:  # none cached: ask the Hub, safetensors first
         if _download(hub_id, name, required=False) is not None:
@@ -135,9 +134,9 @@ def hub_config(hub_id: str) -> dict[str, Any]:
     """The repository's ``config.json``.
 
     Raises:
-        CheckpointError: see :func:`hub_folder`.
+        CheckpointError: see :func:`_download`.
     """
-    return json.loads((hub_folder(hub_id, weights=False) / "config.json").read_text())
+    return json.loads(_download(hub_id, "config.json").read_text())
 
 
 def hub_architecture(hub_id: str, config: dict[str, Any]) -> tuple[str, int, tuple[int, int]]:
@@ -155,9 +154,9 @@ def hub_architecture(hub_id: str, config: dict[str, Any]) -> tuple[str, int, tup
             raise CheckpointError(
                 f"{hub_id!r} holds a timm {name}, not a DeiT; load it with timm.create_model."
             )
-        own = [3, *_pair(get_model_spec(name).img_size)]
-        size = config.get("pretrained_cfg", {}).get("input_size", own)[-2:]
-        return name, int(config.get("num_classes", 1000)), (int(size[0]), int(size[1]))
+        side = get_model_spec(name).img_size
+        size = config.get("pretrained_cfg", {}).get("input_size", [side, side])[-2:]
+        return name, int(config.get("num_classes", 1000)), _image_size(size)
     if config.get("model_type") not in ("deit", "vit"):
         raise CheckpointError(
             f"{hub_id!r} holds a {config.get('model_type')!r} model; only DeiT and ViT models "
@@ -172,8 +171,8 @@ def hub_architecture(hub_id: str, config: dict[str, Any]) -> tuple[str, int, tup
             f"{dims[2]} heads, patch {dims[3]}) that no registered DeiT configuration builds; "
             "see deit.list_models()."
         )
-    size = _pair(config.get("image_size", 224))
-    names.sort(key=lambda n: _pair(get_model_spec(n).img_size) != size)  # its own size first
+    size = _image_size(config.get("image_size", 224))
+    names.sort(key=lambda n: _image_size(get_model_spec(n).img_size) != size)  # its own size first
     return names[0], len(config.get("id2label") or {}) or 1000, size
 
 
@@ -193,5 +192,13 @@ def _shape(name: str) -> tuple[Any, ...]:
     return (*dims, spec.distilled, "init_values" in spec.kwargs)
 
 
-def _pair(size: Any) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def _image_size(value: Any) -> tuple[int, int] | None:
+    """A recorded image size (an int side, ``[H, W]``, or its JSON text) as ``(H, W)`` pixels."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = json.loads(value)
+    if isinstance(value, (int, float)):
+        return int(value), int(value)
+    h, w = value
+    return int(h), int(w)

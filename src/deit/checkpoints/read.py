@@ -1,8 +1,5 @@
-"""Reading every supported weights file into one :class:`Weights` record.
-
-The kinds: a ``deit train`` checkpoint (:class:`~deit.checkpoints.RunCheckpoint`), an official
-DeiT ``.pth``, a plain or timm state dict, a ``.safetensors`` file and a Hugging Face
-``save_pretrained`` folder. Nothing here knows a model: fitting the tensors to one is
+"""Reading every supported weights file (the kinds: :func:`read_weights`) into one
+:class:`Weights` record. Nothing here knows a model: fitting the tensors to one is
 :mod:`deit.checkpoints.fit`'s.
 """
 
@@ -19,19 +16,12 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .errors import CheckpointError
 from .fetch import local_file
-from .finite import refuse_non_finite
 from .hf import convert_hf_deit
-from .hub import hub_architecture, hub_folder, hub_weights_file, is_hub_id
+from .hub import _image_size, hub_architecture, hub_folder, hub_weights_file, is_hub_id
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
-from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, safe_torch_load
+from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, refuse_non_finite, safe_torch_load
 
-__all__ = [
-    "Weights",
-    "read_weights",
-    "read_state_dict",
-    "refuse_non_finite",
-    "strip_ddp_prefix",
-]
+__all__ = ["Weights", "read_weights", "read_state_dict", "strip_ddp_prefix"]
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -97,25 +87,6 @@ class Weights:
     run: RunCheckpoint | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def _image_size(value: Any) -> tuple[int, int] | None:
-    """A recorded image size (an int side, ``[H, W]``, or its JSON text) as ``(H, W)`` pixels."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = json.loads(value)
-    if isinstance(value, (int, float)):
-        return int(value), int(value)
-    h, w = value
-    return int(h), int(w)
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 def _read_hf_folder(path: Path) -> Weights:
@@ -216,8 +187,11 @@ def _read_file(path: Path, use_ema: bool) -> Weights:
     if error is not None:
         raise error
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
         sd = _read_safetensors(path)  # first: it names a bad file in one sentence
-        size = _image_size(_safetensors_metadata(path).get("img_size"))
+        with safe_open(str(path), framework="pt") as f:
+            size = _image_size((f.metadata() or {}).get("img_size"))
         return Weights(sd, str(path), meta={"image_size": size} if size else {})
     obj = safe_torch_load(path)
     if not is_run_checkpoint(obj):

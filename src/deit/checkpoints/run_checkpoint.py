@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .finite import refuse_non_finite
-from .safe_load import safe_torch_load
+from .safe_load import refuse_non_finite, safe_torch_load
 from .write import atomic_save
 
 __all__ = ["RUN_CHECKPOINT_VERSION", "RunCheckpoint", "is_run_checkpoint"]
@@ -124,7 +123,7 @@ class RunCheckpoint:
             deit.checkpoints.CheckpointError: missing, unreadable or unsafe file; not a run
                 checkpoint; a newer version; a NaN or infinite value in its weights or EMA
                 weights (one sentence naming the file and the first such tensor, as every
-                other reader: :func:`deit.checkpoints.read.refuse_non_finite`).
+                other reader: :func:`deit.checkpoints.refuse_non_finite`).
         """
         ck = cls.from_dict(safe_torch_load(path), str(path))
         refuse_non_finite(ck.model, str(path))

@@ -1,4 +1,5 @@
-"""Reading a ``torch.save`` file safely: :func:`safe_torch_load`.
+"""Reading a ``torch.save`` file safely: :func:`safe_torch_load`; and the check every weights
+reader makes, :func:`refuse_non_finite`.
 
 Every ``.pth``/``.pt``/``.bin`` read in deit goes through ``torch.load(weights_only=True)`` here,
 so an untrusted pickle never runs code. It sits below the run-checkpoint schema and the readers
@@ -17,7 +18,7 @@ import torch
 from .errors import CheckpointError
 from .fetch import local_file
 
-__all__ = ["checkpoint_path_error", "safe_torch_load"]
+__all__ = ["checkpoint_path_error", "refuse_non_finite", "safe_torch_load"]
 
 #: The files a ``deit train`` run folder holds its checkpoints in (last epoch, best).
 RUN_CHECKPOINTS = ("checkpoint.pth", "best_checkpoint.pth")
@@ -48,28 +49,27 @@ def checkpoint_path_error(
     )
 
 
-def _export_error(path: Path, magic: bytes) -> CheckpointError | None:
-    """The sentence for a file ``deit export`` wrote (TorchScript, ONNX): a program, not
+def _refuse_export(path: Path, magic: bytes) -> None:
+    """Raise the sentence for a file ``deit export`` wrote (TorchScript, ONNX): a program, not
     weights a model can be built from."""
     instead = "pass the checkpoint it was exported from (e.g. <run>/checkpoint.pth)"
     if path.suffix.lower() == ".onnx":
-        return CheckpointError(
+        raise CheckpointError(
             f"{str(path)!r} is an ONNX model (deit export), not a checkpoint; run it with "
             f"onnxruntime, or {instead}."
         )
     if not magic.startswith(b"PK"):
-        return None
+        return
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError):
-        return None  # a damaged archive: torch.load names it
+        return  # a damaged archive: torch.load names it
     if any(n.endswith("constants.pkl") for n in names) or any("/code/" in n for n in names):
-        return CheckpointError(
+        raise CheckpointError(
             f"{str(path)!r} is a TorchScript program (deit export --format torchscript, "
             f"torch.jit.save), not a checkpoint; run it with torch.jit.load, or {instead}."
         )
-    return None
 
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -86,9 +86,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
         raise error
     with open(path, "rb") as f:
         magic = f.read(4)
-    error = _export_error(path, magic)
-    if error is not None:
-        raise error
+    _refuse_export(path, magic)
     # torch.save writes a zip archive (PK..); older files are pickles (protocol 2+: 0x80)
     if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
         raise CheckpointError(
@@ -108,3 +106,24 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
             f"Could not read {str(path)!r} as a PyTorch checkpoint ({type(e).__name__}: the "
             "file is truncated or corrupt); check the file or download it again."
         ) from None
+
+
+def refuse_non_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and its first tensor (state-dict order)
+    with a NaN or infinite value; weights like that make every output NaN.
+
+    Raises:
+        CheckpointError: one sentence with the file, the tensor key and its NaN/inf counts.
+    """
+    for key, value in sd.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        if bool(torch.isfinite(value).all()):
+            continue
+        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+        counts = " and ".join(f"{n:,} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise CheckpointError(
+            f"{source!r} holds non-finite weights: tensor {key!r} has {counts} of its "
+            f"{value.numel():,} values; use a checkpoint saved before the values diverged, "
+            "or copy or download the file again."
+        )

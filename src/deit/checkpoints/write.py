@@ -53,8 +53,7 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -
     sd = model.state_dict() if isinstance(model, nn.Module) else model
     sd = {k: v.detach().cpu() for k, v in sd.items()}
     size = list(model.img_size) if isinstance(model, VisionTransformer) else None
-    path = Path(path)
-    if path.suffix == ".safetensors":
+    if Path(path).suffix == ".safetensors":
         atomic_save(sd, path, metadata={"img_size": json.dumps(size)} if size else None)
     else:
         atomic_save({"model": sd, **({"img_size": size} if size else {})}, path)

@@ -310,13 +310,11 @@ class TeacherLabelStore:
         over the others (softmax of these logits at τ 1 gives those probabilities back)."""
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
         if self.kind == "logits":
-            return _to(
-                torch.from_numpy(np.array(self.arrays["logits"][epoch, rows])).float(), device
-            )
+            return _to(torch.tensor(self.arrays["logits"][epoch, rows]).float(), device)
         if self.kind == "top1":
-            return _to(torch.from_numpy(np.array(self.arrays["top1"][epoch, rows])).long(), device)
-        probs = torch.from_numpy(np.array(self.arrays["topk_probs"][epoch, rows])).float()
-        classes = torch.from_numpy(np.array(self.arrays["topk_classes"][epoch, rows])).long()
+            return _to(torch.tensor(self.arrays["top1"][epoch, rows]).long(), device)
+        probs = torch.tensor(self.arrays["topk_probs"][epoch, rows]).float()
+        classes = torch.tensor(self.arrays["topk_classes"][epoch, rows]).long()
         c = self.num_classes
         rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(1e-8) / max(c - probs.shape[1], 1)
         logits = rest.log().expand(-1, c).clone()
