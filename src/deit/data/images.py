@@ -14,9 +14,6 @@ image viewer shows it:
 - Any image with transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, a palette or grey/RGB
   image with a ``transparency`` entry): composited over :data:`BACKGROUND` (white, as a browser
   page shows it), ``out = (src · a + bg · (255 − a)) / 255``.
-
-Used by the folder and iNaturalist data sets (their loader) and by ``deit predict`` /
-``deit analyze`` (:func:`deit.predict.load_image`).
 """
 
 from __future__ import annotations
@@ -44,20 +41,6 @@ def too_large(e: Image.DecompressionBombError) -> str:
     return f"too large to decode ({size}a possible decompression bomb)"
 
 
-def _has_alpha(img: Image.Image) -> bool:
-    return "A" in img.getbands() or "a" in img.getbands() or "transparency" in img.info
-
-
-def _rescale_grey(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float grey -> 8-bit ``L`` (see the module docstring)."""
-    arr = np.asarray(img)
-    if img.mode == "F":
-        scaled = np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0
-    else:
-        scaled = np.clip(arr.astype(np.float64), 0.0, 65535.0) / 257.0
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
-
-
 def to_display_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
     """``img`` as 8-bit ``mode`` (``"RGB"`` or ``"L"``) with the pixels a viewer shows.
 
@@ -74,9 +57,14 @@ def to_display_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L' (got {mode!r}).")
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        img = _rescale_grey(img)
-    if _has_alpha(img):
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # see the module docstring
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode == "F":
+            scaled = np.clip(arr, 0.0, 1.0) * 255.0
+        else:
+            scaled = np.clip(arr, 0.0, 65535.0) / 257.0
+        img = Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+    if {"A", "a"} & set(img.getbands()) or "transparency" in img.info:
         grey = img.mode in _GREY_MODES
         rgba = img.convert("RGBA")
         ground = Image.new("RGBA", img.size, (*BACKGROUND, 255))

@@ -6,7 +6,6 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -27,7 +26,7 @@ class INatDataset(_SkipMixin, Dataset):
     "family", "order", "class", "phylum", "kingdom", "supercategory"}``; when absent, the train
     JSON's ``categories``). Classes are the distinct values of the chosen level, numbered in
     order of first appearance in the *train* annotations, as in the official code, so train and
-    val share one numbering.
+    val share one numbering; images are read by :func:`~deit.data.images.load_rgb`.
 
     Args:
         root: folder holding the JSON files (image paths are relative to it).
@@ -36,7 +35,6 @@ class INatDataset(_SkipMixin, Dataset):
         category: taxonomy level, one of :data:`INAT_CATEGORIES` (default 'name': species).
         transform, target_transform: as in torchvision.
         skip_corrupt: as in :class:`~deit.data.folders.ImageFolderDataset`.
-        loader: path -> PIL image (default :func:`deit.data.images.load_rgb`).
 
     Raises:
         FileNotFoundError: a JSON file is missing (the message gives the layout).
@@ -52,7 +50,6 @@ class INatDataset(_SkipMixin, Dataset):
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         skip_corrupt: bool = False,
-        loader: Callable[[str], Any] = load_rgb,
     ) -> None:
         if category not in INAT_CATEGORIES:
             raise ValueError(
@@ -98,12 +95,8 @@ class INatDataset(_SkipMixin, Dataset):
         self.year = year
         self.transform = transform
         self.target_transform = target_transform
-        self.skip_corrupt = skip_corrupt
-        self.loader = loader
-        self.skipped = []
-        if skip_corrupt:
-            self._drop_corrupt()
-            self.targets = [t for _, t in self.samples]
+        self.loader = load_rgb
+        self._drop_corrupt(skip_corrupt)
         base = _INFO[f"inat{year % 100}"]
         self.info = DatasetInfo(base.name, len(self.classes), base.mean, base.std, None)
         self.nb_classes = len(self.classes)  # official attribute name

@@ -1,10 +1,4 @@
-"""What a run feeds its model: input size and normalisation, defaulting to the model's own.
-
-:func:`model_input_defaults` reads a model name's own input size and normalisation (DeiT
-registry entry, timm ``pretrained_cfg``, torchvision's 224 px ImageNet convention);
-:func:`resolve_inputs` settles a configuration's ``input_size`` / ``mean`` / ``std`` from them
-and says in one sentence each when a setting overrides the model's own.
-"""
+"""What a run feeds its model: input size and normalisation, defaulting to the model's own."""
 
 from __future__ import annotations
 
@@ -69,16 +63,6 @@ def model_input_defaults(name: str) -> InputDefaults:
     return InputDefaults(int(side), int(chans), tuple(cfg.mean), tuple(cfg.std), source)
 
 
-def _recorded_normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The mean/std a ``deit train`` checkpoint records, or ``None`` (other file kinds)."""
-    from ..checkpoints import read_weights
-
-    run = read_weights(path).run
-    if run is None or not run.mean or not run.std:
-        return None
-    return tuple(run.mean), tuple(run.std)
-
-
 def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
@@ -115,8 +99,11 @@ def resolve_inputs(cfg: Any, data: DatasetInfo) -> ResolvedInputs:
             f"{own.input_size} px of {own.source}."
         )
     if cfg.finetune:
-        recorded = _recorded_normalisation(cfg.finetune)
-        mean, std = recorded or (own.mean, own.std)
+        from ..checkpoints import read_weights
+
+        run = read_weights(cfg.finetune).run  # a deit train checkpoint records its mean/std
+        recorded = run is not None and bool(run.mean) and bool(run.std)
+        mean, std = (tuple(run.mean), tuple(run.std)) if recorded else (own.mean, own.std)
         source = f"the normalisation recorded in {cfg.finetune}" if recorded else own.source
     else:
         mean, std, source = data.mean, data.std, f"the {data.name} statistics"

@@ -30,8 +30,7 @@ def stratified_split(
         ``(train_idx, test_idx)``: sorted int64 index arrays, disjoint, covering ``range(N)``.
     """
     labels = np.asarray(labels)
-    classes = np.unique(labels)
-    counts = np.array([(labels == c).sum() for c in classes])
+    classes, counts = np.unique(labels, return_counts=True)
     total = int(round(len(labels) * test_fraction))
     exact = counts * test_fraction
     k = np.floor(exact).astype(int)

@@ -31,11 +31,6 @@ def subfolders(folder: str | os.PathLike) -> list[str]:
         return sorted(e.name for e in it if not is_hidden(e.name) and e.is_dir())
 
 
-def _inside(path: str, folder: str) -> bool:
-    """Whether the resolved ``path`` is ``folder`` or lies inside it (both resolved)."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def walk_files(
     top: str | os.PathLike,
     keep: Callable[[str], bool],
@@ -74,7 +69,9 @@ def walk_files(
         for e in entries:
             target = os.path.realpath(e.path)
             if e.is_dir():
-                if e.is_symlink() and _inside(real, target):
+                # a link to this folder or to one it is inside
+                loop = real == target or real.startswith(target.rstrip(os.sep) + os.sep)
+                if e.is_symlink() and loop:
                     warnings.warn(
                         f"skipped the link {e.path!r}: it leads back to {target!r}, a folder "
                         "it is inside (a loop); each image is read once.",
