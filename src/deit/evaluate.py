@@ -1,9 +1,5 @@
-"""`deit eval`: top-1/top-5 and loss of a checkpoint on a data set, per head, with a teacher.
-
-Builds the model with :func:`deit.checkpoints.load_model` (any checkpoint format), the data set with
-:func:`deit.data.build_dataset` and the checkpoint's own evaluation transform, then runs
-:func:`deit.engine.evaluate`.
-"""
+"""`deit eval`: top-1/top-5 and loss of a checkpoint on a data set, per head, with a teacher
+(:func:`evaluate_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -84,8 +80,7 @@ def evaluate_checkpoint(
     data_set = data_set or info.data_set or Config().data_set
     notes = list(info.notes) + _set_normalisation(info, mean, std)
     dataset = build_dataset(data_set, data_path, split, transform=_ModelInput(info))
-    if _match_classes(info, dataset, data_set, checkpoint):
-        notes += _other_data_set(info, data_set, list(dataset.classes))
+    notes += _match_classes(info, dataset, data_set, checkpoint)
     teacher = None
     if teacher_path or teacher_model:
         teacher = build_teacher(
@@ -146,11 +141,14 @@ def _set_normalisation(
     return [note]
 
 
-def _match_classes(info: ModelInfo, dataset: Any, data_set: str, checkpoint: str | Path) -> bool:
+def _match_classes(
+    info: ModelInfo, dataset: Any, data_set: str, checkpoint: str | Path
+) -> list[str]:
     """Give a folder data set's labels the checkpoint's class indices, by the class names the
     checkpoint records (a ``val/`` may hold fewer classes; its sub-folders are numbered on their
-    own); other data sets, or a checkpoint without names, must have its class count. Returns
-    whether the classes were matched by index (then a note may say names differ).
+    own); other data sets, or a checkpoint without names, must have its class count. Returns a
+    note when a ``deit train`` checkpoint matched by index is evaluated on another data set than
+    its own, or on classes of other names.
 
     Raises:
         ValueError: a folder class the checkpoint does not know, or another class count.
@@ -158,18 +156,12 @@ def _match_classes(info: ModelInfo, dataset: Any, data_set: str, checkpoint: str
     if info.class_names_recorded and hasattr(dataset, "samples"):
         trained = SimpleNamespace(classes=info.class_names)
         align_classes(trained, dataset, trained_on=f"checkpoint {str(checkpoint)!r}")
-        return False
+        return []
     if len(dataset.classes) != info.num_classes:
         raise ValueError(
             f"The checkpoint predicts {info.num_classes} classes but {data_set} has "
             f"{len(dataset.classes)}; evaluate on the data set it was trained on."
         )
-    return True
-
-
-def _other_data_set(info: ModelInfo, data_set: str, classes: list[str]) -> list[str]:
-    """A note when a ``deit train`` checkpoint is evaluated on another data set than its own,
-    or on classes of other names (the class count already matches)."""
     if info.data_set is None:
         return []
     if dataset_info(data_set).name != dataset_info(info.data_set).name:
@@ -177,7 +169,7 @@ def _other_data_set(info: ModelInfo, data_set: str, classes: list[str]) -> list[
             f"The checkpoint was trained on {info.data_set} but is evaluated on {data_set}: its "
             "class indices are taken to mean the same classes there."
         ]
-    diff = [(i, a, b) for i, (a, b) in enumerate(zip(info.class_names, classes)) if a != b]
+    diff = [(i, a, b) for i, (a, b) in enumerate(zip(info.class_names, dataset.classes)) if a != b]
     if not diff:
         return []
     i, a, b = diff[0]

@@ -1,10 +1,5 @@
-"""Building the frozen teacher from a model name and/or a checkpoint (paper section 4).
-
-:func:`build_teacher` builds one from a timm name, a ``torchvision:<name>``, a DeiT name, or a
-checkpoint written by ``deit train``: the architecture is guessed from what the checkpoint
-records, the weights are read and fitted as everywhere in deit, and the teacher's normalisation
-is the given, recorded or model's own.
-"""
+"""Building the frozen teacher from a model name and/or a checkpoint (paper section 4):
+:func:`build_teacher`."""
 
 from __future__ import annotations
 
@@ -38,25 +33,22 @@ def _as_size(value: Any) -> int | tuple[int, int] | None:
     return vals[0] if len(vals) == 1 or vals[0] == vals[1] else (vals[0], vals[1])
 
 
-def _read_teacher_weights(path: Path | None) -> Weights | None:
+def _read_teacher_weights(path: Path | None) -> tuple[Weights | None, dict[str, Any]]:
+    """The teacher's weights, and what a ``deit train`` checkpoint records about the teacher
+    (``{}`` for other files)."""
     if path is None:
-        return None
+        return None, {}
     if is_hub_id(path):  # hf-hub:ORG/NAME, through huggingface_hub's cache
-        return read_weights(str(path))
-    fix = "pass the path of the teacher's trained weights (--teacher-path)"
-    error = checkpoint_path_error(path, "Teacher checkpoint", fix, hf_folder=True)
-    if error is not None:
-        raise error
-    return read_weights(path)
-
-
-def _recorded(weights: Weights | None) -> dict[str, Any]:
-    """What a ``deit train`` checkpoint records about the teacher (``{}`` for other files)."""
-    run = weights.run if weights is not None else None
-    if run is None:
-        return {}
+        weights = read_weights(str(path))
+    else:
+        fix = "pass the path of the teacher's trained weights (--teacher-path)"
+        error = checkpoint_path_error(path, "Teacher checkpoint", fix, hf_folder=True)
+        if error is not None:
+            raise error
+        weights = read_weights(path)
     keys = ("model_name", "num_classes", "img_size", "in_chans", "class_names", "mean", "std")
-    return {k: getattr(run, k) for k in keys if getattr(run, k) is not None}
+    run = weights.run
+    return weights, {k: getattr(run, k) for k in keys if run and getattr(run, k) is not None}
 
 
 def _teacher_architecture(
@@ -200,8 +192,7 @@ def build_teacher(
     if checkpoint_path is not None:  # a URL: torch.hub's cached copy, as the official code
         checkpoint_path = local_file(checkpoint_path, "teacher checkpoint")
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    weights = _read_teacher_weights(path)
-    meta = _recorded(weights)
+    weights, meta = _read_teacher_weights(path)
     name, num_classes, in_chans = _teacher_architecture(
         model_name, meta, path, num_classes, in_chans
     )

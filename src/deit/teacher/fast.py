@@ -1,11 +1,6 @@
-"""The frozen teacher's fast path (paper section 4): :func:`optimize_teacher`.
-
-Inference mode, batch norm folded into the convolutions (``torch.fx.experimental.optimization.
-fuse``), channels-last, optionally a frozen compiled graph, and reduced precision where the
-hardware runs it natively (bf16/fp16 autocast on CUDA, bf16 on CPUs with AMX or AVX-512 BF16,
-int8 through PyTorch's x86 quantisation). It checks the fast path against the fp32 teacher on
-real training views (:func:`draw_views`) and keeps the fp32 teacher when the targets it gives the
-student differ. Figures, dates and the command that measures them: ``benchmarks/README.md``.
+"""The frozen teacher's fast path (paper section 4): :func:`optimize_teacher`, checked against
+the fp32 teacher on real training views (:func:`draw_views`). Figures, dates and the command that
+measures them: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""The frozen teacher of distillation through attention (paper section 4).
+"""The frozen teacher of distillation through attention (paper section 4): :class:`Teacher`.
 
-:class:`Teacher` wraps any classifier into a frozen module that stays in eval mode, runs without
-gradients and converts the student's input normalisation to its own. It depends on the models
-only, so the loss (:mod:`deit.distillation`) can wrap a bare module in it; building one from a
-name or checkpoint is :func:`deit.teacher.build.build_teacher`.
+It depends on the models only, so the loss (:mod:`deit.distillation`) can wrap a bare module in
+it; building one from a name or checkpoint is :func:`deit.teacher.build.build_teacher`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""Saving a run and resuming it exactly: :func:`save` writes a
-:class:`deit.checkpoints.RunCheckpoint` (weights, optimiser, schedule, scaler, EMA, position in the
-run, history and every process's RNG states); :func:`resume` reads one back, refusing settings
-that would make the continued run differ from an uninterrupted one.
-"""
+"""Saving a run (:func:`save`) and resuming it exactly (:func:`resume`)."""
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +12,9 @@ import torch.distributed as dist
 from .._notes import print_note
 from .._rng import rng_state, set_rng_state
 from ..checkpoints import CheckpointError, RunCheckpoint
-from ..config import Config
 from .state import BEST, LAST, RunState
 
 __all__ = ["RESUME_DATA", "RESUME_FREE", "RESUME_SCHEDULE", "resume", "save"]
-
-
-def _resume_path(cfg: Config) -> str:
-    if cfg.resume:
-        return cfg.resume
-    candidate = Path(cfg.output_dir) / LAST if cfg.output_dir else None
-    if cfg.auto_resume and candidate is not None and candidate.is_file():
-        return str(candidate)
-    return ""
 
 
 # Settings a checkpoint's run was shaped by. SCHEDULE ones may change on resume with
@@ -52,17 +37,6 @@ RESUME_FREE = (
 )  # fmt: skip
 
 
-def _resume_differences(
-    cfg: Config, ck: RunCheckpoint, world_size: int, keys: Sequence[str] | None = None
-) -> list[str]:
-    """``"name checkpoint -> now"`` for each setting of ``keys`` (default: the run-shaping
-    ones) that differs from the checkpoint's."""
-    saved = {**ck.config, "world_size": ck.world_size}
-    now = {**cfg.to_dict(), "world_size": world_size}
-    keys = keys if keys is not None else [*RESUME_DATA, *RESUME_SCHEDULE, "world_size"]
-    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys if k in saved and saved[k] != now[k]]
-
-
 def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
     """Refuse a resume whose run-shaping settings differ from the checkpoint's, unless only
     schedule settings differ and ``--new-schedule`` accepts them. Returns whether the schedule
@@ -72,18 +46,20 @@ def _check_resume(state: RunState, ck: RunCheckpoint, path: str) -> bool:
         CheckpointError: a data / model setting differs, or a schedule setting without
             ``--new-schedule``.
     """
-    shaping = {*RESUME_DATA, *RESUME_SCHEDULE, *RESUME_FREE}
-    others = [k for k in state.cfg.field_names() if k not in shaping]
-    recipe = _resume_differences(state.cfg, ck, state.env.world_size, others)
+    saved = {**ck.config, "world_size": ck.world_size}
+    now = {**state.cfg.to_dict(), "world_size": state.env.world_size}
+    diff = {k: f"{k} {saved[k]!r} -> {now[k]!r}" for k in now if k in saved and saved[k] != now[k]}
+    shaping = (*RESUME_DATA, *RESUME_SCHEDULE, "world_size")
+    recipe = [d for k, d in diff.items() if k not in (*shaping, *RESUME_FREE)]
     if recipe and state.env.is_main:  # e.g. a stronger augmentation from here on: allowed
         print_note(
             f"resumed with other settings than the checkpoint's ({'; '.join(recipe)}); "
             "config.yaml records the new ones."
         )
-    changed = _resume_differences(state.cfg, ck, state.env.world_size)
+    changed = [diff[k] for k in shaping if k in diff]
     if not changed:
         return False
-    data = [c for c in changed if c.split(" ")[0] in RESUME_DATA]
+    data = any(k in diff for k in RESUME_DATA)
     if data or not state.cfg.new_schedule:
         fix = (
             "start a new run with --finetune to reuse its weights"
@@ -133,7 +109,10 @@ def resume(state: RunState) -> None:
             run-shaping settings differ (:func:`_check_resume`).
     """
     cfg, env = state.cfg, state.env
-    path = _resume_path(cfg)
+    path = cfg.resume
+    last = Path(cfg.output_dir) / LAST if cfg.output_dir else None
+    if not path and cfg.auto_resume and last is not None and last.is_file():
+        path = str(last)
     if not path:
         return
     ck = _load_or_name_best(path)

@@ -14,10 +14,10 @@ __all__ = ["add_subcommand"]
 
 
 def _train_cmd(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     if args.print_config:  # what the run would use, without importing torch
         import yaml
 
-        cfg = config_from_args(args)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     # torch is imported here, not above: the parser (help, argument errors) is built without it
@@ -28,7 +28,6 @@ def _train_cmd(args: argparse.Namespace) -> int:
     from .memory import StepOutOfMemoryError
     from .runner import run
 
-    cfg = config_from_args(args)
     try:
         result = run(cfg, progress=not args.no_progress)
     except (NonFiniteLossError, StepOutOfMemoryError, LoaderWorkerError) as e:

@@ -139,7 +139,7 @@ def _loader(
 MAX_AUTO_WORKERS = 10  # the official code's default
 
 
-def auto_num_workers(device: torch.device, local_processes: int | None = None) -> int:
+def auto_num_workers(device: torch.device) -> int:
     """The loader workers ``num_workers=-1`` gives one process: the CPU cores its share of the
     node leaves free of compute threads, in ``[0, 10]``.
 
@@ -151,13 +151,11 @@ def auto_num_workers(device: torch.device, local_processes: int | None = None) -
 
     Args:
         device: where the model computes.
-        local_processes: processes on this node (default ``LOCAL_WORLD_SIZE`` or 1).
 
     Returns:
         The worker count, 0 when no core is free (the batches are then made in this process).
     """
-    if local_processes is None:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     cores = (
         os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     )

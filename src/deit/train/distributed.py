@@ -1,9 +1,6 @@
-"""Where a run's process stands and how it stops: the process group (torchrun or SLURM),
-DistributedDataParallel around the student, and SIGTERM/SIGINT/SIGHUP as a clean stop.
-
-Distributed training uses PyTorch's own stack: launch with ``torchrun`` (env:// rendezvous,
-single or multi-node) or under SLURM (``srun``; ``MASTER_ADDR``/``MASTER_PORT`` must be set);
-gloo on CPU, NCCL on CUDA; DistributedDataParallel wraps the student only; only rank 0 writes.
+"""Where a run's process stands and how it stops: the process group (torchrun or SLURM:
+:func:`init_distributed`), DistributedDataParallel around the student (:func:`wrap_ddp`), and
+SIGTERM/SIGINT/SIGHUP as a clean stop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""The run's student step: the student (fine-tuned from ``--finetune`` when given), its
-training and evaluation wrappers, and the distillation task (paper section 4) with the run's
-teacher -- the frozen teacher, made fast when it can be, or its stored labels.
-"""
+"""The run's student step: :func:`build_student`."""
 
 from __future__ import annotations
 
@@ -32,7 +29,16 @@ def build_student(cfg: Config, data: RunData, env: DistEnv, device: torch.device
         ValueError / CheckpointError: a student that cannot distil, a teacher or label store
             that does not fit the run, an unreadable ``--finetune`` file.
     """
-    model = _build_model(cfg, data.num_classes).to(device)
+    model = build_classifier(
+        cfg.model,
+        data.num_classes,
+        img_size=cfg.input_size if is_deit_model(cfg.model) else None,
+        drop_rate=cfg.drop,
+        drop_path_rate=cfg.drop_path,
+    )
+    if cfg.finetune:
+        _load_finetune(model, cfg)
+    model = model.to(device)
     prepare_student(model, cfg.distillation_type)  # before the teacher is built and DDP
     store, frozen = None, None
     if cfg.distillation_type != "none" and cfg.teacher_labels:
@@ -76,19 +82,6 @@ def _wrappers(
         return train_model, model
     eval_model = torch.compile(model)
     return (torch.compile(train_model) if distributed else eval_model), eval_model
-
-
-def _build_model(cfg: Config, num_classes: int) -> nn.Module:
-    model = build_classifier(
-        cfg.model,
-        num_classes,
-        img_size=cfg.input_size if is_deit_model(cfg.model) else None,
-        drop_rate=cfg.drop,
-        drop_path_rate=cfg.drop_path,
-    )
-    if cfg.finetune:
-        _load_finetune(model, cfg)
-    return model
 
 
 def _load_finetune(model: nn.Module, cfg: Config) -> list[str]:

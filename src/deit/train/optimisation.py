@@ -1,6 +1,4 @@
-"""The run's optimisation step: optimiser, learning-rate schedule, gradient scaler (fp16 only)
-and weight EMA, all timm's (:mod:`deit.optim`), and the options of every training step.
-"""
+"""The run's optimisation step: :func:`build_optimisation` (timm's parts, :mod:`deit.optim`)."""
 
 from __future__ import annotations
 
@@ -63,7 +61,7 @@ def build_optimisation(
             "the EMA kept on the CPU (--model-ema-force-cpu) is not evaluated during "
             "training, as in timm; its weights are in the checkpoint: `deit eval --ema`."
         )
-    step = StepOptions(
+    return optimizer, StepOptions(
         precision=precision,
         mixup_fn=mixup_fn,
         scaler=scaler,
@@ -74,4 +72,3 @@ def build_optimisation(
         log_interval=cfg.log_interval,
         grad_accum_steps=cfg.grad_accum_steps,
     )
-    return optimizer, step
