@@ -1,7 +1,7 @@
 """Data-loader workers that leave signals to their run and never outlive it.
 
-A leaf (python and torch only) shared by the run's loaders (:mod:`deit.train.data`) and
-``deit eval``'s (:mod:`deit.evaluate`).
+A leaf (python and torch only) shared by the run's loaders (:mod:`deit.train.data`),
+``deit eval``'s (:mod:`deit.evaluate`) and the demo's process pool (:mod:`deit.demo.study`).
 
 A cluster scheduler (Slurm's ``scancel``, its time limit), ``timeout`` and a closed terminal
 signal every process of a job, loader workers included. PyTorch's worker exits quietly only when
@@ -43,13 +43,13 @@ class LoaderWorkerInit:
 
     def __call__(self, worker_id: int) -> None:
         parent = os.getppid()
-        _die_with_parent(parent)
+        die_with_parent(parent)
         _leave_signals_to_parent(parent)
         if self.then is not None:
             self.then(worker_id)
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Ask Linux for SIGKILL when the parent dies; exit now if it died meanwhile."""
     if sys.platform.startswith("linux"):
         try:

@@ -145,7 +145,7 @@ def _size_of(write: Callable[[Any], None]) -> int | None:
     return sink.n
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process's umask (read by setting it, then restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -158,7 +158,7 @@ def _make_temp(folder: Path, name: str) -> tuple[int, str]:
     the file it becomes is the user's to share like any other."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~umask())
     except BaseException:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)

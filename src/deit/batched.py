@@ -160,8 +160,9 @@ def batched_train_step(
     """One optimiser step of every student on its own batch.
 
     Student ``k``'s loss is ``criteria[k]`` (a :class:`deit.distillation.DistillationLoss`)
-    on its images, outputs and targets, the ``total`` of its ``compute``; the losses are summed for one backward pass, which
-    gives each student exactly its own gradient (the students share no weight).
+    on its images, outputs and targets, the ``total`` of its ``compute``; the losses are summed
+    for one backward pass, which gives each student exactly its own gradient (the students share
+    no weight).
 
     Args:
         images: ``(K, B, C, H, W)``, already mixed (Mixup/CutMix) per student.

@@ -1,7 +1,8 @@
 """The hot loops: :func:`train_one_epoch` and :func:`evaluate` (official ``engine.py``'s role).
 
 Nothing here parses arguments or writes files; :mod:`deit.train` sets up a run and calls these.
-Precision and device choice live in :mod:`deit.precision` (re-exported here).
+Precision and device choice live in :mod:`deit.precision` (:func:`resolve_precision` re-exported
+here).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ import yaml
 from torch import nn
 
 from ._notes import _print_notes
-from ._write import _umask
+from ._write import umask
 from .checkpoints import ModelInfo, RunCheckpoint, read_weights
 from .checkpoints.hf import to_hf_deit
 from .models import DistilledVisionTransformer, VisionTransformer
@@ -129,7 +129,9 @@ def _load_source(
     source: ModelLike, model_name: str | None, info: ModelInfo | None
 ) -> tuple[nn.Module, ModelInfo, RunCheckpoint | None]:
     """``(model, info, the deit train record or None)`` of what was passed."""
-    model, info = resolve_model(source, model_name, "cpu", info, warn_notes=False)
+    model, info = resolve_model(
+        source, model_name=model_name, device="cpu", info=info, warn_notes=False
+    )
     if isinstance(source, nn.Module | tuple):
         return model, info, None
     for note in info.notes:  # class names matter here: the folder's labels come from them
@@ -198,7 +200,7 @@ def export_hf(
         name = run.model_name if run else getattr(model, "default_cfg", {}).get("architecture")
         card = model_card(name or "deit", config.architectures[0], info, run, diff)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private
+        tmp.chmod(0o777 & ~umask())  # mkdtemp's folder is private
         if output.is_dir():
             output.rmdir()  # empty (checked above)
         os.replace(tmp, output)

@@ -61,7 +61,7 @@ def default_precision(device: str | torch.device = "cpu") -> str:
 
     CUDA: bf16 where supported, else fp16. CPU: bf16 only when :func:`fast_bf16_available`
     (``DEIT_FAST_BF16=0`` keeps fp32), else fp32. Other devices: fp32. Training differs on
-    CPUs: :func:`deit.engine.resolve_precision` keeps fp32 there unless bf16 is asked for.
+    CPUs: :func:`deit.precision.resolve_precision` keeps fp32 there unless bf16 is asked for.
     """
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -205,7 +205,7 @@ def _largest_cuda_batch(fn: Callable[[int], Any], device: torch.device) -> int:
     return best
 
 
-def _checked(
+def checked_device_and_precision(
     batch_size: int | None, device: str | torch.device, precision: str
 ) -> tuple[torch.device, str]:
     """``(device, precision)`` with ``"auto"`` resolved, once a batch size below 1 is refused in
@@ -263,7 +263,7 @@ def benchmark_model(
     """
     from ..models import build_classifier
 
-    dev, precision = _checked(batch_size, device, precision)
+    dev, precision = checked_device_and_precision(batch_size, device, precision)
     if isinstance(model, str):
         label = name or model
         model = build_classifier(model, num_classes, img_size=img_size)

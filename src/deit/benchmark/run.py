@@ -12,7 +12,7 @@ import torch
 
 from ..precision import set_cuda_backends
 from ..train.lock import folder_lock
-from .measure import OFFICIAL_MODELS, BenchmarkResult, _checked, benchmark_model
+from .measure import OFFICIAL_MODELS, BenchmarkResult, benchmark_model, checked_device_and_precision
 from .report import format_table, plot_throughput_accuracy, write_csv, write_json
 
 __all__ = ["run_benchmark"]
@@ -47,7 +47,7 @@ def run_benchmark(
     """
     from ..models import get_model_spec, list_models
 
-    dev, precision = _checked(kwargs.get("batch_size"), device, precision)
+    dev, precision = checked_device_and_precision(kwargs.get("batch_size"), device, precision)
     models = list(models or OFFICIAL_MODELS)
     for m in set(models) - set(list_models()):
         get_model_spec(m)  # raises with close matches

@@ -134,7 +134,8 @@ def hub_config(hub_id: str) -> dict[str, Any]:
     """The repository's ``config.json``.
 
     Raises:
-        CheckpointError: see :func:`_download`.
+        CheckpointError: not cached and the Hub cannot be reached, no such repository, or no
+            ``config.json`` in it; one sentence with the fix.
     """
     return json.loads(_download(hub_id, "config.json").read_text())
 
@@ -156,7 +157,7 @@ def hub_architecture(hub_id: str, config: dict[str, Any]) -> tuple[str, int, tup
             )
         side = get_model_spec(name).img_size
         size = config.get("pretrained_cfg", {}).get("input_size", [side, side])[-2:]
-        return name, int(config.get("num_classes", 1000)), _image_size(size)
+        return name, int(config.get("num_classes", 1000)), recorded_image_size(size)
     if config.get("model_type") not in ("deit", "vit"):
         raise CheckpointError(
             f"{hub_id!r} holds a {config.get('model_type')!r} model; only DeiT and ViT models "
@@ -171,8 +172,10 @@ def hub_architecture(hub_id: str, config: dict[str, Any]) -> tuple[str, int, tup
             f"{dims[2]} heads, patch {dims[3]}) that no registered DeiT configuration builds; "
             "see deit.list_models()."
         )
-    size = _image_size(config.get("image_size", 224))
-    names.sort(key=lambda n: _image_size(get_model_spec(n).img_size) != size)  # its own size first
+    size = recorded_image_size(config.get("image_size", 224))
+    names.sort(
+        key=lambda n: recorded_image_size(get_model_spec(n).img_size) != size
+    )  # its own size first
     return names[0], len(config.get("id2label") or {}) or 1000, size
 
 
@@ -192,7 +195,7 @@ def _shape(name: str) -> tuple[Any, ...]:
     return (*dims, spec.distilled, "init_values" in spec.kwargs)
 
 
-def _image_size(value: Any) -> tuple[int, int] | None:
+def recorded_image_size(value: Any) -> tuple[int, int] | None:
     """A recorded image size (an int side, ``[H, W]``, or its JSON text) as ``(H, W)`` pixels."""
     if value is None:
         return None

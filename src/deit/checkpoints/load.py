@@ -30,7 +30,7 @@ from .adapt import LoadReport
 from .errors import CheckpointError
 from .fetch import local_file
 from .fit import fit_weights, load_state_dict_into
-from .hub import _image_size, hub_architecture, hub_config, is_hub_id
+from .hub import hub_architecture, hub_config, is_hub_id, recorded_image_size
 from .read import Weights, read_weights
 from .run_checkpoint import RunCheckpoint
 
@@ -69,7 +69,7 @@ def load_checkpoint(
     """
     weights = read_weights(path)
     if source_img_size is not None:
-        weights.meta["image_size"] = _image_size(source_img_size)
+        weights.meta["image_size"] = recorded_image_size(source_img_size)
     report = load_state_dict_into(model, weights.state_dict, finetune, weights.meta, str(path))
     for note in weights.notes:  # what reading the file chose (e.g. a pooler left out)
         report.add(note)
@@ -197,7 +197,7 @@ def load_model(
         mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, 0.875
         size = run.img_size or 224
     notes = weights.notes + fit_weights(model, weights)
-    size = _image_size(size)
+    size = recorded_image_size(size)
     names = weights.meta.get("class_names") or getattr(model, "class_names", None)
     if not (run.mean and run.std):
         notes.append(

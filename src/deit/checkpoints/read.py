@@ -17,7 +17,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from .errors import CheckpointError
 from .fetch import local_file
 from .hf import convert_hf_deit
-from .hub import _image_size, hub_architecture, hub_folder, hub_weights_file, is_hub_id
+from .hub import hub_architecture, hub_folder, hub_weights_file, is_hub_id, recorded_image_size
 from .run_checkpoint import RunCheckpoint, is_run_checkpoint
 from .safe_load import RUN_CHECKPOINTS, checkpoint_path_error, refuse_non_finite, safe_torch_load
 
@@ -113,7 +113,7 @@ def _read_hf_folder(path: Path) -> Weights:
     refuse_non_finite(raw, str(found))  # the file's own key names
     meta: dict[str, Any] = {
         "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
-        "image_size": _image_size(config.get("image_size", 224)),
+        "image_size": recorded_image_size(config.get("image_size", 224)),
     }
     id2label = config.get("id2label")
     if id2label:
@@ -173,7 +173,7 @@ def _read_hub(hub_id: str) -> Weights:
         refuse_non_finite(weights.state_dict, hub_id)
         size = config.get("pretrained_cfg", {}).get("input_size")
         if size:
-            weights.meta["image_size"] = _image_size(size[-2:])
+            weights.meta["image_size"] = recorded_image_size(size[-2:])
         if config.get("label_names"):
             weights.meta["class_names"] = list(config["label_names"])
     weights.meta["model_name"] = hub_architecture(hub_id, config)[0]
@@ -191,15 +191,15 @@ def _read_file(path: Path, use_ema: bool) -> Weights:
 
         sd = _read_safetensors(path)  # first: it names a bad file in one sentence
         with safe_open(str(path), framework="pt") as f:
-            size = _image_size((f.metadata() or {}).get("img_size"))
+            size = recorded_image_size((f.metadata() or {}).get("img_size"))
         return Weights(sd, str(path), meta={"image_size": size} if size else {})
     obj = safe_torch_load(path)
     if not is_run_checkpoint(obj):
         meta = {}
         if isinstance(obj, dict) and isinstance(obj.get("class_names"), list):
             meta["class_names"] = obj["class_names"]
-        if isinstance(obj, dict) and _image_size(obj.get("img_size")):
-            meta["image_size"] = _image_size(obj["img_size"])
+        if isinstance(obj, dict) and recorded_image_size(obj.get("img_size")):
+            meta["image_size"] = recorded_image_size(obj["img_size"])
         return Weights(_unwrap(obj, path), str(path), meta=meta)
     run = RunCheckpoint.from_dict(obj, str(path))
     sd, notes = run.model, []
@@ -207,7 +207,7 @@ def _read_file(path: Path, use_ema: bool) -> Weights:
         notes.append("No EMA weights in the checkpoint: the model weights are used.")
     elif use_ema:
         sd = run.model_ema
-    meta = {"model_name": run.model_name, "image_size": _image_size(run.img_size)}
+    meta = {"model_name": run.model_name, "image_size": recorded_image_size(run.img_size)}
     if run.class_names:
         meta["class_names"] = run.class_names
     return Weights(strip_ddp_prefix(sd), str(path), run, meta, notes)

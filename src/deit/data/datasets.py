@@ -38,8 +38,8 @@ def build_dataset(
     """Build a data set by name; no file is ever downloaded.
 
     Args:
-        name: one of :func:`.list_datasets` (case-insensitive; official aliases ``IMNET``,
-            ``CIFAR`` (= cifar100), ``INAT``, ``INAT19`` accepted).
+        name: one of :func:`.list_datasets` (case-insensitive; official aliases ``IMNET``
+            (= imagenet), ``CIFAR`` (= cifar100), ``INAT`` (= inat18), ``INAT19`` (= inat19)).
         root: folder of the files (``folder``, ``imagenet``, ``cifar*``, ``inat*``); unused by
             ``mnist5k`` and ``digits``, which ship inside installed packages.
         split: ``'train'``, ``'val'`` or ``'test'`` (:data:`deit.data.info.SPLITS`): a

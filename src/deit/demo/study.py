@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._notes import _notes_as_lines
-from .._workers import _die_with_parent
+from .._workers import die_with_parent
 from .._write import atomic_write_text
 from ..config import Config, get_preset
 from .settings import TEACHER, DemoSettings, RunSpec, claims
@@ -190,7 +190,7 @@ def _jobs(s: DemoSettings, out: Path) -> list[_Job]:
 
 
 def _init_worker(threads: int, parent: int) -> None:
-    _die_with_parent(parent)  # Linux: killed by the kernel when the study dies (even kill -9)
+    die_with_parent(parent)  # Linux: killed by the kernel when the study dies (even kill -9)
     import torch
 
     torch.set_num_threads(threads)
