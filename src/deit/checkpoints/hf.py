@@ -13,6 +13,16 @@ from .errors import CheckpointError
 
 __all__ = ["convert_hf_deit", "to_hf_deit"]
 
+#: A block's DeiT name and transformers' name of the same weight, in the order both
+#: conversions write them (query/key/value, fused in DeiT's ``attn.qkv``, are handled apart).
+_BLOCK_KEYS = (
+    ("attn.proj", "attention.output.dense"),
+    ("norm1", "layernorm_before"),
+    ("norm2", "layernorm_after"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+)
+
 
 def _hf_prefix(hf: dict[str, torch.Tensor]) -> str:
     """The key prefix of a transformers DeiT/ViT state dict: ``deit.``, ``vit.`` or none (a
@@ -60,11 +70,8 @@ def convert_hf_deit(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[dst + f"attn.qkv.{t}"] = torch.cat(
                     [hf[att + f"query.{t}"], hf[att + f"key.{t}"], hf[att + f"value.{t}"]]
                 )
-                out[dst + f"attn.proj.{t}"] = hf[src + f"attention.output.dense.{t}"]
-                out[dst + f"norm1.{t}"] = hf[src + f"layernorm_before.{t}"]
-                out[dst + f"norm2.{t}"] = hf[src + f"layernorm_after.{t}"]
-                out[dst + f"mlp.fc1.{t}"] = hf[src + f"intermediate.dense.{t}"]
-                out[dst + f"mlp.fc2.{t}"] = hf[src + f"output.dense.{t}"]
+                for ours, theirs in _BLOCK_KEYS:
+                    out[dst + f"{ours}.{t}"] = hf[src + f"{theirs}.{t}"]
             i += 1
         for t in ("weight", "bias"):
             if f"cls_classifier.{t}" in hf:
@@ -109,11 +116,8 @@ def to_hf_deit(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 q, k, v = sd[src + f"attn.qkv.{t}"].chunk(3)
                 att = dst + "attention.attention."
                 out.update({att + f"query.{t}": q, att + f"key.{t}": k, att + f"value.{t}": v})
-                out[dst + f"attention.output.dense.{t}"] = sd[src + f"attn.proj.{t}"]
-                out[dst + f"layernorm_before.{t}"] = sd[src + f"norm1.{t}"]
-                out[dst + f"layernorm_after.{t}"] = sd[src + f"norm2.{t}"]
-                out[dst + f"intermediate.dense.{t}"] = sd[src + f"mlp.fc1.{t}"]
-                out[dst + f"output.dense.{t}"] = sd[src + f"mlp.fc2.{t}"]
+                for ours, theirs in _BLOCK_KEYS:
+                    out[dst + f"{theirs}.{t}"] = sd[src + f"{ours}.{t}"]
             i += 1
         for t in ("weight", "bias"):
             out[f"{p}layernorm.{t}"] = sd[f"norm.{t}"]
