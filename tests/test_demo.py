@@ -219,15 +219,28 @@ def test_every_claim_pairs_on_its_own_seeds(tmp_path):
     """The full study's design: the headline on 5 seeds, the other claims on 3 that share the
     headline's runs (the plain student at N 500 is in both)."""
     s = DemoSettings.full()
+
+    def top1(key, seed, n):  # differs by run, seed and N, so a wrong pairing shows
+        return 80.0 + seed * len(key) / 10 + n / 1000
+
     runs = [
-        {"key": j.spec.key, "seed": j.seed, "train_images": j.n, "top1": 80.0 + j.seed}
+        {
+            "key": j.spec.key,
+            "seed": j.seed,
+            "train_images": j.n,
+            "top1": top1(j.spec.key, j.seed, j.n),
+        }
         for j in _jobs(s, tmp_path)
     ]
     rows = comparisons(s, runs)
     assert {c["claim"] for c in rows} == set(CLAIMS)
     head = [c for c in rows if c["claim"] == "headline"]
     assert [c["seeds"] for c in head] == [5]
-    assert all(c["seeds"] == 3 and c["gain"] == 0.0 for c in rows if c["claim"] != "headline")
+    assert all(c["seeds"] == 3 for c in rows if c["claim"] != "headline")
+    for c in rows:
+        t, ctl, n = c["treatment"], c["control"], c["train_images"]
+        want = [top1(t, seed, n) - top1(ctl, seed, n) for seed in range(c["seeds"])]
+        assert c["per_seed"] == pytest.approx(want, abs=0.006), c
 
 
 def test_summary_mean_and_interval_by_hand(results):
