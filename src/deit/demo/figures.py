@@ -37,9 +37,11 @@ def _test_images(results: dict[str, Any], n: int) -> str:
     return "/".join(f"{x:,}" for x in sorted(sizes))
 
 
-def _claim_entries(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """The summary entries of the runs a claim compares or shows beside, at its sizes."""
-    rows = _claim(results, name)
+def _claim_entries(
+    results: dict[str, Any], name: str, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The summary entries of the runs a claim (its comparison ``rows``) compares or shows
+    beside, at its sizes."""
     keys = {k for c in rows for k in (c["treatment"], c["control"])}
     keys |= set(results.get("beside", {}).get(name, []))
     sizes = {c["train_images"] for c in rows}
@@ -53,13 +55,13 @@ def claim_figure(results: dict[str, Any], name: str) -> Any:
     per seed (x) and mean with 95 % interval (o), one column per comparison or per N."""
     rows = _claim(results, name)
     fig, (ax, gx) = _figure(11, 2)
-    entries = _claim_entries(results, name)
+    entries = _claim_entries(results, name, rows)
     sizes = sorted({c["train_images"] for c in rows})
     svm = {b["train_images"]: b["top1"] for b in results["baselines"] if b["variant"] == "svm"}
     svm_label = BASELINE_LABELS["svm"]
     if len(sizes) == 1:
         _bars(ax, entries)
-        ax.axhline(svm.get(sizes[0], 0), color="black", ls="--", lw=0.8, label=svm_label)
+        ax.axhline(svm[sizes[0]], color="black", ls="--", lw=0.8, label=svm_label)
         ax.set_ylabel(f"top-1 (%) on {_test_images(results, sizes[0])} held-out digits")
         ax.set_title(f"mean over seeds, 95 % CI (N={sizes[0]})")
     else:
@@ -101,19 +103,19 @@ def _bars(ax: Any, entries: list[dict[str, Any]]) -> None:
     ax.set_ylim(0, 100)
 
 
+def _against_n(ax: Any, points: list[dict[str, Any]], value: str, ci: str, **style: Any) -> None:
+    """One line of ``points[value]`` against their ``train_images``, with the ``ci`` interval."""
+    points = sorted(points, key=lambda p: p["train_images"])
+    err = list(zip(*(_yerr(p, value, ci) for p in points)))
+    ns, values = [p["train_images"] for p in points], [p[value] for p in points]
+    ax.errorbar(ns, values, yerr=err, marker="o", capsize=4, **style)
+
+
 def _lines_against_n(ax: Any, entries: list[dict[str, Any]]) -> None:
     for key in dict.fromkeys(e["key"] for e in entries):
-        line = sorted((e for e in entries if e["key"] == key), key=lambda e: e["train_images"])
-        err = list(zip(*(_yerr(e, "mean", "mean_ci95") for e in line)))
-        ax.errorbar(
-            [e["train_images"] for e in line],
-            [e["mean"] for e in line],
-            yerr=err,
-            marker="o",
-            capsize=4,
-            color=_COLORS[line[0]["variant"]],
-            label=run_label(line[0]),
-        )
+        line = [e for e in entries if e["key"] == key]
+        style = {"color": _COLORS[line[0]["variant"]], "label": run_label(line[0])}
+        _against_n(ax, line, "mean", "mean_ci95", **style)
     _log_n_axis(ax, sorted({e["train_images"] for e in entries}))
     ax.set_xlabel("training digits N (log scale)")
 
@@ -144,12 +146,10 @@ def _forest(fx: Any, results: dict[str, Any]) -> None:
 
 
 def _data_gain(dx: Any, results: dict[str, Any]) -> None:
-    data = sorted(_claim(results, "data"), key=lambda c: c["train_images"])
+    data = _claim(results, "data")
     if data:
-        ns = [c["train_images"] for c in data]
-        err = list(zip(*(_yerr(c, "gain", "ci95") for c in data)))
-        dx.errorbar(ns, [c["gain"] for c in data], yerr=err, marker="o", capsize=4)
-        _log_n_axis(dx, ns)
+        _against_n(dx, data, "gain", "ci95")
+        _log_n_axis(dx, sorted(c["train_images"] for c in data))
     dx.axhline(0, color="black", lw=0.8)
     dx.set_xlabel("training digits N (log scale)")
     dx.set_ylabel("gain of distillation (points), 95 % CI")

@@ -8,10 +8,11 @@ mean top-1 and each comparison's paired gain with a 95 % t-interval over seeds, 
 scikit-learn baselines on the same pixels.
 
 The default run measures the headline pair (no distillation vs the leading soft setting) over
-5 seeds, in about 14 minutes on 2 idle cores. With --full (about 80 minutes) it measures
+5 seeds, in about 13.5 minutes on 2 idle cores. With --full (about 80 minutes) it measures
 every claim of the paper: hard vs soft vs none, hard distillation on unmixed views, a CNN vs
 a transformer teacher of matched accuracy, twice the training budget, the gain against the
-training-set size, fine-tuning at a larger input, and the class/distillation token cosines through depth (docs/demo.md). --claims picks some.
+training-set size, fine-tuning at a larger input, and the class/distillation token cosines
+through depth (docs/demo.md). --claims picks some.
 
 Every run is a `deit train` run, recorded under the output folder when it finishes: the same
 command started again (after Ctrl-C, a reboot, or with more --seeds) runs only what is missing,
@@ -26,7 +27,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,10 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     run with its ``key``, ``variant`` and departures, ``seed``, ``train_images``,
     ``test_images``, ``top1`` in %, ``curve``; ``summary`` as :func:`summarize`;
     ``comparisons`` as :func:`comparisons`; ``beside``: per claim, the keys of the runs its
-    report shows beside the comparisons (the teachers compared); ``baselines``; ``computed``: runs computed by this
-    call), ``results.md`` and ``top1.png`` (with several claims also ``claims.png``).
+    report shows beside the comparisons (the teachers compared); ``baselines``; ``computed``:
+    runs computed by this call), ``results.md`` and the figures: ``top1.png`` (the headline),
+    ``claim_<name>.png`` per other claim, ``claims.png`` with several claims, ``tokens.png``
+    where distilled students were probed.
 
     Raises:
         ValueError: no seed, an unknown claim, or a size the training split cannot hold.
@@ -134,21 +136,17 @@ def _figures(results: dict[str, Any], out: Path) -> None:
     others); with several claims also ``claims.png`` (the overview); ``tokens.png`` where
     students were probed."""
     measured = results["settings"]["claims"]
-    made: list[tuple[str, Callable[[], Any]]] = [
-        (
-            "top1.png" if name == "headline" else f"claim_{name}.png",
-            lambda name=name: claim_figure(results, name),
-        )
+    figures = {
+        "top1.png" if name == "headline" else f"claim_{name}.png": claim_figure(results, name)
         for name in measured
-    ]
+    }
     if len(measured) > 1:
-        made.append(("claims.png", lambda: claims_figure(results)))
+        figures["claims.png"] = claims_figure(results)
     if any("token_cosine" in e for e in results["summary"]):
-        made.append(("tokens.png", lambda: tokens_figure(results)))
-    for name, draw in made:
-        fig = draw()
+        figures["tokens.png"] = tokens_figure(results)
+    for name, fig in figures.items():
         atomic_write(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
-    results["figure"] = str(out / made[0][0])
+    results["figure"] = str(out / next(iter(figures)))
 
 
 def _settings(args: argparse.Namespace) -> DemoSettings:

@@ -27,7 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from .._notes import _notes_as_lines
+from .._notes import notes_as_lines
 from .._workers import die_with_parent
 from .._write import atomic_write_text
 from ..config import Config, get_preset
@@ -210,7 +210,7 @@ def _train(cfg: dict[str, Any], tokens: bool = False) -> dict[str, Any]:
     # the run's per-epoch lines go to its folder: several runs share the console; its notes
     # are printed as `deit train` prints them, each run's own (a worker runs several)
     log_path = Path(cfg["output_dir"]) / "train.log"
-    with open(log_path, "a") as log, redirect_stderr(log), _notes_as_lines():
+    with open(log_path, "a") as log, redirect_stderr(log), notes_as_lines():
         result = run(Config.from_dict({**cfg, "overwrite": True}), progress=False)
     if result["status"] != "completed":
         raise StudyStopped(result.get("stop_signal") or signal.SIGTERM)
