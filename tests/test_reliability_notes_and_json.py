@@ -19,7 +19,7 @@ import torch
 import deit
 import deit.train.runner as runner
 from conftest import abcd_tree, tiny_train_argv, write_image_tree
-from deit._notes import _notes_as_lines, print_note
+from deit._notes import notes_as_lines, print_note
 from deit.checkpoints import CheckpointError, RunCheckpoint
 from deit.cli import main
 
@@ -80,11 +80,11 @@ def test_every_note_has_one_form_in_every_command(tree, tmp_path, capsys):
 def test_a_note_prints_once_per_command_and_every_time_for_python_callers(capsys):
     print_note("x")
     print_note("x")  # a Python caller (no command): each call prints
-    with _notes_as_lines():
+    with notes_as_lines():
         print_note("x")
         print_note("x")  # one command: once
         print_note("y")
-    with _notes_as_lines():
+    with notes_as_lines():
         print_note("x")  # the next command prints it again
     assert capsys.readouterr().err == "note: x\n" * 3 + "note: y\n" + "note: x\n"
 

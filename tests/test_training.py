@@ -21,7 +21,8 @@ from deit.checkpoints import safe_torch_load
 from deit.cli import main
 from deit.config import Config
 from deit.distillation import DistillationTask
-from deit.engine import StepOptions, evaluate, resolve_precision, train_one_epoch
+from deit.engine import StepOptions, evaluate, train_one_epoch
+from deit.precision import resolve_precision
 from deit.train import LAST, run, wrap_ddp
 
 STUDENT = "deit_pico_distilled_patch7_28"

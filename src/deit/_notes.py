@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["print_note"]
+__all__ = ["notes_as_lines", "print_note"]
 
 #: The notes printed during this command (each is printed once); ``None`` outside a command
 #: (a Python caller): every note is printed.
@@ -31,7 +31,7 @@ def print_note(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _notes_as_lines() -> Iterator[None]:
+def notes_as_lines() -> Iterator[None]:
     """Print deit's own user warnings (a loader's adaptations, e.g. a head dropped when
     fine-tuning to another class count) with :func:`print_note`, like the commands' other
     notes, instead of Python's warning with its source line. Other warnings keep Python's

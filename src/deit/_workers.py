@@ -24,7 +24,13 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["LoaderWorkerError", "LoaderWorkerInit", "loader_exit_codes", "worker_death"]
+__all__ = [
+    "LoaderWorkerError",
+    "LoaderWorkerInit",
+    "die_with_parent",
+    "loader_exit_codes",
+    "worker_death",
+]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 

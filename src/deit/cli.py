@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ._notes import _notes_as_lines
+from ._notes import notes_as_lines
 from ._optional import MissingExtraError
 from ._write import too_long_message
 
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _notes_as_lines():
+        with notes_as_lines():
             return int(args.func(args) or 0)
     except BrokenPipeError:  # `deit list-models | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,8 +1,7 @@
 """The hot loops: :func:`train_one_epoch` and :func:`evaluate` (official ``engine.py``'s role).
 
 Nothing here parses arguments or writes files; :mod:`deit.train` sets up a run and calls these.
-Precision and device choice live in :mod:`deit.precision` (:func:`resolve_precision` re-exported
-here).
+Precision and device choice live in :mod:`deit.precision`.
 """
 
 from __future__ import annotations
@@ -26,12 +25,11 @@ from .data.transforms import mix_batch
 from .distillation import DistillationTask, StepOutput
 from .inference import DistilledInferenceModel
 from .models.distilled import DistilledVisionTransformer, late_fusion
-from .precision import Precision, resolve_precision
+from .precision import Precision
 
 __all__ = [
     "NonFiniteLossError",
     "StepOptions",
-    "resolve_precision",
     "train_one_epoch",
     "evaluate",
 ]

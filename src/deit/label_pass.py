@@ -178,13 +178,13 @@ def _split_pass(
         seconds = _max_over_ranks(seconds, env.distributed)
         if env.distributed:  # every rank's rows are on disk before they are merged
             dist.barrier()
-        if store is not None and env.distributed:
-            owned = (_own_batches(n, chunk, r, env.world_size) for r in range(env.world_size))
-            store.merge([(r, _rows(b, cfg.batch_size)) for r, b in enumerate(owned)])
+            if store is not None:
+                owned = (_own_batches(n, chunk, r, env.world_size) for r in range(env.world_size))
+                store.merge([(r, _rows(b, cfg.batch_size)) for r, b in enumerate(owned)])
     except BaseException:
-        for writer in (part, store):
-            if writer is not None:
-                writer.discard()
+        for unfinished in (part, store):
+            if unfinished is not None:
+                unfinished.discard()
         raise
     return store, seconds
 

@@ -28,6 +28,7 @@ __all__ = [
     "PRECISIONS",
     "BenchmarkResult",
     "benchmark_model",
+    "checked_device_and_precision",
     "default_precision",
     "device_name",
     "precision_context",
@@ -181,6 +182,11 @@ class BenchmarkResult:
     paper_throughput: float | None = None
     threads: int = 0
     torch_version: str = torch.__version__
+
+    @property
+    def params_millions(self) -> float:
+        """The parameter count in millions (the table's unit)."""
+        return self.params / 1e6
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (JSON-serialisable)."""

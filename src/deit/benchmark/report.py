@@ -24,8 +24,6 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    if spec == "M":  # the parameter count, in millions
-        return f"{v / 1e6:.2f}"
     return "-" if v is None else format(v, spec)
 
 
@@ -34,7 +32,7 @@ _COLUMNS = (
     ("batch", "batch_size", "d"),
     ("images/s", "throughput", ".1f"),
     ("latency ms", "latency_ms", ".1f"),
-    ("params M", "params", "M"),
+    ("params M", "params_millions", ".2f"),
     ("GMACs", "gmacs", ".2f"),
     ("peak MiB", "peak_memory_mib", ".0f"),
     ("top-1", "top1", ".1f"),

@@ -173,9 +173,8 @@ def hub_architecture(hub_id: str, config: dict[str, Any]) -> tuple[str, int, tup
             "see deit.list_models()."
         )
     size = recorded_image_size(config.get("image_size", 224))
-    names.sort(
-        key=lambda n: recorded_image_size(get_model_spec(n).img_size) != size
-    )  # its own size first
+    # the configuration made for the repository's own image size first
+    names.sort(key=lambda n: recorded_image_size(get_model_spec(n).img_size) != size)
     return names[0], len(config.get("id2label") or {}) or 1000, size
 
 

@@ -35,6 +35,15 @@ class DistEnv:
         """Rank 0 writes files and prints."""
         return self.rank == 0
 
+    def from_rank_0(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a picklable object, broadcast; every rank must call
+        this at the same point); ``value`` itself in one process."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def init_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
     """Join the process group described by torchrun's or SLURM's environment variables.

@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 
-import torch.distributed as dist
 from torch import nn
 
 from .._workers import LoaderWorkerError, loader_exit_codes, worker_death
@@ -113,10 +112,7 @@ def _end_epoch(state: RunState, epoch: int, train_stats: dict[str, float], t0: f
             ema["test_ema_acc1"] = _evaluate(state, state.step.model_ema.module)["acc1"]
         # rank 0's figures on every rank: without --dist-eval each rank scored the whole set
         # (other kernels may score it otherwise), and saving a new best is a collective
-        box = [(final, ema)]
-        if state.env.distributed:
-            dist.broadcast_object_list(box, src=0)
-        done.final, ema = box[0]
+        done.final, ema = state.env.from_rank_0((final, ema))
         log.update({f"test_{k}": v for k, v in done.final.items()})
         log.update(ema)
         new_best = done.final["acc1"] > done.best_acc1

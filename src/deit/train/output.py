@@ -11,8 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch.distributed as dist
-
 from .._notes import print_note
 from .._write import atomic_write_bytes
 from ..config import Config, save_run_config
@@ -98,10 +96,9 @@ def lock_folder(
         except (ValueError, OSError) as e:
             error = e
     if env.distributed:  # the other ranks would otherwise wait for rank 0 forever
-        box = [str(error) if error else ""]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] and error is None:
-            error = ValueError(box[0])
+        message = env.from_rank_0(str(error) if error else "")
+        if message and error is None:
+            error = ValueError(message)
     if error is not None:
         raise error
     if lock is not None and lock.note:
